@@ -1,0 +1,370 @@
+"""Buildbot try job files, versions 1 to 6: reading, checking, writing.
+
+Valid files read exactly as Buildbot's ``Try_Jobdir.parseJob`` reads them (same fields,
+same defaults, the patch as bytes). Every malformed file raises :class:`BadJob` with a
+one-line reason, including the inputs on which Buildbot itself crashes. Jobs are written
+exactly as Buildbot's ``createJobfile`` writes them: v5, or v6 when the patch is not UTF-8.
+
+:func:`transcode` is the one reader. It takes the netstrings one by one and can pass the
+job through to a writer as it goes, pinning ``who`` on the way, so the forced command
+never holds a v1-v4 patch in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from . import netstring
+from .errors import BadJob
+
+# Fields other than the patch are short; a bigger one is garbage, and the cap keeps the
+# forced command's memory flat whatever a v1-v4 job holds.
+MAX_FIELD = 1 << 20
+
+V1_KEYS = ("jobid", "branch", "baserev", "patch_level", "patch_body")
+V2_KEYS = (*V1_KEYS, "repository", "project")
+V3_KEYS = (*V2_KEYS, "who")
+V4_KEYS = (*V3_KEYS, "comment")
+NETSTRING_KEYS = {1: V1_KEYS, 2: V2_KEYS, 3: V3_KEYS, 4: V4_KEYS}
+# The order in which Buildbot's client writes the JSON keys (tryclient.createJobfile).
+JSON_KEY_ORDER = (
+    "jobid", "branch", "baserev", "patch_level", "repository", "project",
+    "who", "comment", "builderNames", "properties",
+)  # fmt: skip
+OPTIONAL_TEXT = ("repository", "project", "who", "comment")
+
+
+@dataclass
+class Job:
+    """One try job. ``patch_body`` is bytes (or None when a v5 job sent null)."""
+
+    jobid: str | None
+    branch: str | None
+    baserev: str | None
+    patch_level: int
+    patch_body: bytes | None
+    builder_names: list[str] | None
+    repository: str | None = ""
+    project: str | None = ""
+    who: str | None = ""
+    comment: str | None = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    version: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown JSON keys, kept
+
+    def as_buildbot_dict(self) -> dict[str, Any]:
+        """The dict Buildbot's ``parseJob`` returns for this job."""
+        result: dict[str, Any] = {
+            "jobid": self.jobid,
+            "branch": self.branch,
+            "baserev": self.baserev,
+            "patch_level": self.patch_level,
+            "patch_body": self.patch_body,
+            "builderNames": self.builder_names,
+            "repository": self.repository,
+            "project": self.project,
+            "who": self.who,
+            "comment": self.comment,
+            "properties": self.properties,
+        }
+        result.update(self.extra)
+        return result
+
+
+def encode_job(job: Job) -> bytes:
+    """The job file bytes, exactly as Buildbot's ``createJobfile`` writes them."""
+    body: dict[str, Any] = {
+        "jobid": job.jobid,
+        "branch": job.branch,
+        "baserev": job.baserev,
+        "patch_level": job.patch_level,
+        "repository": job.repository,
+        "project": job.project,
+        "who": job.who,
+        "comment": job.comment,
+        "builderNames": job.builder_names,
+        "properties": job.properties,
+    }
+    version = 5
+    try:
+        body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
+    except UnicodeDecodeError:
+        version = 6
+        body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
+    return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
+
+
+def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
+    """Read a whole job file held in memory.
+
+    A truncated last netstring is dropped, as Buildbot does, unless
+    *allow_truncated_tail* is false.
+    """
+    return transcode(
+        io.BytesIO(data), keep_patch=True, allow_truncated_tail=allow_truncated_tail
+    )
+
+
+def parse_job_file(path: str, *, limit: int | None = None) -> Job:
+    """Read the job file at *path*."""
+    with open(path, "rb") as f:
+        return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
+
+
+def transcode(
+    stream: BinaryIO,
+    *,
+    emit: Callable[[bytes], object] | None = None,
+    pin_who: str | None = None,
+    limit: int | None = None,
+    keep_patch: bool = False,
+    allow_truncated_tail: bool = False,
+) -> Job:
+    """Read and check one job from *stream*; pass it on to *emit* as it goes.
+
+    With *pin_who*, the job handed to *emit* carries that ``who`` whatever the client
+    sent; a v1 or v2 job becomes v3 to have a place for it. What reaches *emit* is a
+    job Buildbot's master reads: a v1-v4 patch must then be UTF-8. The patch of a v1-v4
+    job is returned only with *keep_patch*, so that it need not be held in memory.
+    """
+    reader = netstring.NetstringReader(stream, limit=limit)
+    version = _read_version(reader)
+    if version <= 4:
+        return _transcode_netstrings(
+            reader, version, emit, pin_who, keep_patch, allow_truncated_tail
+        )
+    return _transcode_json(reader, version, emit, pin_who, allow_truncated_tail)
+
+
+def _read_version(reader: netstring.NetstringReader) -> int:
+    length = reader.next_length()
+    if length is None:
+        raise BadJob("could not find any complete netstrings (empty job)")
+    if length > 8:
+        raise BadJob("the version netstring is too long")
+    text = reader.read_payload(length)
+    if not text.isdigit():
+        raise BadJob(f"unknown job version {text.decode('ascii', 'replace')!r}")
+    version = int(text)
+    if not 1 <= version <= 6:
+        raise BadJob(f"unknown job version {version} (tryssh reads versions 1 to 6)")
+    return version
+
+
+def _read_text(reader: netstring.NetstringReader, name: str) -> str:
+    length = reader.next_length()
+    if length is None:
+        raise BadJob(f"job ends before the {name} field")
+    if length > MAX_FIELD:
+        raise BadJob(f"the {name} field is larger than {MAX_FIELD} bytes")
+    raw = reader.read_payload(length)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadJob(f"the {name} field is not valid UTF-8") from None
+
+
+def _transcode_netstrings(
+    reader: netstring.NetstringReader,
+    version: int,
+    emit: Callable[[bytes], object] | None,
+    pin_who: str | None,
+    keep_patch: bool,
+    allow_truncated_tail: bool,
+) -> Job:
+    out_version = max(version, 3) if pin_who is not None else version
+    if emit:
+        emit(netstring.encode(b"%d" % out_version))
+
+    def pass_text(name: str, value: str) -> None:
+        if emit:
+            emit(netstring.encode(value.encode("utf-8")))
+
+    values: dict[str, Any] = {}
+    for name in ("jobid", "branch", "baserev", "patch_level"):
+        values[name] = _read_text(reader, name)
+        pass_text(name, values[name])
+    try:
+        patch_level = int(values["patch_level"])
+    except ValueError:
+        raise BadJob(f"patch_level {values['patch_level'][:20]!r} is not a number") from None
+
+    length = reader.next_length()
+    if length is None:
+        raise BadJob("job ends before the patch_body field")
+    if emit:
+        emit(netstring.header(length))
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8 = True
+    kept: list[bytes] = []
+    for chunk in reader.iter_payload(length):
+        # ASCII needs no decoding; only look closer at other bytes or a split sequence.
+        if utf8 and (not chunk.isascii() or decoder.getstate()[0]):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                utf8 = False
+        if emit:
+            emit(chunk)
+        if keep_patch:
+            kept.append(chunk)
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8 = False
+    if emit:
+        if not utf8:
+            raise BadJob(
+                "the patch is not valid UTF-8, which a Buildbot master cannot read in a "
+                f"version {version} job: send a version 6 job instead"
+            )
+        emit(b",")
+
+    for name in NETSTRING_KEYS[version][len(V1_KEYS) :]:
+        values[name] = _read_text(reader, name)
+    if pin_who is not None:
+        values["who"] = pin_who
+        values.setdefault("repository", "")
+        values.setdefault("project", "")
+    for name in NETSTRING_KEYS[out_version][len(V1_KEYS) :]:
+        pass_text(name, values[name])
+
+    builders: list[str] = []
+    try:
+        while (length := reader.next_length()) is not None:
+            if length > MAX_FIELD:
+                raise BadJob(f"builder name {len(builders) + 1} is larger than {MAX_FIELD} bytes")
+            raw = reader.read_payload(length)
+            try:
+                builders.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise BadJob(f"builder name {len(builders) + 1} is not valid UTF-8") from None
+            if emit:
+                emit(netstring.encode(raw))
+    except netstring.TruncatedNetstring:
+        if not allow_truncated_tail:
+            raise
+    return Job(
+        jobid=values["jobid"],
+        branch=values["branch"] or None,
+        baserev=values["baserev"] or None,
+        patch_level=patch_level,
+        patch_body=b"".join(kept) if keep_patch else None,
+        builder_names=builders,
+        repository=values.get("repository", ""),
+        project=values.get("project", ""),
+        who=values.get("who", ""),
+        comment=values.get("comment", ""),
+        properties={},
+        version=out_version if emit else version,
+    )
+
+
+def _transcode_json(
+    reader: netstring.NetstringReader,
+    version: int,
+    emit: Callable[[bytes], object] | None,
+    pin_who: str | None,
+    allow_truncated_tail: bool,
+) -> Job:
+    length = reader.next_length()
+    if length is None:
+        raise BadJob(f"version {version} job has no JSON netstring")
+    raw = reader.read_payload(length)
+    # Buildbot ignores netstrings after the JSON; we check their framing and drop them.
+    try:
+        while (extra := reader.next_length()) is not None:
+            for _ in reader.iter_payload(extra):
+                pass
+    except netstring.TruncatedNetstring:
+        if not allow_truncated_tail:
+            raise
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadJob("the JSON is not valid UTF-8") from None
+    except ValueError as err:
+        raise BadJob(f"unable to parse JSON: {err}") from None
+    job = job_from_json(obj, version)
+    if emit:
+        if pin_who is not None:
+            obj["who"] = pin_who
+            job.who = pin_who
+            raw = json.dumps(obj).encode("ascii")
+        emit(netstring.encode(b"%d" % version) + netstring.encode(raw))
+    return job
+
+
+def _text_or_none(obj: dict[str, Any], key: str, default: str | None) -> str | None:
+    value = obj.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise BadJob(f"{key} must be a string or null, not {type(value).__name__}")
+    return value
+
+
+def job_from_json(obj: object, version: int) -> Job:
+    """Check a v5/v6 JSON object and turn it into a :class:`Job`."""
+    if not isinstance(obj, dict):
+        raise BadJob(f"the JSON must be an object, not {type(obj).__name__}")
+    patch_key = "patch_body" if version == 5 else "patch_body_base64"
+    for key in ("jobid", "branch", "baserev", "patch_level", "builderNames", patch_key):
+        if key not in obj:
+            raise BadJob(f"the JSON has no {key!r} key")
+    jobid = obj["jobid"]
+    if not isinstance(jobid, str):
+        raise BadJob(f"jobid must be a string, not {type(jobid).__name__}")
+    level = obj["patch_level"]
+    if isinstance(level, dict | list) or level is None:
+        raise BadJob(f"patch_level must be a number, not {type(level).__name__}")
+    try:
+        patch_level = int(level)
+    except (ValueError, OverflowError):
+        raise BadJob(f"patch_level {str(level)[:20]!r} is not a number") from None
+    builders = obj["builderNames"]
+    if builders is not None and (
+        not isinstance(builders, list) or not all(isinstance(b, str) for b in builders)
+    ):
+        raise BadJob("builderNames must be a list of strings or null")
+    properties = obj.get("properties", {})
+    if not isinstance(properties, dict):
+        raise BadJob(f"properties must be an object, not {type(properties).__name__}")
+    if version == 5:
+        body = obj["patch_body"]
+        if body is not None and not isinstance(body, str):
+            raise BadJob(f"patch_body must be a string or null, not {type(body).__name__}")
+        try:
+            patch = None if body is None else body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJob("patch_body holds a lone surrogate, not text") from None
+    else:
+        encoded = obj["patch_body_base64"]
+        if not isinstance(encoded, str):
+            raise BadJob("patch_body_base64 must be a string")
+        try:
+            patch = base64.b64decode(encoded)
+        except (binascii.Error, ValueError):
+            raise BadJob("patch_body_base64 is not valid base64") from None
+    known = {*JSON_KEY_ORDER, "patch_body", "patch_body_base64"}
+    return Job(
+        jobid=jobid,
+        branch=_text_or_none(obj, "branch", None) or None,
+        baserev=_text_or_none(obj, "baserev", None) or None,
+        patch_level=patch_level,
+        patch_body=patch,
+        builder_names=builders,
+        repository=_text_or_none(obj, "repository", ""),
+        project=_text_or_none(obj, "project", ""),
+        who=_text_or_none(obj, "who", ""),
+        comment=_text_or_none(obj, "comment", ""),
+        properties=properties,
+        version=version,
+        extra={k: v for k, v in obj.items() if k not in known},
+    )
