@@ -1,0 +1,204 @@
+"""The jobdir: a maildir (``tmp/``, ``new/``, ``cur/``) that holds try jobs.
+
+Delivery follows the maildir rules, plus the directory fsync they leave out: create
+``tmp/NAME`` with O_EXCL, write, fsync, link it to ``new/NAME`` (which never replaces an
+existing job), unlink the tmp name and fsync ``new/``. A job in ``new/`` is therefore
+always complete, and a job acknowledged to the client survives a crash.
+
+Consumers claim a job by renaming it from ``new/`` to ``cur/``; the loser of a race gets
+:class:`AlreadyTaken`.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import CannotCreate, TrysshError, exit_code_for_oserror
+
+SUBDIRS = ("tmp", "new", "cur")
+JOB_MODE = 0o640  # group-readable: the master often runs as another user of the group
+TMP_MAX_AGE = 36 * 3600  # the maildir spec's limit for stale tmp/ files
+_counter = itertools.count(1)
+T = TypeVar("T")
+
+
+class AlreadyTaken(TrysshError):
+    """Another consumer claimed the job first."""
+
+
+def _escaped_hostname() -> str:
+    # The maildir spec escapes '/' and ':' so that the name stays one path component.
+    host = os.uname().nodename or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name() -> str:
+    """A job name no other delivery on any host can produce: time, pid, counter, randomness."""
+    now = time.time_ns()
+    seconds, micros = divmod(now // 1000, 1_000_000)
+    rand = os.urandom(4).hex()
+    return f"{seconds}.M{micros:06d}P{os.getpid()}Q{next(_counter)}R{rand}.{_escaped_hostname()}"
+
+
+def is_job_name(name: str) -> bool:
+    """Whether *name* may be a job in a jobdir: one path component, not hidden."""
+    return (
+        bool(name)
+        and not name.startswith(".")
+        and "/" not in name
+        and "\0" not in name
+        and len(name) <= 255
+    )
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Jobdir:
+    """A maildir of try jobs at *path*."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.tmp = os.path.join(self.path, "tmp")
+        self.new = os.path.join(self.path, "new")
+        self.cur = os.path.join(self.path, "cur")
+
+    def __repr__(self) -> str:
+        return f"Jobdir({self.path!r})"
+
+    def create(self, mode: int = 0o2770) -> Jobdir:
+        """Make the directories if missing (the sysadmin script sets groups and modes)."""
+        try:
+            for sub in SUBDIRS:
+                os.makedirs(os.path.join(self.path, sub), mode=mode, exist_ok=True)
+        except OSError as err:
+            raise CannotCreate(f"cannot create jobdir {self.path}: {err.strerror}") from None
+        return self
+
+    def check(self) -> None:
+        """Raise CannotCreate unless tmp/, new/ and cur/ exist."""
+        for sub in SUBDIRS:
+            if not os.path.isdir(os.path.join(self.path, sub)):
+                raise CannotCreate(
+                    f"jobdir {self.path} is not set up: {sub}/ is missing "
+                    "(run tryssh-jobdir-setup)"
+                )
+
+    def deliver(self, write: Callable[[int], T]) -> tuple[str, T]:
+        """Deliver one job: *write* gets the open fd of the tmp file and writes the job.
+
+        Returns the job's name and what *write* returned. On any failure, including an
+        exception from *write*, the tmp file is removed and nothing appears in ``new/``.
+        """
+        self.check()
+        name = unique_name()
+        tmp_path = os.path.join(self.tmp, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp_path, flags, JOB_MODE)
+        except OSError as err:
+            raise TrysshError(
+                f"cannot create {tmp_path}: {err.strerror}", exit_code_for_oserror(err)
+            ) from None
+        try:
+            try:
+                os.fchmod(fd, JOB_MODE)  # the umask must not take the group's read bit
+                result = write(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._publish(tmp_path, os.path.join(self.new, name))
+        except BaseException as err:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+            if isinstance(err, OSError):
+                raise TrysshError(
+                    f"cannot deliver job: {err.strerror}", exit_code_for_oserror(err)
+                ) from None
+            raise
+        return name, result
+
+    def deliver_bytes(self, data: bytes) -> str:
+        """Deliver a job held in memory; returns its name."""
+        name, _ = self.deliver(lambda fd: write_all(fd, data))
+        return name
+
+    def _publish(self, tmp_path: str, new_path: str) -> None:
+        try:
+            os.link(tmp_path, new_path)  # unlike rename, link never replaces a job
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            # File systems without hard links: the name is unique, so rename is safe.
+            os.rename(tmp_path, new_path)
+        else:
+            os.unlink(tmp_path)
+        fsync_dir(self.new)
+
+    def pending(self) -> list[str]:
+        """Names of the jobs in ``new/``, oldest first (names start with the time)."""
+        try:
+            names = [n for n in os.listdir(self.new) if is_job_name(n)]
+        except FileNotFoundError:
+            return []
+        return sorted(names, key=_age_key)
+
+    def claim(self, name: str) -> str:
+        """Move job *name* from ``new/`` to ``cur/``; return its new path."""
+        if not is_job_name(name):
+            raise TrysshError(f"not a job name: {name!r}")
+        target = os.path.join(self.cur, name)
+        try:
+            os.rename(os.path.join(self.new, name), target)
+        except FileNotFoundError:
+            raise AlreadyTaken(f"job {name} is already taken") from None
+        return target
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> list[str]:
+        """Remove ``tmp/`` files older than *max_age* seconds (by mtime: atime lies on noatime)."""
+        now = time.time() if now is None else now
+        removed = []
+        try:
+            entries = list(os.scandir(self.tmp))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat(
+                    follow_symlinks=False
+                ).st_mtime > max_age:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _age_key(name: str) -> tuple[int, int, str]:
+    # tryssh names: "<sec>.M<usec>P..."; Buildbot's tryserver: "<float time>-<md5>".
+    head = name.split("-", 1)[0]
+    sec, _, rest = head.partition(".")
+    micros = rest[1:7] if rest.startswith("M") else rest[:6].ljust(6, "0")
+    try:
+        return int(sec), int(micros) if micros.isdigit() else 0, name
+    except ValueError:
+        return 0, 0, name
