@@ -1,0 +1,88 @@
+"""The audit log: one line per request, accepted or refused.
+
+Lines are ``key=value`` pairs (logfmt); a value with anything but plain characters is
+JSON-quoted, so a client's newline or escape sequence can never forge a line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+
+from .errors import TrysshError, exit_code_for_oserror
+
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,~%-]+")
+
+
+def format_value(value: object) -> str:
+    text = "" if value is None else str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return json.dumps(text)  # escapes quotes, control characters and non-ASCII
+
+
+def format_line(fields: dict[str, object]) -> str:
+    """One audit line (with its newline) from *fields*, prefixed by the UTC time."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    parts = [f"time={stamp}"]
+    parts += [f"{k}={format_value(v)}" for k, v in fields.items() if v is not None]
+    return " ".join(parts) + "\n"
+
+
+class AuditLog:
+    """An append-only log file, opened once per process with O_APPEND|O_NOFOLLOW."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self._fd = os.open(path, flags, 0o660)
+        except OSError as err:
+            raise TrysshError(
+                f"cannot open audit log {path}: {err.strerror}", exit_code_for_oserror(err)
+            ) from None
+
+    def write(self, **fields: object) -> None:
+        # One write per line: O_APPEND keeps concurrent writers' lines whole.
+        os.write(self._fd, format_line(fields).encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def ssh_peer(env: dict[str, str] | os._Environ[str]) -> str | None:
+    """``ip:port`` of the client from SSH_CONNECTION, if sshd set it."""
+    parts = env.get("SSH_CONNECTION", "").split()
+    if len(parts) >= 2:
+        host = parts[0]
+        return f"[{host}]:{parts[1]}" if ":" in host else f"{host}:{parts[1]}"
+    return None
+
+
+def key_fingerprint(blob_b64: str) -> str | None:
+    """``SHA256:...`` of a public key blob, as ssh-keygen prints it."""
+    try:
+        blob = base64.b64decode(blob_b64, validate=True)
+    except ValueError:
+        return None
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def ssh_key_fingerprint(env: dict[str, str] | os._Environ[str]) -> str | None:
+    """The fingerprint of the key the client used, from sshd's ExposeAuthInfo file."""
+    path = env.get("SSH_USER_AUTH")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 3 and words[0] == "publickey":
+                    return key_fingerprint(words[2])
+    except OSError:
+        return None
+    return None

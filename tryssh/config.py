@@ -1,0 +1,242 @@
+"""The master-side TOML configuration shared by tryserver, the consumer and ``tryssh serve``.
+
+Every error names the file, the key and what is wrong, and is raised before anything runs.
+
+    jobdir = "/srv/tryssh/jobdir"
+    [builders.unit]          # exactly one of command, webhook, forward
+    command = ["make", "check"]
+    [users.alice]
+    builders = ["unit*"]
+    [users."*"]              # users not listed; without it they are refused
+    builders = []
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_MAX_JOB_SIZE = 64 * 1024 * 1024
+
+# Each table's keys and their types. A tuple means "any of these types".
+TOP_KEYS: dict[str, Any] = {
+    "jobdir": str,
+    "state_dir": str,
+    "log_dir": str,
+    "audit_log": str,
+    "max_job_size": int,
+    "keep_days": (int, float),
+    "builders": dict,
+    "users": dict,
+    "serve": dict,
+    "consume": dict,
+}
+BUILDER_KEYS: dict[str, Any] = {
+    "command": list,
+    "webhook": str,
+    "forward": str,
+    "timeout": (int, float),
+    "concurrency": int,
+    "secret_file": str,
+    "retries": int,
+    "env": dict,
+    "workdir": str,
+    "identity": str,
+    "known_hosts": str,
+    "description": str,
+}
+BUILDER_KINDS = ("command", "webhook", "forward")
+USER_KEYS: dict[str, Any] = {
+    "builders": list,
+    "branches": list,
+    "max_pending": int,
+    "max_job_size": int,
+    "keys": list,
+    "password_hash": str,
+}
+SERVE_KEYS: dict[str, Any] = {
+    "listen": str,
+    "host_key": str,
+    "max_auth_tries": int,
+    "max_auth_failures_per_address": int,
+    "auth_penalty_seconds": (int, float),
+    "max_connections": int,
+    "idle_timeout": (int, float),
+    "banner": str,
+}
+CONSUME_KEYS: dict[str, Any] = {
+    "poll_interval": (int, float),
+    "max_parallel": int,
+}
+
+
+@dataclass
+class Builder:
+    name: str
+    kind: str  # "command", "webhook" or "forward"
+    target: Any  # the argv list, the URL or the forward destination
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.options.get("timeout", 3600))
+
+    @property
+    def concurrency(self) -> int:
+        return int(self.options.get("concurrency", 1))
+
+
+@dataclass
+class UserPolicy:
+    name: str
+    builders: list[str] = field(default_factory=lambda: ["*"])
+    branches: list[str] = field(default_factory=lambda: ["*"])
+    max_pending: int | None = None
+    max_job_size: int | None = None
+    keys: list[str] = field(default_factory=list)
+    password_hash: str | None = None
+
+
+@dataclass
+class Config:
+    path: str
+    jobdir: str
+    state_dir: str
+    log_dir: str
+    audit_log: str
+    max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    keep_days: float | None = None
+    builders: dict[str, Builder] = field(default_factory=dict)
+    users: dict[str, UserPolicy] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)
+    consume: dict[str, Any] = field(default_factory=dict)
+
+    def user(self, name: str) -> UserPolicy | None:
+        """The policy for *name*: its own table, else ``[users."*"]``, else None (refused)."""
+        return self.users.get(name) or self.users.get("*")
+
+
+def _type_name(t: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list",
+             dict: "a table", bool: "true or false"}  # fmt: skip
+    if isinstance(t, tuple):
+        return " or ".join(names[x] for x in t)
+    return names[t]
+
+
+def _check_table(path: str, where: str, table: dict[str, Any], schema: dict[str, Any]) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise ConfigError(f"{path}: {where}{key}: unknown key")
+        want = schema[key]
+        # bool is an int in Python; a TOML true is never a valid number here.
+        if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+            raise ConfigError(f"{path}: {where}{key}: must be {_type_name(want)}")
+
+
+def _str_list(path: str, where: str, value: list[Any]) -> list[str]:
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: {where}: must be a list of strings")
+    return list(value)
+
+
+def _positive(path: str, where: str, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{path}: {where}: must be greater than 0")
+
+
+def load_config(path: str) -> Config:
+    """Read and check the config file at *path*."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
+    """Check a parsed config; relative paths are taken from the config file's directory."""
+    _check_table(path, "", data, TOP_KEYS)
+    base = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+    if "jobdir" not in data:
+        raise ConfigError(f"{path}: jobdir: missing (the directory with tmp/, new/, cur/)")
+    jobdir = resolve(data["jobdir"])
+    config = Config(
+        path=path,
+        jobdir=jobdir,
+        state_dir=resolve(data.get("state_dir", os.path.join(jobdir, "state"))),
+        log_dir=resolve(data.get("log_dir", os.path.join(jobdir, "logs"))),
+        audit_log=resolve(data.get("audit_log", os.path.join(jobdir, "audit.log"))),
+        max_job_size=data.get("max_job_size", DEFAULT_MAX_JOB_SIZE),
+        keep_days=data.get("keep_days"),
+    )
+    _positive(path, "max_job_size", config.max_job_size)
+    _positive(path, "keep_days", config.keep_days)
+
+    for name, table in data.get("builders", {}).items():
+        where = f"builders.{name}."
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: builders.{name}: must be a table")
+        _check_table(path, where, table, BUILDER_KEYS)
+        kinds = [k for k in BUILDER_KINDS if k in table]
+        if len(kinds) != 1:
+            raise ConfigError(
+                f"{path}: builders.{name}: needs exactly one of command, webhook, forward"
+            )
+        kind = kinds[0]
+        target = table[kind]
+        if kind == "command":
+            target = _str_list(path, where + "command", target)
+            if not target:
+                raise ConfigError(f"{path}: {where}command: must not be empty")
+        if kind == "webhook" and not target.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}: {where}webhook: must be an http:// or https:// URL")
+        if kind == "forward" and not target.startswith("ssh://"):
+            target = resolve(target)
+        for key in ("secret_file", "workdir", "identity", "known_hosts"):
+            if key in table:
+                table[key] = resolve(table[key])
+        _positive(path, where + "timeout", table.get("timeout"))
+        _positive(path, where + "concurrency", table.get("concurrency"))
+        if "env" in table and not all(isinstance(v, str) for v in table["env"].values()):
+            raise ConfigError(f"{path}: {where}env: values must be strings")
+        options = {k: v for k, v in table.items() if k not in BUILDER_KINDS}
+        config.builders[name] = Builder(name=name, kind=kind, target=target, options=options)
+
+    for name, table in data.get("users", {}).items():
+        where = f"users.{name}."
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: users.{name}: must be a table")
+        _check_table(path, where, table, USER_KEYS)
+        user = UserPolicy(name=name)
+        for key in ("builders", "branches", "keys"):
+            if key in table:
+                setattr(user, key, _str_list(path, where + key, table[key]))
+        for key in ("max_pending", "max_job_size"):
+            _positive(path, where + key, table.get(key))
+            setattr(user, key, table.get(key))
+        user.password_hash = table.get("password_hash")
+        config.users[name] = user
+
+    serve = data.get("serve", {})
+    _check_table(path, "serve.", serve, SERVE_KEYS)
+    if "host_key" in serve:
+        serve["host_key"] = resolve(serve["host_key"])
+    config.serve = serve
+    consume = data.get("consume", {})
+    _check_table(path, "consume.", consume, CONSUME_KEYS)
+    config.consume = consume
+    return config
