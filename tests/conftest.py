@@ -1,0 +1,67 @@
+"""Shared fixtures: real sshd servers, client keys and known_hosts files (logic in sshd.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+# Test modules import the shared helpers as top-level modules (`from sshd import Sshd`);
+# make that independent of pytest's import mode.
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from sshd import (  # noqa: E402
+    OpensshMissing,
+    Sshd,
+    UserKey,
+    check_openssh,
+    make_user_key,
+    write_known_hosts,
+)
+
+
+@pytest.fixture
+def sshd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Sshd]]:
+    """``start(authorized_keys=(), extra_config=()) -> Sshd``; every server stops at teardown."""
+    try:
+        check_openssh()
+    except OpensshMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    started: list[Sshd] = []
+
+    def start(authorized_keys: Iterable[str] = (), extra_config: Sequence[str] = ()) -> Sshd:
+        server = Sshd(authorized_keys, extra_config, directory=tmp_path_factory.mktemp("sshd"))
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def user_key(tmp_path: Path) -> UserKey:
+    """A fresh ed25519 client key without passphrase: (private_path, public_line)."""
+    try:
+        check_openssh()
+    except OpensshMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    keydir = tmp_path / "client-keys"
+    keydir.mkdir(exist_ok=True)
+    return make_user_key(keydir, "id_ed25519")
+
+
+@pytest.fixture
+def known_hosts(tmp_path: Path) -> Callable[..., Path]:
+    """``write(*sshds) -> Path``: a new known_hosts file trusting exactly those servers."""
+    counter = iter(range(1_000_000))
+
+    def write(*sshds: Sshd) -> Path:
+        return write_known_hosts(tmp_path / f"known_hosts.{next(counter)}", *sshds)
+
+    return write

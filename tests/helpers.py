@@ -1,0 +1,88 @@
+"""Small shared test utilities: polling with a deadline, ports, venv scripts, subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+StrPath = str | os.PathLike[str]
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] = "condition not met before the deadline",
+) -> T:
+    """Call ``predicate`` until it returns something truthy and return that value.
+
+    Raises AssertionError(message) when ``timeout`` seconds pass first. ``message`` may be a
+    callable so that costly diagnostics (e.g. a log file) are only built on failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text} (waited {timeout:g}s)")
+        time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that was free a moment ago (the caller must bind it soon)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def venv_bin(name: str) -> str:
+    """Absolute path of the console script ``name`` installed next to the running Python.
+
+    Falls back to PATH. A missing script fails the test: a missing ``tryserver`` or ``tryssh``
+    means the package is not installed, which must never pass as a skip.
+    """
+    # No resolve(): the venv's python is a symlink to the base interpreter, and the scripts
+    # live next to the symlink, not next to its target.
+    candidate = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), name)
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    pytest.fail(
+        f"console script {name!r} not found next to {sys.executable} nor on PATH; "
+        "run scripts/bootstrap and use /work/main/.venv/bin/python -m pytest",
+        pytrace=False,
+    )
+
+
+def run(
+    argv: Sequence[StrPath],
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    cwd: StrPath | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` (never through a shell), capturing stdout and stderr as bytes; no check."""
+    return subprocess.run(
+        list(argv),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env=dict(env) if env is not None else None,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
