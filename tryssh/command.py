@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
 
 from .errors import UsageError
 
@@ -27,12 +26,17 @@ class Refused(UsageError):
     """The client asked for something the server does not do."""
 
 
-@dataclass
 class Request:
-    verb: str = "deliver"
-    job: str | None = None  # for status
-    json: bool = False
-    client_jobdir: str | None = None  # what the client sent; never used to write
+    """One parsed request (a plain class: dataclasses is slow to import)."""
+
+    def __init__(self, verb: str = "deliver", job: str | None = None, json: bool = False) -> None:
+        self.verb = verb
+        self.job = job  # for status
+        self.json = json
+        self.client_jobdir: str | None = None  # what the client sent; never used to write
+
+    def __repr__(self) -> str:
+        return f"Request(verb={self.verb!r}, job={self.job!r}, json={self.json!r})"
 
 
 def _describe(char: str) -> str:

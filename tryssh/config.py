@@ -134,7 +134,7 @@ def _check_table(path: str, where: str, table: dict[str, Any], schema: dict[str,
             raise ConfigError(f"{path}: {where}{key}: unknown key")
         want = schema[key]
         # bool is an int in Python; a TOML true is never a valid number here.
-        if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             raise ConfigError(f"{path}: {where}{key}: must be {_type_name(want)}")
 
 

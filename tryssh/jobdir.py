@@ -16,15 +16,19 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from .errors import CannotCreate, TrysshError, exit_code_for_oserror
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 SUBDIRS = ("tmp", "new", "cur")
 JOB_MODE = 0o640  # group-readable: the master often runs as another user of the group
 TMP_MAX_AGE = 36 * 3600  # the maildir spec's limit for stale tmp/ files
 _counter = itertools.count(1)
-T = TypeVar("T")
 
 
 class AlreadyTaken(TrysshError):

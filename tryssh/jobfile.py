@@ -18,11 +18,13 @@ import codecs
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
 
 from . import netstring
 from .errors import BadJob
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 # Fields other than the patch are short; a bigger one is garbage, and the cap keeps the
 # forced command's memory flat whatever a v1-v4 job holds.
@@ -41,23 +43,56 @@ JSON_KEY_ORDER = (
 OPTIONAL_TEXT = ("repository", "project", "who", "comment")
 
 
-@dataclass
 class Job:
-    """One try job. ``patch_body`` is bytes (or None when a v5 job sent null)."""
+    """One try job. ``patch_body`` is bytes (or None when a v5 job sent null).
 
-    jobid: str | None
-    branch: str | None
-    baserev: str | None
-    patch_level: int
-    patch_body: bytes | None
-    builder_names: list[str] | None
-    repository: str | None = ""
-    project: str | None = ""
-    who: str | None = ""
-    comment: str | None = ""
-    properties: dict[str, Any] = field(default_factory=dict)
-    version: int = 5
-    extra: dict[str, Any] = field(default_factory=dict)  # unknown JSON keys, kept
+    A plain class rather than a dataclass: the forced command imports this module, and
+    dataclasses costs more start-up time than the rest of the command.
+    """
+
+    FIELDS = (
+        "jobid", "branch", "baserev", "patch_level", "patch_body", "builder_names",
+        "repository", "project", "who", "comment", "properties", "version", "extra",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        jobid: str | None,
+        branch: str | None,
+        baserev: str | None,
+        patch_level: int,
+        patch_body: bytes | None,
+        builder_names: list[str] | None,
+        repository: str | None = "",
+        project: str | None = "",
+        who: str | None = "",
+        comment: str | None = "",
+        properties: dict[str, Any] | None = None,
+        version: int = 5,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.jobid = jobid
+        self.branch = branch
+        self.baserev = baserev
+        self.patch_level = patch_level
+        self.patch_body = patch_body
+        self.builder_names = builder_names
+        self.repository = repository
+        self.project = project
+        self.who = who
+        self.comment = comment
+        self.properties = {} if properties is None else properties
+        self.version = version
+        self.extra = {} if extra is None else extra  # unknown JSON keys, kept
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.FIELDS)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.FIELDS)
+        return f"Job({shown})"
 
     def as_buildbot_dict(self) -> dict[str, Any]:
         """The dict Buildbot's ``parseJob`` returns for this job."""

@@ -50,7 +50,9 @@ def choose_builders(
     if size > limit:
         raise Refused(f"job is {size} bytes, more than the limit of {limit} for {who!r}")
     if policy.max_pending is not None and pending >= policy.max_pending:
-        raise Refused(f"{who!r} already has {pending} pending jobs (max_pending is {policy.max_pending})")
+        raise Refused(
+            f"{who!r} already has {pending} pending jobs (max_pending is {policy.max_pending})"
+        )
     if not any(fnmatchcase(branch or "", g) for g in policy.branches):
         raise Refused(f"branch {branch!r} is not allowed for {who!r}")
     allowed = allowed_builders(config, who)

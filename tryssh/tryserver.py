@@ -1,0 +1,240 @@
+"""``tryserver``: the forced command that sshd runs for every submission.
+
+    tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
+              [--audit-log FILE] [deliver | status JOB | builders | jobs] [--json]
+
+It reads a job from stdin, checks it, pins ``who`` to ``--user`` and delivers it into
+the jobdir; on success it prints the job's name. Under sshd (SSH_ORIGINAL_COMMAND set)
+the client's command is parsed strictly and the pinned options always win.
+
+This module runs once per submission, so it imports only what delivery needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+from . import command
+from .audit import AuditLog, ssh_key_fingerprint, ssh_peer
+from .errors import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, TrysshError, UsageError
+from .jobdir import Jobdir, write_all
+
+TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
+
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+USAGE = """\
+usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
+                 [--audit-log FILE] [deliver | status JOB | builders | jobs] [--json]
+
+Receive a try job on stdin and deliver it into the jobdir (tmp/, then new/).
+Meant to be an OpenSSH forced command:
+
+  restrict,command="tryserver --jobdir /srv/tryssh/jobdir --user alice" ssh-ed25519 AAAA...
+
+options:
+  --jobdir DIR       the jobdir (maildir with tmp/ new/ cur/); the client's is ignored
+  --user NAME        pin the identity: the delivered job's 'who' is NAME
+  --max-size BYTES   refuse jobs larger than this (default 64 MiB, or the config's)
+  --config FILE      the tryssh TOML config (jobdir, limits, users, builders)
+  --audit-log FILE   where to append the audit line (default DIR/audit.log)
+  --json             answer as JSON
+requests:
+  deliver (default)  read a job from stdin and deliver it; print its name
+  status JOB         the state of one of your jobs
+  builders           the builders you may use
+  jobs               your recent jobs
+exit codes: 0 ok, 64 usage or refused command, 65 bad job, 73 cannot create,
+            75 temporary failure, 77 permission denied, 78 config error
+"""
+
+
+class Options:
+    """The server's options, set by the admin on the authorized_keys line."""
+
+    def __init__(
+        self,
+        jobdir: str | None = None,
+        user: str | None = None,
+        max_size: int | None = None,
+        config: str | None = None,
+        audit_log: str | None = None,
+    ) -> None:
+        self.jobdir = jobdir
+        self.user = user
+        self.max_size = max_size
+        self.config = config
+        self.audit_log = audit_log
+        self.words: list[str] = []
+
+
+def parse_argv(argv: list[str]) -> Options:
+    """The server's own command line (set by the admin, so trusted)."""
+    opts = Options()
+    takes_value = {"--jobdir", "--user", "--max-size", "--config", "--audit-log"}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if name in takes_value:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                i += 1
+                value = argv[i]
+            attr = name[2:].replace("-", "_")
+            if attr == "max_size":
+                if not value.isdigit() or int(value) <= 0:
+                    raise UsageError(f"--max-size must be a positive number of bytes: {value!r}")
+                setattr(opts, attr, int(value))
+            else:
+                setattr(opts, attr, value)
+        elif word in ("-h", "--help"):
+            raise SystemExit(sys.stdout.write(USAGE) and EX_OK)
+        else:
+            opts.words.append(word)
+        i += 1
+    return opts
+
+
+class Server:
+    """One tryserver request: options resolved, audit log open."""
+
+    def __init__(self, opts: Options, env: dict[str, str] | os._Environ[str]) -> None:
+        self.opts = opts
+        self.env = env
+        self.config = None
+        if opts.config:
+            from .config import load_config
+
+            self.config = load_config(opts.config)
+        jobdir = opts.jobdir or (self.config.jobdir if self.config else None)
+        if not jobdir:
+            raise UsageError("--jobdir is required (or a config with jobdir)")
+        self.jobdir = Jobdir(jobdir)
+        self.jobdir.check()
+        self.max_size = opts.max_size or (
+            self.config.max_job_size if self.config else DEFAULT_MAX_SIZE
+        )
+        if self.config and opts.user:
+            policy = self.config.user(opts.user)
+            if policy and policy.max_job_size:
+                self.max_size = min(self.max_size, policy.max_job_size)
+        audit_path = opts.audit_log or (
+            self.config.audit_log if self.config else os.path.join(self.jobdir.path, "audit.log")
+        )
+        self.audit = AuditLog(audit_path)
+
+    def request(self) -> tuple[command.Request, str]:
+        """What the client asked for, and the command text to log."""
+        if "SSH_ORIGINAL_COMMAND" in self.env:
+            text = self.env["SSH_ORIGINAL_COMMAND"]
+            return command.parse_ssh_command(text), text
+        if "SSH_CONNECTION" in self.env and not self.opts.words:
+            # sshd ran us for a shell request (no command): never an interactive session.
+            raise command.Refused("interactive sessions are not allowed; run 'tryserver'")
+        return command.parse_request_words(self.opts.words), " ".join(self.opts.words)
+
+    def deliver(self, stdin: BinaryIO) -> dict[str, object]:
+        """Read, check and deliver the job on *stdin*; return the receipt."""
+        from .jobfile import transcode
+
+        digest = hashlib.sha256()
+        size = 0
+
+        def write(fd: int) -> object:
+            def emit(data: bytes) -> None:
+                nonlocal size
+                write_all(fd, data)
+                digest.update(data)
+                size += len(data)
+
+            return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+
+        name, _job = self.jobdir.deliver(write)
+        return {"job": name, "size": size, "sha256": digest.hexdigest()}
+
+
+def handle(
+    server: Server,
+    request: command.Request,
+    stdin: BinaryIO,
+    stdout: TextIO,
+    audit_fields: dict[str, object],
+) -> int:
+    """Carry out one parsed request; return the exit code and fill *audit_fields*.
+
+    Shared by the forced command and ``tryssh serve``, so that both doors behave alike.
+    """
+    audit_fields["verb"] = request.verb
+    try:
+        if request.verb == "deliver":
+            receipt = server.deliver(stdin)
+            audit_fields.update(receipt)
+            if request.json:
+                import json
+
+                stdout.write(json.dumps(receipt) + "\n")
+            else:
+                stdout.write(f"{receipt['job']}\n")
+        else:
+            from .queries import answer
+
+            audit_fields["job"] = request.job
+            stdout.write(answer(server, request))
+        stdout.flush()
+    except TrysshError as err:
+        audit_fields["outcome"] = "refused" if err.exit_code in (64, 65, 77) else "failed"
+        audit_fields["reason"] = err.message
+        raise
+    audit_fields["outcome"] = "ok"
+    return EX_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tryserver`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ
+    audit_fields: dict[str, object] = {
+        "user": None,
+        "from": ssh_peer(env),
+        "key": ssh_key_fingerprint(env),
+        "cmd": env.get("SSH_ORIGINAL_COMMAND", " ".join(argv)),
+    }
+    server: Server | None = None
+    code = EX_SOFTWARE
+    try:
+        opts = parse_argv(argv)
+        audit_fields["user"] = opts.user
+        server = Server(opts, env)
+        request, audit_fields["cmd"] = server.request()
+        stdin = open(0, "rb", buffering=1 << 20, closefd=False)
+        code = handle(server, request, stdin, sys.stdout, audit_fields)
+    except TrysshError as err:
+        code = err.exit_code
+        audit_fields.setdefault("outcome", "refused" if code in (64, 65, 77) else "failed")
+        audit_fields.setdefault("reason", err.message)
+        print(f"tryserver: {err.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        code = EX_TEMPFAIL
+        audit_fields["outcome"] = "interrupted"
+        print("tryserver: interrupted", file=sys.stderr)
+    except BrokenPipeError:
+        code = EX_TEMPFAIL
+        audit_fields["outcome"] = "client gone"
+    finally:
+        if server is not None:
+            audit_fields["exit"] = code
+            try:
+                server.audit.write(**audit_fields)
+            except OSError as err:
+                print(f"tryserver: cannot write audit log: {err.strerror}", file=sys.stderr)
+                code = code or EX_TEMPFAIL
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
