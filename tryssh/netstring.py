@@ -10,10 +10,12 @@ so that the forced command can pass a large patch through in fixed-size chunks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import BinaryIO
-
 from .errors import BadJob
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO
 
 # Twenty digits is more than any file system holds; longer is garbage, not a length.
 MAX_LENGTH_DIGITS = 20
