@@ -1,0 +1,288 @@
+"""``tryssh try``, ``tryssh status`` and ``tryssh builders``: the developer's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .errors import EX_OK, TempFail, UsageError
+from .sshclient import DEFAULT_TIMEOUT, SshOptions
+from .submit import (
+    TRANSPORTS,
+    Destination,
+    TryRequest,
+    build_job,
+    deliver,
+    dry_run_dict,
+    echo_stderr,
+    exit_code_for,
+    gather_change,
+    local_query,
+    open_connection,
+    parse_properties,
+    remote_query,
+    status_fetcher,
+    status_lines,
+    summary_lines,
+    wait_for,
+)
+from .transport import DEFAULT_TRYSERVER_CMD
+
+TRY_HELP = """\
+Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
+builds it on the chosen builders. The job is a Buildbot job file (v5/v6), so a Buildbot
+master's Try_Jobdir reads it as well as tryssh's consumer.
+
+\b
+Examples:
+  tryssh try --host ci -b unit                 ssh to "ci" (from ~/.ssh/config)
+  tryssh try --host ci -b unit -b lint --wait  ... and wait for the results
+  tryssh try --dry-run                         show what would be sent
+  git diff main | tryssh try --diff - --baserev main -p 1 --host ci
+  tryssh try -c scp --host ci --jobdir /srv/tryssh/jobdir    sftp account
+  tryssh try -c local --jobdir /srv/tryssh/jobdir            on the master itself
+  tryssh try --host ci --json                  machine-readable receipt
+
+\b
+Settings come from the command line, then ./.tryssh.toml (walking up), then
+~/.config/tryssh/config.toml, then Buildbot's .buildbot/options (read, never executed).
+Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unless
+--accept-new-host-key. Exit codes: 0 delivered (with --wait: every build succeeded),
+1 a build failed, 64 usage, 65 bad/empty job, 75 connection or server trouble,
+77 refused (host key, login, policy), 78 config error.
+"""
+
+
+def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The SSH/transport options shared by try, status and builders."""
+    options = [
+        click.option("-c", "--connect", type=click.Choice(TRANSPORTS), default="ssh",
+                     show_default=True, help="How to deliver: ssh (exec tryserver), scp "
+                     "(sftp into the jobdir) or local (a jobdir on this machine)."),
+        click.option("--host", metavar="HOST",
+                     help="The try server (an ~/.ssh/config alias works)."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="SSH port (default: ssh config, 22)."),
+        click.option("-u", "--username", metavar="USER",
+                     help="Login name (default: ssh config, you)."),
+        click.option("-i", "--identity", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Use only this private key (the agent may sign for it)."),
+        click.option("--jobdir", metavar="DIR", help="The jobdir on the server (scp, local; "
+                     "passed to tryserver, which a forced command ignores)."),
+        click.option("--tryserver-cmd", "--buildbotbin", "tryserver_cmd", metavar="CMD",
+                     default=DEFAULT_TRYSERVER_CMD, show_default=True,
+                     help="The remote program; 'tryserver' is appended unless it is named so."),
+        click.option("--known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="An extra known_hosts file, checked first (new keys go there)."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Record an unknown host key (never a changed one), like "
+                     "StrictHostKeyChecking=accept-new."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT,
+                     show_default=True, help="Seconds for connect, login and idle I/O."),
+        click.option("--config", "master_config", metavar="FILE",
+                     type=click.Path(dir_okay=False),
+                     help="On the master: read status/builders from this tryssh config."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
+    """Fill what the command line did not give from the config files (CLI wins)."""
+    cli = {k: v for k, v in values.items() if _given(ctx, k)}
+    try:
+        from .clientconfig import resolve_client_options
+    except ImportError:
+        merged: dict[str, Any] = {}
+    else:
+        merged = dict(resolve_client_options(cli, cwd=cwd))
+    result = dict(values)
+    for key, value in merged.items():
+        if key in result and not _given(ctx, key) and value is not None:
+            result[key] = value
+    for note in merged.get("_notes", []) if isinstance(merged.get("_notes"), list) else []:
+        echo_stderr(f"tryssh: {note}")
+    return result
+
+
+def _destination(v: dict[str, Any], quiet: bool) -> Destination:
+    ssh = None
+    if v["connect"] in ("ssh", "scp"):
+        if not v.get("host"):
+            raise UsageError(
+                f"-c {v['connect']} needs --host (or try_host in the options file, "
+                "host in .tryssh.toml)"
+            )
+        ssh = SshOptions(
+            host=v["host"], port=v.get("port"), user=v.get("username"),
+            identity=v.get("identity"), known_hosts=v.get("known_hosts"),
+            accept_new_host_key=bool(v.get("accept_new_host_key")),
+            timeout=float(v.get("timeout") or DEFAULT_TIMEOUT), quiet=quiet,
+        )
+    return Destination(
+        connect=v["connect"], ssh=ssh, jobdir=v.get("jobdir"),
+        tryserver_cmd=v.get("tryserver_cmd") or DEFAULT_TRYSERVER_CMD,
+        progress=not quiet, config=v.get("master_config"),
+    )
+
+
+@click.command("try", help=TRY_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-b", "--builder", "builders", multiple=True, metavar="NAME",
+              help="A builder to run (repeatable; default: the server's choice).")
+@click.option("--branch", metavar="NAME", help="The branch name to send (default: upstream's).")
+@click.option("--baserev", metavar="REV",
+              help="The base revision (default: merge-base with upstream).")
+@click.option("-p", "--patchlevel", type=click.IntRange(min=0), metavar="N",
+              help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).")
+@click.option("--who", metavar="NAME", help="Who asks (a forced-command server pins it).")
+@click.option("-C", "--comment", metavar="TEXT", help="A comment for the build.")
+@click.option("--property", "properties", multiple=True, metavar="K=V",
+              help="A build property (repeatable).")
+@click.option("--repository", metavar="URL", help="The repository URL to send.")
+@click.option("--project", metavar="NAME", help="The project name to send.")
+@click.option("--vc", type=click.Choice(["git", "hg", "svn"]), help="Expect this VCS.")
+@click.option("--diff", metavar="FILE|-", help="Send this diff (- for stdin) instead of the "
+              "working copy's change; needs --baserev.")
+@click.option("--untracked", is_flag=True, help="Include untracked files (git).")
+@click.option("--allow-empty", is_flag=True, help="Send even if the diff is empty.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the job and patch stats; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
+@click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
+@click.option("--wait-timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop waiting after this long (exit 75).")
+@_connection_options
+@click.pass_context
+def try_cmd(ctx: click.Context, **values: Any) -> None:
+    cwd = os.getcwd()
+    v = _merge(ctx, values, cwd)
+    quiet = bool(v["quiet"])
+    req = TryRequest(
+        builders=list(v["builders"] or []), branch=v["branch"], baserev=v["baserev"],
+        patchlevel=v["patchlevel"], who=v["who"], comment=v["comment"],
+        properties=parse_properties(v["properties"] or ()) if not isinstance(
+            v["properties"], dict) else dict(v["properties"]),
+        repository=v["repository"], project=v["project"], vc=v["vc"], diff=v["diff"],
+        untracked=bool(v["untracked"]), allow_empty=bool(v["allow_empty"]),
+    )
+    change = gather_change(req, cwd)
+    job = build_job(change, req)
+    from .jobfile import encode_job
+
+    data = encode_job(job)
+    stats = change.stats
+    lines = summary_lines(job, change, stats)
+    if v["dry_run"]:
+        if v["as_json"]:
+            click.echo(json.dumps(dry_run_dict(job, change, stats, data)))
+        else:
+            click.echo("\n".join(lines))
+            version = data[2:3].decode()
+            click.echo(f"job:        {len(data)} bytes (version {version}); not sent (--dry-run)")
+        ctx.exit(EX_OK)
+    dest = _destination(v, quiet)
+    if not quiet:
+        for line in lines:
+            echo_stderr(line)
+    conn = None if dest.connect == "local" else open_connection(dest)
+    try:
+        receipt = deliver(data, dest, conn)
+        if not quiet and not v["as_json"]:
+            where = receipt.host or dest.jobdir
+            if receipt.job:
+                echo_stderr(f"delivered to {where} ({receipt.size} bytes) as:")
+            else:
+                echo_stderr(f"delivered to {where} ({receipt.size} bytes) "
+                            "(the server did not name the job)")
+        record = None
+        if v["wait"]:
+            if not receipt.job:
+                raise TempFail("cannot --wait: the server did not name the job "
+                               "(Buildbot's tryserver?)")
+            if not v["as_json"]:
+                click.echo(receipt.job)
+            fetch = status_fetcher(dest, conn, receipt.job)
+            record = wait_for(fetch, v["wait_timeout"], None if quiet else echo_stderr)
+        out = receipt.as_dict()
+        out["builders"] = job.builder_names or []
+        if record is not None:
+            out["state"] = record.get("state")
+            out["result"] = record
+        if v["as_json"]:
+            click.echo(json.dumps(out))
+        elif not v["wait"] and receipt.job:
+            click.echo(receipt.job)
+        if record is not None:
+            ctx.exit(exit_code_for(record))
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _query(ctx: click.Context, values: dict[str, Any], what: str, job: str | None) -> Any:
+    v = _merge(ctx, values, os.getcwd())
+    if v.get("master_config"):
+        return local_query(v["master_config"], what, job)
+    if v["connect"] == "local":
+        raise UsageError(f"{what} on this machine needs --config (the master's config file)")
+    dest = _destination(v, quiet=True)
+    with open_connection(dest) as conn:
+        words = ("status", job) if what == "status" else ("builders",)
+        return remote_query(conn, dest, *words)
+
+
+@click.command("status", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON record.")
+@_connection_options
+@click.pass_context
+def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> None:
+    """Show how a job is doing (asks `tryserver status JOB` on the server).
+
+    \b
+    Examples:
+      tryssh status --host ci 1717171717.M123P45Q1R0a1b2c3d.ci
+      tryssh status --config /etc/tryssh/config.toml JOB     on the master
+    Exit codes: 0 succeeded (or still going), 1 a build failed, 77 rejected,
+    75 error or interrupted.
+    """
+    record = _query(ctx, values, "status", job)
+    if not isinstance(record, dict):
+        raise TempFail("the server's status answer is not a JSON object")
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        click.echo("\n".join(status_lines(record)))
+    state = str(record.get("state"))
+    ctx.exit(exit_code_for(record) if state not in ("queued", "running") else EX_OK)
+
+
+@click.command("builders", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_connection_options
+@click.pass_context
+def builders_cmd(ctx: click.Context, as_json: bool, **values: Any) -> None:
+    """List the builders you may use (asks `tryserver builders` on the server).
+
+    \b
+    Examples:
+      tryssh builders --host ci
+      tryssh builders --config /etc/tryssh/config.toml      on the master
+    """
+    answer = _query(ctx, values, "builders", None)
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    names = answer.get("builders", []) if isinstance(answer, dict) else answer
+    for name in names or []:
+        click.echo(name if isinstance(name, str) else json.dumps(name))

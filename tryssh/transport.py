@@ -1,0 +1,361 @@
+"""Delivering a job file: over an SSH exec channel, by SFTP into the jobdir, or locally.
+
+* ``ssh``: run ``<tryserver-cmd> tryserver --jobdir X`` (never a pty), stream the job on stdin
+  with an explicit EOF, drain stdout and stderr while sending, and check the exit status
+  (a missing status is a failure).
+* ``scp``: SFTP upload into ``JOBDIR/tmp/NAME``, then posix-rename into ``JOBDIR/new/NAME``.
+* ``local``: :meth:`tryssh.jobdir.Jobdir.deliver`, the code the server itself uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    CannotCreate,
+    TempFail,
+    TrysshError,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import paramiko
+
+    from .sshclient import Connection
+
+CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
+PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
+SYSEXITS = {EX_USAGE, EX_DATAERR, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG}
+DEFAULT_TRYSERVER_CMD = "buildbot"
+
+
+@dataclass
+class Receipt:
+    """What a delivery did: the job name (None if the server did not say) and the bytes sent."""
+
+    job: str | None
+    size: int
+    sha256: str
+    transport: str
+    host: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "job": self.job, "size": self.size, "sha256": self.sha256,
+            "transport": self.transport, "host": self.host,
+        }
+
+
+class RemoteFailure(TrysshError):
+    """The remote tryserver exited non-zero (or without an exit status)."""
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (only on a terminal, only for big uploads)."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.total = total
+        self.label = label
+        self.enabled = enabled and total > PROGRESS_MIN and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6) / 1e6
+        width = 30
+        filled = int(width * done / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(
+            f"\r{self.label} [{bar}] {done / 1e6:7.1f}/{self.total / 1e6:.1f} MB {rate:6.1f} MB/s"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- remote command -------------------------------------------------------------------------
+
+
+def quote_remote_path(path: str) -> str:
+    """Quote *path* for the remote shell; a leading ``~/`` stays expandable, as ssh users expect."""
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~/"
+    return shlex.quote(path)
+
+
+def tryserver_command(tryserver_cmd: str, jobdir: str | None, *words: str) -> str:
+    """``<tryserver-cmd> tryserver [--jobdir X] WORDS...``, every word quoted for the shell.
+
+    ``tryserver_cmd`` is Buildbot's ``--buildbotbin`` (``buildbot``); when it already names
+    a ``tryserver`` program (``tryserver``, ``/opt/bin/tryserver``) the subcommand is not repeated.
+    """
+    try:
+        program = shlex.split(tryserver_cmd or DEFAULT_TRYSERVER_CMD)
+    except ValueError as err:
+        raise TrysshError(f"bad --tryserver-cmd {tryserver_cmd!r}: {err}", EX_USAGE) from None
+    if not program:
+        program = [DEFAULT_TRYSERVER_CMD]
+    if program[-1].rsplit("/", 1)[-1] != "tryserver":
+        program.append("tryserver")
+    text = shlex.join(program)
+    if jobdir:
+        text += " --jobdir " + quote_remote_path(jobdir)
+    if words:
+        text += " " + shlex.join(words)
+    return text
+
+
+def _one_line(data: bytes) -> str:
+    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _remote_error(status: int, stderr: bytes, what: str) -> TrysshError:
+    message = _one_line(stderr)
+    if status == -1:
+        detail = f": {message}" if message else ""
+        return RemoteFailure(
+            f"{what}: the connection closed without an exit status (server killed?){detail}",
+            EX_TEMPFAIL,
+        )
+    code = status if status in SYSEXITS else EX_TEMPFAIL
+    if not message:
+        message = f"exit status {status}"
+    return RemoteFailure(f"{what} failed (exit {status}): {message}", code)
+
+
+class _Drain(threading.Thread):
+    """Read one stream of a channel to the end in the background."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        super().__init__(daemon=True)
+        self.read = read
+        self.data = bytearray()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                chunk = self.read(65536)
+                if not chunk:
+                    return
+                self.data += chunk
+        except BaseException as err:  # timeouts and lost connections are reported by join()
+            self.error = err
+
+
+def run_remote(
+    conn: Connection,
+    command: str,
+    stdin: bytes | None = None,
+    progress: Progress | None = None,
+    what: str = "remote tryserver",
+) -> tuple[bytes, bytes]:
+    """Run *command* on a new exec channel, feeding *stdin*; return (stdout, stderr).
+
+    Raises RemoteFailure for a non-zero or missing exit status, TempFail on a timeout.
+    """
+    import paramiko
+
+    timeout = conn.opts.timeout
+    chan: paramiko.Channel = conn.open_session()
+    try:
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise TempFail(f"{what}: cannot run the command on {conn.target}: {err}") from None
+        out = _Drain(chan.recv)
+        err = _Drain(chan.recv_stderr)
+        out.start()
+        err.start()
+        send_error: BaseException | None = None
+        if stdin is not None:
+            send_error = _send(chan, stdin, progress)
+            if isinstance(send_error, TimeoutError):
+                raise TempFail(f"{what}: {conn.target} stopped reading for {timeout:g}s")
+        try:
+            chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        # The drains end at EOF; a stuck server ends them through the channel timeout.
+        out.join()
+        err.join()
+        for failure in (out.error, err.error):
+            if isinstance(failure, TimeoutError):
+                raise TempFail(f"{what}: no answer from {conn.target} for {timeout:g}s")
+        if not chan.status_event.wait(timeout):
+            raise TempFail(f"{what}: no exit status from {conn.target} within {timeout:g}s")
+        status = chan.recv_exit_status()
+        if status != 0:
+            raise _remote_error(status, bytes(err.data), what)
+        for failure in (send_error, out.error, err.error):
+            if failure is not None:
+                raise TempFail(f"{what}: connection to {conn.target} failed: {_why(failure)}")
+        return bytes(out.data), bytes(err.data)
+    finally:
+        chan.close()
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__
+
+
+def _send(chan: paramiko.Channel, data: bytes, progress: Progress | None) -> BaseException | None:
+    """Send *data* in large writes; return the error that stopped it, if any.
+
+    A server that refuses the job closes the channel while we send: that is not our error to
+    report, its exit status and message are, so the caller carries on and reads them.
+    """
+    view = memoryview(data)
+    sent = 0
+    try:
+        while sent < len(view):
+            chunk = view[sent : sent + CHUNK]
+            chan.sendall(chunk)  # type: ignore[arg-type]
+            sent += len(chunk)
+            if progress is not None:
+                progress.update(sent)
+    except (OSError, EOFError) as err:
+        return err
+    finally:
+        if progress is not None:
+            progress.finish()
+    return None
+
+
+def deliver_ssh(
+    conn: Connection,
+    data: bytes,
+    jobdir: str | None,
+    tryserver_cmd: str = DEFAULT_TRYSERVER_CMD,
+    show_progress: bool = True,
+) -> Receipt:
+    """Send the job to ``tryserver`` on stdin; the receipt names the job if the server did."""
+    command = tryserver_command(tryserver_cmd, jobdir)
+    progress = Progress(len(data), "sending", show_progress)
+    stdout, _stderr = run_remote(conn, command, data, progress)
+    # tryssh's tryserver prints the job name; Buildbot's prints nothing.
+    lines = stdout.decode("utf-8", "replace").split()
+    name = lines[0] if lines else None
+    return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "ssh", str(conn.target))
+
+
+# -- sftp -----------------------------------------------------------------------------------
+
+
+def _sftp_path(path: str) -> str:
+    # sftp paths are relative to the login directory: "~/x" means "x".
+    if path == "~":
+        return "."
+    if path.startswith("~/"):
+        return path[2:] or "."
+    return path
+
+
+def deliver_scp(
+    conn: Connection, data: bytes, jobdir: str, show_progress: bool = True
+) -> Receipt:
+    """Upload into ``JOBDIR/tmp/NAME`` and posix-rename into ``JOBDIR/new/NAME``."""
+    import paramiko
+
+    from .jobdir import unique_name
+
+    if not jobdir:
+        raise TrysshError("-c scp needs --jobdir (the jobdir on the server)", EX_USAGE)
+    base = _sftp_path(jobdir).rstrip("/") or "/"
+    name = unique_name()
+    tmp = f"{base}/tmp/{name}"  # noqa: S108 (the jobdir's tmp/, on the server)
+    new = f"{base}/new/{name}"
+    sftp = conn.open_sftp()
+    progress = Progress(len(data), "uploading", show_progress)
+    try:
+        for sub in ("tmp", "new"):
+            try:
+                sftp.stat(f"{base}/{sub}")
+            except OSError:
+                raise CannotCreate(
+                    f"{jobdir}/{sub} does not exist on {conn.target}: is {jobdir} a jobdir?"
+                ) from None
+        try:
+            # "x": O_EXCL, never write into another delivery's file.
+            with sftp.open(tmp, "wbx") as remote:
+                remote.set_pipelined(True)
+                view = memoryview(data)
+                step = 32768 * 8
+                for start in range(0, len(view), step):
+                    remote.write(bytes(view[start : start + step]))
+                    progress.update(min(start + step, len(view)))
+                remote.chmod(0o640)
+                remote.flush()
+            progress.finish()
+            sftp.posix_rename(tmp, new)
+        except BaseException as err:
+            progress.finish()
+            try:
+                sftp.remove(tmp)
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+            if isinstance(err, TrysshError):
+                raise
+            if isinstance(err, (OSError, paramiko.SSHException, EOFError)):
+                code = EX_NOPERM if isinstance(err, PermissionError) else EX_TEMPFAIL
+                raise TrysshError(
+                    f"sftp upload to {conn.target}:{jobdir} failed: {_why(err)}", code
+                ) from None
+            raise
+    finally:
+        sftp.close()
+    return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "scp", str(conn.target))
+
+
+# -- local ----------------------------------------------------------------------------------
+
+
+def deliver_local(data: bytes, jobdir: str) -> Receipt:
+    """Deliver into a jobdir on this machine with the server's own code."""
+    import os
+
+    from .jobdir import Jobdir, write_all
+
+    if not jobdir:
+        raise TrysshError("-c local needs --jobdir", EX_USAGE)
+    target = Jobdir(os.path.expanduser(jobdir))
+    target.check()
+    try:
+        name, _ = target.deliver(lambda fd: write_all(fd, data))
+    except OSError as err:
+        from .errors import exit_code_for_oserror
+
+        raise TrysshError(
+            f"cannot deliver into {jobdir}: {err.strerror or err}", exit_code_for_oserror(err)
+        ) from None
+    return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "local", None)
