@@ -1,25 +1,63 @@
 """Answers to the read-only tryserver requests: ``status JOB``, ``builders``, ``jobs``.
 
-They only ever show the pinned user's own jobs.
+With ``--user`` (the forced command pins it) they only ever show that user's own jobs: a
+job of another user answers exactly like a job that does not exist,
+``no such job: NAME`` with exit code 66 (EX_NOINPUT). Without ``--user`` (an admin on the
+master, outside sshd) every job is visible.
+
+``status`` reads the job's record (:mod:`tryssh.records`). A job delivered but not yet
+claimed, or claimed but not yet recorded, answers state ``queued`` with no builders yet,
+so a client can poll right after delivery.
+
+This module runs inside the forced command, so it imports only what it needs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any
 
 from .command import Request
-from .errors import UsageError
+from .errors import EX_NOINPUT, TrysshError, UsageError
 
 if TYPE_CHECKING:
+    from .config import Config
     from .tryserver import Server
+
+JOBS_LIMIT = 20
+
+
+class NoSuchJob(TrysshError):
+    """The job does not exist, or belongs to another user (indistinguishable on purpose)."""
+
+    exit_code = EX_NOINPUT
 
 
 def answer(server: Server, request: Request) -> str:
     """The text (or JSON) answer to a read-only request."""
     if request.verb == "builders":
         return _builders(server, request)
-    raise UsageError(f"{request.verb} is not available on this server yet")
+    jobdir, state_dir = _dirs(server)
+    user = server.opts.user
+    if request.verb == "status":
+        if not request.job:
+            raise UsageError("status needs a job name")
+        record = job_status(jobdir, state_dir, request.job, user)
+        return json.dumps(record) + "\n" if request.json else format_status(record)
+    if request.verb == "jobs":
+        records = recent_jobs(state_dir, user, JOBS_LIMIT)
+        if request.json:
+            return json.dumps({"user": user, "jobs": records}) + "\n"
+        return format_jobs(records)
+    raise UsageError(f"{request.verb} is not available on this server")
+
+
+def _dirs(server: Server) -> tuple[str, str]:
+    if server.config is not None:
+        return server.config.jobdir, server.config.state_dir
+    jobdir = server.jobdir.path
+    return jobdir, os.path.join(jobdir, "state")
 
 
 def _builders(server: Server, request: Request) -> str:
@@ -27,8 +65,124 @@ def _builders(server: Server, request: Request) -> str:
 
     if server.config is None:
         raise UsageError("this server has no config, so it cannot list builders")
-    who = server.opts.user or "*"
-    names = allowed_builders(server.config, who)
+    who = server.opts.user
+    if who is None:
+        names = list(server.config.builders)  # the admin sees them all
+    else:
+        names = allowed_builders(server.config, who)
     if request.json:
-        return json.dumps({"user": who, "builders": names}) + "\n"
-    return "".join(f"{n}\n" for n in names)
+        described = {n: server.config.builders[n].options.get("description", "") for n in names}
+        return json.dumps({"user": who, "builders": names, "descriptions": described}) + "\n"
+    lines = []
+    for name in names:
+        description = server.config.builders[name].options.get("description")
+        lines.append(f"{name}\t{description}\n" if description else f"{name}\n")
+    return "".join(lines)
+
+
+def local_status(config: Config, job: str, user: str | None = None) -> dict[str, Any]:
+    """The status of *job* on this master, read from the records directly (``tryssh status
+    --config``). With *user*, only that user's jobs exist. Raises NoSuchJob."""
+    return job_status(config.jobdir, config.state_dir, job, user)
+
+
+def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -> dict[str, Any]:
+    """The record of *job* (or a ``queued`` stand-in for a job not yet recorded)."""
+    from .jobdir import is_job_name
+    from .records import RecordStore
+
+    if not is_job_name(job):
+        raise NoSuchJob(f"no such job: {job[:80]}")
+    record = RecordStore(state_dir).read(job)
+    if record is None:
+        record = _unrecorded(jobdir, job)
+    if record is None or (user is not None and record.get("who") != user):
+        raise NoSuchJob(f"no such job: {job}")
+    return record
+
+
+def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
+    """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
+    from .errors import BadJob
+    from .jobfile import parse_job_file
+    from .records import new_record
+
+    for sub in ("new", "cur"):
+        path = os.path.join(jobdir, sub, job)
+        try:
+            parsed = parse_job_file(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (BadJob, OSError):
+            return None  # unreadable here: the consumer will record why
+        return new_record(
+            job,
+            who=parsed.who,
+            branch=parsed.branch,
+            baserev=parsed.baserev,
+            project=parsed.project,
+            repository=parsed.repository,
+            comment=parsed.comment,
+        )
+    return None
+
+
+def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
+    """Up to *limit* records of *user* (everyone's when None), newest first."""
+    from .records import RecordStore
+
+    store = RecordStore(state_dir)
+    found = []
+    # Job names start with the delivery time, so the name order is the age order and
+    # only as many records as needed are read.
+    for name in reversed(store.all_jobs()):
+        record = store.read(name)
+        if record is None or (user is not None and record.get("who") != user):
+            continue
+        found.append(record)
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _builder_line(name: str, entry: dict[str, Any]) -> str:
+    state = entry.get("state") or "pending"
+    result = entry.get("result")
+    text = f"  {name}: {result if state == 'done' and result else state}"
+    if entry.get("reason"):
+        text += f" ({entry['reason']})"
+    if entry.get("log"):
+        text += f"  log: {entry['log']}"
+    return text + "\n"
+
+
+def format_status(record: dict[str, Any]) -> str:
+    """A short human-readable status."""
+    lines = [f"job {record['job']}: {record.get('state')}\n"]
+    if record.get("reason"):
+        lines.append(f"  reason: {record['reason']}\n")
+    details = [
+        f"{key}: {record[key]}"
+        for key in ("who", "branch", "baserev", "received", "finished")
+        if record.get(key)
+    ]
+    if details:
+        lines.append("  " + "  ".join(details) + "\n")
+    for name, entry in (record.get("builders") or {}).items():
+        lines.append(_builder_line(name, entry))
+    return "".join(lines)
+
+
+def format_jobs(records: list[dict[str, Any]]) -> str:
+    """One line per job: name, state, branch, builders with results."""
+    lines = []
+    for record in records:
+        results = ",".join(
+            f"{n}={e.get('result') or e.get('state')}"
+            for n, e in (record.get("builders") or {}).items()
+        )
+        lines.append(
+            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
+            f"{results or '-'}\n"
+        )
+    return "".join(lines)

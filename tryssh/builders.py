@@ -1,0 +1,346 @@
+"""The three kinds of builder a job can be handed to: command, webhook and forward.
+
+Each runner takes a :class:`BuildContext` and returns an :class:`Outcome`; none raises for
+an expected failure (a build that fails, a server that answers 500, a jobdir that is
+gone): that is a result, written to the build's log file.
+
+- ``command = [argv...]``: run without a shell in a fresh working directory, with a
+  timeout that kills the whole process group. Exit 0 is success, any other status is
+  failure, a timeout or a program that cannot start is error.
+- ``webhook = URL``: POST the job as JSON, signed like GitHub's webhooks
+  (``X-Tryssh-Signature-256: sha256=HMAC-SHA256(secret, body)``); 2xx is success, the
+  rest is retried with exponential backoff and is error when it keeps failing.
+- ``forward = PATH | "ssh://user@host[:port]/jobdir"``: deliver the job file's original
+  bytes into another jobdir (a Buildbot master's ``Try_Jobdir``, or another tryssh).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import IO, Any
+
+from .config import Builder, Config
+from .jobdir import Jobdir
+from .jobfile import Job
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
+WEBHOOK_TIMEOUT = 30.0  # per request, unless the builder sets timeout
+WEBHOOK_RETRIES = 3
+BACKOFF_BASE = 0.5  # seconds; doubled after each failed attempt
+BACKOFF_MAX = 60.0
+RETRY_STATUSES = (408, 425, 429)  # besides 5xx: the other 4xx will not improve on retry
+
+
+class Outcome:
+    """What a builder run came to: a result, its exit status (command) and why."""
+
+    def __init__(self, result: str, exit: int | None = None, reason: str | None = None) -> None:
+        self.result = result  # success, failure or error
+        self.exit = exit
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.result!r}, exit={self.exit!r}, reason={self.reason!r})"
+
+
+class BuildContext:
+    """Everything a runner needs to know about one build of one job."""
+
+    def __init__(
+        self,
+        config: Config,
+        name: str,
+        job: Job,
+        job_path: str,
+        builder: Builder,
+        log_path: str,
+        attempt: int = 1,
+    ) -> None:
+        self.config = config
+        self.name = name  # the job's name in the jobdir
+        self.job = job
+        self.job_path = job_path  # cur/NAME: the original bytes, for forward
+        self.builder = builder
+        self.log_path = log_path
+        self.attempt = attempt
+
+    def job_fields(self) -> dict[str, Any]:
+        """The job's fields, as the webhook body and the environment describe them."""
+        job = self.job
+        return {
+            "job": self.name,
+            "builder": self.builder.name,
+            "attempt": self.attempt,
+            "jobid": job.jobid,
+            "branch": job.branch,
+            "baserev": job.baserev,
+            "patch_level": job.patch_level,
+            "repository": job.repository,
+            "project": job.project,
+            "who": job.who,
+            "comment": job.comment,
+            "builders": job.builder_names or [],
+            "properties": job.properties or {},
+        }
+
+
+def log_path(config: Config, job: str, builder: str) -> str:
+    """Where the log of *builder* for *job* goes: ``LOG_DIR/JOB/BUILDER.log``."""
+    return os.path.join(config.log_dir, job, f"{builder}.log")
+
+
+def work_root(config: Config, builder: Builder) -> str:
+    """The parent of per-build working directories: the builder's ``workdir`` option, else
+    a ``work`` directory next to the log directory."""
+    return builder.options.get("workdir") or os.path.join(
+        os.path.dirname(config.log_dir.rstrip("/")), "work"
+    )
+
+
+def run(ctx: BuildContext) -> Outcome:
+    """Run the build described by *ctx* with the runner of its builder's kind."""
+    runner = RUNNERS[ctx.builder.kind]
+    os.makedirs(os.path.dirname(ctx.log_path), mode=0o2750, exist_ok=True)
+    fd = os.open(
+        ctx.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
+    )
+    with open(fd, "wb", buffering=0) as log:
+        try:
+            outcome = runner(ctx, log)
+        except Exception as err:  # a bug in a runner must not kill the consumer's thread
+            outcome = Outcome("error", reason=f"internal error: {type(err).__name__}: {err}")
+        _note(log, f"result: {outcome.result}" + (f" ({outcome.reason})" if outcome.reason else ""))
+    return outcome
+
+
+def _note(log: IO[bytes], text: str) -> None:
+    log.write(f"[tryssh] {text}\n".encode("utf-8", "replace"))
+
+
+# --- command -------------------------------------------------------------------------
+
+
+def command_env(ctx: BuildContext, patch_path: str) -> dict[str, str]:
+    """The build's environment: PATH from the consumer, the job as TRY_*, the builder's env."""
+    job = ctx.job
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "TRY_JOB": ctx.name,
+        "TRY_BUILDER": ctx.builder.name,
+        "TRY_PATCH": patch_path,
+        "TRY_PATCH_LEVEL": str(job.patch_level),
+        "TRY_BRANCH": job.branch or "",
+        "TRY_BASEREV": job.baserev or "",
+        "TRY_WHO": job.who or "",
+        "TRY_COMMENT": job.comment or "",
+        "TRY_REPOSITORY": job.repository or "",
+        "TRY_PROJECT": job.project or "",
+        "TRY_PROPERTIES": json.dumps(job.properties or {}),
+        "TRY_ATTEMPT": str(ctx.attempt),
+    }
+    env.update(ctx.builder.options.get("env", {}))
+    return env
+
+
+def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
+    argv: list[str] = list(ctx.builder.target)
+    root = work_root(ctx.config, ctx.builder)
+    os.makedirs(root, mode=0o2770, exist_ok=True)
+    build_dir = tempfile.mkdtemp(prefix=f"{ctx.name[:80]}.{ctx.builder.name[:40]}.", dir=root)
+    try:
+        patch_path = os.path.join(build_dir, "patch")
+        with open(patch_path, "wb") as f:
+            f.write(ctx.job.patch_body or b"")
+        work = os.path.join(build_dir, "work")
+        os.mkdir(work)
+        _note(log, f"job {ctx.name} builder {ctx.builder.name}: {json.dumps(argv)}")
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=work,
+                env=command_env(ctx, patch_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout kills it all
+                close_fds=True,
+            )
+        except OSError as err:
+            return Outcome("error", reason=f"cannot run {argv[0]}: {err.strerror}")
+        try:
+            status = proc.wait(timeout=ctx.builder.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return Outcome(
+                "error", reason=f"timed out after {ctx.builder.timeout:g}s (process group killed)"
+            )
+        finally:
+            # Whatever the build left running in its group goes too.
+            _signal_group(proc.pid, signal.SIGKILL)
+        _note(log, f"exit status {status} after {time.monotonic() - start:.2f}s")
+        if status == 0:
+            return Outcome("success", exit=0)
+        if status < 0:
+            return Outcome("failure", exit=status, reason=f"killed by signal {-status}")
+        return Outcome("failure", exit=status, reason=f"exit status {status}")
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- webhook -------------------------------------------------------------------------
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The ``X-Tryssh-Signature-256`` value: ``sha256=`` + hex HMAC-SHA256 (GitHub's form)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def read_secret(path: str) -> bytes:
+    """The webhook secret: the file's bytes without the trailing newline."""
+    with open(path, "rb") as f:
+        return f.read().rstrip(b"\r\n")
+
+
+def webhook_body(ctx: BuildContext) -> bytes:
+    fields = ctx.job_fields()
+    fields["patch"] = base64.b64encode(ctx.job.patch_body or b"").decode("ascii")
+    fields["patch_encoding"] = "base64"
+    return json.dumps(fields).encode("utf-8")
+
+
+def run_webhook(
+    ctx: BuildContext, log: IO[bytes], sleep: Callable[[float], None] = time.sleep
+) -> Outcome:
+    opts = ctx.builder.options
+    body = webhook_body(ctx)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "tryssh",
+        "X-Tryssh-Event": "try",
+        "X-Tryssh-Job": ctx.name,
+        "X-Tryssh-Builder": ctx.builder.name,
+    }
+    if opts.get("secret_file"):
+        try:
+            headers["X-Tryssh-Signature-256"] = sign(read_secret(opts["secret_file"]), body)
+        except OSError as err:
+            return Outcome("error", reason=f"cannot read secret_file: {err.strerror}")
+    retries = int(opts.get("retries", WEBHOOK_RETRIES))
+    timeout = float(opts.get("timeout", WEBHOOK_TIMEOUT))
+    url = ctx.builder.target
+    problem = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = min(BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_MAX)
+            _note(log, f"retrying in {delay:g}s")
+            sleep(delay)
+        # The config only admits http:// and https:// URLs here.
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                status = response.status
+                reply = response.read(4096)
+        except urllib.error.HTTPError as err:
+            status, reply = err.code, err.read(4096) if err.fp else b""
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            problem = f"POST {url}: {reason}"
+            _note(log, f"attempt {attempt + 1}: {problem}")
+            continue
+        _note(log, f"attempt {attempt + 1}: POST {url}: HTTP {status}")
+        if reply:
+            log.write(reply + b"\n")
+        if 200 <= status < 300:
+            return Outcome("success", exit=None, reason=f"HTTP {status}")
+        problem = f"POST {url}: HTTP {status}"
+        if status < 500 and status not in RETRY_STATUSES:
+            break
+    return Outcome("error", reason=problem)
+
+
+# --- forward -------------------------------------------------------------------------
+
+
+def run_forward(ctx: BuildContext, log: IO[bytes]) -> Outcome:
+    target: str = ctx.builder.target
+    try:
+        with open(ctx.job_path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return Outcome("error", reason=f"cannot read job file: {err.strerror}")
+    if target.startswith("ssh://"):
+        return _forward_ssh(ctx, data, log)
+    from .errors import TrysshError
+
+    try:
+        name = Jobdir(target).deliver_bytes(data)
+    except TrysshError as err:
+        return Outcome("error", reason=f"cannot deliver into {target}: {err.message}")
+    _note(log, f"delivered {len(data)} bytes into {target} as {name}")
+    return Outcome("success", reason=f"delivered as {name}")
+
+
+def _forward_ssh(ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
+    try:
+        from . import transport
+    except ImportError:
+        return Outcome("error", reason="ssh forwarding needs tryssh.transport (not installed)")
+    return transport_forward(transport, ctx, data, log)
+
+
+def transport_forward(transport: Any, ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
+    """Send *data* with tryssh.transport to the builder's ``ssh://`` destination."""
+    from .errors import TrysshError
+
+    opts = ctx.builder.options
+    send = getattr(transport, "forward_job", None)
+    if send is None:
+        return Outcome("error", reason="tryssh.transport has no forward_job()")
+    try:
+        name = send(
+            ctx.builder.target,
+            data,
+            identity=opts.get("identity"),
+            known_hosts=opts.get("known_hosts"),
+            timeout=ctx.builder.timeout,
+        )
+    except TrysshError as err:
+        return Outcome("error", reason=f"cannot forward to {ctx.builder.target}: {err.message}")
+    _note(log, f"forwarded {len(data)} bytes to {ctx.builder.target} as {name}")
+    return Outcome("success", reason=f"forwarded as {name}")
+
+
+RUNNERS: dict[str, Callable[[BuildContext, IO[bytes]], Outcome]] = {
+    "command": run_command,
+    "webhook": run_webhook,
+    "forward": run_forward,
+}

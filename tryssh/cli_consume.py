@@ -1,0 +1,64 @@
+"""``tryssh consume`` and ``tryssh gc``: the master side's command line."""
+
+from __future__ import annotations
+
+import click
+
+from .errors import UsageError
+
+
+@click.command("consume")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    metavar="FILE",
+    help="The tryssh TOML config (jobdir, builders, users).",
+)
+@click.option("--once", is_flag=True, help="Process the jobs waiting now, then exit.")
+@click.option("--poll", is_flag=True, help="Poll new/ instead of using inotify.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log debug events.")
+def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
+    """Claim jobs from the jobdir, check the policy and run the builders.
+
+    Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
+    claiming, lets the running builds finish and exits 0.
+    """
+    from .config import load_config
+    from .consumer import Consumer, EventLog
+
+    config = load_config(config_path)
+    consumer = Consumer(config, log=EventLog(verbose=verbose), use_inotify=not poll)
+    try:
+        return consumer.run(once=once, handle_signals=True)
+    finally:
+        consumer.close()
+
+
+@click.command("gc")
+@click.option(
+    "--config", "config_path", required=True, metavar="FILE", help="The tryssh TOML config."
+)
+@click.option(
+    "--older-than",
+    "days",
+    type=float,
+    default=None,
+    metavar="DAYS",
+    help="Remove finished jobs older than DAYS (default: the config's keep_days).",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> int:
+    """Remove old finished jobs, their records and logs, and stale tmp/ files."""
+    from .config import load_config
+    from .gc import collect
+
+    config = load_config(config_path)
+    days = config.keep_days if days is None else days
+    if days is None:
+        raise UsageError("say how old: --older-than DAYS, or keep_days in the config")
+    if days < 0:
+        raise UsageError("--older-than must not be negative")
+    for path in collect(config, days, dry_run=dry_run):
+        click.echo(("would remove " if dry_run else "removed ") + path)
+    return 0

@@ -1,0 +1,650 @@
+"""The consumer: claim jobs from the jobdir, check the policy, run the builders.
+
+One :class:`Consumer` watches ``new/`` (inotify through the kernel API with ctypes, or
+polling every ``[consume] poll_interval`` seconds where inotify is missing), claims jobs
+oldest first by renaming them into ``cur/`` (several consumers may share a jobdir: the
+rename decides who gets a job), and processes each job in a thread:
+
+1. parse it and check the ``[users]`` policy; a refused or unreadable job stays in
+   ``cur/`` with a ``rejected`` record saying why;
+2. run its builders, in parallel, each builder limited to ``concurrency`` builds at once;
+3. keep the durable record (:mod:`tryssh.records`) up to date at every step.
+
+Crash safety: while a consumer processes a job it holds the job's lock file. At start a
+consumer takes over every job that is claimed but unfinished and whose lock is free.
+Builders that had finished keep their result; builders that had not started run now;
+a builder that was running when the consumer died is **not** run again: its result is
+``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
+``interrupted``. Nothing is lost, and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
+
+from . import builders as builders_mod
+from .audit import format_value
+from .config import Config, ConfigError
+from .errors import BadJob, CannotCreate, TrysshError
+from .jobdir import AlreadyTaken, Jobdir, is_job_name
+from .jobfile import Job, parse_job
+from .policy import Refused, choose_builders
+from .records import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    INTERRUPTED,
+    RecordStore,
+    builder_entry,
+    new_record,
+    now_iso,
+    overall_state,
+)
+
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_MAX_PARALLEL = 16
+INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
+GC_INTERVAL = 3600.0
+
+# syslog priorities, for the "<N>" prefix journald understands
+ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
+_LEVELS = {ERR: "err", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
+
+Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
+
+
+class EventLog:
+    """One line per event on stderr: ``key=value`` pairs (logfmt).
+
+    Under systemd (JOURNAL_STREAM set) lines carry a ``<N>`` priority prefix and no
+    timestamp, since journald adds its own; elsewhere they start with the UTC time.
+    """
+
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.journal = "JOURNAL_STREAM" in os.environ
+        self._lock = threading.Lock()
+
+    def __call__(self, priority: int, **fields: object) -> None:
+        if priority >= DEBUG and not self.verbose:
+            return
+        text = " ".join(f"{k}={format_value(v)}" for k, v in fields.items() if v is not None)
+        if self.journal:
+            line = f"<{priority}>{text}\n"
+        else:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            line = f"{stamp} level={_LEVELS[priority]} {text}\n"
+        with self._lock:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed stderr must not stop the builds
+
+
+# --- inotify -------------------------------------------------------------------------
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+
+class Inotify:
+    """A minimal inotify watch on one directory, through libc with ctypes.
+
+    The events are not parsed: any event means "list the directory again", which also
+    covers a queue overflow.
+    """
+
+    def __init__(self, path: str) -> None:
+        libc_name = ctypes.util.find_library("c") or "libc.so.6"
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        init = getattr(libc, "inotify_init1", None)
+        if init is None:
+            raise OSError("inotify is not available")
+        fd = init(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        self.fd = fd
+        mask = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
+        add = libc.inotify_add_watch
+        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        if add(fd, os.fsencode(path), mask) < 0:
+            errno = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(errno, os.strerror(errno), path)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# --- checks before anything runs -----------------------------------------------------
+
+
+def check_config(config: Config) -> None:
+    """Problems a config file can hold that load_config cannot see: missing programs,
+    unreadable secrets, forward targets that are not jobdirs. Raises ConfigError."""
+    where = config.path
+    for name, builder in config.builders.items():
+        key = f"builders.{name}"
+        if builder.kind == "command":
+            program = builder.target[0]
+            if "/" in program:
+                found = os.path.isfile(program) and os.access(program, os.X_OK)
+            else:
+                import shutil
+
+                found = (
+                    shutil.which(
+                        program,
+                        path=builder.options.get("env", {}).get(
+                            "PATH", os.environ.get("PATH", os.defpath)
+                        ),
+                    )
+                    is not None
+                )
+            if not found:
+                raise ConfigError(f"{where}: {key}.command: program {program!r} not found")
+        secret = builder.options.get("secret_file")
+        if secret is not None:
+            try:
+                with open(secret, "rb"):
+                    pass
+            except OSError as err:
+                raise ConfigError(
+                    f"{where}: {key}.secret_file: cannot read {secret}: {err.strerror}"
+                ) from None
+        if builder.kind == "forward" and not builder.target.startswith("ssh://"):
+            try:
+                Jobdir(builder.target).check()
+            except CannotCreate as err:
+                raise ConfigError(f"{where}: {key}.forward: {err.message}") from None
+    consume = config.consume
+    if consume.get("poll_interval") is not None and consume["poll_interval"] <= 0:
+        raise ConfigError(f"{where}: consume.poll_interval: must be greater than 0")
+    if consume.get("max_parallel") is not None and consume["max_parallel"] <= 0:
+        raise ConfigError(f"{where}: consume.max_parallel: must be greater than 0")
+
+
+# --- the consumer --------------------------------------------------------------------
+
+
+class _JobRun:
+    """The in-memory side of one job being processed: record, its lock, pending builders."""
+
+    def __init__(self, name: str, path: str, record: dict[str, Any]) -> None:
+        self.name = name
+        self.path = path
+        self.record = record
+        self.lock = threading.Lock()  # guards record and its writes
+        self.written = False
+        self.job: Job | None = None
+        self.remaining = 0
+        self.done = threading.Event()
+
+
+class Consumer:
+    """Claims and processes the jobs of one config's jobdir.
+
+    *runner* replaces :func:`tryssh.builders.run` (tests and the benchmark use an
+    in-process no-op); *use_inotify* False forces polling.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        log: EventLog | None = None,
+        runner: Runner | None = None,
+        use_inotify: bool = True,
+    ) -> None:
+        self.config = config
+        self.log = log or EventLog()
+        self.runner = runner or builders_mod.run
+        self.jobdir = Jobdir(config.jobdir)
+        self.store = RecordStore(config.state_dir)
+        self.use_inotify = use_inotify
+        self.poll_interval = float(config.consume.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        self.max_parallel = int(config.consume.get("max_parallel", DEFAULT_MAX_PARALLEL))
+        self._builder_slots = {
+            name: threading.BoundedSemaphore(b.concurrency) for name, b in config.builders.items()
+        }
+        self._slots = threading.BoundedSemaphore(self.max_parallel)
+        self._stop = threading.Event()
+        self._pending_lock = threading.Lock()  # max_pending: check and record as one step
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="tryssh-job")
+        self._extra_threads: list[threading.Thread] = []
+        self._last_gc: float | None = None
+        self.processed = 0  # jobs this consumer finished (any final state)
+
+    # -- life cycle --
+
+    def prepare(self) -> None:
+        """Check everything before the first job: jobdir, state and log directories."""
+        check_config(self.config)
+        self.jobdir.check()
+        self.store.create()
+        try:
+            os.makedirs(self.config.log_dir, mode=0o2750, exist_ok=True)
+        except OSError as err:
+            raise CannotCreate(
+                f"cannot create log directory {self.config.log_dir}: {err.strerror}"
+            ) from None
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight jobs finish (safe from a signal handler or a thread)."""
+        self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def run(self, once: bool = False, handle_signals: bool = False) -> int:
+        """Process jobs until stopped (or, with *once*, until the queue is empty); 0 when
+        it ends cleanly."""
+        self.prepare()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        watcher = None
+        if self.use_inotify:
+            try:
+                watcher = Inotify(self.jobdir.new)
+            except OSError as err:
+                self.log(WARNING, event="inotify-unavailable", reason=str(err),
+                         poll_interval=self.poll_interval)  # fmt: skip
+        self.log(INFO, event="start", jobdir=self.jobdir.path, pid=os.getpid(),
+                 watch="inotify" if watcher else f"poll {self.poll_interval:g}s",
+                 max_parallel=self.max_parallel)  # fmt: skip
+        try:
+            self.resume()
+            self._maybe_gc()
+            while not self._stop.is_set():
+                self._drain()
+                if once and self._idle_and_empty():
+                    break
+                self._maybe_gc()
+                if watcher is not None:
+                    self._wait([watcher.fd, self._wake_r], INOTIFY_RESCAN)
+                    watcher.drain()
+                else:
+                    self._wait([self._wake_r], self.poll_interval)
+        finally:
+            self.log(INFO, event="stopping", in_flight=self._in_flight)
+            self._pool.shutdown(wait=True)
+            for thread in list(self._extra_threads):
+                thread.join()
+            if watcher is not None:
+                watcher.close()
+            self.log(INFO, event="stopped", processed=self.processed)
+        return 0
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _idle_and_empty(self) -> bool:
+        with self._in_flight_lock:
+            busy = self._in_flight
+        return busy == 0 and not self.jobdir.pending()
+
+    def _wait(self, fds: list[int], timeout: float) -> None:
+        try:
+            select.select(fds, [], [], timeout)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _maybe_gc(self) -> None:
+        if self.config.keep_days is None:
+            return
+        if self._last_gc is not None and time.monotonic() - self._last_gc < GC_INTERVAL:
+            return
+        self._last_gc = time.monotonic()
+        from .gc import collect
+
+        try:
+            removed = collect(self.config, self.config.keep_days)
+        except (OSError, TrysshError) as err:
+            self.log(ERR, event="gc-failed", reason=str(err))
+            return
+        if removed:
+            self.log(INFO, event="gc", removed=len(removed))
+
+    # -- claiming --
+
+    def _drain(self) -> None:
+        """Claim every job now in new/, oldest first, as slots free up."""
+        for name in self.jobdir.pending():
+            if not self._take_slot():
+                return
+            try:
+                path = self.jobdir.claim(name)
+            except AlreadyTaken:
+                self._slots.release()
+                self.log(DEBUG, job=name, event="taken-by-another-consumer")
+                continue
+            except OSError as err:
+                # Left in new/ and tried again at the next scan (Buildbot forgets it).
+                self._slots.release()
+                self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                continue
+            self._submit(name, path, None)
+
+    def _take_slot(self) -> bool:
+        while not self._stop.is_set():
+            if self._slots.acquire(timeout=0.2):
+                return True
+        return False
+
+    def _submit(self, name: str, path: str, record: dict[str, Any] | None) -> None:
+        with self._in_flight_lock:
+            self._in_flight += 1
+        self._pool.submit(self._process, name, path, record)
+
+    def _finished_job(self) -> None:
+        with self._in_flight_lock:
+            self._in_flight -= 1
+        self._slots.release()
+        self._wake()
+
+    # -- resuming after a crash --
+
+    def resume(self) -> int:
+        """Take over claimed, unfinished jobs no live consumer holds; returns how many."""
+        count = 0
+        for name in self.store.active_jobs():
+            final = self.store.read(name)
+            if final is not None and final.get("state") in FINAL_STATES:
+                try:  # a stale active copy left by a crash just after the final write
+                    os.unlink(self.store.active_path(name))
+                except FileNotFoundError:
+                    pass
+                continue
+            if self._resume_one(name):
+                count += 1
+        # Jobs claimed (in cur/) before any record was written.
+        try:
+            in_cur = [n for n in os.listdir(self.jobdir.cur) if is_job_name(n)]
+        except FileNotFoundError:
+            in_cur = []
+        known = set(self.store.final_jobs()) | set(self.store.active_jobs())
+        for name in sorted(set(in_cur) - known):
+            if self._resume_one(name):
+                count += 1
+        return count
+
+    def _resume_one(self, name: str) -> bool:
+        if not self._take_slot():
+            return False
+        self.log(DEBUG, job=name, event="resume-candidate")
+        self._submit(name, os.path.join(self.jobdir.cur, name), {"resume": True})
+        return True
+
+    # -- one job --
+
+    def _process(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
+        run: _JobRun | None = None
+        lock = None
+        try:
+            lock = self.store.try_lock(name)
+            if lock is None:
+                self.log(DEBUG, job=name, event="locked-by-another-consumer")
+                return
+            # Read again under the lock: another consumer may have finished it meanwhile.
+            record = self.store.read(name)
+            if record is not None and record.get("state") in FINAL_STATES:
+                return
+            if record is not None:
+                run = self._resumed(name, path, record)
+            else:
+                if hint is not None and not os.path.exists(path):
+                    return  # gc'd or never there
+                run = self._fresh(name, path)
+            if run is not None:
+                self._run_builders(run)
+        except Exception as err:
+            self.log(ERR, job=name, event="internal-error", reason=f"{type(err).__name__}: {err}")
+            if run is not None:
+                self._fail_run(run, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            if lock is not None:
+                final = run is None or run.record["state"] in FINAL_STATES
+                self.store.release(lock, remove=final)
+            self._finished_job()
+
+    def _fresh(self, name: str, path: str) -> _JobRun | None:
+        record = new_record(name, received=_mtime_iso(path))
+        run = _JobRun(name, path, record)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                hard_limit = max(
+                    [self.config.max_job_size]
+                    + [u.max_job_size or 0 for u in self.config.users.values()]
+                )
+                data = f.read(hard_limit + 1)
+            record["size"] = size
+            if size > hard_limit:
+                raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
+            record["sha256"] = hashlib.sha256(data).hexdigest()
+            job = parse_job(data)
+        except FileNotFoundError:
+            self.log(WARNING, job=name, event="vanished")
+            return None
+        except (BadJob, OSError) as err:
+            reason = err.message if isinstance(err, TrysshError) else err.strerror
+            self._reject(run, f"bad job: {reason}")
+            return None
+        run.job = job
+        record.update(
+            who=job.who, branch=job.branch, baserev=job.baserev, project=job.project,
+            repository=job.repository, comment=job.comment,
+        )  # fmt: skip
+        who = job.who or ""
+        policy = self.config.user(who)
+        try:
+            if policy is not None and policy.max_pending is not None:
+                with self._pending_lock:
+                    # Check and record as one step, so two jobs cannot both take the last place.
+                    pending = self.store.pending_count(who)
+                    names = choose_builders(
+                        self.config, who, job.builder_names, job.branch, size, pending
+                    )
+                    self._init_builders(run, names)
+                    self._write(run)
+            else:
+                names = choose_builders(self.config, who, job.builder_names, job.branch, size)
+                self._init_builders(run, names)
+        except Refused as err:
+            self._reject(run, err.message)
+            return None
+        self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))
+        return run
+
+    def _init_builders(self, run: _JobRun, names: list[str]) -> None:
+        run.record["builders"] = {
+            n: builder_entry(log=builders_mod.log_path(self.config, run.name, n)) for n in names
+        }
+
+    def _reject(self, run: _JobRun, reason: str) -> None:
+        record = run.record
+        record.update(state="rejected", reason=reason, finished=now_iso())
+        self._write(run)
+        self.processed += 1
+        self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
+
+    def _resumed(self, name: str, path: str, record: dict[str, Any]) -> _JobRun | None:
+        run = _JobRun(name, path, record)
+        run.written = True
+        interrupted = []
+        now = now_iso()
+        for bname, entry in record["builders"].items():
+            if entry.get("state") == "running":
+                entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
+                interrupted.append(bname)
+        record["resumed"] = now
+        if interrupted:
+            record["reason"] = (
+                f"{INTERRUPTED}: {', '.join(interrupted)} was running and was not run again"
+            )
+        self.log(NOTICE, job=name, who=record.get("who"), event="resumed",
+                 interrupted=",".join(interrupted) or None)  # fmt: skip
+        pending = [n for n, e in record["builders"].items() if e.get("state") == "pending"]
+        if pending:
+            try:
+                with open(path, "rb") as f:
+                    run.job = parse_job(f.read())
+            except (OSError, BadJob) as err:
+                reason = err.message if isinstance(err, TrysshError) else err.strerror
+                for n in pending:
+                    record["builders"][n].update(
+                        state="done", result="error", reason=f"cannot read job: {reason}",
+                        finished=now,
+                    )  # fmt: skip
+                pending = []
+        if not pending:
+            self._finish(run)
+            return None
+        return run
+
+    def _run_builders(self, run: _JobRun) -> None:
+        names = [n for n, e in run.record["builders"].items() if e["state"] == "pending"]
+        run.remaining = len(names)
+        threads = []
+        for bname in names[1:]:
+            thread = threading.Thread(
+                target=self._build, args=(run, bname), name=f"tryssh-{bname}", daemon=False
+            )
+            thread.start()
+            threads.append(thread)
+        self._build(run, names[0])
+        for thread in threads:
+            thread.join()
+
+    def _build(self, run: _JobRun, bname: str) -> None:
+        builder = self.config.builders.get(bname)
+        entry = run.record["builders"][bname]
+        if builder is None:  # the config changed while the job waited
+            self._builder_done(run, bname, builders_mod.Outcome(
+                "error", reason=f"builder {bname!r} is no longer configured"))  # fmt: skip
+            return
+        slots = self._builder_slots[bname]
+        if not slots.acquire(blocking=False):
+            with run.lock:
+                if not run.written:
+                    self._write(run)
+            self.log(DEBUG, job=run.name, builder=bname, event="waiting-for-slot")
+            slots.acquire()
+        try:
+            with run.lock:
+                entry.update(state="running", started=now_iso())
+                record = run.record
+                record["state"] = "running"
+                record["started"] = record["started"] or entry["started"]
+                self._write(run)  # durable before the build starts: a crash can tell
+            self.log(INFO, job=run.name, who=run.record.get("who"), state="running",
+                     builder=bname, attempt=entry.get("attempt"))  # fmt: skip
+            assert run.job is not None
+            ctx = builders_mod.BuildContext(
+                self.config, run.name, run.job, run.path, builder, entry["log"],
+                attempt=int(entry.get("attempt") or 1),
+            )  # fmt: skip
+            try:
+                outcome = self.runner(ctx)
+            except Exception as err:
+                outcome = builders_mod.Outcome("error", reason=f"internal error: {err}")
+        finally:
+            slots.release()
+        self._builder_done(run, bname, outcome)
+
+    def _builder_done(self, run: _JobRun, bname: str, outcome: builders_mod.Outcome) -> None:
+        with run.lock:
+            entry = run.record["builders"][bname]
+            entry.update(state="done", result=outcome.result, exit=outcome.exit,
+                         finished=now_iso())  # fmt: skip
+            if outcome.reason:
+                entry["reason"] = outcome.reason
+            run.remaining -= 1
+            last = run.remaining <= 0
+            self.log(INFO, job=run.name, who=run.record.get("who"), builder=bname,
+                     result=outcome.result, exit=outcome.exit, reason=outcome.reason)  # fmt: skip
+            if last:
+                self._finish(run)
+            else:
+                self._write(run)
+
+    def _finish(self, run: _JobRun) -> None:
+        record = run.record
+        record["state"] = overall_state(record)
+        record["finished"] = now_iso()
+        self._write(run)
+        self.processed += 1
+        self.log(INFO, job=run.name, who=record.get("who"), state=record["state"],
+                 reason=record.get("reason"))  # fmt: skip
+
+    def _fail_run(self, run: _JobRun, reason: str) -> None:
+        record = run.record
+        if record["state"] in FINAL_STATES:
+            return
+        record.update(state="error", reason=reason, finished=now_iso())
+        for entry in record["builders"].values():
+            if entry["state"] != "done":
+                entry.update(state="done", result="error", finished=now_iso())
+        try:
+            self._write(run)
+        except OSError:
+            pass
+
+    def _write(self, run: _JobRun) -> None:
+        self.store.write(run.record)
+        run.written = True
+
+
+def _mtime_iso(path: str) -> str | None:
+    # Delivery keeps the tmp file's mtime, and the claim (a rename) does not change it.
+    try:
+        stamp = os.stat(path).st_mtime
+    except OSError:
+        return None
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+__all__ = ["ACTIVE_STATES", "Consumer", "EventLog", "Inotify", "check_config"]

@@ -1,0 +1,78 @@
+"""Garbage collection: remove finished jobs, their records and logs once they are old.
+
+Only jobs with a *final* record (success, failure, error, rejected, interrupted) whose
+``finished`` time is older than the cutoff are removed: the job file in ``cur/``, the
+record, the lock file and ``LOG_DIR/JOB/``. A job without a final record is never removed,
+since a consumer still owes it a result. Stale ``tmp/`` files (36 hours, the maildir rule)
+go too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from .config import Config
+from .jobdir import Jobdir
+from .records import FINAL_STATES, RecordStore, parse_iso
+
+
+def collect(
+    config: Config, older_than_days: float, dry_run: bool = False, now: float | None = None
+) -> list[str]:
+    """Remove what is older than *older_than_days*; return the paths removed (or that
+    would be, with *dry_run*)."""
+    now = time.time() if now is None else now
+    cutoff = now - older_than_days * 86400
+    store = RecordStore(config.state_dir)
+    jobdir = Jobdir(config.jobdir)
+    removed: list[str] = []
+    for name in store.final_jobs():
+        record = store.read(name)
+        if record is None or record.get("state") not in FINAL_STATES:
+            continue
+        when = parse_iso(record.get("finished")) or parse_iso(record.get("updated"))
+        if when is None:
+            try:
+                when = os.stat(store.final_path(name)).st_mtime
+            except FileNotFoundError:
+                continue
+        if when >= cutoff:
+            continue
+        paths = [os.path.join(jobdir.cur, name), os.path.join(config.log_dir, name)]
+        paths = [p for p in paths if os.path.lexists(p)]
+        removed += [*paths, store.final_path(name)]
+        if dry_run:
+            continue
+        # The job file first and the record last: an interrupted gc leaves a record whose
+        # job is gone (harmless), never a job without its record (which would run again).
+        for path in paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        store.remove(name)
+    if dry_run:
+        removed += [os.path.join(jobdir.tmp, n) for n in _old_tmp(jobdir, now)]
+    else:
+        removed += [os.path.join(jobdir.tmp, n) for n in jobdir.clean_tmp(now=now)]
+    return removed
+
+
+def _old_tmp(jobdir: Jobdir, now: float, max_age: float = 36 * 3600) -> list[str]:
+    try:
+        entries = list(os.scandir(jobdir.tmp))
+    except FileNotFoundError:
+        return []
+    names = []
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
+                names.append(entry.name)
+        except FileNotFoundError:
+            continue
+    return names

@@ -1,0 +1,280 @@
+"""Durable per-job state: one JSON record per job, written atomically.
+
+A record lives in ``STATE_DIR/active/NAME.json`` while the job is queued or running and in
+``STATE_DIR/NAME.json`` once it is finished (success, failure, error, rejected,
+interrupted). The split keeps the consumer's two frequent questions cheap whatever the
+history holds: "which jobs did a dead consumer leave behind?" and "how many jobs does
+this user have pending?" are both a listing of the small ``active/`` directory.
+
+Every write is tmp file + fsync + rename + fsync of the directory, so a reader sees either
+the old record or the new one, and a record the consumer acted on survives a crash.
+Records are group-readable (0640): tryserver runs as another user of the group and reads
+them to answer ``status`` and ``jobs``.
+
+A consumer holds a per-job :class:`filelock.FileLock` (``STATE_DIR/locks/NAME.lock``)
+while it processes a job; a consumer that starts later skips jobs whose lock is held.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import TrysshError, exit_code_for_oserror
+from .jobdir import fsync_dir, is_job_name
+
+STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
+BUILDER_STATES = ("pending", "running", "done")
+RESULTS = ("success", "failure", "error")
+RECORD_MODE = 0o640
+INTERRUPTED = "interrupted (consumer restarted)"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 with microseconds and a ``Z``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str | None) -> float | None:
+    """Seconds since the epoch for a timestamp written by :func:`now_iso` (None passes)."""
+    if not text:
+        return None
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp.timestamp()
+
+
+def new_record(job: str, **fields: Any) -> dict[str, Any]:
+    """A record for *job* with every documented key present (None when not known yet)."""
+    record: dict[str, Any] = {
+        "job": job,
+        "state": "queued",
+        "reason": None,
+        "who": None,
+        "branch": None,
+        "baserev": None,
+        "project": None,
+        "repository": None,
+        "comment": None,
+        "size": None,
+        "sha256": None,
+        "received": None,
+        "started": None,
+        "finished": None,
+        "updated": None,
+        "builders": {},
+    }
+    record.update(fields)
+    return record
+
+
+def builder_entry(**fields: Any) -> dict[str, Any]:
+    """One ``builders.NAME`` entry of a record."""
+    entry: dict[str, Any] = {
+        "state": "pending",
+        "result": None,
+        "log": None,
+        "exit": None,
+        "started": None,
+        "finished": None,
+        "attempt": 1,
+    }
+    entry.update(fields)
+    return entry
+
+
+def overall_state(record: dict[str, Any]) -> str:
+    """The final job state from its builders' results.
+
+    ``interrupted`` wins (a consumer died under a build), then ``error`` (the
+    infrastructure failed), then ``failure`` (a build failed), else ``success``.
+    """
+    entries = list(record["builders"].values())
+    if any(e.get("reason") == INTERRUPTED for e in entries):
+        return "interrupted"
+    results = [e.get("result") for e in entries]
+    if "error" in results:
+        return "error"
+    if "failure" in results:
+        return "failure"
+    return "success"
+
+
+class RecordStore:
+    """The records of one consumer setup, in *state_dir*."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.abspath(state_dir)
+        self.active = os.path.join(self.path, "active")
+        self.locks = os.path.join(self.path, "locks")
+
+    def create(self) -> RecordStore:
+        """Make the directories (setgid group-shared like the jobdir) if missing."""
+        try:
+            for path in (self.path, self.active, self.locks):
+                os.makedirs(path, mode=0o2770, exist_ok=True)
+        except OSError as err:
+            raise TrysshError(
+                f"cannot create state directory {self.path}: {err.strerror}",
+                exit_code_for_oserror(err),
+            ) from None
+        return self
+
+    def final_path(self, job: str) -> str:
+        return os.path.join(self.path, f"{job}.json")
+
+    def active_path(self, job: str) -> str:
+        return os.path.join(self.active, f"{job}.json")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write *record* atomically where its state belongs; stamps ``updated``."""
+        job = record["job"]
+        if not is_job_name(job):
+            raise TrysshError(f"not a job name: {job!r}")
+        record["updated"] = now_iso()
+        final = record["state"] in FINAL_STATES
+        directory = self.path if final else self.active
+        target = self.final_path(job) if final else self.active_path(job)
+        data = json.dumps(record, indent=1, sort_keys=False).encode("utf-8") + b"\n"
+        tmp = os.path.join(directory, f".{job}.{os.getpid()}.{id(record)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, RECORD_MODE)
+        try:
+            try:
+                os.fchmod(fd, RECORD_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        fsync_dir(directory)
+        if final:
+            # The final record is durable: the active copy is now only a stale duplicate,
+            # which readers ignore (final wins) and startup removes.
+            try:
+                os.unlink(self.active_path(job))
+            except FileNotFoundError:
+                pass
+
+    def read(self, job: str) -> dict[str, Any] | None:
+        """The record of *job*, or None. A final record wins over an active one."""
+        if not is_job_name(job):
+            return None
+        for path in (self.final_path(job), self.active_path(job), self.final_path(job)):
+            # Checked twice: the job may finish between the two first reads.
+            record = _load(path)
+            if record is not None:
+                return record
+        return None
+
+    def exists(self, job: str) -> bool:
+        return os.path.exists(self.final_path(job)) or os.path.exists(self.active_path(job))
+
+    def active_jobs(self) -> list[str]:
+        """Names of jobs with an active record (stale duplicates included), oldest first."""
+        return _names(self.active)
+
+    def final_jobs(self) -> list[str]:
+        return _names(self.path)
+
+    def all_jobs(self) -> list[str]:
+        return sorted(set(self.active_jobs()) | set(self.final_jobs()), key=_time_key)
+
+    def active_records(self) -> Iterator[dict[str, Any]]:
+        """Records still queued or running (a stale active copy reads as its final record)."""
+        for job in self.active_jobs():
+            record = self.read(job)
+            if record is not None and record.get("state") in ACTIVE_STATES:
+                yield record
+
+    def pending_count(self, who: str) -> int:
+        """How many jobs of *who* are queued or running, across every consumer."""
+        return sum(1 for r in self.active_records() if r.get("who") == who)
+
+    def lock(self, job: str) -> FileLock:
+        """The per-job lock (not acquired). ``thread_local=False``: threads hand it over."""
+        return FileLock(
+            os.path.join(self.locks, f"{job}.lock"), thread_local=False, is_singleton=False
+        )
+
+    def try_lock(self, job: str) -> FileLock | None:
+        """The per-job lock acquired without waiting, or None when a live consumer holds it."""
+        lock = self.lock(job)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return None
+        return lock
+
+    def release(self, lock: FileLock, remove: bool = False) -> None:
+        """Release *lock*; with *remove*, also delete its file (the job is finished)."""
+        if remove:
+            # Deleted while still held: a waiter that opened the old file gets the lock
+            # and then reads the final record, so it never acts on a finished job.
+            try:
+                os.unlink(lock.lock_file)
+            except FileNotFoundError:
+                pass
+        lock.release()
+
+    def remove(self, job: str) -> None:
+        """Delete every file the store keeps for *job* (gc)."""
+        for path in (
+            self.final_path(job),
+            self.active_path(job),
+            os.path.join(self.locks, f"{job}.lock"),
+        ):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None  # never happens with atomic writes; a hand-edited file is skipped
+    return record if isinstance(record, dict) else None
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    names = [e[:-5] for e in entries if e.endswith(".json") and not e.startswith(".")]
+    return sorted(names, key=_time_key)
+
+
+def _time_key(name: str) -> tuple[float, str]:
+    # tryssh and Buildbot job names both start with the delivery time in seconds.
+    head = name.split("-", 1)[0]
+    sec, _, rest = head.partition(".")
+    micros = rest[1:7] if rest.startswith("M") else rest[:6]
+    try:
+        return float(f"{int(sec)}.{micros if micros.isdigit() else 0}"), name
+    except ValueError:
+        return 0.0, name
