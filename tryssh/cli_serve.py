@@ -1,0 +1,118 @@
+"""``tryssh serve`` (the embedded SSH server) and ``tryssh passwd`` (its password hashes)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from .errors import EX_OK, TrysshError, UsageError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .consumer import Consumer
+
+
+@click.command("serve")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
+)  # fmt: skip
+@click.option("--consume", is_flag=True, help="also run the consumer in this process")
+def serve_cmd(config_path: str, consume: bool) -> int:
+    """Run the embedded SSH server: only tryserver requests, users from the config.
+
+    Prints a ready line on stdout once listening:
+    ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
+    SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
+    """
+    from .config import load_config
+    from .serve import EmbeddedServer
+
+    config = load_config(config_path)
+    server = EmbeddedServer(config)
+    if server.host_key_created:
+        click.echo(
+            f"tryssh serve: generated host key {server.settings.host_key} ({server.fingerprint})"
+        )
+    address = server.bind()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    consumer = consumer_thread = None
+    try:
+        if consume:
+            consumer, consumer_thread = _start_consumer(config, stop)
+        click.echo(
+            f"tryssh serve: listening on {address}, host key {server.fingerprint} "
+            f"({server.host_key.get_name()})"
+        )
+        sys.stdout.flush()
+        server.serve(stop)
+    finally:
+        stop.set()
+        if consumer is not None and consumer_thread is not None:
+            consumer.stop()  # in-flight builds finish first
+            consumer_thread.join()
+            consumer.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo("tryssh serve: stopped", err=True)
+    return EX_OK
+
+
+def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
+    from .consumer import Consumer
+
+    consumer = Consumer(config)
+    consumer.prepare()  # config and directory errors before the ready line, not in a thread
+
+    def run() -> None:
+        try:
+            consumer.run()
+        except Exception as err:
+            message = err.message if isinstance(err, TrysshError) else repr(err)
+            click.echo(f"tryssh serve: the consumer stopped: {message}", err=True)
+        finally:
+            stop.set()  # a dead consumer must not leave a server taking jobs nobody runs
+
+    thread = threading.Thread(target=run, name="tryssh-consumer", daemon=True)
+    thread.start()
+    return consumer, thread
+
+
+@click.command("passwd")
+@click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
+def passwd_cmd(from_stdin: bool) -> int:
+    """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
+
+    On a terminal the password is asked twice without echo; with --stdin it is read once
+    (the first line) from stdin.
+    """
+    import getpass
+
+    from .passwords import hash_password
+
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password.removesuffix("\r")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("stdin is not a terminal: use --stdin to read the password from it")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the passwords differ")
+    if not password:
+        raise UsageError("empty password refused")
+    click.echo(hash_password(password))
+    if not from_stdin:
+        click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)
+    return EX_OK

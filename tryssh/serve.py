@@ -1,0 +1,800 @@
+"""``tryssh serve``: an embedded SSH server (paramiko) that only speaks the tryserver language.
+
+It is Buildbot's ``Try_Userpass`` idea with SSH's security: developers are ``[users.NAME]``
+entries of the config (public keys and/or a scrypt password hash), not system accounts.
+Each connection gets a paramiko Transport; each exec request runs ``tryserver.handle`` in its
+own thread with the authenticated user pinned as ``who``. Everything else (shells, ptys,
+forwarding, agents, X11, subsystems, env) is refused, and a refused command gets a
+one-line message and exit status 64, like the forced command.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import paramiko
+
+from .audit import AuditLog
+from .command import Refused, parse_ssh_command
+from .config import Config
+from .errors import (
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    ConfigError,
+    TempFail,
+    TrysshError,
+)
+from .passwords import hash_password, parse_hash, verify_password
+from .tryserver import Options, Server, handle
+
+DEFAULT_LISTEN = "127.0.0.1:2222"
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
+POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """The ``[serve]`` table with its defaults filled in."""
+
+    host: str = "127.0.0.1"
+    port: int = 2222
+    host_key: str = ""
+    max_auth_tries: int = 6
+    max_auth_failures_per_address: int = 10
+    auth_penalty_seconds: float = 60.0
+    max_connections: int = 32
+    idle_timeout: float = 300.0
+    banner: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        serve = config.serve
+        where = f"{config.path}: serve."
+        host, port = parse_listen(serve.get("listen", DEFAULT_LISTEN), where + "listen")
+        settings = cls(
+            host=host,
+            port=port,
+            host_key=serve.get("host_key") or os.path.join(config.state_dir, HOST_KEY_NAME),
+            banner=serve.get("banner"),
+        )
+        for key in (
+            "max_auth_tries",
+            "max_auth_failures_per_address",
+            "auth_penalty_seconds",
+            "max_connections",
+            "idle_timeout",
+        ):
+            if key in serve:
+                if serve[key] <= 0:
+                    raise ConfigError(f"{where}{key}: must be greater than 0")
+                setattr(settings, key, serve[key])
+        return settings
+
+
+def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); port 0 means any free port."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{where}: expected [ADDRESS]:PORT, got {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"{where}: expected HOST:PORT with a port 0-65535, got {text!r}")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:...`` as ssh-keygen -l prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def parse_public_key(line: str) -> bytes:
+    """The key blob of an ``ssh-ed25519 AAAA... [comment]`` line; ValueError if malformed."""
+    words = line.split()
+    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise ValueError("expected 'TYPE BASE64 [COMMENT]' (no options)")
+    try:
+        blob = base64.b64decode(words[1], validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("the key is not valid base64") from None
+    # The blob starts with its own type name: a line whose two disagree is forged or broken.
+    name_len = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + name_len] != words[0].encode():
+        raise ValueError(f"the key data is not a {words[0]} key")
+    return blob
+
+
+def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
+    """The host key at *path*, generated (ed25519, mode 0600) if missing; (key, created)."""
+    created = False
+    if not os.path.exists(path):
+        _generate_host_key(path)
+        created = True
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"host key {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it"
+        )
+    try:
+        key = paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException, ValueError) as err:
+        raise ConfigError(f"cannot load host key {path}: {err}") from None
+    pub = path + ".pub"
+    if not os.path.exists(pub):
+        # Scripts build known_hosts lines from it (the demo does).
+        with open(pub, "w") as f:
+            f.write(f"{key.get_name()} {key.get_base64()} tryssh-serve\n")
+    return key, created
+
+
+def _generate_host_key(path: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    data = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    # O_EXCL: two servers starting at once must not overwrite each other's key.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    with open(path + ".pub", "wb") as f:
+        f.write(public + b" tryssh-serve\n")
+
+
+@dataclass
+class Account:
+    """An explicit ``[users.NAME]`` entry: who may log in, and how."""
+
+    name: str
+    keys: dict[bytes, str]  # blob -> fingerprint
+    password_hash: str | None
+
+
+def accounts_from_config(config: Config) -> dict[str, Account]:
+    """Users that can authenticate; ``users."*"`` is a policy fallback, never an identity."""
+    accounts: dict[str, Account] = {}
+    for name, policy in config.users.items():
+        if name == "*":
+            continue
+        keys: dict[bytes, str] = {}
+        for i, line in enumerate(policy.keys):
+            try:
+                blob = parse_public_key(line)
+            except ValueError as err:
+                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err}") from None
+            keys[blob] = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode(
+                "ascii"
+            ).rstrip("=")
+        if policy.password_hash is not None:
+            try:
+                parse_hash(policy.password_hash)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"{config.path}: users.{name}.password_hash: {err.message}"
+                ) from None
+        accounts[name] = Account(name, keys, policy.password_hash)
+    return accounts
+
+
+# -- logging and rate limits ------------------------------------------------------------------
+
+
+class Log:
+    """One-line messages on stderr (thread-safe), plus the audit log."""
+
+    def __init__(self, audit: AuditLog | None, stream: TextIO | None = None) -> None:
+        self.audit = audit
+        self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
+
+    def say(self, message: str) -> None:
+        # No control characters from clients reach the terminal.
+        clean = "".join(c if c.isprintable() else "?" for c in message)
+        with self._lock:
+            try:
+                self.stream.write(f"tryssh serve: {clean}\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def record(self, **fields: object) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.write(**fields)
+        except OSError as err:
+            self.say(f"cannot write the audit log: {err.strerror}")
+
+
+class AuthLimiter:
+    """Failed authentications per source address, and the lockout after too many."""
+
+    def __init__(
+        self, max_failures: int, penalty: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_failures = max_failures
+        self.penalty = penalty
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def locked(self, address: str) -> float:
+        """Seconds the address stays locked out (0 if it may try)."""
+        with self._lock:
+            until = self._locked_until.get(address, 0.0)
+            left = until - self.clock()
+            if left <= 0:
+                self._locked_until.pop(address, None)
+                return 0.0
+            return left
+
+    def failure(self, address: str) -> bool:
+        """Count one failure; True if it just locked the address out."""
+        now = self.clock()
+        with self._lock:
+            recent = self._failures.setdefault(address, deque())
+            recent.append(now)
+            # Failures older than the penalty window are forgiven.
+            while recent and recent[0] < now - self.penalty:
+                recent.popleft()
+            if len(recent) >= self.max_failures:
+                self._locked_until[address] = now + self.penalty
+                del self._failures[address]
+                return True
+            return False
+
+    def success(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+
+# -- channel adapters -------------------------------------------------------------------------
+
+
+class ChannelStdin:
+    """The channel's data as a binary stdin: ``read(n)`` returns b"" at EOF."""
+
+    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None], idle: float) -> None:
+        self.channel = channel
+        self.touch = touch
+        self.idle = idle
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            chunks = []
+            while chunk := self.read(1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        try:
+            data = self.channel.recv(size)
+        except TimeoutError:
+            raise TempFail(f"no input for {self.idle:g} s: idle timeout") from None
+        self.touch()
+        return data
+
+
+class ChannelStdout:
+    """The channel's data as a text stdout."""
+
+    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None]) -> None:
+        self.channel = channel
+        self.touch = touch
+
+    def write(self, text: str) -> int:
+        try:
+            self.channel.sendall(text.encode("utf-8"))
+        except TimeoutError:
+            raise TempFail("client stopped reading: idle timeout") from None
+        self.touch()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+# -- one connection ---------------------------------------------------------------------------
+
+
+class Connection(paramiko.ServerInterface):
+    """One client: its authentication, its channels and their worker threads."""
+
+    def __init__(self, server: EmbeddedServer, sock: socket.socket, peer: str) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.log = server.log
+        self.sock = sock
+        self.peer = peer  # "ip:port"
+        self.address = peer.rsplit(":", 1)[0]  # rate limits are per address, not per port
+        self.user: str | None = None
+        self.method: str | None = None
+        self.key_fp: str | None = None
+        self.tries = 0
+        self.failures = 0
+        self.requests = 0
+        self.outcome = "closed"
+        self.close_reason: str | None = None
+        self.lockout_logged = False
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.wake = threading.Event()
+        self.workers: dict[int, threading.Thread] = {}
+        self.sessions = 0
+        self._lock = threading.Lock()
+        self.transport: paramiko.Transport | None = None
+
+    # -- activity ----------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def close_soon(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.wake.set()
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def get_allowed_auths(self, username: str) -> str:
+        # The same answer for every name: it must not tell which users exist.
+        return "publickey,password" if self.server.any_password else "publickey"
+
+    def get_banner(self) -> tuple[str | None, str | None]:
+        if self.settings.banner:
+            return self.settings.banner.rstrip("\n") + "\n", "en-US"
+        return None, None
+
+    def _count_try(self) -> bool:
+        """Count an attempt; False (and close) once the connection has used them all."""
+        self.touch()
+        self.tries += 1
+        if self.tries > self.settings.max_auth_tries:
+            self.close_soon("too many authentication attempts")
+            return False
+        return True
+
+    def _locked_out(self) -> bool:
+        left = self.server.limiter.locked(self.address)
+        if left and not self.lockout_logged:
+            self.lockout_logged = True
+            self.log.say(
+                f"{self.peer}: authentication refused: {self.address} is locked out for "
+                f"{left:.0f} more s after too many failed logins"
+            )
+        if left:
+            self.outcome = "locked out"
+        return bool(left)
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        # Called for the client's "would this key do?" query and again with the signature.
+        if self._locked_out():
+            return paramiko.AUTH_FAILED
+        account = self.server.accounts.get(username)
+        fp = account.keys.get(key.asbytes()) if account else None
+        if fp is None:
+            self.failures += 1
+            if not self._count_try():
+                return paramiko.AUTH_FAILED
+            self.outcome = "auth failed"
+            return paramiko.AUTH_FAILED
+        self.touch()
+        self.method, self.key_fp = "publickey", fp
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        if self._locked_out() or not self._count_try():
+            return paramiko.AUTH_FAILED
+        account = self.server.accounts.get(username)
+        encoded = account.password_hash if account else None
+        # Unknown users cost the same scrypt as known ones: timing must not name users.
+        ok = verify_password(password, encoded or self.server.dummy_hash) and encoded is not None
+        if ok:
+            self.method, self.key_fp = "password", None
+            self.server.limiter.success(self.address)
+            return paramiko.AUTH_SUCCESSFUL
+        self.failures += 1
+        self.outcome = "auth failed"
+        self.log.record(
+            event="auth", outcome="failed", method="password", user=username, **{"from": self.peer}
+        )
+        if self.server.limiter.failure(self.address):
+            self.log.say(
+                f"{self.peer}: {self.settings.max_auth_failures_per_address} failed logins from "
+                f"{self.address}: locked out for {self.settings.auth_penalty_seconds:g} s"
+            )
+            self.log.record(
+                event="lockout",
+                address=self.address,
+                seconds=self.settings.auth_penalty_seconds,
+                **{"from": self.peer},
+            )
+        return paramiko.AUTH_FAILED
+
+    # -- channels: only "session", and only exec on it -------------------------------------------
+
+    def _refuse(self, what: str) -> None:
+        self.touch()
+        self.log.say(f"{self.peer} {self.user or '-'}: refused {what}")
+        self.log.record(event="refused", user=self.user, what=what, **{"from": self.peer})
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        self.touch()
+        self._note_authenticated()  # channels only open after authentication
+        if kind != "session":
+            self._refuse(f"channel type {kind}")
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        with self._lock:
+            if self.sessions >= MAX_SESSIONS or self.server.stopping.is_set():
+                self._refuse("session (too many sessions)")
+                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+            self.sessions += 1
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_direct_tcpip_request(self, chanid: int, origin: Any, destination: Any) -> int:
+        self._refuse(f"port forwarding to {destination[0]}:{destination[1]}")
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_port_forward_request(self, address: str, port: int) -> bool:
+        self._refuse(f"remote port forwarding from {address}:{port}")
+        return False
+
+    def check_global_request(self, kind: str, msg: Any) -> bool:
+        return False  # keepalives get a failure reply, which is all they need
+
+    def check_channel_pty_request(self, channel: Any, *args: Any) -> bool:
+        self._refuse("pty")
+        return False
+
+    def check_channel_shell_request(self, channel: Any) -> bool:
+        self._refuse("shell (interactive sessions are not allowed; run 'tryserver')")
+        return False
+
+    def check_channel_subsystem_request(self, channel: Any, name: str) -> bool:
+        self._refuse(f"subsystem {name}")
+        return False
+
+    def check_channel_x11_request(self, channel: Any, *args: Any) -> bool:
+        self._refuse("X11 forwarding")
+        return False
+
+    def check_channel_forward_agent_request(self, channel: Any) -> bool:
+        self._refuse("agent forwarding")
+        return False
+
+    def check_channel_env_request(self, channel: Any, name: bytes, value: bytes) -> bool:
+        shown = name.decode("utf-8", "replace")[:40] if isinstance(name, bytes) else str(name)
+        self._refuse(f"env {shown}")
+        return False
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.touch()
+        with self._lock:
+            if channel.get_id() in self.workers or self.user is None:
+                return False
+            # Accept even a bad command: the worker answers it with a message and exit 64,
+            # as the forced command does, instead of a bare "exec request failed".
+            worker = threading.Thread(
+                target=self._run_exec,
+                args=(channel, command),
+                name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
+                daemon=True,
+            )
+            self.workers[channel.get_id()] = worker
+            self.requests += 1
+        worker.start()
+        return True
+
+    def _run_exec(self, channel: paramiko.Channel, command: bytes) -> None:
+        user = self.user
+        assert user is not None
+        fields: dict[str, object] = {
+            "user": user,
+            "from": self.peer,
+            "auth": self.method,
+            "key": self.key_fp,
+            "cmd": command.decode("utf-8", "replace"),
+        }
+        code = EX_SOFTWARE
+        tryserver: Server | None = None
+        channel.settimeout(self.settings.idle_timeout)
+        try:
+            try:
+                text = command.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Refused("command refused: not UTF-8") from None
+            request = parse_ssh_command(text)
+            config = self.server.config
+            # The identity is the authenticated user; the jobdir and limits are the config's.
+            opts = Options(jobdir=config.jobdir, user=user, config=config.path)
+            tryserver = Server(opts, env={})
+            code = handle(
+                tryserver,
+                request,
+                ChannelStdin(channel, self.touch, self.settings.idle_timeout),  # type: ignore[arg-type]
+                ChannelStdout(channel, self.touch),  # type: ignore[arg-type]
+                fields,
+            )
+        except TrysshError as err:
+            code = err.exit_code
+            fields.setdefault("outcome", "refused" if code in (64, 65, 77) else "failed")
+            fields.setdefault("reason", err.message)
+            self._send_stderr(channel, f"tryserver: {err.message}\n")
+        except (OSError, EOFError, paramiko.SSHException) as err:
+            code = EX_TEMPFAIL
+            fields["outcome"] = "client gone"
+            fields["reason"] = str(err) or type(err).__name__
+        except Exception as err:  # a bug: log it, answer, keep the server up
+            import traceback
+
+            traceback.print_exc()
+            fields["outcome"] = "failed"
+            fields["reason"] = f"internal error: {type(err).__name__}"
+            self._send_stderr(channel, "tryserver: internal error\n")
+        finally:
+            if tryserver is not None:
+                tryserver.audit.close()  # Server opens one per request; serve is long-lived
+            fields["exit"] = code
+            self.log.record(**fields)
+            self.log.say(
+                f"{self.peer} {user}: {fields.get('verb', 'request')} "
+                f"{fields.get('outcome')} exit={code}"
+                + (f" job={fields['job']}" if fields.get("job") else "")
+                + (f" ({fields['reason']})" if fields.get("reason") else "")
+            )
+            try:
+                channel.send_exit_status(code)
+                channel.shutdown_write()
+                channel.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+            with self._lock:
+                self.workers.pop(channel.get_id(), None)
+                self.sessions -= 1
+            self.touch()
+            self.wake.set()
+
+    @staticmethod
+    def _send_stderr(channel: paramiko.Channel, text: str) -> None:
+        try:
+            channel.sendall_stderr(text.encode("utf-8"))
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    # -- the connection's life -------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # never let one client take the server down
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            self.server.forget(self)
+
+    def _serve(self) -> None:
+        settings = self.settings
+        transport = paramiko.Transport(self.sock)
+        self.transport = transport
+        transport.add_server_key(self.server.host_key)
+        transport.banner_timeout = min(30.0, settings.idle_timeout)
+        transport.handshake_timeout = min(30.0, settings.idle_timeout)
+        try:
+            transport.start_server(server=self)
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            self.outcome = "handshake failed"
+            self.log.say(f"{self.peer}: handshake failed: {err or type(err).__name__}")
+            transport.close()
+            self._record_end()
+            return
+        while transport.is_active():
+            now = time.monotonic()
+            authenticated = self._note_authenticated()
+            with self._lock:
+                busy = bool(self.workers)
+            if self.close_reason:
+                break
+            if not authenticated and now - self.started > settings.idle_timeout:
+                self.close_reason = "authentication timeout"
+                break
+            if not busy and now - self.last_activity > settings.idle_timeout:
+                self.close_reason = "idle timeout"
+                break
+            if self.server.stopping.is_set() and not busy:
+                self.close_reason = "server stopping"
+                break
+            if self.wake.wait(POLL):
+                self.wake.clear()
+        if self.close_reason and self.close_reason != "server stopping":
+            self.outcome = self.close_reason
+        transport.close()
+        with self._lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.join(timeout=10)
+        self._record_end()
+
+    def _note_authenticated(self) -> bool:
+        """True once authenticated; the first time, take the user and log the login."""
+        transport = self.transport
+        if transport is None or not transport.is_authenticated():
+            return False
+        with self._lock:
+            if self.user is not None:
+                return True
+            self.user = transport.get_username()
+        self.outcome = "ok"
+        self.touch()
+        self.log.say(
+            f"{self.peer} {self.user}: authenticated by {self.method}"
+            + (f" {self.key_fp}" if self.key_fp else "")
+        )
+        self.log.record(
+            event="auth",
+            outcome="ok",
+            user=self.user,
+            method=self.method,
+            key=self.key_fp,
+            **{"from": self.peer},
+        )
+        return True
+
+    def _record_end(self) -> None:
+        seconds = f"{time.monotonic() - self.started:.1f}"
+        self.log.say(
+            f"{self.peer} {self.user or '-'}: connection closed ({self.outcome}; "
+            f"{self.requests} requests, {self.failures} failed auths, {seconds} s)"
+        )
+        self.log.record(
+            event="connection",
+            user=self.user,
+            method=self.method,
+            key=self.key_fp,
+            outcome=self.outcome,
+            requests=self.requests,
+            failures=self.failures,
+            seconds=seconds,
+            **{"from": self.peer},
+        )
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class EmbeddedServer:
+    """Listens, accepts, and runs one thread per connection (see :class:`Connection`)."""
+
+    def __init__(self, config: Config, log_stream: TextIO | None = None) -> None:
+        self.config = config
+        self.settings = Settings.from_config(config)
+        self.accounts = accounts_from_config(config)
+        if not self.accounts:
+            raise ConfigError(
+                f"{config.path}: no [users.NAME] entries: nobody could log in "
+                '(users."*" is a policy fallback, not an account)'
+            )
+        self.any_password = any(a.password_hash for a in self.accounts.values())
+        # Unknown users are checked against this, so they cost as much as known ones.
+        self.dummy_hash = hash_password(os.urandom(16).hex())
+        self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
+        self.fingerprint = fingerprint(self.host_key)
+        os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
+        self.log = Log(AuditLog(config.audit_log), log_stream)
+        self.limiter = AuthLimiter(
+            self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
+        )
+        self.stopping = threading.Event()
+        self.connections: set[Connection] = set()
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.address = ""
+
+    def bind(self) -> str:
+        """Bind and listen; return the address actually bound (port 0 resolved)."""
+        host, port = self.settings.host, self.settings.port
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as err:
+            raise ConfigError(f"{self.config.path}: serve.listen: {host}: {err.strerror}") from None
+        family, socktype, proto, _name, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as err:
+            sock.close()
+            raise TempFail(
+                f"cannot listen on {format_address(host, port)}: {err.strerror}"
+            ) from None
+        sock.listen(64)
+        sock.settimeout(POLL)
+        self.sock = sock
+        bound = sock.getsockname()
+        self.address = format_address(bound[0], bound[1])
+        return self.address
+
+    def serve(self, stop: threading.Event) -> None:
+        """Accept until *stop* is set; then stop accepting and finish the connections."""
+        assert self.sock is not None, "bind() first"
+        try:
+            while not stop.is_set():
+                try:
+                    client, addr = self.sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError as err:
+                    self.log.say(f"accept failed: {err.strerror}")
+                    continue
+                self._start_connection(client, addr)
+        finally:
+            self.sock.close()
+            self.stopping.set()
+            with self._lock:
+                connections = list(self.connections)
+                threads = list(self.threads)
+            for conn in connections:
+                conn.wake.set()
+            for thread in threads:
+                thread.join()
+
+    def _start_connection(self, client: socket.socket, addr: Any) -> None:
+        peer = format_address(addr[0], addr[1])
+        client.settimeout(None)
+        with self._lock:
+            self.threads = [t for t in self.threads if t.is_alive()]
+            too_many = len(self.connections) >= self.settings.max_connections
+            if not too_many:
+                conn = Connection(self, client, peer)
+                self.connections.add(conn)
+        if too_many:
+            self.log.say(
+                f"{peer}: refused: {self.settings.max_connections} connections already open"
+            )
+            self.log.record(event="connection", outcome="too many connections", **{"from": peer})
+            client.close()
+            return
+        thread = threading.Thread(target=conn.run, name=f"tryssh-conn-{peer}", daemon=True)
+        with self._lock:
+            self.threads.append(thread)
+        thread.start()
+
+    def forget(self, conn: Connection) -> None:
+        with self._lock:
+            self.connections.discard(conn)
