@@ -104,6 +104,9 @@ class NetstringReader:
                     f"netstring {self.index + 1}: expected a length, found {part[:12]!r}"
                 )
             digits += part
+            if len(digits) > 1 and digits.startswith(b"0"):
+                # Checked as the digits come: invalid whatever follows, not a truncation.
+                raise NetstringError(f"netstring {self.index + 1}: length has a leading zero")
             if colon >= 0:
                 self._buf = self._buf[colon + 1 :]
                 break
@@ -112,8 +115,6 @@ class NetstringReader:
                 raise NetstringError(f"netstring {self.index + 1}: length is too long")
         if not digits:
             raise NetstringError(f"netstring {self.index + 1}: empty length")
-        if len(digits) > 1 and digits.startswith(b"0"):
-            raise NetstringError(f"netstring {self.index + 1}: length has a leading zero")
         return int(digits)
 
     def iter_payload(self, length: int) -> Iterator[bytes]:
