@@ -185,7 +185,8 @@ def _read_version(reader: netstring.NetstringReader) -> int:
     if length > 8:
         raise BadJob("the version netstring is too long")
     text = reader.read_payload(length)
-    if not text.isdigit():
+    if not text.isdigit() or (len(text) > 1 and text.startswith(b"0")):
+        # "05" would compare as 5, but Buildbot's master crashes on it (IndexError).
         raise BadJob(f"unknown job version {text.decode('ascii', 'replace')!r}")
     version = int(text)
     if not 1 <= version <= 6:
