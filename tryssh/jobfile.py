@@ -256,12 +256,13 @@ def _transcode_netstrings(
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             utf8 = False
+    if not utf8:
+        # Buildbot's master reads the file as UTF-8 text and crashes on it.
+        raise BadJob(
+            "the patch is not valid UTF-8, which a Buildbot master cannot read in a "
+            f"version {version} job: send a version 6 job instead"
+        )
     if emit:
-        if not utf8:
-            raise BadJob(
-                "the patch is not valid UTF-8, which a Buildbot master cannot read in a "
-                f"version {version} job: send a version 6 job instead"
-            )
         emit(b",")
 
     for name in NETSTRING_KEYS[version][len(V1_KEYS) :]:
