@@ -309,34 +309,53 @@ def run_forward(ctx: BuildContext, log: IO[bytes]) -> Outcome:
     return Outcome("success", reason=f"delivered as {name}")
 
 
-def _forward_ssh(ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
+def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
+    """``ssh://[user@]host[:port]/path`` as (user, host, port, jobdir).
+
+    The path is absolute (``ssh://h/srv/jobdir`` is ``/srv/jobdir``); ``ssh://h/~/jobdir``
+    is relative to the remote home.
+    """
+    from urllib.parse import urlsplit
+
+    from .errors import UsageError
+
+    parts = urlsplit(url)
     try:
-        from . import transport
-    except ImportError:
-        return Outcome("error", reason="ssh forwarding needs tryssh.transport (not installed)")
-    return transport_forward(transport, ctx, data, log)
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"bad port in {url!r}") from None
+    if parts.scheme != "ssh" or not parts.hostname or not parts.path.strip("/"):
+        raise UsageError(f"not an ssh://[user@]host[:port]/jobdir URL: {url!r}")
+    path = parts.path[1:] if parts.path.startswith("/~") else parts.path
+    return parts.username, parts.hostname, port, path
 
 
-def transport_forward(transport: Any, ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
-    """Send *data* with tryssh.transport to the builder's ``ssh://`` destination."""
+def _forward_ssh(ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
+    """Deliver over SSH with tryssh's own client (``buildbot tryserver --jobdir X``, which a
+    tryssh forced command also accepts); the host key must already be known."""
     from .errors import TrysshError
 
     opts = ctx.builder.options
-    send = getattr(transport, "forward_job", None)
-    if send is None:
-        return Outcome("error", reason="tryssh.transport has no forward_job()")
     try:
-        name = send(
-            ctx.builder.target,
-            data,
+        from .sshclient import SshOptions, connect
+        from .transport import deliver_ssh
+
+        user, host, port, jobdir = parse_ssh_url(ctx.builder.target)
+        ssh_opts = SshOptions(
+            host=host,
+            port=port,
+            user=user,
             identity=opts.get("identity"),
             known_hosts=opts.get("known_hosts"),
-            timeout=ctx.builder.timeout,
+            timeout=min(ctx.builder.timeout, 300.0),
+            quiet=True,
         )
+        with connect(ssh_opts) as conn:
+            receipt = deliver_ssh(conn, data, jobdir, show_progress=False)
     except TrysshError as err:
         return Outcome("error", reason=f"cannot forward to {ctx.builder.target}: {err.message}")
-    _note(log, f"forwarded {len(data)} bytes to {ctx.builder.target} as {name}")
-    return Outcome("success", reason=f"forwarded as {name}")
+    _note(log, f"forwarded {len(data)} bytes to {ctx.builder.target} as {receipt.job}")
+    return Outcome("success", reason=f"forwarded as {receipt.job}")
 
 
 RUNNERS: dict[str, Callable[[BuildContext, IO[bytes]], Outcome]] = {

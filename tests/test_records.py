@@ -1,0 +1,116 @@
+"""Job records: atomic group-readable writes, active/final placement, locks, overall state."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tryssh.records import (
+    INTERRUPTED,
+    RecordStore,
+    builder_entry,
+    new_record,
+    now_iso,
+    overall_state,
+    parse_iso,
+)
+
+JOB = "1700000000.M000001P1Q1Rdeadbeef.host"
+
+
+def test_active_then_final(tmp_path):
+    store = RecordStore(str(tmp_path / "state")).create()
+    record = new_record(JOB, who="alice", builders={"unit": builder_entry(log="/x")})
+    store.write(record)
+    assert os.path.exists(store.active_path(JOB))
+    assert not os.path.exists(store.final_path(JOB))
+    assert store.read(JOB)["state"] == "queued"
+    assert store.pending_count("alice") == 1
+    assert store.pending_count("bob") == 0
+
+    record["state"] = "success"
+    store.write(record)
+    assert os.path.exists(store.final_path(JOB))
+    assert not os.path.exists(store.active_path(JOB))
+    assert store.read(JOB)["state"] == "success"
+    assert store.pending_count("alice") == 0
+    assert store.all_jobs() == [JOB]
+
+
+def test_record_file_is_0640_json_with_every_key(tmp_path):
+    store = RecordStore(str(tmp_path)).create()
+    old = os.umask(0o077)  # the umask must not take the group's read bit
+    try:
+        store.write(new_record(JOB, state="rejected", reason="no"))
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(store.final_path(JOB)).st_mode)
+    assert mode == 0o640
+    with open(store.final_path(JOB), encoding="utf-8") as f:
+        data = json.load(f)
+    for key in ("job", "state", "reason", "who", "branch", "baserev", "project",
+                "repository", "comment", "size", "sha256", "received", "started",
+                "finished", "updated", "builders"):  # fmt: skip
+        assert key in data
+    assert data["reason"] == "no"
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_final_wins_over_stale_active_copy(tmp_path):
+    store = RecordStore(str(tmp_path)).create()
+    record = new_record(JOB, who="a")
+    store.write(record)
+    stale = open(store.active_path(JOB), "rb").read()
+    record["state"] = "failure"
+    store.write(record)
+    with open(store.active_path(JOB), "wb") as f:  # as if the unlink was lost in a crash
+        f.write(stale)
+    assert store.read(JOB)["state"] == "failure"
+    assert list(store.active_records()) == []
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    store = RecordStore(str(tmp_path)).create()
+    lock = store.try_lock(JOB)
+    assert lock is not None
+    code = (
+        "import sys; from tryssh.records import RecordStore;"
+        f"sys.exit(0 if RecordStore({str(tmp_path)!r}).try_lock({JOB!r}) is None else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    store.release(lock, remove=True)
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 1
+
+
+def test_overall_state():
+    def rec(*entries):
+        return {"builders": {str(i): e for i, e in enumerate(entries)}}
+
+    ok = builder_entry(state="done", result="success")
+    bad = builder_entry(state="done", result="failure")
+    err = builder_entry(state="done", result="error")
+    intr = builder_entry(state="done", result="error", reason=INTERRUPTED)
+    assert overall_state(rec(ok, ok)) == "success"
+    assert overall_state(rec(ok, bad)) == "failure"
+    assert overall_state(rec(bad, err)) == "error"
+    assert overall_state(rec(err, intr, bad)) == "interrupted"
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_read_never_escapes_the_state_dir(name):
+    store = RecordStore("/nonexistent-state-dir")
+    assert store.read(name) is None or "/" not in name
+
+
+def test_iso_round_trip():
+    stamp = now_iso()
+    assert stamp.endswith("Z")
+    assert abs(parse_iso(stamp) - __import__("time").time()) < 5
+    assert parse_iso(None) is None
+    assert parse_iso("garbage") is None
