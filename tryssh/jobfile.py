@@ -389,7 +389,8 @@ def job_from_json(obj: object, version: int) -> Job:
             patch = base64.b64decode(encoded)
         except (binascii.Error, ValueError):
             raise BadJob("patch_body_base64 is not valid base64") from None
-    known = {*JSON_KEY_ORDER, "patch_body", "patch_body_base64"}
+    # Buildbot drops patch_body_base64 from a v6 job only; in v5 it is an unknown key.
+    known = {*JSON_KEY_ORDER, "patch_body"} | ({"patch_body_base64"} if version == 6 else set())
     return Job(
         jobid=jobid,
         branch=_text_or_none(obj, "branch", None) or None,
