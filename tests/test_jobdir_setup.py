@@ -374,6 +374,20 @@ def test_sshd_match_block_is_valid_and_locks_down_the_try_user(sshd_config: Path
     assert other["passwordauthentication"] == "yes"
 
 
+def test_sshd_match_block_works_from_sshd_config_d(sshd_config: Path, tmp_path: Path) -> None:
+    """Included at the top (Debian's sshd_config.d), the Match block does not leak into the
+    global settings that follow, and its settings win for the try user."""
+    header, _, block = sshd_config.read_text().partition("# sshd_config block")
+    included = tmp_path / "50-tryssh.conf"
+    included.write_text("# sshd_config block" + block)
+    sshd_config.write_text(f"Include {included}\n{header}X11Forwarding yes\nMaxSessions 7\n")
+    assert run([SSHD, "-t", "-f", str(sshd_config)]).returncode == 0
+    other, try_user = _effective(sshd_config, "bob"), _effective(sshd_config, "try")
+    assert (other["x11forwarding"], other["maxsessions"], other["permittty"]) == ("yes", "7", "yes")
+    assert (try_user["x11forwarding"], try_user["maxsessions"]) == ("no", "4")
+    assert try_user["permittty"] == "no"
+
+
 def test_sshd_forcecommand_line_is_valid_when_enabled(sshd_config: Path) -> None:
     text = sshd_config.read_text().replace("#ForceCommand ", "ForceCommand ")
     sshd_config.write_text(text)

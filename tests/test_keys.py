@@ -738,6 +738,8 @@ def test_real_sshd_delivers_as_the_pinned_user(
     # The forced command runs instead of what the client asks for.
     shell = _ssh(server, user_key, kh, "bash", "-c", "id")
     assert shell.returncode == 64 and b"uid=" not in shell.stdout
+    login = _ssh(server, user_key, kh)  # a shell request: no command at all
+    assert login.returncode == 64 and b"interactive" in login.stderr
     # restrict: no pty and no port forwarding for this key.
     pty = _ssh(server, user_key, kh, "tryserver", "builders", opts=("-tt",))
     assert b"PTY allocation request failed" in pty.stderr
