@@ -34,19 +34,35 @@ def format_line(fields: dict[str, object]) -> str:
 
 
 class AuditLog:
-    """An append-only log file, opened once per process with O_APPEND|O_NOFOLLOW."""
+    """An append-only log file opened with O_APPEND|O_NOFOLLOW.
+
+    Long-running servers keep it open; when logrotate moves the file away, the next
+    write notices that the path holds another inode (or none) and reopens by name.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._fd = self._open()
+
+    def _open(self) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._fd = os.open(path, flags, 0o660)
+            return os.open(self.path, flags, 0o660)
         except OSError as err:
             raise TrysshError(
-                f"cannot open audit log {path}: {err.strerror}", exit_code_for_oserror(err)
+                f"cannot open audit log {self.path}: {err.strerror}", exit_code_for_oserror(err)
             ) from None
 
+    def _rotated(self) -> bool:
+        try:
+            return os.stat(self.path, follow_symlinks=False).st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return True
+
     def write(self, **fields: object) -> None:
+        if self._rotated():
+            os.close(self._fd)
+            self._fd = self._open()
         # One write per line: O_APPEND keeps concurrent writers' lines whole.
         os.write(self._fd, format_line(fields).encode("utf-8"))
 
