@@ -1,0 +1,357 @@
+"""tryssh's client configuration: TOML files, Buildbot's options file and the command line.
+
+Precedence, highest first: command line (values that are not None) > project file
+(``.tryssh.toml``, found walking up from the current directory to the working copy's top)
+> user file (``$XDG_CONFIG_HOME/tryssh/config.toml``) > Buildbot's ``.buildbot/options``.
+A key is taken whole from the highest layer that sets it (lists and tables are not merged).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from tryssh.buildbot_options import load_buildbot_options
+from tryssh.errors import ConfigError
+
+PROJECT_FILE = ".tryssh.toml"
+TABLE = "try"
+COMMAND_LINE = "command line"
+
+# The keys of the [try] table (see docs/client-config.rst).
+KEYS: tuple[str, ...] = (
+    "connect",
+    "host",
+    "port",
+    "username",
+    "jobdir",
+    "identity",
+    "tryserver_cmd",
+    "builders",
+    "branch",
+    "repository",
+    "project",
+    "who",
+    "comment",
+    "properties",
+    "patchlevel",
+    "vc",
+    "wait",
+    "quiet",
+    "accept_new_host_key",
+    "known_hosts",
+    "timeout",
+)
+ALIASES = {"buildbotbin": "tryserver_cmd"}
+
+# A project file comes with the source tree, i.e. from whoever can push to it. It may say
+# where the project's try server is, but not which key to use or which host keys to trust:
+# otherwise a cloned repository could silently redirect a patch to a look-alike server.
+PROJECT_FORBIDDEN = frozenset({"identity", "known_hosts", "accept_new_host_key"})
+
+# Buildbot option names -> tryssh keys. The rest of Buildbot's options do not apply.
+_FROM_BUILDBOT = {
+    "connect": "connect",
+    "vc": "vc",
+    "branch": "branch",
+    "repository": "repository",
+    "host": "host",
+    "username": "username",
+    "jobdir": "jobdir",
+    "who": "who",
+    "comment": "comment",
+    "builders": "builders",
+    "wait": "wait",
+    "quiet": "quiet",
+    "port": "port",
+    "properties": "properties",
+    "buildbotbin": "tryserver_cmd",
+}
+_VCS_MARKERS = (".git", ".hg", ".svn")
+
+
+@dataclass
+class ResolvedOptions:
+    """The merged options: ``values[key]``, where each came from (``sources[key]``: a file path
+    or ``"command line"``), and one-line warnings for the user. Unset keys are absent."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.values.get(key, default)
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+class _Bad(Exception):
+    """A value of the wrong type or range; the message completes 'key ...: '."""
+
+
+def _has_control(text: str, allowed: str = "") -> bool:
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, not {_show(value)}")
+    if _has_control(value):
+        raise _Bad("must not contain control characters")
+    return value
+
+
+def _name(value: object) -> str:
+    # Host and user names end up on an ssh command line: an option there would be obeyed.
+    text = _string(value)
+    if not text:
+        raise _Bad("must not be empty")
+    if text.startswith("-"):
+        raise _Bad("must not start with '-'")
+    return text
+
+
+def _comment(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, not {_show(value)}")
+    if _has_control(value, "\n\t"):
+        raise _Bad("must not contain control characters other than newline and tab")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, not {_show(value)}")
+    return value
+
+
+def _int_in(low: int, high: int | None) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"must be an integer, not {_show(value)}")
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise _Bad(f"must be {span}, not {value}")
+        return value
+
+    return check
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"must be a number of seconds, not {_show(value)}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise _Bad(f"must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def _builders(value: object) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise _Bad(f"must be a list of builder names, not {_show(value)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not item or _has_control(item):
+            raise _Bad(f"must be a list of non-empty builder names, not {_show(item)} in it")
+        names.append(item)
+    return names
+
+
+def _properties(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _Bad(f"must be a table of name = value, not {_show(value)}")
+    props: dict[str, object] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k:
+            raise _Bad(f"property names must be non-empty strings, not {_show(k)}")
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            raise _Bad(f"property {k!r} must be a finite number")
+        if not isinstance(v, (str, int, float, bool)):
+            raise _Bad(f"property {k!r} must be a string, number or boolean, not {_show(v)}")
+        props[k] = v
+    return props
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    kind = type(value).__name__
+    return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+_CHECKS: dict[str, Callable[[object], object]] = {
+    "connect": _string,
+    "host": _name,
+    "port": _int_in(1, 65535),
+    "username": _name,
+    "jobdir": _string,
+    "identity": _string,
+    "tryserver_cmd": _string,
+    "builders": _builders,
+    "branch": _string,
+    "repository": _string,
+    "project": _string,
+    "who": _string,
+    "comment": _comment,
+    "properties": _properties,
+    "patchlevel": _int_in(0, None),
+    "vc": _string,
+    "wait": _bool,
+    "quiet": _bool,
+    "accept_new_host_key": _bool,
+    "known_hosts": _string,
+    "timeout": _seconds,
+}
+_PATH_KEYS = ("identity", "known_hosts")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def user_config_path(env: Mapping[str, str] = os.environ) -> str:
+    """``$XDG_CONFIG_HOME/tryssh/config.toml``, by default ``~/.config/tryssh/config.toml``."""
+    base = env.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec says to ignore a relative value
+        home = env.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".config")
+    return os.path.join(base, "tryssh", "config.toml")
+
+
+def find_project_config(cwd: str) -> str | None:
+    """The nearest ``.tryssh.toml`` from ``cwd`` up to the working copy's top directory.
+
+    The walk stops at the first directory holding ``.git``, ``.hg`` or ``.svn`` (after
+    looking there), or at the filesystem root when ``cwd`` is not in a working copy.
+    """
+    d = os.path.abspath(cwd)
+    while True:
+        candidate = os.path.join(d, PROJECT_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+        if any(os.path.exists(os.path.join(d, m)) for m in _VCS_MARKERS):
+            return None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def load_config_file(path: str, *, project: bool = False) -> dict[str, object]:
+    """Read and check one TOML file; return its ``[try]`` keys (aliases resolved).
+
+    Raises ConfigError naming the file, the key and the problem for anything unexpected:
+    unknown tables or keys, wrong types, values out of range, a key set twice through an
+    alias, or (in a project file) a security-sensitive key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    for key in doc:
+        if key != TABLE:
+            raise ConfigError(
+                f"{path}: unknown key or table {key!r} (settings go in a [try] table)"
+            )
+    table = doc.get(TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: 'try' must be a table ([try])")
+    values: dict[str, object] = {}
+    base_dir = os.path.dirname(os.path.abspath(path))
+    for raw_key, raw_value in table.items():
+        key = ALIASES.get(raw_key, raw_key)
+        if key not in _CHECKS:
+            raise ConfigError(f"{path}: [try] {raw_key}: unknown key")
+        if key in values:
+            raise ConfigError(f"{path}: [try] {raw_key}: set twice (it is an alias of {key})")
+        if project and key in PROJECT_FORBIDDEN:
+            raise ConfigError(
+                f"{path}: [try] {raw_key}: not allowed in a project file (it decides whom to "
+                "trust); set it in your user config or on the command line"
+            )
+        try:
+            value = _CHECKS[key](raw_value)
+        except _Bad as bad:
+            raise ConfigError(f"{path}: [try] {raw_key}: {bad}") from None
+        if key in _PATH_KEYS:
+            # Relative to the file that names it, not to wherever tryssh happens to run.
+            value = os.path.join(base_dir, os.path.expanduser(str(value)))
+        values[key] = value
+    return values
+
+
+def _owned_ok(path: str, warnings: list[str]) -> bool:
+    """Only files of the current user (or root) count: another user's file could redirect us."""
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return False
+    if owner not in (os.getuid(), 0):
+        warnings.append(f"skipping {path} because you don't own it")
+        return False
+    return True
+
+
+def _from_buildbot(
+    cwd: str, env: Mapping[str, str]
+) -> tuple[dict[str, object], str | None, list[str]]:
+    opts = load_buildbot_options(cwd, home=env.get("HOME") or None)
+    warnings = list(opts.warnings)
+    values: dict[str, object] = {}
+    for name, value in opts.values.items():
+        key = _FROM_BUILDBOT.get(name)
+        if key is None:
+            warnings.append(f"{opts.path}: Buildbot's {name!r} setting is not used by tryssh")
+            continue
+        try:
+            values[key] = _CHECKS[key](value)
+        except _Bad as bad:
+            warnings.append(f"{opts.path}: {name} {bad}; ignored")
+    return values, opts.path, warnings
+
+
+def resolve_client_options(
+    cli: Mapping[str, object], cwd: str, env: Mapping[str, str] = os.environ
+) -> ResolvedOptions:
+    """Merge the command line with the config files for a command run in ``cwd``.
+
+    ``cli`` uses the same key names (``buildbotbin`` is accepted for ``tryserver_cmd``); a
+    value of None, or an empty list, means "not given". Command-line keys that are not config
+    keys (``dryrun``, ``diff``, ...) are passed through unchanged.
+    """
+    resolved = ResolvedOptions()
+    layers: list[tuple[str, dict[str, object]]] = []
+
+    bb_values, bb_path, bb_warnings = _from_buildbot(cwd, env)
+    resolved.warnings.extend(bb_warnings)
+    if bb_path is not None:
+        layers.append((bb_path, bb_values))
+
+    user_path = user_config_path(env)
+    if os.path.isfile(user_path) and _owned_ok(user_path, resolved.warnings):
+        layers.append((user_path, load_config_file(user_path)))
+
+    project_path = find_project_config(cwd)
+    if project_path is not None and _owned_ok(project_path, resolved.warnings):
+        layers.append((project_path, load_config_file(project_path, project=True)))
+
+    cli_values: dict[str, object] = {}
+    for raw_key, value in cli.items():
+        key = ALIASES.get(raw_key, raw_key)
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        cli_values[key] = list(value) if isinstance(value, tuple) else value
+    layers.append((COMMAND_LINE, cli_values))
+
+    for source, values in layers:  # lowest first: later layers overwrite
+        for key, value in values.items():
+            resolved.values[key] = value
+            resolved.sources[key] = source
+    return resolved

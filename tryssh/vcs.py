@@ -1,0 +1,651 @@
+"""Find the developer's working copy and turn its uncommitted change into a patch.
+
+Supports git, Mercurial and Subversion, plus a ready-made diff (``--diff FILE`` or ``-``).
+Every VCS program is run with an argument list (never a shell), in the working copy's top
+directory, with a fixed locale, and every exit code is checked: a failing command is a
+:class:`~tryssh.errors.TrysshError` carrying the tool's own first line of stderr, never an
+empty patch that looks like success (Buildbot's try client ignores exit codes).
+
+The patch is bytes from end to end and is never decoded: binary files, non-UTF-8 text and
+odd file names go through untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from tryssh.errors import EX_IOERR, EX_NOINPUT, EX_UNAVAILABLE, TrysshError, UsageError
+
+SUPPORTED_VCS = ("git", "hg", "svn")
+
+# The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
+_MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
+
+# Commands that print the top directory of the working copy around the current directory.
+_TOP_COMMANDS = {
+    "git": ["git", "rev-parse", "--show-toplevel"],
+    "hg": ["hg", "root"],
+    "svn": ["svn", "info", "--non-interactive", "--show-item", "wc-root"],
+}
+
+_HEX_NODE = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+_HUNK = re.compile(rb"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_SVNVERSION = re.compile(r"^(\d+)(?::(\d+))?([MSP]*)$")
+_SVN_BINARY_MARKER = b"Cannot display: file marked as a binary type."
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    """What a patch touches: files, added and removed lines, and its size in bytes."""
+
+    files: int
+    added: int
+    removed: int
+    size: int
+
+
+@dataclass
+class SourceChange:
+    """A change to send: the base revision and the patch that turns it into the work tree.
+
+    ``notes`` holds one-line remarks for the user (a fallback base, a dropped credential, a
+    patch part only some tools can apply); they are not errors. ``upstream_branch`` is, for
+    git, the name of the upstream branch on its remote (``main`` for ``origin/main``): the
+    branch the master can fetch, which may differ from the local ``branch``.
+    """
+
+    vcs: str
+    baserev: str | None
+    patch: bytes
+    patch_level: int
+    branch: str | None
+    repository: str | None
+    topdir: str
+    notes: list[str] = field(default_factory=list)
+    upstream_branch: str | None = None
+
+    @property
+    def stats(self) -> PatchStats:
+        return patch_stats(self.patch)
+
+
+def patch_stats(patch: bytes) -> PatchStats:
+    """Count files, added and removed lines in a unified/git/svn/hg diff; never raises.
+
+    A file is counted once per header, whichever of ``Index:`` (svn), ``diff --git`` (git,
+    hg, svn --git) or a ``---``/``+++`` pair introduces it, so git binary patches and mode-only
+    changes count as files too. Lines inside hunks are counted from the hunk header's lengths,
+    so a removed line that starts with ``--`` is not mistaken for a header.
+    """
+    files = added = removed = 0
+    lines = patch.split(b"\n")
+    old_left = new_left = 0  # lines still expected in the current hunk
+    opened: str | None = None  # which header opened the current file and saw no content yet
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if old_left > 0 or new_left > 0:
+            if line.startswith(b"+"):
+                added += 1
+                new_left -= 1
+            elif line.startswith(b"-"):
+                removed += 1
+                old_left -= 1
+            elif line.startswith(b"\\"):
+                pass  # "\ No newline at end of file"
+            else:
+                # A context line (or a truncated hunk: then this line ends it).
+                if line.startswith(b" ") or line == b"":
+                    old_left -= 1
+                    new_left -= 1
+                else:
+                    old_left = new_left = 0
+                    i -= 1  # read it again as a header
+            continue
+        if line.startswith(b"Index: "):
+            files += 1
+            opened = "index"
+        elif line.startswith(b"diff --git "):
+            if opened != "index":
+                files += 1
+            opened = "git"
+        elif line.startswith(b"--- ") and i < len(lines) and lines[i].startswith(b"+++ "):
+            if opened is None:
+                files += 1
+            opened = None
+            i += 1
+        elif m := _HUNK.match(line):
+            old_left = int(m.group(1)) if m.group(1) is not None else 1
+            new_left = int(m.group(2)) if m.group(2) is not None else 1
+            opened = None
+        elif line.startswith((b"GIT binary patch", b"Binary files ", _SVN_BINARY_MARKER)):
+            opened = None
+    return PatchStats(files=files, added=added, removed=removed, size=len(patch))
+
+
+# --------------------------------------------------------------------------- running tools
+
+
+def _env(extra: Mapping[str, str] | None = None, *, locale: str = "C") -> dict[str, str]:
+    env = dict(os.environ)
+    # A fixed locale keeps messages parseable; svn needs a UTF-8 one for non-ASCII paths.
+    env["LC_ALL"] = locale
+    env.pop("LANGUAGE", None)
+    env["HGPLAIN"] = "1"  # hg: ignore user settings that change output (aliases, i18n, ...)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_OPTIONAL_LOCKS"] = "0"  # read-only commands must not take the index lock
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _first_line(data: bytes) -> str:
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _run(
+    argv: Sequence[str],
+    cwd: str,
+    *,
+    ok: tuple[int, ...] = (0,),
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a VCS program; raise TrysshError unless its exit code is in ``ok``."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else _env(),
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+    except FileNotFoundError as err:
+        if err.filename == cwd:
+            raise TrysshError(f"no such directory: {cwd}", EX_NOINPUT) from None
+        raise TrysshError(f"{argv[0]} is not installed (or not on PATH)", EX_UNAVAILABLE) from None
+    except OSError as err:
+        raise TrysshError(f"cannot run {argv[0]}: {err.strerror}", EX_UNAVAILABLE) from None
+    if proc.returncode not in ok:
+        detail = _first_line(proc.stderr) or _first_line(proc.stdout) or "no message"
+        what = " ".join(a for a in argv[:2] if not a.startswith("-"))
+        raise TrysshError(f"{what} failed (exit {proc.returncode}): {detail}", EX_UNAVAILABLE)
+    return proc
+
+
+def _text(data: bytes) -> str:
+    """Decode a short piece of tool output (a name, a hash) for a str field."""
+    return data.decode("utf-8", "replace").strip()
+
+
+def redact_url(url: str) -> str:
+    """Drop secrets from a repository URL before it leaves the machine.
+
+    ``https://user:token@host/x`` becomes ``https://host/x`` (an http user name is often the
+    token itself); other schemes keep the user name and lose the password. scp-like
+    ``git@host:path`` and plain paths are returned unchanged.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if parts.scheme.lower() in ("http", "https"):
+        netloc = hostport
+    else:
+        netloc = userinfo.split(":", 1)[0] + "@" + hostport
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _clean_repository(url: str | None, notes: list[str]) -> str | None:
+    if not url:
+        return None
+    clean = redact_url(url)
+    if clean != url:
+        notes.append("removed credentials from the repository URL")
+    return clean
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detect_vcs(start: str) -> tuple[str, str]:
+    """Return ``(vcs, topdir)`` for the working copy that contains ``start``.
+
+    The nearest directory (walking up) holding ``.git``, ``.hg`` or ``.svn`` decides which
+    VCS owns ``start``, so a git checkout inside an svn working copy is seen as git; the tool
+    itself then names the exact top directory.
+    """
+    start = os.path.abspath(start)
+    if not os.path.isdir(start):
+        raise UsageError(f"not a directory: {start}")
+    d = start
+    while True:
+        found = [vcs for vcs, marker in _MARKERS.items() if os.path.exists(os.path.join(d, marker))]
+        if found:
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            raise UsageError(f"not inside a git, hg or svn working copy: {start}")
+        d = parent
+    last_error: TrysshError | None = None
+    for vcs in found:
+        argv = _TOP_COMMANDS[vcs]
+        if shutil.which(argv[0]) is None:
+            last_error = TrysshError(
+                f"{start} is in a {vcs} working copy ({d}) but {argv[0]} is not installed",
+                EX_UNAVAILABLE,
+            )
+            continue
+        env = _env(locale="C.UTF-8") if vcs == "svn" else _env()
+        try:
+            out = _run(argv, start, env=env).stdout
+        except TrysshError as err:
+            last_error = err  # e.g. git's "dubious ownership": worth showing as is
+            continue
+        top = os.fsdecode(out.rstrip(b"\r\n"))
+        if top:
+            return vcs, top
+    assert last_error is not None
+    raise last_error
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract(
+    vcs: str,
+    topdir: str,
+    *,
+    baserev: str | None = None,
+    branch: str | None = None,
+    include_untracked: bool = False,
+) -> SourceChange:
+    """Extract the uncommitted change of the working copy at ``topdir``.
+
+    ``baserev`` overrides the automatic base revision; ``branch`` overrides the branch name
+    that is sent. The patch may be empty (nothing changed): the caller decides what to do.
+    """
+    if baserev is not None and not isinstance(baserev, str):
+        raise TypeError("baserev must be a str")
+    if baserev is not None and not baserev.strip():
+        raise UsageError("--baserev is empty")
+    topdir = os.path.abspath(topdir)
+    if vcs == "git":
+        change = _extract_git(topdir, baserev, include_untracked)
+    elif vcs in ("hg", "svn"):
+        if include_untracked:
+            add = "hg add" if vcs == "hg" else "svn add"
+            raise UsageError(
+                f"including untracked files works with git only; use '{add}' to include new files"
+            )
+        change = _extract_hg(topdir, baserev) if vcs == "hg" else _extract_svn(topdir, baserev)
+    else:
+        raise UsageError(f"unsupported version control system {vcs!r} (use git, hg or svn)")
+    if branch is not None:
+        change.branch = branch
+    return change
+
+
+def _git(
+    topdir: str,
+    *args: str,
+    ok: tuple[int, ...] = (0,),
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    return _run(["git", *args], topdir, ok=ok, env=env, stdin=stdin)
+
+
+def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> SourceChange:
+    notes: list[str] = []
+    head = _git(topdir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", ok=(0, 1))
+    if head.returncode != 0:
+        raise UsageError(
+            f"the git repository {topdir} has no commits yet: commit a base first, or use --diff"
+        )
+    head_id = _text(head.stdout)
+
+    sym = _git(topdir, "symbolic-ref", "--quiet", "HEAD", ok=(0, 1))
+    ref = os.fsdecode(sym.stdout.strip()) if sym.returncode == 0 else ""
+    current = ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else None
+
+    # Upstream of the current branch: full ref, remote name and the branch's name there.
+    upstream = remote = remote_ref = ""
+    if current is not None:
+        out = _git(
+            topdir,
+            "for-each-ref",
+            "--format=%(upstream)%00%(upstream:remotename)%00%(upstream:remoteref)",
+            ref,
+        ).stdout
+        fields = out.rstrip(b"\n").split(b"\0")
+        if len(fields) == 3:
+            upstream, remote, remote_ref = (os.fsdecode(f) for f in fields)
+
+    repository: str | None = None
+    if remote and remote != ".":
+        url = _git(topdir, "config", "--get", f"remote.{remote}.url", ok=(0, 1))
+        if url.returncode == 0:
+            repository = _clean_repository(os.fsdecode(url.stdout.strip()), notes)
+    upstream_branch = (
+        remote_ref[len("refs/heads/") :] if remote_ref.startswith("refs/heads/") else None
+    )
+
+    if baserev is not None:
+        base = _git_resolve(topdir, baserev)
+    else:
+        base = _git_merge_base(topdir, head_id, current, upstream, notes)
+
+    patch = _git_diff(topdir, base, include_untracked)
+    return SourceChange(
+        vcs="git",
+        baserev=base,
+        patch=patch,
+        patch_level=1,
+        branch=current,
+        repository=repository,
+        topdir=topdir,
+        notes=notes,
+        upstream_branch=upstream_branch,
+    )
+
+
+def _git_resolve(topdir: str, rev: str) -> str:
+    if rev.startswith("-"):
+        raise UsageError(f"--baserev {rev!r} is not a revision")
+    res = _git(topdir, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", ok=(0, 1))
+    if res.returncode != 0:
+        raise UsageError(f"--baserev {rev!r} is not a commit in {topdir}")
+    return _text(res.stdout)
+
+
+def _git_merge_base(
+    topdir: str, head_id: str, current: str | None, upstream: str, notes: list[str]
+) -> str:
+    if current is None:
+        notes.append("HEAD is detached: the base is HEAD, so local commits are not in the patch")
+        return head_id
+    if not upstream:
+        notes.append(
+            f"branch {current!r} has no upstream: the base is HEAD, so local commits are not "
+            "in the patch (set one with 'git branch --set-upstream-to', or use --baserev)"
+        )
+        return head_id
+    exists = _git(topdir, "rev-parse", "--verify", "--quiet", f"{upstream}^{{commit}}", ok=(0, 1))
+    if exists.returncode != 0:
+        notes.append(f"upstream {upstream} does not exist locally (fetch it?): the base is HEAD")
+        return head_id
+    mb = _git(topdir, "merge-base", "HEAD", upstream, ok=(0, 1))
+    if mb.returncode != 0:
+        notes.append(f"HEAD and {upstream} have no common ancestor: the base is HEAD")
+        return head_id
+    return _text(mb.stdout)
+
+
+def _git_diff(topdir: str, base: str, include_untracked: bool) -> bytes:
+    """Diff ``base`` against the work tree, without ever writing the user's index.
+
+    git may refresh an index's stat data while diffing, and untracked files must be
+    marked intent-to-add to show up; both happen on a private copy of the index.
+    """
+    index_path = os.fsdecode(_git(topdir, "rev-parse", "--git-path", "index").stdout.strip())
+    index_path = os.path.join(topdir, index_path)
+    with tempfile.TemporaryDirectory(prefix="tryssh-git-") as tmp:
+        tmp_index = os.path.join(tmp, "index")
+        if os.path.exists(index_path):
+            shutil.copyfile(index_path, tmp_index)
+        env = _env({"GIT_INDEX_FILE": tmp_index})
+        # Writing a split index would add a shared-index file to the user's .git.
+        cfg = ["-c", "core.splitIndex=false"]
+        if include_untracked:
+            listing = _git(
+                topdir, *cfg, "ls-files", "-z", "--others", "--exclude-standard", env=env
+            ).stdout
+            if listing:
+                # Literal pathspecs: a file named '*.c' must not match others.
+                add_env = dict(env, GIT_LITERAL_PATHSPECS="1")
+                _git(
+                    topdir,
+                    *cfg,
+                    "add",
+                    "--intent-to-add",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                    env=add_env,
+                    stdin=listing,
+                )
+        return _git(
+            topdir,
+            *cfg,
+            "diff",
+            "--binary",
+            "--full-index",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+            base,
+            "--",
+            env=env,
+        ).stdout
+
+
+def _hg(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
+    return _run(["hg", "--noninteractive", *args], topdir, ok=ok)
+
+
+def _extract_hg(topdir: str, baserev: str | None) -> SourceChange:
+    notes: list[str] = []
+    if baserev is not None:
+        out = _hg(topdir, "log", "-r", baserev, "--template", "{node}\n", ok=(0, 255)).stdout
+        nodes = out.split()
+        if len(nodes) != 1:
+            raise UsageError(f"--baserev {baserev!r} is not exactly one revision in {topdir}")
+        base = _text(nodes[0])
+    else:
+        out = _hg(
+            topdir, "log", "-r", "max(ancestors(.) and public())", "--template", "{node}"
+        ).stdout.strip()
+        if not out:
+            out = _hg(topdir, "log", "-r", ".", "--template", "{node}").stdout.strip()
+            if out.strip(b"0"):
+                notes.append(
+                    "no public ancestor (nothing pushed yet?): the base is the working "
+                    "directory's parent, which the master may not have"
+                )
+            else:
+                notes.append("the repository has no commits: the base is the null revision")
+        if not _HEX_NODE.match(out):
+            raise TrysshError(f"hg log printed an unexpected revision: {_first_line(out)}")
+        base = _text(out)
+    patch = _hg(
+        topdir,
+        "--config",
+        "diff.noprefix=false",
+        "--config",
+        "diff.nobinary=false",
+        "diff",
+        "--git",
+        "-r",
+        base,
+    ).stdout
+    branch = _text(_hg(topdir, "branch").stdout) or None
+    paths = _hg(topdir, "paths", "default", ok=(0, 1))
+    repository = None
+    if paths.returncode == 0:
+        repository = _clean_repository(os.fsdecode(paths.stdout.strip()), notes)
+    return SourceChange(
+        vcs="hg",
+        baserev=base,
+        patch=patch,
+        patch_level=1,
+        branch=branch,
+        repository=repository,
+        topdir=topdir,
+        notes=notes,
+    )
+
+
+def _svn(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
+    # svn converts paths to the locale's encoding: C would turn 'ü' into an error.
+    return _run(["svn", *args], topdir, ok=ok, env=_env(locale="C.UTF-8"))
+
+
+def _extract_svn(topdir: str, baserev: str | None) -> SourceChange:
+    notes: list[str] = []
+    rev_args: list[str] = []
+    if baserev is not None:
+        rev = baserev[1:] if baserev[:1] == "r" else baserev
+        if not rev.isdigit():
+            raise UsageError(f"--baserev {baserev!r} is not an svn revision number")
+        base = str(int(rev))
+        # Against a repository revision rather than the pristine BASE: svn may need the server.
+        rev_args = ["-r", base]
+    else:
+        version = _run(["svnversion", "-n", "."], topdir, env=_env(locale="C.UTF-8")).stdout
+        m = _SVNVERSION.match(_text(version))
+        if m is None:
+            raise TrysshError(f"svnversion: {_text(version) or 'no output'} ({topdir})")
+        low, high, flags = m.group(1), m.group(2), m.group(3)
+        base = str(int(high or low))  # str, never bytes: Buildbot's '-rb'123'' bug
+        if high is not None:
+            notes.append(
+                f"the working copy mixes revisions {low}:{high}; the base is r{base} "
+                "(run 'svn update' for an exact base)"
+            )
+        if "S" in flags:
+            notes.append("parts of the working copy are switched to another URL")
+
+    common = ["diff", "--non-interactive", "--internal-diff", *rev_args]
+    plain = _svn(topdir, *common, "--patch-compatible").stdout
+    patch = plain
+    binaries = _svn_binary_paths(plain)
+    if binaries:
+        gitdiff = _svn(
+            topdir,
+            *common,
+            "--git",
+            "--show-copies-as-adds",
+            "--ignore-properties",
+            "--",
+            *(os.fsdecode(p) for p in binaries),
+        ).stdout
+        patch = _svn_splice(plain, gitdiff)
+        notes.append(
+            f"{len(binaries)} binary file(s) are in git binary form: 'svn patch' applies them, "
+            "GNU patch (Buildbot's SVN step) cannot"
+        )
+    url = _svn(topdir, "info", "--non-interactive", "--show-item", "url", ".").stdout
+    repository = _clean_repository(_text(url), notes)
+    return SourceChange(
+        vcs="svn",
+        baserev=base,
+        patch=patch,
+        patch_level=0,
+        branch=None,
+        repository=repository,
+        topdir=topdir,
+        notes=notes,
+    )
+
+
+def _svn_sections(diff: bytes) -> list[tuple[bytes | None, bytes]]:
+    """Split svn diff output into (path, section) at each ``Index:`` line."""
+    sections: list[tuple[bytes | None, bytes]] = []
+    starts = [m.start() for m in re.finditer(rb"(?m)^Index: ", diff)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    for n, s in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(diff)
+        chunk = diff[s:end]
+        path = None
+        if chunk.startswith(b"Index: "):
+            path = chunk[len(b"Index: ") :].split(b"\n", 1)[0].rstrip(b"\r")
+        sections.append((path, chunk))
+    return sections
+
+
+def _svn_binary_paths(plain: bytes) -> list[bytes]:
+    return [
+        path
+        for path, chunk in _svn_sections(plain)
+        if path is not None and _SVN_BINARY_MARKER in chunk
+    ]
+
+
+def _svn_splice(plain: bytes, gitdiff: bytes) -> bytes:
+    """Replace the plain diff's 'Cannot display' sections with their git binary sections."""
+    git_by_path = {path: chunk for path, chunk in _svn_sections(gitdiff) if path is not None}
+    out = []
+    for path, chunk in _svn_sections(plain):
+        if path is not None and _SVN_BINARY_MARKER in chunk and path in git_by_path:
+            chunk = git_by_path[path]
+        out.append(chunk)
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------- --diff
+
+
+def from_diff(
+    path: str,
+    *,
+    baserev: str | None,
+    patch_level: int = 0,
+    stdin: BinaryIO | None = None,
+    branch: str | None = None,
+    repository: str | None = None,
+) -> SourceChange:
+    """Take a ready-made patch from a file, or from standard input when ``path`` is ``-``."""
+    if baserev is not None and not isinstance(baserev, str):
+        raise TypeError("baserev must be a str")
+    if isinstance(patch_level, bool) or not isinstance(patch_level, int) or patch_level < 0:
+        raise UsageError(f"patch level must be a whole number >= 0, not {patch_level!r}")
+    if path == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        try:
+            data = stream.read()
+        except OSError as err:
+            raise TrysshError(
+                f"cannot read the diff from stdin: {err.strerror}", EX_IOERR
+            ) from None
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            code = (
+                EX_NOINPUT if err.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR) else EX_IOERR
+            )
+            raise TrysshError(f"cannot read diff {path}: {err.strerror}", code) from None
+    if not isinstance(data, bytes):
+        raise TypeError("the diff stream must be binary")
+    return SourceChange(
+        vcs="none",
+        baserev=baserev,
+        patch=data,
+        patch_level=patch_level,
+        branch=branch,
+        repository=repository,
+        topdir=os.getcwd(),
+    )
