@@ -99,19 +99,21 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
     """Fill what the command line did not give from the config files (CLI wins)."""
+    from .clientconfig import resolve_client_options
+
     cli = {k: v for k, v in values.items() if _given(ctx, k)}
-    try:
-        from .clientconfig import resolve_client_options
-    except ImportError:
-        merged: dict[str, Any] = {}
-    else:
-        merged = dict(resolve_client_options(cli, cwd=cwd))
+    if "properties" in cli:
+        cli["properties"] = parse_properties(cli["properties"])
+    resolved = resolve_client_options(cli, cwd=cwd)
     result = dict(values)
-    for key, value in merged.items():
-        if key in result and not _given(ctx, key) and value is not None:
+    if "properties" in result:
+        result["properties"] = {}
+    for key, value in resolved.values.items():
+        if key in result:
             result[key] = value
-    for note in merged.get("_notes", []) if isinstance(merged.get("_notes"), list) else []:
-        echo_stderr(f"tryssh: {note}")
+    if not result.get("quiet"):
+        for warning in resolved.warnings:
+            echo_stderr(f"tryssh: {warning}")
     return result
 
 
@@ -170,8 +172,7 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     req = TryRequest(
         builders=list(v["builders"] or []), branch=v["branch"], baserev=v["baserev"],
         patchlevel=v["patchlevel"], who=v["who"], comment=v["comment"],
-        properties=parse_properties(v["properties"] or ()) if not isinstance(
-            v["properties"], dict) else dict(v["properties"]),
+        properties={str(k): val for k, val in v["properties"].items()},
         repository=v["repository"], project=v["project"], vc=v["vc"], diff=v["diff"],
         untracked=bool(v["untracked"]), allow_empty=bool(v["allow_empty"]),
     )

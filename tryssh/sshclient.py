@@ -202,18 +202,32 @@ class KnownHosts:
         self.keys = paramiko.HostKeys()
         self.revoked: set[str] = set()  # base64 blobs
         for path in [*paths, "/etc/ssh/ssh_known_hosts"]:
-            if not os.path.isfile(path):
+            if os.path.isfile(path):
+                self._load(path)
+
+    def _load(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as lines:
+                text = lines.read()
+        except OSError as err:
+            raise UsageError(f"cannot read known_hosts file {path}: {err.strerror}") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if words[0].startswith("@"):
+                # paramiko cannot read marker lines; OpenSSH honours @revoked.
+                if words[0] == "@revoked" and len(words) >= 4:
+                    self.revoked.add(words[3])
                 continue
             try:
-                self.keys.load(path)
-                with open(path, encoding="utf-8", errors="replace") as lines:
-                    for line in lines:
-                        # paramiko silently skips @revoked lines; OpenSSH honours them.
-                        words = line.split()
-                        if len(words) >= 4 and words[0] == "@revoked":
-                            self.revoked.add(words[3])
-            except (OSError, paramiko.SSHException, ValueError) as err:
-                raise UsageError(f"cannot read known_hosts file {path}: {err}") from None
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
+            except (paramiko.SSHException, ValueError):
+                entry = None  # OpenSSH skips lines it cannot read, and so do we
+            if entry is None:
+                continue
+            for name in entry.hostnames:
+                self.keys.add(name, entry.key.get_name(), entry.key)
 
     def known_types(self, name: str) -> list[str]:
         entry = self.keys.lookup(name)
@@ -263,6 +277,10 @@ def load_private_key(path: str) -> paramiko.PKey:
         return paramiko.PKey.from_path(path)
     except paramiko.PasswordRequiredException:
         pass
+    except TypeError as err:
+        # cryptography's way of saying an OpenSSH-format key needs its passphrase
+        if "password" not in str(err).lower():
+            raise UsageError(f"cannot load identity file {path}: {err}") from None
     except FileNotFoundError:
         raise UsageError(f"identity file {path} does not exist") from None
     except (OSError, paramiko.SSHException, ValueError) as err:
@@ -276,7 +294,7 @@ def load_private_key(path: str) -> paramiko.PKey:
         passphrase = getpass.getpass(f"Enter passphrase for key '{path}': ")
         try:
             return paramiko.PKey.from_path(path, passphrase)
-        except (paramiko.SSHException, ValueError):
+        except (paramiko.SSHException, ValueError, TypeError):
             print("tryssh: bad passphrase, try again.", file=sys.stderr)
     raise PermissionDenied(f"wrong passphrase for identity file {path}")
 

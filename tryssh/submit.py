@@ -42,7 +42,7 @@ class TryRequest:
     patchlevel: int | None = None
     who: str | None = None
     comment: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
     repository: str | None = None
     project: str | None = None
     vc: str | None = None
@@ -215,14 +215,19 @@ def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
         ) from None
 
 
-def local_query(config: str, what: str, job: str | None = None) -> Any:
-    """The same answers, read on the master itself through ``tryssh.queries``."""
-    from . import queries
+def local_query(config_path: str, what: str, job: str | None = None) -> Any:
+    """The same answers, read on the master itself (``--config``): every job and builder."""
+    from .config import load_config
 
-    func = getattr(queries, "local_status" if what == "status" else "local_builders", None)
-    if func is None:
-        raise TrysshError(f"reading {what} locally is not supported by this tryssh", EX_USAGE)
-    return func(config, job) if what == "status" else func(config)
+    config = load_config(config_path)
+    if what == "status":
+        from .queries import local_status
+
+        assert job is not None
+        return local_status(config, job)
+    names = list(config.builders)
+    described = {n: config.builders[n].options.get("description", "") for n in names}
+    return {"user": None, "builders": names, "descriptions": described}
 
 
 def status_fetcher(dest: Destination, conn: Connection | None, job: str) -> Callable[[], dict]:

@@ -21,6 +21,7 @@ from .errors import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
+    EX_NOINPUT,
     EX_NOPERM,
     EX_TEMPFAIL,
     EX_USAGE,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
-SYSEXITS = {EX_USAGE, EX_DATAERR, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG}
+SYSEXITS = {EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG}
 DEFAULT_TRYSERVER_CMD = "buildbot"
 
 

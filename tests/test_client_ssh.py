@@ -1,0 +1,553 @@
+"""``tryssh try`` / ``status`` / ``builders`` against a real OpenSSH sshd on loopback.
+
+Every test runs the installed ``tryssh`` console script with HOME set to a temporary
+directory, submits from real git repositories and checks what landed in the jobdir (with
+Buildbot's own ``Try_Jobdir.parseJob``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import run, venv_bin, wait_until
+from sshd import Sshd, make_user_key
+
+from tryssh.jobdir import Jobdir
+
+pytestmark = pytest.mark.timeout(180)
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice", "GIT_COMMITTER_EMAIL": "alice@example.org",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}  # fmt: skip
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, check=True, timeout=60
+    )
+    return out.stdout.decode().strip()
+
+
+def buildbot_parse(path: Path) -> dict[str, object]:
+    """The job as a real Buildbot master's Try_Jobdir reads it."""
+    from buildbot.schedulers.trysched import Try_Jobdir
+
+    with open(path, "rb") as f:
+        return Try_Jobdir.parseJob(None, f)  # type: ignore[arg-type]
+
+
+class World:
+    """A developer's HOME, a git clone with a change, a jobdir and a key."""
+
+    def __init__(self, tmp: Path, sshd_factory: Callable[..., Sshd]) -> None:
+        self.tmp = tmp
+        self.sshd_factory = sshd_factory
+        self.home = tmp / "home"
+        (self.home / ".ssh").mkdir(parents=True)
+        self.jobdir = Jobdir(str(tmp / "jobdir")).create()
+        self.key = make_user_key(tmp, "alice_key")
+        self.tryserver = venv_bin("tryserver")
+        # upstream (bare) <- seed commit; clone with an uncommitted change
+        upstream = tmp / "upstream.git"
+        seed = tmp / "seed"
+        seed.mkdir()
+        git(seed, "init", "-q", "-b", "main")
+        (seed / "hello.txt").write_text("hello\n")
+        (seed / "logo.bin").write_bytes(bytes(range(256)))
+        git(seed, "add", ".")
+        git(seed, "commit", "-q", "-m", "initial")
+        git(tmp, "clone", "-q", "--bare", str(seed), str(upstream))
+        self.repo = tmp / "work"
+        git(tmp, "clone", "-q", str(upstream), str(self.repo))
+        self.base = git(self.repo, "rev-parse", "HEAD")
+        (self.repo / "hello.txt").write_text("hello\nworld\n")
+        (self.repo / "logo.bin").write_bytes(bytes(range(255, -1, -1)) + b"\0\xff")
+
+    def forced(self, *extra: str, user: str = "alice", key: str | None = None) -> str:
+        cmd = shlex.join([self.tryserver, "--jobdir", self.jobdir.path, "--user", user, *extra])
+        return f'restrict,command="{cmd}" {key or self.key.public_line}'
+
+    def sshd(self, *lines: str) -> Sshd:
+        return self.sshd_factory(lines or [self.forced()])
+
+    def known_hosts(self, *servers: Sshd) -> Path:
+        path = self.home / ".ssh" / "known_hosts"
+        path.write_text("".join(s.known_hosts_line() + "\n" for s in servers))
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        env.update(HOME=str(self.home), **GIT_ENV)
+        env.update(extra)
+        return env
+
+    def tryssh(self, *args: str, input: bytes | None = None, timeout: float = 90,
+               cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+        return run([venv_bin("tryssh"), *args], input=input, env=self.env(**env),
+                   timeout=timeout, cwd=cwd or self.repo)
+
+    def to(self, server: Sshd, *, key: bool = True) -> list[str]:
+        """Connection options for *server* (known_hosts in HOME already)."""
+        opts = ["--host", server.host, "--port", str(server.port), "-u", server.user]
+        return [*opts, "-i", self.key.private_path] if key else opts
+
+    def delivered(self) -> list[Path]:
+        return [Path(self.jobdir.new) / n for n in self.jobdir.pending()]
+
+
+@pytest.fixture
+def world(tmp_path: Path, sshd_factory: Callable[..., Sshd]) -> World:
+    return World(tmp_path, sshd_factory)
+
+
+def ok(result: subprocess.CompletedProcess[bytes], code: int = 0) -> str:
+    assert result.returncode == code, (
+        f"exit {result.returncode}\nstdout: {result.stdout.decode()}\n"
+        f"stderr: {result.stderr.decode()}"
+    )
+    return result.stdout.decode()
+
+
+def check_patch_applies(world: World, job: dict[str, object]) -> None:
+    """The job's patch applies with git apply at its base revision, binary included."""
+    check = world.tmp / "check"
+    git(world.tmp, "clone", "-q", str(world.tmp / "upstream.git"), str(check))
+    git(check, "checkout", "-q", str(job["baserev"]))
+    patch = world.tmp / "job.patch"
+    patch.write_bytes(job["patch_body"])  # type: ignore[arg-type]
+    git(check, "apply", f"-p{job['patch_level']}", str(patch))
+    assert (check / "hello.txt").read_text() == "hello\nworld\n"
+    assert (check / "logo.bin").read_bytes() == (world.repo / "logo.bin").read_bytes()
+
+
+# -- ssh (forced command) -------------------------------------------------------------------
+
+
+def test_ssh_submit_from_git_clone_is_read_by_buildbot(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    result = world.tryssh("try", *world.to(server), "-b", "unit", "-b", "lint",
+                          "-C", "first try", "--property", "a=b=c")
+    name = ok(result).strip()
+    err = result.stderr.decode()
+    assert world.base in err and "2 files" in err and "+1 -0" in err.replace("  ", " ")
+    [path] = world.delivered()
+    assert path.name == name
+    job = buildbot_parse(path)
+    assert job["who"] == "alice"  # pinned by the forced command
+    assert job["builderNames"] == ["unit", "lint"]
+    assert job["comment"] == "first try" and job["properties"] == {"a": "b=c"}
+    assert job["branch"] == "main" and job["baserev"] == world.base
+    check_patch_applies(world, job)
+
+
+def test_json_receipt(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    receipt = json.loads(ok(world.tryssh("try", *world.to(server), "-b", "unit", "--json", "-q")))
+    [path] = world.delivered()
+    assert receipt["job"] == path.name
+    assert receipt["transport"] == "ssh" and receipt["builders"] == ["unit"]
+    assert str(server.port) in receipt["host"]
+    assert receipt["size"] > 0 and len(receipt["sha256"]) == 64
+
+
+def test_remote_failure_gives_the_servers_code_and_message(world: World) -> None:
+    server = world.sshd(world.forced("--max-size", "10"))
+    world.known_hosts(server)
+    result = world.tryssh("try", *world.to(server), "-b", "unit")
+    ok(result, 65)
+    err = result.stderr.decode()
+    assert "tryssh:" in err and "10" in err and "exit 65" in err
+    assert world.delivered() == []
+
+
+def test_remote_refusal_of_a_command_is_64(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    result = world.tryssh("try", *world.to(server), "--tryserver-cmd", "rm -rf")
+    ok(result, 64)
+    assert "not allowed" in result.stderr.decode()
+
+
+def test_diff_from_stdin_non_utf8_is_v6(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    patch = b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-\xff\n+\xfe\n"
+    result = world.tryssh("try", *world.to(server), "--diff", "-", "--baserev", "abc",
+                          "-p", "0", input=patch, cwd=world.tmp)
+    ok(result)
+    [path] = world.delivered()
+    assert path.read_bytes().startswith(b"1:6,")
+    job = buildbot_parse(path)
+    assert job["patch_body"] == patch and job["baserev"] == "abc" and job["patch_level"] == 0
+
+
+# -- host keys ------------------------------------------------------------------------------
+
+
+def test_unknown_host_key_refused_then_accepted_once(world: World) -> None:
+    server = world.sshd()
+    result = world.tryssh("try", *world.to(server))
+    ok(result, 77)
+    err = result.stderr.decode()
+    fp = subprocess.run(["ssh-keygen", "-lf", str(server.host_key_path) + ".pub"],
+                        capture_output=True, text=True, check=True).stdout.split()[1]
+    assert fp in err and "--accept-new-host-key" in err and len(err.strip().splitlines()) == 5
+    assert world.delivered() == []
+    ok(world.tryssh("try", *world.to(server), "--accept-new-host-key"))
+    text = (world.home / ".ssh" / "known_hosts").read_text()
+    assert f"[127.0.0.1]:{server.port} ssh-ed25519" in text
+    # Now known: no flag needed.
+    ok(world.tryssh("try", *world.to(server)))
+    assert len(world.delivered()) == 2
+
+
+def test_changed_host_key_refused_even_with_accept_new(world: World) -> None:
+    server = world.sshd()
+    other = world.sshd_factory([])  # another host key
+    known = world.known_hosts()
+    keytype, blob = other.host_key_pub.split()[:2]
+    known.write_text(f"[127.0.0.1]:{server.port} {keytype} {blob}\n")
+    result = world.tryssh("try", *world.to(server), "--accept-new-host-key")
+    ok(result, 77)
+    assert "CHANGED" in result.stderr.decode()
+    assert known.read_text() == f"[127.0.0.1]:{server.port} {keytype} {blob}\n"
+    assert world.delivered() == []
+
+
+def test_revoked_host_key_refused(world: World) -> None:
+    server = world.sshd()
+    known = world.known_hosts(server)
+    keytype, blob = server.host_key_pub.split()[:2]
+    known.write_text(known.read_text() + f"@revoked * {keytype} {blob}\n")
+    result = world.tryssh("try", *world.to(server))
+    ok(result, 77)
+    assert "REVOKED" in result.stderr.decode()
+
+
+def test_known_hosts_option(world: World) -> None:
+    server = world.sshd()
+    extra = world.tmp / "kh"
+    extra.write_text(server.known_hosts_line() + "\n")
+    ok(world.tryssh("try", *world.to(server), "--known-hosts", str(extra)))
+
+
+# -- authentication and ~/.ssh/config -------------------------------------------------------
+
+
+def start_agent(world: World, *keys: str) -> str:
+    sock = str(world.tmp / "agent.sock")
+    agent = subprocess.run(["ssh-agent", "-a", sock], capture_output=True, text=True,
+                           check=True, timeout=30)
+    pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    world.agent_pid = pid  # type: ignore[attr-defined]
+    for key in keys:
+        subprocess.run(["ssh-add", key], env={**os.environ, "SSH_AUTH_SOCK": sock},
+                       capture_output=True, check=True, timeout=30)
+    return sock
+
+
+@pytest.fixture
+def agent_cleanup(world: World):  # type: ignore[no-untyped-def]
+    yield
+    pid = getattr(world, "agent_pid", None)
+    if pid:
+        os.kill(pid, 15)
+
+
+def test_agent_auth(world: World, agent_cleanup: None) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    sock = start_agent(world, world.key.private_path)
+    # No -i, no key files in HOME: only the agent can log in.
+    ok(world.tryssh("try", *world.to(server, key=False), SSH_AUTH_SOCK=sock))
+    result = world.tryssh("try", *world.to(server, key=False))
+    ok(result, 77)
+    assert "no key" in result.stderr.decode()
+
+
+def test_pinned_identity_decides_who_even_with_an_agent(world: World, agent_cleanup: None) -> None:
+    bob = make_user_key(world.tmp, "bob_key")
+    server = world.sshd(world.forced(user="bob", key=bob.public_line), world.forced())
+    world.known_hosts(server)
+    sock = start_agent(world, bob.private_path)
+    ok(world.tryssh("try", *world.to(server), SSH_AUTH_SOCK=sock))  # -i alice_key
+    [path] = world.delivered()
+    assert buildbot_parse(path)["who"] == "alice"
+
+
+def test_encrypted_key_without_terminal_is_a_clear_error(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    locked = make_user_key(world.tmp, "locked", passphrase="secret phrase")
+    result = world.tryssh("try", *world.to(server, key=False), "-i", locked.private_path)
+    ok(result, 77)
+    assert "encrypted" in result.stderr.decode() and "ssh-add" in result.stderr.decode()
+
+
+def test_ssh_config_alias(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+        Host ci
+            HostName 127.0.0.1
+            Port {server.port}
+            User {server.user}
+            IdentityFile {world.key.private_path}
+            IdentitiesOnly yes
+        """))
+    name = ok(world.tryssh("try", "--host", "ci", "-q")).strip()
+    assert [p.name for p in world.delivered()] == [name]
+
+
+def test_ssh_config_proxy_command(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    relay = textwrap.dedent("""\
+        import socket, sys, threading
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+        def up():
+            while data := sys.stdin.buffer.read1(65536):
+                s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        threading.Thread(target=up, daemon=True).start()
+        while data := s.recv(65536):
+            sys.stdout.buffer.write(data); sys.stdout.buffer.flush()
+        """)
+    (world.tmp / "relay.py").write_text(relay)
+    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+        Host ci
+            HostName 127.0.0.1
+            Port {server.port}
+            ProxyCommand {sys.executable} {world.tmp / 'relay.py'} %h %p
+        """))
+    ok(world.tryssh("try", "--host", "ci", "-u", server.user, "-i", world.key.private_path))
+    assert len(world.delivered()) == 1
+
+
+def test_wrong_key_is_refused_with_77(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    stranger = make_user_key(world.tmp, "stranger")
+    result = world.tryssh("try", *world.to(server, key=False), "-i", stranger.private_path)
+    ok(result, 77)
+    assert "authentication" in result.stderr.decode()
+
+
+def test_connection_refused_is_75(world: World) -> None:
+    from helpers import free_port
+
+    result = world.tryssh("try", "--host", "127.0.0.1", "--port", str(free_port()),
+                          "-i", world.key.private_path, "--timeout", "5")
+    ok(result, 75)
+    assert "cannot connect" in result.stderr.decode()
+
+
+# -- never hang -----------------------------------------------------------------------------
+
+
+def big_diff(world: World, size: int) -> Path:
+    path = world.tmp / "big.diff"
+    line = b"+" + b"x" * 99 + b"\n"
+    path.write_bytes(b"--- a/big\n+++ b/big\n@@ -0,0 +1 @@\n" + line * (size // len(line)))
+    return path
+
+
+def test_no_hang_when_the_server_dies_mid_transfer(world: World) -> None:
+    script = world.tmp / "dies.sh"
+    script.write_text("#!/bin/sh\nhead -c 100000 >/dev/null\nkill -9 $$\n")
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    diff = big_diff(world, 20 << 20)
+    started = time.monotonic()
+    result = world.tryssh("try", *world.to(server), "--diff", str(diff), "--baserev", "x",
+                          "--timeout", "10", timeout=60)
+    assert time.monotonic() - started < 40
+    ok(result, 75)
+    assert "exit status" in result.stderr.decode()
+
+
+def test_no_hang_when_the_server_stops_reading(world: World) -> None:
+    script = world.tmp / "stuck.sh"
+    script.write_text("#!/bin/sh\nexec sleep 25\n")
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    diff = big_diff(world, 20 << 20)
+    started = time.monotonic()
+    result = world.tryssh("try", *world.to(server), "--diff", str(diff), "--baserev", "x",
+                          "--timeout", "3", timeout=60)
+    assert time.monotonic() - started < 20
+    ok(result, 75)
+    assert "stopped reading" in result.stderr.decode()
+
+
+# -- scp (sftp account) ---------------------------------------------------------------------
+
+
+def test_scp_delivery(world: World) -> None:
+    server = world.sshd(f"restrict {world.key.public_line}")
+    world.known_hosts(server)
+    result = world.tryssh("try", "-c", "scp", *world.to(server), "--jobdir", world.jobdir.path,
+                          "-b", "unit", "--json")
+    receipt = json.loads(ok(result))
+    [path] = world.delivered()
+    assert receipt["job"] == path.name and receipt["transport"] == "scp"
+    assert os.listdir(world.jobdir.tmp) == []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    import hashlib
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == receipt["sha256"]
+    job = buildbot_parse(path)
+    assert job["builderNames"] == ["unit"]
+    check_patch_applies(world, job)
+
+
+def test_scp_into_a_missing_jobdir_fails_cleanly(world: World) -> None:
+    server = world.sshd(f"restrict {world.key.public_line}")
+    world.known_hosts(server)
+    result = world.tryssh("try", "-c", "scp", *world.to(server),
+                          "--jobdir", str(world.tmp / "nope"))
+    ok(result, 73)
+    assert "does not exist" in result.stderr.decode()
+
+
+def test_scp_failed_rename_leaves_nothing_in_tmp(world: World) -> None:
+    server = world.sshd(f"restrict {world.key.public_line}")
+    world.known_hosts(server)
+    # new/ is a file: the upload into tmp/ works, the rename into new/NAME fails (even as root).
+    os.rmdir(world.jobdir.new)
+    Path(world.jobdir.new).write_text("not a directory")
+    result = world.tryssh("try", "-c", "scp", *world.to(server), "--jobdir", world.jobdir.path)
+    assert result.returncode == 75, result.stderr.decode()
+    assert "sftp upload" in result.stderr.decode()
+    assert os.listdir(world.jobdir.tmp) == []
+
+
+# -- --wait and status over ssh -------------------------------------------------------------
+
+
+FAKE_STATUS = """\
+#!{python}
+# A forced command that delivers with the real tryserver and answers 'status' from a
+# script of states, one per call, so that --wait sees the job move.
+import json, os, shlex, sys
+words = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+if "status" not in words:
+    os.execv({tryserver!r}, [{tryserver!r}, "--jobdir", {jobdir!r}, "--user", "alice"])
+job = words[words.index("status") + 1]
+counter = {counter!r}
+n = int(open(counter).read()) if os.path.exists(counter) else 0
+open(counter, "w").write(str(n + 1))
+states = {states!r}
+state, builders = states[min(n, len(states) - 1)]
+print(json.dumps({{"job": job, "state": state, "reason": None, "builders": builders}}))
+"""
+
+
+def fake_status_server(world: World, states: list[tuple[str, dict[str, object]]]) -> Sshd:
+    script = world.tmp / "fake_status.py"
+    script.write_text(FAKE_STATUS.format(
+        python=sys.executable, tryserver=world.tryserver, jobdir=world.jobdir.path,
+        counter=str(world.tmp / "counter"), states=states))
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    return server
+
+
+def test_wait_success(world: World) -> None:
+    running = {"unit": {"state": "running", "result": None, "log": None}}
+    done = {"unit": {"state": "done", "result": "success", "log": "/logs/unit.log"}}
+    server = fake_status_server(world, [("queued", {}), ("running", running), ("success", done)])
+    result = world.tryssh("try", *world.to(server), "-b", "unit", "--wait")
+    out = ok(result)
+    [path] = world.delivered()
+    assert out.strip() == path.name
+    err = result.stderr.decode()
+    assert "queued" in err and "unit: running" in err and "unit: success" in err
+
+
+def test_wait_failure_exits_1_and_rejected_77(world: World) -> None:
+    done = {"unit": {"state": "done", "result": "failure", "log": None}}
+    server = fake_status_server(world, [("running", {}), ("failure", done)])
+    ok(world.tryssh("try", *world.to(server), "-b", "unit", "--wait", "--json"), 1)
+    (world.tmp / "counter").unlink()
+    script = world.tmp / "fake_status.py"
+    script.write_text(script.read_text().replace("'failure'", "'rejected'"))
+    ok(world.tryssh("try", *world.to(server), "-b", "unit", "--wait", "-q"), 77)
+
+
+def test_wait_timeout_is_75(world: World) -> None:
+    server = fake_status_server(world, [("queued", {})])
+    result = world.tryssh("try", *world.to(server), "--wait", "--wait-timeout", "2")
+    ok(result, 75)
+    assert "--wait-timeout" in result.stderr.decode()
+
+
+def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> None:
+    config = world.tmp / "tryssh.toml"
+    config.write_text(textwrap.dedent(f"""\
+        jobdir = "{world.jobdir.path}"
+        [builders.unit]
+        command = ["true"]
+        description = "unit tests"
+        [builders.lint]
+        command = ["true"]
+        [users.alice]
+        builders = ["unit"]
+        """))
+    server = world.sshd(world.forced("--config", str(config)))
+    world.known_hosts(server)
+    assert ok(world.tryssh("builders", *world.to(server))).split() == ["unit"]
+    answer = json.loads(ok(world.tryssh("builders", *world.to(server), "--json")))
+    assert answer["builders"] == ["unit"]
+    name = ok(world.tryssh("try", *world.to(server), "-b", "unit", "-q")).strip()
+    record = json.loads(ok(world.tryssh("status", name, *world.to(server), "--json")))
+    assert record["job"] == name and record["state"] == "queued"
+    assert f"job {name}: queued" in ok(world.tryssh("status", name, *world.to(server)))
+    missing = world.tryssh("status", "1.nosuchjob", *world.to(server))
+    assert missing.returncode == 66 and "no such job" in missing.stderr.decode()
+    # On the master itself, with the config: the same answer without ssh.
+    local = json.loads(ok(world.tryssh("status", name, "--config", str(config), "--json")))
+    assert local["job"] == name
+    assert "lint" in ok(world.tryssh("builders", "--config", str(config)))
+
+
+def test_no_pty_requested(world: World) -> None:
+    script = world.tmp / "tty.sh"
+    script.write_text("#!/bin/sh\ncat >/dev/null\nif [ -t 0 ] || [ -n \"$SSH_TTY\" ]; then "
+                      "echo tty >&2; exit 1; fi\necho fine-job\n")
+    script.chmod(0o755)
+    server = world.sshd(f'command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    result = world.tryssh("try", *world.to(server))
+    assert ok(result).strip() == "fine-job"
+
+
+def test_buildbot_style_server_that_prints_nothing(world: World) -> None:
+    script = world.tmp / "quiet.sh"
+    script.write_text("#!/bin/sh\ncat > " + shlex.quote(str(world.tmp / "got")) + "\n")
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    result = world.tryssh("try", *world.to(server), "--jobdir", "~/jobs dir")
+    assert ok(result) == ""
+    assert "did not name the job" in result.stderr.decode()
+    wait_until(lambda: (world.tmp / "got").exists())
+    assert (world.tmp / "got").read_bytes().startswith(b"1:5,")
