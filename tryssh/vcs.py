@@ -264,7 +264,8 @@ def detect_vcs(start: str) -> tuple[str, str]:
         top = os.fsdecode(out.rstrip(b"\r\n"))
         if top:
             return vcs, top
-    assert last_error is not None
+        last_error = TrysshError(f"{argv[0]} did not name the top of {d}", EX_UNAVAILABLE)
+    assert last_error is not None  # found is never empty here
     raise last_error
 
 
