@@ -1,0 +1,57 @@
+"""``tryssh doctor``: check a try server's whole setup and say what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+
+import click
+
+from .doctor import diagnose
+
+
+@click.command("doctor")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="The tryssh TOML config (jobdir, builders, users, serve).")
+@click.option("--authorized-keys", type=click.Path(dir_okay=False),
+              help="The try account's authorized_keys (default: yours, if it exists).")
+@click.option("--ssh-user", help="Check sshd's settings for this account with 'sshd -T' "
+              "(needs root; default: the owner of --authorized-keys).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def doctor_cmd(
+    config_path: str | None, authorized_keys: str | None, ssh_user: str | None, as_json: bool
+) -> None:
+    """Check the config, the jobdir, the authorized_keys lines and sshd's settings.
+
+    Each finding is 'ok', 'warn' (works, but weaker than it should be) or 'problem'
+    (will fail, or is unsafe). Nothing is changed. Exit 0 when there is no problem,
+    1 otherwise.
+
+    \b
+    Examples:
+      tryssh doctor --config /etc/tryssh/config.toml
+      tryssh doctor --config /etc/tryssh/config.toml \\
+          --authorized-keys ~try/.ssh/authorized_keys --ssh-user try
+    """
+    if authorized_keys is None:
+        default = os.path.expanduser("~/.ssh/authorized_keys")
+        authorized_keys = default if os.path.exists(default) else None
+    if ssh_user is None and authorized_keys and os.path.exists(authorized_keys):
+        try:
+            ssh_user = pwd.getpwuid(os.stat(authorized_keys).st_uid).pw_name
+        except KeyError:
+            ssh_user = None
+    if not (config_path or authorized_keys or ssh_user):
+        raise click.UsageError("nothing to check: give --config, --authorized-keys or --ssh-user")
+    findings = diagnose(config_path, authorized_keys, ssh_user)
+    if as_json:
+        click.echo(json.dumps([f._asdict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(f"{f.level:<8}{f.area:<9}{f.message}")
+    problems = sum(f.level == "problem" for f in findings)
+    warnings = sum(f.level == "warn" for f in findings)
+    if not as_json:
+        click.echo(f"{problems} problem(s), {warnings} warning(s)", err=True)
+    raise SystemExit(1 if problems else 0)
