@@ -45,7 +45,9 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Kept until exit: a second signal during the shutdown must not kill in-flight requests.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     consumer = consumer_thread = None
     try:
         if consume:
@@ -62,8 +64,6 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     click.echo("tryssh serve: stopped", err=True)
     return EX_OK
 

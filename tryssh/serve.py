@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import socket
 import sys
@@ -448,6 +449,7 @@ class Connection(paramiko.ServerInterface):
 
     def _refuse(self, what: str) -> None:
         self.touch()
+        self._note_authenticated()
         self.log.say(f"{self.peer} {self.user or '-'}: refused {what}")
         self.log.record(event="refused", user=self.user, what=what, **{"from": self.peer})
 
@@ -707,6 +709,9 @@ class EmbeddedServer:
                 f"{config.path}: no [users.NAME] entries: nobody could log in "
                 '(users."*" is a policy fallback, not an account)'
             )
+        # paramiko logs socket errors of clients that hang up through logging's last-resort
+        # handler, raw on stderr; this module logs what matters in its own words.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.any_password = any(a.password_hash for a in self.accounts.values())
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
