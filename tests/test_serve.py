@@ -45,6 +45,7 @@ class Serve:
         serve: dict[str, object] | None = None,
         consume: bool = False,
         extra_toml: str = "",
+        builder: Sequence[str] = ("true",),
     ) -> None:
         check_openssh()
         self.root = root
@@ -67,7 +68,7 @@ class Serve:
         lines += [
             "",
             "[builders.unit]",
-            'command = ["true"]',
+            "command = [" + ", ".join(f'"{w}"' for w in builder) + "]",
             "",
             "[users.alice]",
             f'keys = ["{self.alice.public_line}"]',
@@ -750,3 +751,29 @@ def test_buildbot_try_delivers(shared: Serve, tmp_path: Path) -> None:
     assert job.who == "alice"
     assert job.builder_names == ["unit"]
     assert job.comment == "from buildbot try"
+
+
+# -- --consume ------------------------------------------------------------------------------
+
+
+def test_consume_runs_the_builders_in_the_same_process(
+    serve_factory: object, tmp_path: Path
+) -> None:
+    marker = tmp_path / "built"
+    server: Serve = serve_factory(  # type: ignore[operator]
+        consume=True, builder=["/bin/sh", "-c", f"echo built >> {marker}"]
+    )
+    result = server.ssh("tryserver", input=make_job())
+    assert result.returncode == 0, err(result)
+    name = result.stdout.decode().strip()
+    wait_until(marker.exists, timeout=30, message=server.output)
+
+    def finished() -> str:
+        status = server.ssh("tryserver", "status", name, "--json")
+        text = status.stdout.decode()
+        return text if '"success"' in text else ""
+
+    record = wait_until(finished, timeout=30, message=server.output)
+    assert '"alice"' in record
+    assert marker.read_text() == "built\n"
+    assert server.stop() == 0, server.output()

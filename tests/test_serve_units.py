@@ -1,0 +1,258 @@
+"""The parts of ``tryssh serve`` that need no client: password hashes, ``tryssh passwd``,
+listen addresses, the per-address lockout, config checks, and an IPv6 listener."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import run, venv_bin, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tryssh.config import config_from_dict
+from tryssh.errors import ConfigError
+from tryssh.passwords import hash_password, parse_hash, verify_password
+from tryssh.serve import AuthLimiter, Settings, accounts_from_config, parse_listen
+
+FAST = {"n": 1 << 4, "r": 1, "p": 1}
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3sVgK2Jx2UeCJC6V7eAbT1Yf3aGzXzv6rT1vCw0HX a@b"
+
+
+# -- password hashes ----------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(password=st.text(min_size=1, max_size=64), other=st.text(min_size=1, max_size=64))
+def test_hash_round_trip(password: str, other: str) -> None:
+    encoded = hash_password(password, **FAST)
+    assert verify_password(password, encoded)
+    assert verify_password(other, encoded) == (other == password)
+
+
+def test_hash_format_salted_and_default_cost() -> None:
+    first, second = hash_password("pw"), hash_password("pw")
+    assert first != second  # random salt
+    assert re.fullmatch(r"scrypt\$32768\$8\$1\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", first)
+    n, r, p, salt, digest = parse_hash(first)
+    assert (n, r, p, len(salt), len(digest)) == (32768, 8, 1, 16, 32)
+    assert verify_password("pw", first)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "",
+        "pw",
+        "bcrypt$2$8$1$AAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAA==",
+        "scrypt$1000$8$1$AAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAA==",  # N not a power of two
+        "scrypt$4194304$8$1$AAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAA==",  # N too large: DoS
+        "scrypt$16$8$1$!!!$AAAAAAAAAAAAAAAAAAAAAA==",
+        "scrypt$16$8$1$AAAA$AAAAAAAAAAAAAAAAAAAAAA==",  # salt too short
+        "scrypt$16$8$1$AAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAA==$extra",
+    ],
+)
+def test_malformed_hashes_never_verify(encoded: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_hash(encoded)
+    assert not verify_password("pw", encoded)
+
+
+def test_passwd_stdin_prints_a_hash_that_verifies() -> None:
+    result = run([venv_bin("tryssh"), "passwd", "--stdin"], input=b"s3cret pass\n")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.decode().strip()
+    assert verify_password("s3cret pass", line)
+    assert not verify_password("s3cret pass\n", line)
+
+
+def test_passwd_refuses_empty_and_non_terminal() -> None:
+    result = run([venv_bin("tryssh"), "passwd", "--stdin"], input=b"\n")
+    assert result.returncode == 64
+    assert b"empty password" in result.stderr
+    result = run([venv_bin("tryssh"), "passwd"], input=b"pw\n")
+    assert result.returncode == 64
+    assert b"--stdin" in result.stderr
+
+
+def test_passwd_on_a_terminal_asks_twice_without_echo() -> None:
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: tryssh passwd on the pty
+        os.execv(venv_bin("tryssh"), ["tryssh", "passwd"])  # noqa: S606 (argv, no shell)
+    output = b""
+
+    def read_until(needle: bytes) -> bool:
+        nonlocal output
+        try:
+            output += os.read(fd, 4096)
+        except OSError:
+            return True
+        return needle in output
+
+    wait_until(lambda: read_until(b"Password: "), timeout=20, message=lambda: repr(output))
+    os.write(fd, b"hunter2\n")
+    wait_until(lambda: read_until(b"Again: "), timeout=20, message=lambda: repr(output))
+    os.write(fd, b"hunter2\n")
+    wait_until(lambda: read_until(b"password_hash"), timeout=20, message=lambda: repr(output))
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"hunter2" not in output  # no echo
+    line = next(x for x in output.decode().splitlines() if x.startswith("scrypt$"))
+    assert verify_password("hunter2", line.strip())
+
+
+# -- listen addresses and settings --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:2222", ("127.0.0.1", 2222)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:2222", ("::1", 2222)),
+        ("localhost:22", ("localhost", 22)),
+    ],
+)
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "2222", ":2222", "127.0.0.1", "127.0.0.1:x", "127.0.0.1:70000", "::1:22", "[::1]"]
+)
+def test_parse_listen_refuses(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(text)
+
+
+@given(st.text(max_size=30))
+def test_parse_listen_never_crashes(text: str) -> None:
+    try:
+        host, port = parse_listen(text)
+    except ConfigError:
+        return
+    assert host and 0 <= port <= 65535
+
+
+def test_settings_defaults_and_checks(tmp_path: Path) -> None:
+    config = config_from_dict({"jobdir": "j"}, str(tmp_path / "c.toml"))
+    s = Settings.from_config(config)
+    assert (s.host, s.port, s.max_auth_tries, s.max_connections, s.idle_timeout) == (
+        "127.0.0.1",
+        2222,
+        6,
+        32,
+        300.0,
+    )
+    assert s.host_key == os.path.join(config.state_dir, "ssh_host_ed25519_key")
+    bad = config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        Settings.from_config(bad)
+
+
+def test_accounts_skip_the_policy_fallback_and_check_keys(tmp_path: Path) -> None:
+    data = {
+        "jobdir": "j",
+        "users": {"alice": {"keys": [ED25519]}, "*": {"keys": [ED25519]}},
+    }
+    accounts = accounts_from_config(config_from_dict(data, "c"))
+    assert list(accounts) == ["alice"]
+    assert next(iter(accounts["alice"].keys.values())).startswith("SHA256:")
+    for bad in (
+        "restrict " + ED25519,
+        "ssh-ed25519 not-base64!",
+        "ssh-rsa " + ED25519.split()[1],  # the blob says ed25519
+    ):
+        data["users"] = {"alice": {"keys": [bad]}}
+        with pytest.raises(ConfigError, match=r"users\.alice\.keys\[0\]"):
+            accounts_from_config(config_from_dict(data, "c"))
+    data["users"] = {"alice": {"password_hash": "plaintext"}}
+    with pytest.raises(ConfigError, match=r"users\.alice\.password_hash"):
+        accounts_from_config(config_from_dict(data, "c"))
+
+
+# -- the lockout --------------------------------------------------------------------------------
+
+
+def test_lockout_after_failures_and_its_end() -> None:
+    now = [1000.0]
+    limiter = AuthLimiter(3, 60, clock=lambda: now[0])
+    assert not limiter.failure("10.0.0.1")
+    assert not limiter.failure("10.0.0.1")
+    assert limiter.locked("10.0.0.1") == 0
+    assert limiter.failure("10.0.0.1")  # third: locked
+    assert limiter.locked("10.0.0.1") == 60
+    assert limiter.locked("10.0.0.2") == 0  # per address
+    now[0] += 59
+    assert limiter.locked("10.0.0.1") == pytest.approx(1)
+    now[0] += 2
+    assert limiter.locked("10.0.0.1") == 0
+    assert not limiter.failure("10.0.0.1")  # counting starts again
+
+
+def test_old_failures_are_forgiven_and_success_resets() -> None:
+    now = [0.0]
+    limiter = AuthLimiter(2, 10, clock=lambda: now[0])
+    assert not limiter.failure("a")
+    now[0] += 11
+    assert not limiter.failure("a")  # the first one is older than the window
+    limiter.success("a")
+    assert not limiter.failure("a")
+
+
+# -- whole-server checks without a client -------------------------------------------------------
+
+
+def _config(tmp_path: Path, listen: str, users: str) -> Path:
+    jobdir = tmp_path / "jobdir"
+    for sub in ("tmp", "new", "cur"):
+        (jobdir / sub).mkdir(parents=True, exist_ok=True)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'jobdir = "{jobdir}"\n[serve]\nlisten = "{listen}"\nhost_key = "{tmp_path / "hk"}"\n'
+        + users
+    )
+    return config
+
+
+def test_no_accounts_is_a_config_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, "127.0.0.1:0", '[users."*"]\nbuilders = ["*"]\n')
+    result = run([venv_bin("tryssh"), "serve", "--config", str(config)])
+    assert result.returncode == 78
+    assert b"no [users.NAME] entries" in result.stderr
+
+
+def test_listen_on_ipv6_loopback(tmp_path: Path) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    config = _config(tmp_path, "[::1]:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    proc = subprocess.Popen(
+        [venv_bin("tryssh"), "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "generated" in line:
+            line = proc.stdout.readline()
+        match = re.search(r"listening on \[::1\]:(\d+), host key (SHA256:\S+)", line)
+        assert match, line
+        with socket.create_connection(("::1", int(match.group(1))), timeout=10) as sock:
+            assert sock.recv(8).startswith(b"SSH-2.0-")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
