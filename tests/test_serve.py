@@ -629,6 +629,12 @@ def test_idle_timeout(serve_factory: object) -> None:
             proc.kill()
         proc.wait()
     server.wait_log("(idle timeout;")
+    # A client that never even sends its banner: dropped after the (short) auth timeout.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(8).startswith(b"SSH-2.0-")
+        while raw.recv(4096):
+            pass
+    server.wait_log("handshake failed")
     # A delivery whose client sends nothing: TempFail 75 after a second, nothing delivered.
     reader, writer = os.pipe()
     try:

@@ -42,6 +42,7 @@ from .tryserver import Options, Server, handle
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
+AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
 
 
@@ -608,13 +609,18 @@ class Connection(paramiko.ServerInterface):
         finally:
             self.server.forget(self)
 
+    @property
+    def auth_timeout(self) -> float:
+        # Like sshd's LoginGraceTime: an unauthenticated client holds a connection slot.
+        return min(self.settings.idle_timeout, AUTH_TIMEOUT)
+
     def _serve(self) -> None:
         settings = self.settings
         transport = paramiko.Transport(self.sock)
         self.transport = transport
         transport.add_server_key(self.server.host_key)
-        transport.banner_timeout = min(30.0, settings.idle_timeout)
-        transport.handshake_timeout = min(30.0, settings.idle_timeout)
+        transport.banner_timeout = min(30.0, self.auth_timeout)
+        transport.handshake_timeout = min(30.0, self.auth_timeout)
         try:
             transport.start_server(server=self)
         except (paramiko.SSHException, EOFError, OSError) as err:
@@ -630,7 +636,7 @@ class Connection(paramiko.ServerInterface):
                 busy = bool(self.workers)
             if self.close_reason:
                 break
-            if not authenticated and now - self.started > settings.idle_timeout:
+            if not authenticated and now - self.started > self.auth_timeout:
                 self.close_reason = "authentication timeout"
                 break
             if not busy and now - self.last_activity > settings.idle_timeout:
