@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,28 @@ import click
 from click.core import ParameterSource
 
 from .errors import EX_OK, TempFail, UsageError
-from .sshclient import DEFAULT_TIMEOUT, SshOptions
-from .submit import (
+
+
+def _import_paramiko() -> None:
+    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
+
+    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
+    it hidden such a line is reported as an error instead. Other users of invoke in this
+    process are unaffected: the block is lifted as soon as paramiko is loaded.
+    """
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
+_import_paramiko()
+
+from .sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
+from .submit import (  # noqa: E402
     TRANSPORTS,
     Destination,
     TryRequest,
@@ -31,7 +52,7 @@ from .submit import (
     summary_lines,
     wait_for,
 )
-from .transport import DEFAULT_TRYSERVER_CMD
+from .transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
