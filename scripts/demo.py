@@ -144,9 +144,17 @@ def wait_for_ready(proc: subprocess.Popen[str], deadline: float) -> str:
     raise SystemExit("demo: tryssh serve did not get ready in time")
 
 
+def show_build_log(root: Path) -> None:
+    """Print the newest build log, as the builder wrote it."""
+    logs = sorted((root / "jobdir" / "logs").glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+    if logs:
+        print(f"{DIM}--- {logs[-1].name} (the builder's output) ---{RESET}")
+        print(textwrap.indent(logs[-1].read_text(errors="replace"), "  "), end="")
+
+
 def copy_lines(proc: subprocess.Popen[str], path: Path) -> None:
     assert proc.stdout is not None
-    with open(path, "w") as log:
+    with open(path, "w", buffering=1) as log:  # line-buffered: readable while running
         for line in proc.stdout:
             log.write(line)
 
@@ -204,22 +212,25 @@ def main() -> int:
         calc = work / "calc.py"
         calc.write_text(calc.read_text() + "\n\ndef sub(a, b):\n    return a - b\n")
         run([*try_cmd, "-C", "add sub()"], cwd=work)
+        show_build_log(root)
 
         step("A broken change: the build fails, and tryssh try says so (exit 1)")
         calc.write_text(calc.read_text().replace("return a + b", "return a * b"))
         code = run([*try_cmd, "-C", "oops"], cwd=work, check=False)
+        show_build_log(root)
         print(f"tryssh try exited with {code}")
         if code != 1:
             raise SystemExit(f"demo: expected the broken change to fail with 1, got {code}")
 
-        step("What the server logged")
-        print((root / "serve.log").read_text() if (root / "serve.log").exists() else "", end="")
-        step("The server's audit log")
-        print((root / "jobdir" / "audit.log").read_text(), end="")
+        step("Stop the server (SIGTERM: in-flight work finishes first)")
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        print(f"tryssh serve exited with {server.wait(timeout=30)}")
         pump.join(timeout=10)
         server = None
+        step("What the server logged")
+        print((root / "serve.log").read_text(), end="")
+        step("The server's audit log")
+        print((root / "jobdir" / "audit.log").read_text(), end="")
         step(f"Done in {time.monotonic() - started:.1f} s: server stopped, nothing left running")
         return 0
     finally:
