@@ -569,7 +569,7 @@ class Connection(paramiko.ServerInterface):
             self._send_stderr(channel, "tryserver: internal error\n")
         finally:
             if tryserver is not None:
-                tryserver.audit.close()  # Server opens one per request; serve is long-lived
+                tryserver.close()  # a Server is made per request; serve is long-lived
             fields["exit"] = code
             self.log.record(**fields)
             self.log.say(

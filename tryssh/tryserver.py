@@ -138,6 +138,10 @@ class Server:
             raise command.Refused("interactive sessions are not allowed; run 'tryserver'")
         return command.parse_request_words(self.opts.words), " ".join(self.opts.words)
 
+    def close(self) -> None:
+        """Release what the request held (the audit log's descriptor)."""
+        self.audit.close()
+
     def deliver(self, stdin: BinaryIO) -> dict[str, object]:
         """Read, check and deliver the job on *stdin*; return the receipt."""
         from .jobfile import transcode
