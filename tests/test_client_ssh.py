@@ -551,3 +551,61 @@ def test_buildbot_style_server_that_prints_nothing(world: World) -> None:
     assert "did not name the job" in result.stderr.decode()
     wait_until(lambda: (world.tmp / "got").exists())
     assert (world.tmp / "got").read_bytes().startswith(b"1:5,")
+
+
+def test_ssh_config_proxy_jump(world: World) -> None:
+    server = world.sshd()
+    jump = world.sshd_factory([world.key.public_line])  # a plain login that may forward
+    world.known_hosts(server, jump)
+    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+        Host jumphost
+            HostName 127.0.0.1
+            Port {jump.port}
+            IdentityFile {world.key.private_path}
+        Host ci
+            HostName 127.0.0.1
+            Port {server.port}
+            ProxyJump {jump.user}@jumphost
+        """))
+    ok(world.tryssh("try", "--host", "ci", "-u", server.user, "-i", world.key.private_path))
+    assert len(world.delivered()) == 1
+    assert "direct-tcpip" in jump.log_text() or "Connection from" in jump.log_text()
+
+
+def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
+    import pty
+    import select
+
+    locked = make_user_key(world.tmp, "locked", passphrase="secret phrase")
+    server = world.sshd(world.forced(key=locked.public_line))
+    world.known_hosts(server)
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the terminal is its stdin/stdout/stderr
+        os.chdir(world.repo)
+        argv = [venv_bin("tryssh"), "try", *world.to(server, key=False), "-i",
+                locked.private_path, "-q"]
+        os.execve(argv[0], argv, world.env())  # noqa: S606 (no shell: an argv list)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            output += chunk
+            if not answered and b"passphrase" in output:
+                os.write(fd, b"secret phrase\n")
+                answered = True
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"tryssh still running after 60s: {output!r}")
+    assert answered, output
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert len(world.delivered()) == 1

@@ -293,7 +293,7 @@ def load_private_key(path: str) -> paramiko.PKey:
     for _ in range(3):
         passphrase = getpass.getpass(f"Enter passphrase for key '{path}': ")
         try:
-            return paramiko.PKey.from_path(path, passphrase)
+            return paramiko.PKey.from_path(path, passphrase.encode())
         except (paramiko.SSHException, ValueError, TypeError):
             print("tryssh: bad passphrase, try again.", file=sys.stderr)
     raise PermissionDenied(f"wrong passphrase for identity file {path}")
