@@ -1,0 +1,393 @@
+"""The consumer with real parts: jobdirs, inotify, subprocesses, signals, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import venv_bin, wait_until
+
+from tryssh.config import load_config
+from tryssh.consumer import Consumer, EventLog
+from tryssh.jobdir import Jobdir
+from tryssh.jobfile import Job, encode_job
+from tryssh.records import INTERRUPTED, RecordStore, builder_entry, new_record
+
+
+def toml_value(value: object) -> str:
+    return json.dumps(value)  # strings, numbers, lists and booleans read the same in TOML
+
+
+def write_config(tmp_path: Path, builders: dict, users: dict, **top: object) -> Path:
+    lines = [f"jobdir = {toml_value(str(tmp_path / 'jobdir'))}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if not isinstance(v, dict)]
+    for table, content in [("consume", top.get("consume", {}))]:
+        if content:
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in content.items()]
+    for name, table in builders.items():
+        lines.append(f"[builders.{json.dumps(name)}]")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+    for name, table in users.items():
+        lines.append(f"[users.{json.dumps(name)}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    Jobdir(str(tmp_path / "jobdir")).create()
+    path = tmp_path / "tryssh.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def submit(config_path: Path, builders=None, who="alice", branch="main", patch=b"p\n",
+           where="new") -> str:  # fmt: skip
+    jobdir = Jobdir(str(config_path.parent / "jobdir"))
+    data = encode_job(Job("id", branch, "rev", 1, patch, builders, who=who))
+    name = jobdir.deliver_bytes(data)
+    if where == "cur":
+        jobdir.claim(name)
+    return name
+
+
+def store_of(config_path: Path) -> RecordStore:
+    return RecordStore(str(config_path.parent / "jobdir" / "state"))
+
+
+def consume_once(config_path: Path) -> str:
+    out = io.StringIO()
+    consumer = Consumer(load_config(str(config_path)), log=EventLog(out, verbose=True))
+    try:
+        assert consumer.run(once=True) == 0
+    finally:
+        consumer.close()
+    return out.getvalue()
+
+
+# --- per job: policy -----------------------------------------------------------------
+
+
+@pytest.fixture
+def policy_config(tmp_path):
+    return write_config(
+        tmp_path,
+        builders={"unit": {"command": ["true"]}, "docs": {"command": ["true"]},
+                  "other": {"command": ["true"]}},
+        users={"alice": {"builders": ["unit", "docs"], "branches": ["main", "rel/*"],
+                         "max_job_size": 1000, "max_pending": 1}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"builders": ["nope"]}, "unknown builder 'nope'"),
+        ({"builders": ["other"]}, "builder 'other' is not allowed for 'alice'"),
+        ({"branch": "dev"}, "branch 'dev' is not allowed for 'alice'"),
+        ({"patch": b"x" * 2000}, "more than the limit of 1000"),
+        ({"who": "mallory"}, "user 'mallory' is not allowed"),
+    ],
+)
+def test_refused_jobs_are_kept_with_reason(policy_config, kwargs, reason):
+    name = submit(policy_config, **{"builders": ["unit"], **kwargs})
+    log = consume_once(policy_config)
+    record = store_of(policy_config).read(name)
+    assert record["state"] == "rejected"
+    assert reason in record["reason"]
+    assert record["builders"] == {}
+    assert os.path.exists(policy_config.parent / "jobdir" / "cur" / name)  # kept
+    assert f"job={name}" in log and "state=rejected" in log
+
+
+def test_max_pending_refuses_beyond_the_limit(policy_config):
+    store = store_of(policy_config).create()
+    running = "1600000000.M000001P1Q1Rx.other"
+    store.write(new_record(running, who="alice", state="running",
+                           builders={"unit": builder_entry(state="running")}))  # fmt: skip
+    lock = store.try_lock(running)  # a live consumer is building it
+    try:
+        name = submit(policy_config, builders=["unit"])
+        consume_once(policy_config)
+    finally:
+        store.release(lock)
+    record = store.read(name)
+    assert record["state"] == "rejected"
+    assert "already has 1 pending jobs (max_pending is 1)" in record["reason"]
+
+
+def test_unparsable_job_is_rejected_not_dropped(policy_config):
+    jobdir = Jobdir(str(policy_config.parent / "jobdir"))
+    name = jobdir.deliver_bytes(b"5:hello,")
+    consume_once(policy_config)
+    record = store_of(policy_config).read(name)
+    assert record["state"] == "rejected" and record["reason"].startswith("bad job:")
+    assert record["size"] == 8
+    assert os.path.exists(os.path.join(jobdir.cur, name))
+
+
+def test_empty_builder_list_means_the_allowed_builders(policy_config):
+    name = submit(policy_config, builders=None)
+    consume_once(policy_config)
+    record = store_of(policy_config).read(name)
+    assert record["state"] == "success"
+    assert list(record["builders"]) == ["unit", "docs"]
+    assert all(e["result"] == "success" for e in record["builders"].values())
+    assert record["sha256"] and record["size"] and record["received"] and record["finished"]
+
+
+def test_claimed_job_without_record_is_processed(policy_config):
+    name = submit(policy_config, builders=["unit"], where="cur")
+    consume_once(policy_config)
+    assert store_of(policy_config).read(name)["state"] == "success"
+
+
+def test_per_builder_concurrency_limit(tmp_path):
+    log = tmp_path / "events"
+    script = f'echo "start $$" >> {log}; sleep 0.2; echo "end $$" >> {log}'
+    config = write_config(
+        tmp_path,
+        builders={"one": {"command": ["sh", "-c", script], "concurrency": 2}},
+        users={"*": {}},
+    )
+    names = [submit(config, builders=["one"]) for _ in range(6)]
+    consume_once(config)
+    assert all(store_of(config).read(n)["state"] == "success" for n in names)
+    depth = peak = 0
+    for line in log.read_text().splitlines():
+        depth += 1 if line.startswith("start") else -1
+        peak = max(peak, depth)
+    assert peak == 2
+
+
+# --- the claim loop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inotify", [True, False])
+def test_running_consumer_picks_up_new_jobs(tmp_path, inotify):
+    config_path = write_config(tmp_path, builders={"unit": {"command": ["true"]}},
+                               users={"*": {}}, consume={"poll_interval": 0.05})  # fmt: skip
+    out = io.StringIO()
+    consumer = Consumer(load_config(str(config_path)), log=EventLog(out), use_inotify=inotify)
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        wait_until(lambda: "event=start" in out.getvalue())
+        assert ("watch=inotify" in out.getvalue()) == inotify
+        names = [submit(config_path, builders=["unit"]) for _ in range(5)]
+        store = store_of(config_path)
+        for name in names:
+            wait_until(lambda n=name: (store.read(n) or {}).get("state") == "success",
+                       message=out.getvalue)  # fmt: skip
+    finally:
+        consumer.stop()
+        thread.join(30)
+        consumer.close()
+    assert not thread.is_alive()
+
+
+def test_cli_once_with_journald_lines(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    names = [submit(config, builders=["unit"]) for _ in range(3)]
+    env = {**os.environ, "JOURNAL_STREAM": "8:1234"}
+    proc = subprocess.run([venv_bin("tryssh"), "consume", "--config", str(config), "--once"],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("<") and line[2] == ">" for line in lines)
+    assert f"<6>job={names[0]} who=alice state=running builder=unit attempt=1" in lines
+    assert all(store_of(config).read(n)["state"] == "success" for n in names)
+    assert not Jobdir(str(tmp_path / "jobdir")).pending()
+
+
+@pytest.mark.parametrize(
+    ("builders", "needle"),
+    [
+        ({"unit": {"command": ["true"], "colour": "red"}}, "builders.unit.colour: unknown key"),
+        ({"unit": {"command": ["/no/such/prog"]}}, "builders.unit.command: program"),
+        ({"hook": {"webhook": "http://127.0.0.1:9/", "secret_file": "/no/secret"}},
+         "builders.hook.secret_file: cannot read"),
+        ({"fwd": {"forward": "/no/such/jobdir"}}, "builders.fwd.forward:"),
+    ],
+)  # fmt: skip
+def test_config_errors_exit_78_before_anything_runs(tmp_path, builders, needle):
+    config = write_config(tmp_path, builders=builders, users={"*": {}})
+    name = submit(config)
+    proc = subprocess.run([venv_bin("tryssh"), "consume", "--config", str(config), "--once"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 78, proc.stderr
+    assert str(config) in proc.stderr and needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert Jobdir(str(tmp_path / "jobdir")).pending() == [name]  # nothing ran
+
+
+def wait_file(path: Path, timeout: float = 30) -> None:
+    wait_until(path.exists, timeout=timeout, message=f"{path} never appeared")
+
+
+def blocking_builder(tmp_path: Path) -> list[str]:
+    """A build that says it started (appending to 'started') and waits for the file 'go'."""
+    script = (
+        f'echo "$TRY_JOB $$" >> {tmp_path}/started\n'
+        f"while [ ! -e {tmp_path}/go ]; do sleep 0.02; done\n"
+    )
+    return ["sh", "-c", script]
+
+
+def test_sigterm_finishes_in_flight_work_then_exits_0(tmp_path):
+    config = write_config(tmp_path, builders={"slow": {"command": blocking_builder(tmp_path)}},
+                          users={"*": {}})  # fmt: skip
+    name = submit(config, builders=["slow"])
+    proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_file(tmp_path / "started")
+        proc.send_signal(signal.SIGTERM)
+        later = submit(config, builders=["slow"])
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)  # still finishing its build
+        (tmp_path / "go").touch()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert store_of(config).read(name)["state"] == "success"
+    assert Jobdir(str(tmp_path / "jobdir")).pending() == [later]  # not claimed after SIGTERM
+    assert "event=stopped" in proc.stderr.read()
+
+
+# --- several consumers, crashes ------------------------------------------------------
+
+
+def test_two_consumers_race_on_500_jobs(tmp_path):
+    out = tmp_path / "done.txt"
+    config = write_config(
+        tmp_path,
+        builders={"noop": {"command": ["sh", "-c", f'echo "$TRY_JOB" >> {out}'],
+                           "concurrency": 4}},
+        users={"*": {}}, consume={"max_parallel": 8},
+    )  # fmt: skip
+    names = [submit(config, builders=["noop"]) for _ in range(250)]  # a backlog at start
+    argv = [venv_bin("tryssh"), "consume", "--config", str(config)]
+    # stderr into files: an unread pipe fills up and blocks the consumer's logging.
+    errs = [open(tmp_path / f"consumer{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen(argv, stderr=err) for err in errs]
+    try:
+        names += [submit(config, builders=["noop"]) for _ in range(250)]  # and while running
+        store = store_of(config)
+        wait_until(lambda: len(store.final_jobs()) == 500, timeout=120, interval=0.2)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=60) for proc in procs]
+    assert codes == [0, 0]
+    done = out.read_text().split()
+    assert sorted(done) == sorted(names)  # each job exactly once
+    assert all(store.read(n)["state"] == "success" for n in names)
+    for err in errs:
+        err.close()
+    logs = [(tmp_path / f"consumer{i}.log").read_text() for i in range(2)]
+    assert all("state=success" in log for log in logs), "one consumer did all the work"
+
+
+def test_sigkill_mid_build_then_restart_loses_nothing(tmp_path):
+    config = write_config(
+        tmp_path,
+        builders={"slow": {"command": blocking_builder(tmp_path), "concurrency": 1},
+                  "fast": {"command": ["true"]}},
+        users={"*": {}},
+    )  # fmt: skip
+    first = submit(config, builders=["slow", "fast"])
+    second = submit(config, builders=["slow"])  # waits for slow's only slot
+    store = store_of(config)
+    proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_file(tmp_path / "started")
+
+        def crashed_state() -> bool:
+            rec, rec2 = store.read(first), store.read(second)
+            return bool(rec and rec2 and rec["builders"]["fast"]["result"] == "success"
+                        and rec2["state"] == "queued")  # fmt: skip
+
+        wait_until(crashed_state)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait()
+    # The orphaned build (its own process group) is killed too, as a reboot would.
+    build_pid = int((tmp_path / "started").read_text().split()[1])
+    os.kill(build_pid, signal.SIGKILL)
+    assert store.read(first)["builders"]["slow"]["state"] == "running"
+
+    (tmp_path / "go").touch()
+    log = consume_once(config)
+    record = store.read(first)
+    assert record["state"] == "interrupted"
+    assert record["builders"]["fast"]["result"] == "success"  # kept
+    slow = record["builders"]["slow"]
+    assert (slow["state"], slow["result"], slow["reason"]) == ("done", "error", INTERRUPTED)
+    assert "slow was running and was not run again" in record["reason"]
+    assert record["resumed"]
+    # The queued job's build never started, so it runs now, once.
+    assert store.read(second)["state"] == "success"
+    starts = (tmp_path / "started").read_text().split("\n")
+    assert [s.split()[0] for s in starts if s] == [first, second]
+    assert f"job={first}" in log and "event=resumed" in log
+    assert store.active_jobs() == []
+
+
+def test_a_live_consumers_job_is_not_resumed(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    store = store_of(config).create()
+    name = submit(config, builders=["unit"], where="cur")
+    store.write(new_record(name, who="alice", state="running",
+                           builders={"unit": builder_entry(state="running")}))  # fmt: skip
+    lock = store.try_lock(name)  # as a live consumer holds it
+    try:
+        consume_once(config)
+        assert store.read(name)["state"] == "running"
+    finally:
+        store.release(lock)
+    consume_once(config)
+    assert store.read(name)["state"] == "interrupted"
+
+
+def test_consumer_refuses_missing_jobdir(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    os.rmdir(tmp_path / "jobdir" / "new")
+    proc = subprocess.run([venv_bin("tryssh"), "consume", "--config", str(config), "--once"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 73 and "new/ is missing" in proc.stderr
+
+
+def test_module_imports_stay_lean():
+    code = "import sys, tryssh.queries; print('paramiko' in sys.modules, 'click' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.split() == ["False", "False"]
+
+
+def test_stale_active_copy_is_cleaned_at_start(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    store = store_of(config).create()
+    name = submit(config, builders=["unit"], where="cur")
+    record = new_record(name, who="alice", state="running")
+    store.write(record)
+    stale = Path(store.active_path(name)).read_bytes()
+    record["state"] = "success"
+    store.write(record)
+    Path(store.active_path(name)).write_bytes(stale)
+    consume_once(config)
+    assert store.active_jobs() == []
+    assert store.read(name)["state"] == "success"
+    time.sleep(0)  # nothing else to wait for
