@@ -1,0 +1,344 @@
+"""Benchmark the forced command ``tryserver`` against baselines measured in the same run.
+
+1. Cold start: the wall time of one ``tryserver --jobdir J --user alice < job`` delivering a
+   1 KB job (median of ``--runs``), against ``python3 -c pass`` (the system python3 and the
+   venv's python) and against Buildbot's own ``buildbot tryserver --jobdir J``. tryserver is
+   measured twice: as the venv has it (an editable install, whose import hook every python
+   start in the venv pays for) and as ``pip install .`` installs it (a copy of the package
+   and pip's console script in a throwaway venv on the same interpreter).
+2. A 256 MiB v2 job (ASCII patch) piped into ``tryserver --max-size 300000000``: wall time,
+   throughput and peak RSS, against ``cat < job > file && sync`` and ``... && sync -f
+   file``; and Buildbot's ``buildbot tryserver`` on a 64 MiB job.
+
+Targets (issue 2): cold start <= 3x ``python3 -c pass``; peak RSS <= 40 MB; throughput
+>= 0.5x cat+sync. Usage: ``.venv/bin/python bench/bench_tryserver.py [--runs N]
+[--big-runs N] [--big-mb MB] [--json]``. Exit status 1 if a target is missed.
+
+The measured processes run without PYTHONDONTWRITEBYTECODE, so that like an installed
+package they run from compiled bytecode. Peak RSS comes from ``wait4`` in a small parent
+(``python -S``): a child's peak RSS starts at its parent's, so that parent's own peak
+(printed as the floor) is the smallest figure this method can show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tryssh.jobdir import Jobdir  # noqa: E402
+from tryssh.jobfile import Job, encode_job  # noqa: E402
+
+BIN = Path(sys.executable).parent
+MIB = 1024 * 1024
+
+# pip's console script template (what `pip install .` writes for tryserver).
+CONSOLE_SCRIPT = """#!{python}
+import sys
+from tryssh.tryserver import main
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit(main())
+"""
+
+RSS_WRAPPER = """
+import os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.posix_spawn(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - start
+with open(out, "w") as f:
+    f.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {elapsed}")
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def fail(what: str, result: subprocess.CompletedProcess[bytes]) -> None:
+    raise SystemExit(
+        f"bench: {what} failed ({result.returncode}):\n{result.stderr.decode(errors='replace')}"
+    )
+
+
+class Case:
+    """One command to time: argv, the file on its stdin, a clean-up after each run."""
+
+    def __init__(self, label: str, argv: list[str], stdin: Path, jobdir: Jobdir | None = None):
+        self.label = label
+        self.argv = argv
+        self.stdin = stdin
+        self.jobdir = jobdir
+        self.times: list[float] = []
+
+    def once(self, env: dict[str, str]) -> float:
+        with open(self.stdin, "rb") as stdin:
+            start = time.perf_counter()
+            result = subprocess.run(self.argv, stdin=stdin, capture_output=True, env=env,
+                                    timeout=300, check=False)  # fmt: skip
+            elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            fail(self.label, result)
+        if self.jobdir:
+            for name in os.listdir(self.jobdir.new):
+                os.unlink(os.path.join(self.jobdir.new, name))
+        return elapsed
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1000
+
+
+def regular_install(tmp: Path) -> Path:
+    """tryserver as `pip install .` would install it, in a throwaway venv; its script path."""
+    venv = tmp / "regular-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, check=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    shutil.copytree(ROOT / "tryssh", Path(purelib) / "tryssh",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    subprocess.run([str(python), "-m", "compileall", "-q", str(Path(purelib) / "tryssh")],
+                   check=True)  # fmt: skip
+    script = venv / "bin" / "tryserver"
+    script.write_text(CONSOLE_SCRIPT.format(python=python))
+    script.chmod(0o755)
+    return script
+
+
+def system_python() -> str:
+    for candidate in ("/usr/bin/python3", shutil.which("python3")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit("bench: no python3 found")
+
+
+def small_job(path: Path) -> int:
+    patch = b"--- a/hello.c\n+++ b/hello.c\n@@ -1,3 +1,3 @@\n" + b"-old line\n+new line\n" * 38
+    job = Job("1795462678.15-42", "main", "0123456789abcdef0123456789abcdef01234567", 1, patch,
+              ["unit"], "https://example.org/repo.git", "proj", "dev", "try", {})  # fmt: skip
+    data = encode_job(job)
+    path.write_bytes(data)
+    return len(data)
+
+
+def big_v2_job(path: Path, size: int) -> int:
+    """A v2 job of about *size* bytes whose patch is ASCII diff lines."""
+    line = b"+" + b"x" * 98 + b"\n"
+    count = size // len(line)
+    block = line * 10_000
+    with open(path, "wb") as f:
+        f.write(b"1:2,2:id,4:main,3:abc,1:1,%d:" % (count * len(line)))
+        for _ in range(count // 10_000):
+            f.write(block)
+        f.write(line * (count % 10_000))
+        f.write(b",4:repo,4:proj,2:b1,")
+    return path.stat().st_size
+
+
+def measured(argv: list[str], stdin: Path, report: Path, env: dict[str, str]) -> tuple[int, float]:
+    """(peak RSS in KiB, wall seconds) of *argv* run under the small wait4 parent."""
+    with open(stdin, "rb") as f:
+        result = subprocess.run([sys.executable, "-S", "-c", RSS_WRAPPER, str(report), *argv],
+                                stdin=f, capture_output=True, env=env, timeout=600,
+                                check=False)  # fmt: skip
+    rss, code, elapsed = report.read_text().split()
+    if code != "0":
+        fail(shlex.join(argv[:2]), result)
+    return int(rss), float(elapsed)
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+def cold_start(tmp: Path, runs: int, bb_runs: int, env: dict[str, str]) -> dict[str, object]:
+    job = tmp / "small.job"
+    size = small_job(job)
+    jd = [Jobdir(str(tmp / f"jd-small-{i}")).create() for i in range(3)]
+    regular = regular_install(tmp)
+    system = system_python()
+    cases = [
+        Case(f"python3 -c pass ({system})", [system, "-c", "pass"], job),
+        Case(f"venv python -c pass ({BIN / 'python'})", [str(BIN / "python"), "-c", "pass"], job),
+        Case(
+            "tryserver (venv, editable install)",
+            [str(BIN / "tryserver"), "--jobdir", jd[0].path, "--user", "alice"],
+            job,
+            jd[0],
+        ),
+        Case(
+            "tryserver (regular install)",
+            [str(regular), "--jobdir", jd[1].path, "--user", "alice"],
+            job,
+            jd[1],
+        ),
+    ]
+    buildbot = Case("buildbot tryserver",
+                    [str(BIN / "buildbot"), "tryserver", "--jobdir", jd[2].path], job, jd[2])
+    for case in [*cases, buildbot]:  # warm up: bytecode written, files cached
+        case.once(env)
+        case.once(env)
+    for _ in range(runs):  # interleaved, so that a burst of load hits every case alike
+        for case in cases:
+            case.times.append(case.once(env))
+    for _ in range(bb_runs):
+        buildbot.times.append(buildbot.once(env))
+    base = cases[0].median_ms
+    rows = [
+        {"label": c.label, "ms": c.median_ms, "runs": len(c.times), "ratio": c.median_ms / base}
+        for c in [*cases, buildbot]
+    ]
+    return {"job_bytes": size, "rows": rows, "base_ms": base}
+
+
+def big_job(tmp: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict[str, object]:
+    job = tmp / "big.job"
+    size = big_v2_job(job, size_mb * MIB)
+    bb_job = tmp / "bb.job"
+    bb_size = big_v2_job(bb_job, min(64, size_mb) * MIB)
+    jd = Jobdir(str(tmp / "jd-big")).create()
+    out = tmp / "cat.out"
+    report = tmp / "rss"
+    floor, _ = measured(["/bin/true"], job, report, env)
+    times: dict[str, list[float]] = {"cat": [], "cat_syncf": [], "tryserver": []}
+    rss: list[int] = []
+    tryserver = [str(BIN / "tryserver"), "--jobdir", jd.path, "--user", "alice",
+                 "--max-size", "300000000"]  # fmt: skip
+
+    def clean() -> None:
+        for name in os.listdir(jd.new):
+            os.unlink(os.path.join(jd.new, name))
+        out.unlink(missing_ok=True)
+        sync()  # no dirty pages of one run left for the next one's sync
+
+    clean()
+    for _ in range(runs):
+        for variant in ("cat", "cat_syncf"):
+            with open(job, "rb") as f, open(out, "wb") as g:
+                start = time.perf_counter()
+                subprocess.run(["cat"], stdin=f, stdout=g, check=True)
+                subprocess.run(["sync", "-f", str(out)] if variant == "cat_syncf" else ["sync"],
+                               check=True)  # fmt: skip
+                times[variant].append(time.perf_counter() - start)
+            clean()
+        peak, elapsed = measured(tryserver, job, report, env)
+        delivered = os.listdir(jd.new)
+        if len(delivered) != 1 or os.path.getsize(os.path.join(jd.new, delivered[0])) < size:
+            raise SystemExit("bench: tryserver did not deliver the big job")
+        times["tryserver"].append(elapsed)
+        rss.append(peak)
+        clean()
+
+    bb_dir = Jobdir(str(tmp / "jd-bb")).create()
+    bb_rss, bb_time = measured([str(BIN / "buildbot"), "tryserver", "--jobdir", bb_dir.path],
+                               bb_job, report, env)  # fmt: skip
+    shutil.rmtree(bb_dir.path)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "job_bytes": size,
+        "runs": runs,
+        "floor_kib": floor,
+        "seconds": med,
+        "mb_per_s": {k: size / v / 1e6 for k, v in med.items()},
+        "tryserver_rss_kib": max(rss),
+        "buildbot": {
+            "job_bytes": bb_size,
+            "seconds": bb_time,
+            "rss_kib": bb_rss,
+            "mb_per_s": bb_size / bb_time / 1e6,
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30, help="cold-start runs per command")
+    parser.add_argument("--bb-runs", type=int, default=5, help="runs of buildbot tryserver")
+    parser.add_argument("--big-runs", type=int, default=3, help="runs with the big job")
+    parser.add_argument("--big-mb", type=int, default=256, help="size of the big job in MiB")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    env = child_env()
+    tmp = Path(tempfile.mkdtemp(prefix="tryssh-bench-"))
+    try:
+        free = shutil.disk_usage(tmp).free
+        if free < 3 * args.big_mb * MIB:
+            raise SystemExit(f"bench: {tmp} has {free // MIB} MiB free, need {3 * args.big_mb}")
+        started = time.monotonic()
+        cold = cold_start(tmp, args.runs, args.bb_runs, env)
+        big = big_job(tmp, args.big_mb, args.big_runs, env)
+        elapsed = time.monotonic() - started
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = {r["label"]: r for r in cold["rows"]}
+    editable = rows["tryserver (venv, editable install)"]["ratio"]
+    regular = rows["tryserver (regular install)"]["ratio"]
+    rss_mb = big["tryserver_rss_kib"] / 1024
+    thr = big["mb_per_s"]
+    vs_sync = thr["tryserver"] / thr["cat"]
+    vs_syncf = thr["tryserver"] / thr["cat_syncf"]
+    targets = {
+        "cold start <= 3x python3 -c pass (regular install)": regular <= 3,
+        "cold start <= 3x python3 -c pass (editable venv)": editable <= 3,
+        "peak RSS <= 40 MB for the big v2 job": rss_mb <= 40,
+        "throughput >= 0.5x cat + sync": vs_sync >= 0.5,
+        "throughput >= 0.5x cat + sync -f": vs_syncf >= 0.5,
+    }
+    if args.json:
+        print(json.dumps({"cold_start": cold, "big_job": big, "targets": targets}, indent=2))
+        return 0 if all(targets.values()) else 1
+
+    py = sysconfig.get_python_version()
+    print(f"tryserver benchmark: Python {py}, {os.cpu_count()} CPUs, {elapsed:.0f} s, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
+    print()
+    print(f"Cold start, {cold['job_bytes']} B v5 job (median wall time; ratio to the first line)")
+    for row in cold["rows"]:
+        print(f"  {row['label']:<58} {row['ms']:8.1f} ms  x{row['ratio']:5.2f}"
+              f"  ({row['runs']} runs)")  # fmt: skip
+    print()
+    mib = big["job_bytes"] / MIB
+    print(f"Big job, {big['job_bytes']} B ({mib:.0f} MiB) v2, ASCII patch "
+          f"(median of {big['runs']} runs)")  # fmt: skip
+    labels = {"cat": "cat < job > file && sync", "cat_syncf": "cat < job > file && sync -f file",
+              "tryserver": "tryserver --max-size 300000000 < job"}  # fmt: skip
+    for key, label in labels.items():
+        rss = f"{rss_mb:6.1f} MB" if key == "tryserver" else "       -"
+        print(f"  {label:<40} {big['seconds'][key]:6.2f} s {thr[key]:7.0f} MB/s  "
+              f"peak RSS {rss}")  # fmt: skip
+    bb = big["buildbot"]
+    print(f"  {'buildbot tryserver (' + str(bb['job_bytes'] // MIB) + ' MiB job)':<40} "
+          f"{bb['seconds']:6.2f} s {bb['mb_per_s']:7.0f} MB/s  peak RSS "
+          f"{bb['rss_kib'] / 1024:6.1f} MB")  # fmt: skip
+    print(f"  (peak RSS floor of the measuring parent: {big['floor_kib'] / 1024:.1f} MB)")
+    print(f"  throughput ratio: x{vs_sync:.2f} of cat+sync, x{vs_syncf:.2f} of cat+sync -f")
+    print()
+    print("Targets")
+    for name, ok in targets.items():
+        print(f"  {'ok    ' if ok else 'MISSED'} {name}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
