@@ -1,0 +1,202 @@
+"""tryserver status / jobs / builders (the real forced command) and tryssh gc."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import venv_bin
+
+from tryssh.config import load_config
+from tryssh.consumer import Consumer, EventLog
+from tryssh.gc import collect
+from tryssh.jobdir import Jobdir
+from tryssh.jobfile import Job, encode_job
+from tryssh.queries import local_status
+from tryssh.records import RecordStore, new_record
+
+CONFIG = """\
+jobdir = "jobdir"
+[builders.unit]
+command = ["true"]
+description = "unit tests"
+[builders.lint]
+command = ["false"]
+[builders.secret]
+command = ["true"]
+[users.alice]
+builders = ["unit", "lint"]
+[users.bob]
+builders = ["unit"]
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    Jobdir(str(tmp_path / "jobdir")).create()
+    path = tmp_path / "tryssh.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def deliver(site: Path, who: str, builders: list[str] | None) -> str:
+    data = encode_job(Job("id", "main", "rev", 1, b"p\n", builders, who=who))
+    return Jobdir(str(site.parent / "jobdir")).deliver_bytes(data)
+
+
+def consume(site: Path) -> None:
+    consumer = Consumer(load_config(str(site)), log=EventLog(open(os.devnull, "w")))
+    try:
+        consumer.run(once=True)
+    finally:
+        consumer.close()
+
+
+def tryserver(site: Path, *words: str, user: str | None = "alice", original: str | None = None):
+    argv = [venv_bin("tryserver"), "--config", str(site)]
+    if user:
+        argv += ["--user", user]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    if original is not None:
+        env["SSH_ORIGINAL_COMMAND"] = original
+    else:
+        argv += list(words)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_status_text_and_json(site):
+    name = deliver(site, "alice", ["unit", "lint"])
+    consume(site)
+    proc = tryserver(site, original=f"tryserver status {name} --json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["state"] == "failure" and record["reason"] is None
+    assert record["builders"]["unit"]["result"] == "success"
+    assert record["builders"]["lint"]["result"] == "failure"
+    assert record["builders"]["lint"]["state"] == "done"
+    assert record["builders"]["lint"]["log"].endswith(f"/logs/{name}/lint.log")
+    text = tryserver(site, "status", name).stdout
+    assert f"job {name}: failure" in text
+    assert "  lint: failure (exit status 1)" in text and "  unit: success" in text
+    assert local_status(load_config(str(site)), name)["state"] == "failure"
+
+
+def test_status_of_a_job_not_yet_consumed_is_queued(site):
+    name = deliver(site, "alice", ["unit"])
+    record = json.loads(tryserver(site, "status", name, "--json").stdout)
+    assert record["state"] == "queued" and record["builders"] == {}
+    assert record["who"] == "alice"
+
+
+def test_other_users_jobs_do_not_exist(site):
+    name = deliver(site, "alice", ["unit"])
+    consume(site)
+    for job in (name, "1700000000.M1P1Q1Rnone.host"):
+        proc = tryserver(site, "status", job, user="bob")
+        assert proc.returncode == 66
+        assert proc.stderr.strip() == f"tryserver: no such job: {job}"
+    with pytest.raises(Exception, match="no such job"):
+        local_status(load_config(str(site)), name, user="bob")
+    # the admin (no --user) sees it
+    assert tryserver(site, "status", name, user=None).returncode == 0
+
+
+def test_jobs_lists_own_recent_jobs_newest_first(site):
+    mine = [deliver(site, "alice", ["unit"]) for _ in range(3)]
+    theirs = deliver(site, "bob", ["unit"])
+    rejected = deliver(site, "alice", ["secret"])
+    consume(site)
+    proc = tryserver(site, "jobs", "--json")
+    answer = json.loads(proc.stdout)
+    assert answer["user"] == "alice"
+    assert [r["job"] for r in answer["jobs"]] == [rejected, *reversed(mine)]
+    assert answer["jobs"][0]["state"] == "rejected"
+    text = tryserver(site, "jobs").stdout.splitlines()
+    assert text[0].split("\t")[:2] == [rejected, "rejected"]
+    assert text[1].split("\t") == [mine[2], "success", "main", "unit=success"]
+    assert theirs not in tryserver(site, "jobs").stdout
+    assert theirs in tryserver(site, "jobs", user=None).stdout
+
+
+def test_jobs_limit_is_20(site):
+    store = RecordStore(str(site.parent / "jobdir" / "state")).create()
+    for i in range(25):
+        store.write(new_record(f"{1700000000 + i}.M000000P1Q{i}Rx.h", who="alice",
+                               state="success"))  # fmt: skip
+    jobs = json.loads(tryserver(site, "jobs", "--json").stdout)["jobs"]
+    assert len(jobs) == 20 and jobs[0]["job"].startswith("1700000024.")
+
+
+def test_builders_for_the_user(site):
+    assert tryserver(site, "builders").stdout == "unit\tunit tests\nlint\n"
+    assert json.loads(tryserver(site, "builders", "--json", user="bob").stdout)["builders"] == [
+        "unit"
+    ]
+    assert tryserver(site, "builders", user=None).stdout.splitlines()[-1] == "secret"
+
+
+def test_status_without_config_reads_jobdir_state(site, tmp_path):
+    name = deliver(site, "alice", ["unit"])
+    consume(site)
+    argv = [venv_bin("tryserver"), "--jobdir", str(tmp_path / "jobdir"), "--user", "alice",
+            "status", name, "--json"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["state"] == "success"
+
+
+# --- gc ------------------------------------------------------------------------------
+
+
+def test_gc_removes_old_finished_jobs_only(site):
+    old = deliver(site, "alice", ["unit"])
+    recent = deliver(site, "alice", ["unit"])
+    consume(site)
+    config = load_config(str(site))
+    store = RecordStore(config.state_dir)
+    record = store.read(old)
+    record["finished"] = "2000-01-01T00:00:00.000000Z"
+    store.write(record)
+    waiting = deliver(site, "alice", ["unit"])  # unconsumed: never collected
+    stale_tmp = Path(config.jobdir) / "tmp" / "stale"
+    stale_tmp.write_bytes(b"x")
+    os.utime(stale_tmp, (time.time() - 40 * 3600,) * 2)
+
+    would = collect(config, 1, dry_run=True)
+    assert os.path.exists(os.path.join(config.jobdir, "cur", old))
+    assert str(stale_tmp) in would
+    proc = subprocess.run([venv_bin("tryssh"), "gc", "--config", str(site), "--older-than", "1"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line.split(" ", 1)[1] for line in proc.stdout.splitlines()) == sorted(would)
+    assert store.read(old) is None
+    assert not os.path.exists(os.path.join(config.jobdir, "cur", old))
+    assert not os.path.exists(os.path.join(config.log_dir, old))
+    assert not stale_tmp.exists()
+    assert store.read(recent)["state"] == "success"
+    assert os.path.exists(os.path.join(config.log_dir, recent, "unit.log"))
+    assert Jobdir(config.jobdir).pending() == [waiting]
+
+
+def test_gc_needs_an_age(site):
+    proc = subprocess.run([venv_bin("tryssh"), "gc", "--config", str(site)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 64 and "--older-than" in proc.stderr
+
+
+def test_consumer_applies_keep_days(site):
+    site.write_text("keep_days = 1\n" + CONFIG)
+    old = deliver(site, "alice", ["unit"])
+    consume(site)
+    store = RecordStore(str(site.parent / "jobdir" / "state"))
+    record = store.read(old)
+    record["finished"] = "2000-01-01T00:00:00.000000Z"
+    store.write(record)
+    consume(site)  # gc runs at start, then once an hour
+    assert store.read(old) is None
