@@ -328,14 +328,17 @@ def _transcode_json(
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadJob("the JSON is not valid UTF-8") from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise BadJob(f"unable to parse JSON: {err}") from None
     job = job_from_json(obj, version)
     if emit:
         if pin_who is not None:
             obj["who"] = pin_who
             job.who = pin_who
-            raw = json.dumps(obj).encode("ascii")
+            try:
+                raw = json.dumps(obj).encode("ascii")
+            except RecursionError:  # defensive: loads took it, but dumps runs a frame deeper
+                raise BadJob("unable to write the JSON back: nested too deeply") from None
         emit(netstring.encode(b"%d" % version) + netstring.encode(raw))
     return job
 
