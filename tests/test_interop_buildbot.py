@@ -230,6 +230,7 @@ CRASHES = [
     pytest.param(v5({**BASE_JSON, "patch_level": None}), TypeError, id="v5-level-null"),
     pytest.param(netstrings("5", "[]"), TypeError, id="json-list"),
     pytest.param(netstrings("5", "7"), TypeError, id="json-number"),
+    pytest.param(netstrings("5", "[" * 100_000 + "]" * 100_000), RecursionError, id="json-deep"),
     pytest.param(netstrings("1", "id", "b", "r", "1", b"p\xff"), UnicodeDecodeError,
                  id="v1-binary-patch"),
     pytest.param(netstrings("1", b"\xffid", "b", "r", "1", "p"), UnicodeDecodeError,

@@ -384,6 +384,7 @@ BAD = [
     (netstrings("5", '{"comment": "com}'), "unable to parse JSON"),
     (netstrings("5", b'{"jobid": "\xff"}'), "JSON is not valid UTF-8"),
     (netstrings("5", "[]"), "must be an object, not list"),  # Buildbot: TypeError
+    (netstrings("5", "[" * 100_000 + "]" * 100_000), "unable to parse JSON"),  # RecursionError
     (netstrings("5", '"text"'), "must be an object, not str"),
     (netstrings("5", "null"), "must be an object, not NoneType"),
     (v5({k: v for k, v in BASE_JSON.items() if k != "patch_body"}), "no 'patch_body' key"),

@@ -212,6 +212,8 @@ BAD_JOBS = [
                  id="v5-missing-baserev"),
     pytest.param(netstrings("5", "[1, 2]"), "must be an object", id="json-list"),
     pytest.param(netstrings("5", "{"), "unable to parse JSON", id="json-broken"),
+    pytest.param(netstrings("5", '{"properties": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+                 "unable to parse JSON", id="json-nested-too-deeply"),
     pytest.param(v5({**v5_obj, "patch_body_base64": "abcde"}, "6"), "not valid base64",
                  id="bad-base64"),
     pytest.param(netstrings("2", b"\xffid", "b", "r", "1", "p", "", ""), "not valid UTF-8",
