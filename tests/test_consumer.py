@@ -19,7 +19,7 @@ from tryssh.config import load_config
 from tryssh.consumer import Consumer, EventLog
 from tryssh.jobdir import Jobdir
 from tryssh.jobfile import Job, encode_job
-from tryssh.records import INTERRUPTED, RecordStore, builder_entry, new_record
+from tryssh.records import INTERRUPTED, RecordStore, builder_entry, lock_job, new_record
 
 
 def toml_value(value: object) -> str:
@@ -111,15 +111,15 @@ def test_refused_jobs_are_kept_with_reason(policy_config, kwargs, reason):
 
 def test_max_pending_refuses_beyond_the_limit(policy_config):
     store = store_of(policy_config).create()
-    running = "1600000000.M000001P1Q1Rx.other"
+    running = submit(policy_config, builders=["unit"], where="cur")
     store.write(new_record(running, who="alice", state="running",
                            builders={"unit": builder_entry(state="running")}))  # fmt: skip
-    lock = store.try_lock(running)  # a live consumer is building it
+    lock = lock_job(str(policy_config.parent / "jobdir" / "cur" / running))  # a live consumer
     try:
         name = submit(policy_config, builders=["unit"])
         consume_once(policy_config)
     finally:
-        store.release(lock)
+        lock.release()
     record = store.read(name)
     assert record["state"] == "rejected"
     assert "already has 1 pending jobs (max_pending is 1)" in record["reason"]
@@ -346,18 +346,30 @@ def test_sigkill_mid_build_then_restart_loses_nothing(tmp_path):
     assert store.active_jobs() == []
 
 
+def test_record_whose_job_file_is_gone_ends_as_error(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    store = store_of(config).create()
+    name = "1600000000.M000001P1Q1Rx.gone"
+    store.write(new_record(name, who="alice", state="queued",
+                           builders={"unit": builder_entry()}))  # fmt: skip
+    consume_once(config)
+    record = store.read(name)
+    assert record["state"] == "error" and "gone" in record["reason"]
+    assert record["builders"]["unit"]["result"] == "error"
+
+
 def test_a_live_consumers_job_is_not_resumed(tmp_path):
     config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
     store = store_of(config).create()
     name = submit(config, builders=["unit"], where="cur")
     store.write(new_record(name, who="alice", state="running",
                            builders={"unit": builder_entry(state="running")}))  # fmt: skip
-    lock = store.try_lock(name)  # as a live consumer holds it
+    lock = lock_job(str(tmp_path / "jobdir" / "cur" / name))  # as a live consumer holds it
     try:
         consume_once(config)
         assert store.read(name)["state"] == "running"
     finally:
-        store.release(lock)
+        lock.release()
     consume_once(config)
     assert store.read(name)["state"] == "interrupted"
 

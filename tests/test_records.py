@@ -15,6 +15,7 @@ from tryssh.records import (
     INTERRUPTED,
     RecordStore,
     builder_entry,
+    lock_job,
     new_record,
     now_iso,
     overall_state,
@@ -75,17 +76,36 @@ def test_final_wins_over_stale_active_copy(tmp_path):
     assert list(store.active_records()) == []
 
 
-def test_lock_is_exclusive_across_processes(tmp_path):
-    store = RecordStore(str(tmp_path)).create()
-    lock = store.try_lock(JOB)
+def test_job_lock_is_exclusive_across_processes_and_threads(tmp_path):
+    job = tmp_path / JOB
+    job.write_bytes(b"job")
+    lock = lock_job(str(job))
     assert lock is not None
+    assert lock_job(str(job)) is None  # another open description, same process
     code = (
-        "import sys; from tryssh.records import RecordStore;"
-        f"sys.exit(0 if RecordStore({str(tmp_path)!r}).try_lock({JOB!r}) is None else 1)"
+        "import sys; from tryssh.records import lock_job;"
+        f"sys.exit(0 if lock_job({str(job)!r}) is None else 1)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-    store.release(lock, remove=True)
+    lock.release()
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 1
+    assert job.read_bytes() == b"job"  # the lock never writes the job
+
+
+def test_job_lock_dies_with_its_process(tmp_path):
+    job = tmp_path / JOB
+    job.write_bytes(b"job")
+    code = (
+        "import os, sys; from tryssh.records import lock_job;"
+        f"lock = lock_job({str(job)!r}); print('locked', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "locked\n"
+    assert lock_job(str(job)) is None
+    proc.kill()  # SIGKILL: no cleanup code runs
+    proc.wait()
+    assert lock_job(str(job)) is not None
 
 
 def test_overall_state():

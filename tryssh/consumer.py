@@ -44,6 +44,7 @@ from .records import (
     ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
+    JobLock,
     RecordStore,
     builder_entry,
     new_record,
@@ -419,11 +420,14 @@ class Consumer:
 
     def _process(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
         run: _JobRun | None = None
-        lock = None
+        lock = JobLock(path)
         try:
-            lock = self.store.try_lock(name)
-            if lock is None:
-                self.log(DEBUG, job=name, event="locked-by-another-consumer")
+            try:
+                if not lock.try_acquire():
+                    self.log(DEBUG, job=name, event="locked-by-another-consumer")
+                    return
+            except FileNotFoundError:
+                self._job_file_gone(name, path)
                 return
             # Read again under the lock: another consumer may have finished it meanwhile.
             record = self.store.read(name)
@@ -432,9 +436,8 @@ class Consumer:
             if record is not None:
                 run = self._resumed(name, path, record)
             else:
-                if hint is not None and not os.path.exists(path):
-                    return  # gc'd or never there
-                run = self._fresh(name, path)
+                assert lock.fd is not None
+                run = self._fresh(name, path, lock.fd)
             if run is not None:
                 self._run_builders(run)
         except Exception as err:
@@ -442,30 +445,41 @@ class Consumer:
             if run is not None:
                 self._fail_run(run, f"internal error: {type(err).__name__}: {err}")
         finally:
-            if lock is not None:
-                final = run is None or run.record["state"] in FINAL_STATES
-                self.store.release(lock, remove=final)
+            lock.release()
             self._finished_job()
 
-    def _fresh(self, name: str, path: str) -> _JobRun | None:
-        record = new_record(name, received=_mtime_iso(path))
+    def _job_file_gone(self, name: str, path: str) -> None:
+        """The job file vanished (removed by hand): finish its record, if any, as error."""
+        record = self.store.read(name)
+        if record is None or record.get("state") in FINAL_STATES:
+            self.log(WARNING, job=name, event="vanished")
+            return
+        now = now_iso()
+        for entry in record["builders"].values():
+            if entry.get("state") != "done":
+                entry.update(state="done", result="error", finished=now,
+                             reason="the job file is gone from cur/")  # fmt: skip
+        record["reason"] = "the job file is gone from cur/"
+        self._finish(_JobRun(name, path, record))
+
+    def _fresh(self, name: str, path: str, fd: int) -> _JobRun | None:
+        record = new_record(name)
         run = _JobRun(name, path, record)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                hard_limit = max(
-                    [self.config.max_job_size]
-                    + [u.max_job_size or 0 for u in self.config.users.values()]
-                )
-                data = f.read(hard_limit + 1)
+            info = os.fstat(fd)
+            # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
+            record["received"] = _iso(info.st_mtime)
+            size = info.st_size
+            hard_limit = max(
+                [self.config.max_job_size]
+                + [u.max_job_size or 0 for u in self.config.users.values()]
+            )
             record["size"] = size
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
+            data = _read_all(fd, size)
             record["sha256"] = hashlib.sha256(data).hexdigest()
             job = parse_job(data)
-        except FileNotFoundError:
-            self.log(WARNING, job=name, event="vanished")
-            return None
         except (BadJob, OSError) as err:
             reason = err.message if isinstance(err, TrysshError) else err.strerror
             self._reject(run, f"bad job: {reason}")
@@ -635,16 +649,22 @@ class Consumer:
         run.written = True
 
 
-def _mtime_iso(path: str) -> str | None:
-    # Delivery keeps the tmp file's mtime, and the claim (a rename) does not change it.
-    try:
-        stamp = os.stat(path).st_mtime
-    except OSError:
-        return None
+def _iso(stamp: float) -> str:
     import datetime
 
     when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(size - offset, 65536), offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
 
 
 __all__ = ["ACTIVE_STATES", "Consumer", "EventLog", "Inotify", "check_config"]

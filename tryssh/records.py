@@ -11,19 +11,21 @@ the old record or the new one, and a record the consumer acted on survives a cra
 Records are group-readable (0640): tryserver runs as another user of the group and reads
 them to answer ``status`` and ``jobs``.
 
-A consumer holds a per-job :class:`filelock.FileLock` (``STATE_DIR/locks/NAME.lock``)
-while it processes a job; a consumer that starts later skips jobs whose lock is held.
+A consumer holds a per-job lock while it processes a job (:class:`JobLock`: an exclusive
+``flock`` on the job file in ``cur/`` itself); a consumer that starts later skips jobs
+whose lock is held. Locking the job file rather than a separate lock file saves a file
+creation per job (the most expensive step of the consumer on ext4) and leaves no lock files
+behind; the kernel drops the lock when the consumer dies, however it dies.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 from collections.abc import Iterator
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from .errors import TrysshError, exit_code_for_oserror
 from .jobdir import fsync_dir, is_job_name
@@ -116,12 +118,11 @@ class RecordStore:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.abspath(state_dir)
         self.active = os.path.join(self.path, "active")
-        self.locks = os.path.join(self.path, "locks")
 
     def create(self) -> RecordStore:
         """Make the directories (setgid group-shared like the jobdir) if missing."""
         try:
-            for path in (self.path, self.active, self.locks):
+            for path in (self.path, self.active):
                 os.makedirs(path, mode=0o2770, exist_ok=True)
         except OSError as err:
             raise TrysshError(
@@ -208,43 +209,49 @@ class RecordStore:
         """How many jobs of *who* are queued or running, across every consumer."""
         return sum(1 for r in self.active_records() if r.get("who") == who)
 
-    def lock(self, job: str) -> FileLock:
-        """The per-job lock (not acquired). ``thread_local=False``: threads hand it over."""
-        return FileLock(
-            os.path.join(self.locks, f"{job}.lock"), thread_local=False, is_singleton=False
-        )
-
-    def try_lock(self, job: str) -> FileLock | None:
-        """The per-job lock acquired without waiting, or None when a live consumer holds it."""
-        lock = self.lock(job)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return None
-        return lock
-
-    def release(self, lock: FileLock, remove: bool = False) -> None:
-        """Release *lock*; with *remove*, also delete its file (the job is finished)."""
-        if remove:
-            # Deleted while still held: a waiter that opened the old file gets the lock
-            # and then reads the final record, so it never acts on a finished job.
-            try:
-                os.unlink(lock.lock_file)
-            except FileNotFoundError:
-                pass
-        lock.release()
-
     def remove(self, job: str) -> None:
         """Delete every file the store keeps for *job* (gc)."""
-        for path in (
-            self.final_path(job),
-            self.active_path(job),
-            os.path.join(self.locks, f"{job}.lock"),
-        ):
+        for path in (self.final_path(job), self.active_path(job)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+class JobLock:
+    """An exclusive, non-blocking ``flock`` on a job file (in ``cur/``), held while a
+    consumer processes the job. Open descriptions differ, so threads exclude each other too.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock without waiting; False when someone holds it. FileNotFoundError
+        when the job file is gone."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
+def lock_job(path: str) -> JobLock | None:
+    """The lock of the job file at *path*, acquired, or None when a live consumer holds it."""
+    lock = JobLock(path)
+    return lock if lock.try_acquire() else None
 
 
 def _load(path: str) -> dict[str, Any] | None:
