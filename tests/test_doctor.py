@@ -52,7 +52,7 @@ def test_a_good_setup_has_no_problem(site: dict[str, Path]) -> None:
 
 
 def test_breakage_is_reported(site: dict[str, Path]) -> None:
-    os.chmod(site["jobdir"] / "new", 0o2777)
+    os.chmod(site["jobdir"] / "new", 0o2777)  # noqa: S103 - broken on purpose
     text = site["config"].read_text().replace('["true"]', '["/nonexistent/build"]')
     site["config"].write_text(text)
     with open(site["auth"], "a") as f:
@@ -84,7 +84,7 @@ def test_missing_jobdir_is_a_problem(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sshd -T needs root")
 def test_reads_sshd_settings_as_root() -> None:
-    code, findings = doctor("--ssh-user", "root")
+    _, findings = doctor("--ssh-user", "root")
     sshd = [f for f in findings if f["area"] == "sshd"]
     assert any(f["level"] == "ok" for f in sshd), sshd
     # A stock sshd_config does not lock the account down: doctor says what to change.
