@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -157,16 +158,25 @@ def buildbot_latency(samples: int) -> list[float]:
     seen: dict[str, float] = {}
 
     class Service(MaildirService):
+        master = types.SimpleNamespace(reactor=reactor)  # all startService needs of a master
+
         def messageReceived(self, filename):
             seen[filename] = time.time()
 
     service = Service(root)
-    reactor.callWhenRunning(service.startService)
+    started: list[object] = []
+
+    def start() -> None:
+        d = service.startService()
+        d.addCallbacks(started.append, lambda f: started.append(f) or print(f, file=sys.stderr))
+
+    reactor.callWhenRunning(start)
     thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False})
     thread.start()
     out = []
     try:
-        time.sleep(1)
+        while not started:
+            time.sleep(0.01)
         for _ in range(samples):
             time.sleep(random.uniform(0, 10))
             t0 = time.time()
