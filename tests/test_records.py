@@ -122,10 +122,21 @@ def test_overall_state():
     assert overall_state(rec(err, intr, bad)) == "interrupted"
 
 
-@given(st.text(min_size=1, max_size=40))
-def test_read_never_escapes_the_state_dir(name):
-    store = RecordStore("/nonexistent-state-dir")
-    assert store.read(name) is None or "/" not in name
+@given(st.sampled_from(["..", "../outside", "a/b", ".hidden", "", "x\0y"]), st.text(max_size=10))
+def test_read_never_leaves_the_state_dir(tmp_path_factory, bad, suffix):
+    root = tmp_path_factory.mktemp("records")
+    state = root / "state"
+    store = RecordStore(str(state)).create()
+    (root / "outside.json").write_text('{"job": "outside", "state": "success"}')
+    (state / ".hidden.json").write_text('{"job": ".hidden", "state": "success"}')
+    name = bad if bad in ("..", "", ".hidden") else bad + suffix
+    assert store.read(name) is None
+    try:
+        store.write(new_record(name, state="success"))
+    except Exception as err:
+        assert "not a job name" in str(err)
+    else:
+        raise AssertionError(f"wrote a record for {name!r}")
 
 
 def test_iso_round_trip():
