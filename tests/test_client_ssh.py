@@ -601,11 +601,17 @@ def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
             if not answered and b"passphrase" in output:
                 os.write(fd, b"secret phrase\n")
                 answered = True
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
+    # The pty closes a moment before the process exits: poll for its status.
+    def reaped() -> tuple[int, int] | None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return (done, status) if done else None
+
+    try:
+        _, status = wait_until(reaped, timeout=max(1.0, deadline - time.monotonic()))
+    except AssertionError:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-        raise AssertionError(f"tryssh still running after 60s: {output!r}")
+        raise AssertionError(f"tryssh still running after 60s: {output!r}") from None
     assert answered, output
     assert os.waitstatus_to_exitcode(status) == 0, output
     assert len(world.delivered()) == 1
