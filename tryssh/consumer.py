@@ -562,13 +562,26 @@ class Consumer:
         threads = []
         for bname in names[1:]:
             thread = threading.Thread(
-                target=self._build, args=(run, bname), name=f"tryssh-{bname}", daemon=False
+                target=self._build_safely, args=(run, bname), name=f"tryssh-{bname}"
             )
             thread.start()
             threads.append(thread)
         self._build(run, names[0])
         for thread in threads:
             thread.join()
+
+    def _build_safely(self, run: _JobRun, bname: str) -> None:
+        """_build in a thread of its own: an unexpected error ends the build as error."""
+        try:
+            self._build(run, bname)
+        except Exception as err:
+            reason = f"internal error: {type(err).__name__}: {err}"
+            self.log(ERR, job=run.name, builder=bname, event="internal-error", reason=reason)
+            if run.record["builders"][bname].get("state") != "done":
+                try:
+                    self._builder_done(run, bname, builders_mod.Outcome("error", reason=reason))
+                except Exception:  # noqa: S110 - the record cannot be written: logged above
+                    pass
 
     def _build(self, run: _JobRun, bname: str) -> None:
         builder = self.config.builders.get(bname)
