@@ -66,7 +66,10 @@ class NetstringReader:
         self._stream = stream
         self._limit = limit
         self._chunk = chunk
+        # The unread data is self._buf[self._pos:]: moving a position, rather than slicing
+        # the rest off after each netstring, keeps many small netstrings linear.
         self._buf = b""
+        self._pos = 0
         self.consumed = 0  # bytes taken from the stream so far
         self.index = 0  # how many netstrings have been read
 
@@ -80,25 +83,30 @@ class NetstringReader:
 
     def _take(self, size: int) -> bytes:
         """Up to *size* bytes, from the buffer first; b'' only at end of input."""
-        if self._buf:
-            data, self._buf = self._buf[:size], self._buf[size:]
-            return data
+        if self._pos < len(self._buf):
+            start = self._pos
+            self._pos = min(start + size, len(self._buf))
+            if start == 0 and self._pos == len(self._buf):
+                return self._buf  # the whole buffer: no copy
+            return self._buf[start : self._pos]
         return self._read(min(size, self._chunk))
 
     def next_length(self) -> int | None:
         """The length of the next netstring, or None at a clean end of input."""
         digits = b""
         while True:
-            if not self._buf:
+            if self._pos >= len(self._buf):
                 self._buf = self._read(self._chunk)
+                self._pos = 0
                 if not self._buf:
                     if digits:
                         raise TruncatedNetstring(
                             f"input ends inside the length of netstring {self.index + 1}"
                         )
                     return None
-            colon = self._buf.find(b":", 0, MAX_LENGTH_DIGITS + 1 - len(digits))
-            part = self._buf if colon < 0 else self._buf[:colon]
+            start = self._pos
+            colon = self._buf.find(b":", start, start + MAX_LENGTH_DIGITS + 1 - len(digits))
+            part = self._buf[start:] if colon < 0 else self._buf[start:colon]
             if part and not part.isdigit():
                 raise NetstringError(
                     f"netstring {self.index + 1}: expected a length, found {part[:12]!r}"
@@ -108,9 +116,9 @@ class NetstringReader:
                 # Checked as the digits come: invalid whatever follows, not a truncation.
                 raise NetstringError(f"netstring {self.index + 1}: length has a leading zero")
             if colon >= 0:
-                self._buf = self._buf[colon + 1 :]
+                self._pos = colon + 1
                 break
-            self._buf = b""
+            self._pos = len(self._buf)
             if len(digits) > MAX_LENGTH_DIGITS:
                 raise NetstringError(f"netstring {self.index + 1}: length is too long")
         if not digits:
