@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from buildbot.util.netstrings import NetstringParser
@@ -255,3 +257,13 @@ def test_leading_zero_in_a_truncated_tail_is_an_error(data):
     assert twisted_split(data) is None
     with pytest.raises(NetstringError, match="leading zero"):
         split(data, allow_truncated_tail=True)
+
+
+def test_many_small_netstrings_take_linear_time():
+    """600,000 empty netstrings: no re-slicing of the 1 MiB read buffer per netstring.
+
+    Quadratic, this takes about 40 s (copying half a MiB per netstring); linear, 1-2 s.
+    """
+    code = "from tryssh.netstring import split\nassert len(split(b'0:,' * 600_000)) == 600_000\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=20)
+    assert result.returncode == 0, result.stderr
