@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # Fields other than the patch are short; a bigger one is garbage, and the cap keeps the
 # forced command's memory flat whatever a v1-v4 job holds.
 MAX_FIELD = 1 << 20
+MAX_BUILDERS = 10_000
 
 V1_KEYS = ("jobid", "branch", "baserev", "patch_level", "patch_body")
 V2_KEYS = (*V1_KEYS, "repository", "project")
@@ -275,10 +276,15 @@ def _transcode_netstrings(
         pass_text(name, values[name])
 
     builders: list[str] = []
+    names_size = 0
     try:
         while (length := reader.next_length()) is not None:
-            if length > MAX_FIELD:
-                raise BadJob(f"builder name {len(builders) + 1} is larger than {MAX_FIELD} bytes")
+            # The names are kept: capped together, not one by one, so that memory stays flat.
+            names_size += length
+            if names_size > MAX_FIELD:
+                raise BadJob(f"the builder names are larger than {MAX_FIELD} bytes together")
+            if len(builders) >= MAX_BUILDERS:
+                raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
             raw = reader.read_payload(length)
             try:
                 builders.append(raw.decode("utf-8"))
