@@ -428,8 +428,20 @@ def test_huge_fields_are_refused():
     big = "x" * ((1 << 20) + 1)
     with pytest.raises(BadJob, match="jobid field is larger"):
         parse_job(netstrings("1", big, "b", "r", "1", "p"))
-    with pytest.raises(BadJob, match="builder name 2 is larger"):
+    with pytest.raises(BadJob, match="builder names are larger than 1048576 bytes together"):
         parse_job(netstrings("1", "id", "b", "r", "1", "p", "b1", big))
+
+
+def test_builder_names_are_capped_together():
+    """Kept in memory, so capped in number and in total size: memory stays flat."""
+    head = netstrings("2", "id", "b", "r", "1", "p", "", "")
+    assert len(parse_job(head + ns(b"ab") * 10_000).builder_names) == 10_000
+    with pytest.raises(BadJob, match="more than 10000 builders"):
+        parse_job(head + ns(b"ab") * 10_001)
+    names = [b"n" * 1000] * 1048
+    assert len(parse_job(head + b"".join(ns(n) for n in names)).builder_names) == 1048
+    with pytest.raises(BadJob, match="larger than 1048576 bytes together"):
+        parse_job(head + b"".join(ns(n) for n in names) + ns(b"n" * 577))
 
 
 # -- the transcoder (tryserver's reader) -------------------------------------------------------
