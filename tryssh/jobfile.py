@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # forced command's memory flat whatever a v1-v4 job holds.
 MAX_FIELD = 1 << 20
 MAX_BUILDERS = 10_000
+MAX_TRAILING = 1000  # netstrings after a v5/v6 job's JSON
 
 V1_KEYS = ("jobid", "branch", "baserev", "patch_level", "patch_body")
 V2_KEYS = (*V1_KEYS, "repository", "project")
@@ -323,8 +324,13 @@ def _transcode_json(
         raise BadJob(f"version {version} job has no JSON netstring")
     raw = reader.read_payload(length)
     # Buildbot ignores netstrings after the JSON; we check their framing and drop them.
+    # Its client never writes any: a flood of tiny ones would only burn CPU, so few are taken.
     try:
+        count = 0
         while (extra := reader.next_length()) is not None:
+            count += 1
+            if count > MAX_TRAILING:
+                raise BadJob(f"more than {MAX_TRAILING} netstrings after the JSON")
             for _ in reader.iter_payload(extra):
                 pass
     except netstring.TruncatedNetstring:
