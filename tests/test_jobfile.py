@@ -327,6 +327,12 @@ def test_v5_unknown_keys_are_kept_and_extra_netstrings_ignored():
     assert job.patch_body == DIFF.encode()
 
 
+def test_netstrings_after_the_json_are_capped():
+    assert parse_job(V5 + ns(b"x") * 1000).jobid == "extid"
+    with pytest.raises(BadJob, match="more than 1000 netstrings after the JSON"):
+        parse_job(V5 + ns(b"x") * 1001)
+
+
 def test_v6_patch_body_key_is_overwritten():
     obj = {**BASE_JSON, "patch_body": "ignored", "patch_body_base64": "/w=="}
     job = parse_job(v5(obj, "6"))
