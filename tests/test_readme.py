@@ -23,7 +23,7 @@ def test_readme_renders_without_warnings() -> None:
 
     docutils.core.publish_string(
         README,
-        writer_name="null",
+        writer="null",
         settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": Collect()},
     )
     assert messages == []
