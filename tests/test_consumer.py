@@ -247,11 +247,14 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(tmp_path):
     config = write_config(tmp_path, builders={"slow": {"command": blocking_builder(tmp_path)}},
                           users={"*": {}})  # fmt: skip
     name = submit(config, builders=["slow"])
-    proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    errfile = tmp_path / "consumer.log"
+    with open(errfile, "w") as err:
+        proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
+                                stderr=err)  # fmt: skip
     try:
         wait_file(tmp_path / "started")
         proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "event=stopping" in errfile.read_text())
         later = submit(config, builders=["slow"])
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=0.5)  # still finishing its build
@@ -263,7 +266,7 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(tmp_path):
             proc.wait()
     assert store_of(config).read(name)["state"] == "success"
     assert Jobdir(str(tmp_path / "jobdir")).pending() == [later]  # not claimed after SIGTERM
-    assert "event=stopped" in proc.stderr.read()
+    assert "event=stopped" in errfile.read_text()
 
 
 # --- several consumers, crashes ------------------------------------------------------
@@ -283,6 +286,8 @@ def test_two_consumers_race_on_500_jobs(tmp_path):
     errs = [open(tmp_path / f"consumer{i}.log", "w") for i in range(2)]
     procs = [subprocess.Popen(argv, stderr=err) for err in errs]
     try:
+        wait_until(lambda: all("event=start" in (tmp_path / f"consumer{i}.log").read_text()
+                               for i in range(2)))  # fmt: skip
         names += [submit(config, builders=["noop"]) for _ in range(250)]  # and while running
         store = store_of(config)
         wait_until(lambda: len(store.final_jobs()) == 500, timeout=120, interval=0.2)
@@ -308,12 +313,12 @@ def test_sigkill_mid_build_then_restart_loses_nothing(tmp_path):
         users={"*": {}},
     )  # fmt: skip
     first = submit(config, builders=["slow", "fast"])
-    second = submit(config, builders=["slow"])  # waits for slow's only slot
     store = store_of(config)
     proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_file(tmp_path / "started")
+        second = submit(config, builders=["slow"])  # waits for slow's only slot
 
         def crashed_state() -> bool:
             rec, rec2 = store.read(first), store.read(second)
@@ -338,6 +343,8 @@ def test_sigkill_mid_build_then_restart_loses_nothing(tmp_path):
     assert (slow["state"], slow["result"], slow["reason"]) == ("done", "error", INTERRUPTED)
     assert "slow was running and was not run again" in record["reason"]
     assert record["resumed"]
+    assert record["resumed_from"] == f"{os.uname().nodename}:{proc.pid}"
+    assert record["consumer"] == f"{os.uname().nodename}:{os.getpid()}"
     # The queued job's build never started, so it runs now, once.
     assert store.read(second)["state"] == "success"
     starts = (tmp_path / "started").read_text().split("\n")

@@ -241,6 +241,7 @@ class Consumer:
         self._extra_threads: list[threading.Thread] = []
         self._last_gc: float | None = None
         self.processed = 0  # jobs this consumer finished (any final state)
+        self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
 
     # -- life cycle --
 
@@ -463,7 +464,7 @@ class Consumer:
         self._finish(_JobRun(name, path, record))
 
     def _fresh(self, name: str, path: str, fd: int) -> _JobRun | None:
-        record = new_record(name)
+        record = new_record(name, consumer=self.ident)
         run = _JobRun(name, path, record)
         try:
             info = os.fstat(fd)
@@ -532,6 +533,8 @@ class Consumer:
                 entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
                 interrupted.append(bname)
         record["resumed"] = now
+        record["resumed_from"] = record.get("consumer")
+        record["consumer"] = self.ident
         if interrupted:
             record["reason"] = (
                 f"{INTERRUPTED}: {', '.join(interrupted)} was running and was not run again"
