@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+WRITEBACK_STEP = 8 * 1024 * 1024
+_fadvise = getattr(os, "posix_fadvise", None)  # not on macOS
 USAGE = """\
 usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
                  [--audit-log FILE] [deliver | status JOB | builders | jobs] [--json]
@@ -150,11 +152,19 @@ class Server:
         size = 0
 
         def write(fd: int) -> object:
+            started = 0  # bytes handed to the kernel's writeback so far
+
             def emit(data: bytes) -> None:
-                nonlocal size
+                nonlocal size, started
                 write_all(fd, data)
                 digest.update(data)
                 size += len(data)
+                if size - started >= WRITEBACK_STEP and _fadvise:
+                    # Start writing back what we have while we read and hash the rest, so
+                    # that the final fsync has little left to wait for (and a big job does
+                    # not linger in the page cache).
+                    _fadvise(fd, started, size - started, os.POSIX_FADV_DONTNEED)
+                    started = size
 
             return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
 
