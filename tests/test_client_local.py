@@ -256,11 +256,13 @@ def test_wait_for_retries_transient_errors_and_stops_on_refusal() -> None:
 
     assert wait_for(fetch, None, None, sleep=lambda s: None)["state"] == "success"
 
-    def refuse() -> dict:
-        raise TrysshError("no", EX_USAGE)
+    for code in (EX_USAGE, 66, EX_NOPERM):  # refused, no such job, permission: final
 
-    with pytest.raises(TrysshError):
-        wait_for(refuse, None, None, sleep=lambda s: None)
+        def refuse(code: int = code) -> dict:
+            raise TrysshError("no", code)
+
+        with pytest.raises(TrysshError):
+            wait_for(refuse, None, None, sleep=lambda s: None)
 
 
 def test_wait_for_timeout() -> None:

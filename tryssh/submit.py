@@ -15,7 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, BadJob, TempFail, TrysshError, UsageError
+from .errors import (
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    BadJob,
+    TempFail,
+    TrysshError,
+    UsageError,
+)
 from .jobfile import Job
 from .transport import DEFAULT_TRYSERVER_CMD, Receipt, run_remote, tryserver_command
 
@@ -272,7 +281,8 @@ def wait_for(
     """Poll *fetch* until the job reaches a final state; show changes through *echo*.
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
-    connection, server busy) is retried until then; a refusal (64, 77) is final.
+    connection, server busy) is retried until then; a refusal (64, 77) or an unknown
+    job (66: the server has no such job of yours) is final.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -281,7 +291,7 @@ def wait_for(
         try:
             record = fetch()
         except TrysshError as err:
-            if err.exit_code in (EX_USAGE, EX_NOPERM):
+            if err.exit_code in (EX_USAGE, EX_NOINPUT, EX_NOPERM):
                 raise
             if echo is not None and err.message != last_error:
                 echo(f"status not available yet: {err.message}")
