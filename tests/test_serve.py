@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run, venv_bin, wait_until
+from hostile import HOSTILE_COMMANDS
 from sshd import SSH, SSH_KEYGEN, UserKey, check_openssh, make_user_key
 
 from tryssh.jobfile import Job, encode_job, parse_job_file
@@ -353,52 +354,8 @@ def test_unknown_keys_and_users_are_refused(shared: Serve, user: str, key: str) 
 
 # -- refusals -----------------------------------------------------------------------------------
 
-HOSTILE = [
-    "bash",
-    "sh -c id",
-    "id",
-    "tryserver; id",
-    "tryserver && id",
-    "tryserver || id",
-    "tryserver | id",
-    "tryserver & id",
-    "$(id)",
-    "tryserver $(id)",
-    "`id`",
-    "tryserver `id`",
-    "tryserver > /tmp/tryssh-pwned",
-    "tryserver < /etc/passwd",
-    "tryserver 2>&1",
-    "tryserver\nid",
-    "tryserver\rid",
-    "tryserver\tid",
-    "tryserver --user bob",
-    "tryserver --user=bob",
-    "buildbot tryserver --jobdir x --user bob",
-    "tryserver --max-size 999999999999",
-    "tryserver --config /tmp/evil.toml",
-    "tryserver --audit-log /tmp/evil.log",
-    "tryserver --jobdir",
-    "tryserver --help",
-    "tryserver status ../../etc/passwd",
-    "tryserver status",
-    "tryserver deliver extra",
-    "tryserver rm -rf /",
-    "scp -t /tmp",
-    "scp -f /etc/passwd",
-    "rsync --server . /tmp",
-    "git-upload-pack '/srv'",
-    "internal-sftp",
-    "/usr/lib/openssh/sftp-server",
-    "buildbot try",
-    "buildbot",
-    "FOO=1 tryserver",
-    "tryserver 'unterminated",
-    "tryserver *",
-    "tryserver ~root/x",
-    "tryserver \u00e9",
-    "tryserver " + "x" * 5000,
-]
+# An empty command is a shell request to ssh: test_empty_command_is_a_shell_and_refused.
+HOSTILE = [c for c in HOSTILE_COMMANDS if c.strip()]
 
 
 @pytest.mark.parametrize("command", HOSTILE, ids=lambda c: repr(c)[:40])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run, venv_bin, wait_until
+from hostile import HOSTILE_COMMANDS
 from sshd import SSH_KEYGEN, make_user_key
 
 from tryssh.errors import exit_code_for_oserror
@@ -260,37 +261,7 @@ def test_default_size_limit_is_64_mib(jd):
 
 # -- hostile SSH commands: exit 64, nothing delivered ------------------------------------------
 
-HOSTILE = [
-    "bash",
-    "sh -c tryserver",
-    "sh -c 'tryserver --jobdir x'",
-    "tryserver; id",
-    "tryserver | cat",
-    "tryserver && id",
-    "tryserver $(id)",
-    "tryserver `id`",
-    "tryserver > /etc/x",
-    "tryserver < /etc/passwd",
-    "tryserver\rid",
-    "tryserver\nid",
-    "tryserver\x01",
-    "tryserver\x1b[31m",
-    "tryserver\tbuilders",
-    "scp -t /x",
-    "scp -f /etc/passwd",
-    "internal-sftp",
-    "/usr/lib/openssh/sftp-server",
-    "tryserver --user bob",
-    "tryserver --config /tmp/x",
-    "tryserver --max-size 1",
-    "tryserver --audit-log /tmp/x",
-    "FOO=1 tryserver",
-    "git-upload-pack 'x'",
-    "rsync --server . /tmp",
-    "buildbot start",
-    "tryserver " + "x" * 5000,
-    "",
-]
+HOSTILE = HOSTILE_COMMANDS
 
 
 @pytest.mark.parametrize("command", HOSTILE, ids=lambda t: repr(t)[:30])

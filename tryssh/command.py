@@ -64,7 +64,10 @@ def parse_ssh_command(text: str) -> Request:
     else:
         shown = " ".join(words[:2])[:60]
         raise Refused(f"command refused: {shown!r} is not allowed (only 'tryserver' is)")
-    return parse_request_words(rest, Refused)
+    try:
+        return parse_request_words(rest)
+    except UsageError as err:
+        raise Refused(f"command refused: {err.message}") from None
 
 
 def parse_request_words(words: list[str], error: type[UsageError] = UsageError) -> Request:
