@@ -41,8 +41,8 @@ Master side:
 
 \b
 Exit codes: 0 ok, 1 a build failed, 64 usage or refused command, 65 bad job data,
-73 cannot create, 75 temporary failure, 77 permission denied or refused by policy,
-78 config error.
+66 no such file or job, 69 a needed program is missing, 73 cannot create,
+75 temporary failure, 77 permission denied or refused by policy, 78 config error.
 """
 
 
