@@ -328,7 +328,8 @@ def main() -> int:
         print(f"  {label:<40} {big['seconds'][key]:6.2f} s {thr[key]:7.0f} MB/s  "
               f"peak RSS {rss}")  # fmt: skip
     bb = big["buildbot"]
-    print(f"  {'buildbot tryserver (' + str(bb['job_bytes'] // MIB) + ' MiB job)':<40} "
+    bb_label = f"buildbot tryserver ({bb['job_bytes'] / MIB:.0f} MiB job)"
+    print(f"  {bb_label:<40} "
           f"{bb['seconds']:6.2f} s {bb['mb_per_s']:7.0f} MB/s  peak RSS "
           f"{bb['rss_kib'] / 1024:6.1f} MB")  # fmt: skip
     print(f"  (peak RSS floor of the measuring parent: {big['floor_kib'] / 1024:.1f} MB)")
