@@ -343,7 +343,10 @@ def unprivileged(argv: Sequence[str]) -> list[str]:
     if not setpriv:
         pytest.fail("setpriv (util-linux) is needed to test permissions as root")
     caps = "-dac_override,-dac_read_search,-fowner"
-    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", *argv]
+    prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    if run([*prefix, "true"]).returncode != 0:  # e.g. a container without CAP_SETPCAP
+        pytest.skip("cannot drop capabilities here (the errno mapping is tested directly)")
+    return [*prefix, *argv]
 
 
 @pytest.mark.parametrize("sub", ["tmp", "new"])
