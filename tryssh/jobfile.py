@@ -12,7 +12,6 @@ never holds a v1-v4 patch in memory.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import codecs
 import io
@@ -134,6 +133,8 @@ def encode_job(job: Job) -> bytes:
         body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
     except UnicodeDecodeError:
         version = 6
+        import base64  # only for binary patches: kept off the forced command's start-up
+
         body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
     return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
 
@@ -401,6 +402,8 @@ def job_from_json(obj: object, version: int) -> Job:
         if not isinstance(encoded, str):
             raise BadJob("patch_body_base64 must be a string")
         try:
+            import base64  # only for v6: kept off the forced command's start-up
+
             patch = base64.b64decode(encoded)
         except (binascii.Error, ValueError):
             raise BadJob("patch_body_base64 is not valid base64") from None
