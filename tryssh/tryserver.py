@@ -12,21 +12,24 @@ This module runs once per submission, so it imports only what delivery needs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
 from . import command
-from .audit import AuditLog, ssh_key_fingerprint, ssh_peer
+from .audit import AuditLog, light_sha256, ssh_key_fingerprint, ssh_peer
 from .errors import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, TrysshError, UsageError
 from .jobdir import Jobdir, write_all
 
 TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from hashlib import _Hash
     from typing import BinaryIO, TextIO
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024
+# Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
+# one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
+SMALL_JOB = 256 * 1024
 _fadvise = getattr(os, "posix_fadvise", None)  # not on macOS
 USAGE = """\
 usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
@@ -148,17 +151,26 @@ class Server:
         """Read, check and deliver the job on *stdin*; return the receipt."""
         from .jobfile import transcode
 
-        digest = hashlib.sha256()
+        head: list[bytes] = []  # the job so far, while it is small and not hashed yet
+        digest: _Hash | None = None
         size = 0
 
         def write(fd: int) -> object:
             started = 0  # bytes handed to the kernel's writeback so far
 
             def emit(data: bytes) -> None:
-                nonlocal size, started
+                nonlocal digest, size, started
                 write_all(fd, data)
-                digest.update(data)
                 size += len(data)
+                if digest is not None:
+                    digest.update(data)
+                else:
+                    head.append(data)
+                    if size > SMALL_JOB:
+                        import hashlib  # a big job: OpenSSL's SHA-256 is worth loading
+
+                        digest = hashlib.sha256(b"".join(head))
+                        head.clear()
                 if size - started >= WRITEBACK_STEP and _fadvise:
                     # Start writing back what we have while we read and hash the rest, so
                     # that the final fsync has little left to wait for (and a big job does
@@ -169,6 +181,8 @@ class Server:
             return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
 
         name, _job = self.jobdir.deliver(write)
+        if digest is None:
+            digest = light_sha256(b"".join(head))
         return {"job": name, "size": size, "sha256": digest.hexdigest()}
 
 
