@@ -138,6 +138,20 @@ def test_json_receipt(jd):
                        "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
 
 
+@pytest.mark.parametrize("patch_size", [0, 200_000, 262_000, 263_000, 3_000_000])
+def test_receipt_sha256_small_and_big(jd, patch_size):
+    """Small jobs are hashed by the built-in SHA-256, big ones by OpenSSL's: same digest."""
+    data = netstrings("2", "id", "b", "r", "1", b"+" * patch_size, "repo", "proj")
+    result = tryserver(jd, data, "--json")
+    assert result.returncode == 0, out(result)
+    receipt = json.loads(result.stdout)
+    delivered = Path(jd.new, receipt["job"]).read_bytes()
+    assert receipt["size"] == len(delivered)
+    assert receipt["sha256"] == hashlib.sha256(delivered).hexdigest()
+    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+    assert line["sha256"] == receipt["sha256"]
+
+
 def test_without_user_the_job_is_passed_through(jd):
     result = tryserver(jd, JOB_BYTES, user=None)
     assert result.returncode == 0, out(result)
@@ -582,8 +596,9 @@ def peak_rss_kib(jd: Jobdir, job_path: Path, *args: str) -> int:
 
 
 def test_memory_stays_flat_for_a_v2_job(jd, tmp_path):
+    # The baseline job is big enough (1 MB) to take the same code path: OpenSSL's hash.
     small = tmp_path / "small"
-    small.write_bytes(V2_JOB)
+    small.write_bytes(netstrings("2", "id", "main", "abc", "1", b"+line\n" * 200_000, "r", "p"))
     big = tmp_path / "big"
     patch = b"+" + b"x" * 98 + b"\n"
     with open(big, "wb") as f:
@@ -621,13 +636,14 @@ def test_a_flood_of_tiny_netstrings_is_refused_early(jd, tmp_path):
 
 
 def test_start_up_path_stays_lean():
-    """paramiko, click, dataclasses and typing never load for a delivery."""
+    """paramiko, click, dataclasses, typing, even hashlib (OpenSSL) stay out of start-up."""
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
         "from tryssh import tryserver, jobfile\n"
         "new = set(sys.modules) - before\n"
-        "heavy = {'paramiko', 'click', 'dataclasses', 'typing', 'tomllib', 'pathlib'}\n"
+        "heavy = {'paramiko', 'click', 'dataclasses', 'typing', 'tomllib', 'pathlib',\n"
+        "         'hashlib', '_hashlib', 'base64'}\n"
         "print(sorted(new & heavy))\n"
     )
     result = run([sys.executable, "-c", code], env=clean_env())
