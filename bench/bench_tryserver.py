@@ -273,7 +273,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="cold-start runs per command")
     parser.add_argument("--bb-runs", type=int, default=5, help="runs of buildbot tryserver")
-    parser.add_argument("--big-runs", type=int, default=3, help="runs with the big job")
+    parser.add_argument("--big-runs", type=int, default=5, help="runs with the big job")
     parser.add_argument("--big-mb", type=int, default=256, help="size of the big job in MiB")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
