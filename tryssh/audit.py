@@ -48,9 +48,16 @@ class AuditLog:
         self._fd = self._open()
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            return os.open(self.path, flags, 0o660)
+            try:
+                return os.open(self.path, flags)
+            except FileNotFoundError:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o660)
+                os.fchmod(fd, 0o660)  # whatever the umask: the admins' group reads it
+                return fd
+        except FileExistsError:  # another request created it in between
+            return self._open()
         except OSError as err:
             raise TrysshError(
                 f"cannot open audit log {self.path}: {err.strerror}", exit_code_for_oserror(err)

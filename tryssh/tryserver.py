@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
@@ -52,8 +53,8 @@ requests:
   status JOB         the state of one of your jobs
   builders           the builders you may use
   jobs               your recent jobs
-exit codes: 0 ok, 64 usage or refused command, 65 bad job, 73 cannot create,
-            75 temporary failure, 77 permission denied, 78 config error
+exit codes: 0 ok, 64 usage or refused command, 65 bad job, 66 no such job,
+            73 cannot create, 75 temporary failure, 77 permission denied, 78 config error
 """
 
 
@@ -215,7 +216,7 @@ def handle(
             stdout.write(answer(server, request))
         stdout.flush()
     except TrysshError as err:
-        audit_fields["outcome"] = "refused" if err.exit_code in (64, 65, 77) else "failed"
+        audit_fields["outcome"] = "refused" if err.exit_code in REFUSALS else "failed"
         audit_fields["reason"] = err.message
         raise
     audit_fields["outcome"] = "ok"
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         code = handle(server, request, stdin, sys.stdout, audit_fields)
     except TrysshError as err:
         code = err.exit_code
-        audit_fields.setdefault("outcome", "refused" if code in (64, 65, 77) else "failed")
+        audit_fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
         audit_fields.setdefault("reason", err.message)
         print(f"tryserver: {err.message}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -259,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 server.audit.write(**audit_fields)
             except OSError as err:
+                # The job (if any) is already delivered: a failure code now would make the
+                # client retry and deliver it twice. Say so on stderr, keep the outcome.
                 print(f"tryserver: cannot write audit log: {err.strerror}", file=sys.stderr)
-                code = code or EX_TEMPFAIL
     return code
 
 
