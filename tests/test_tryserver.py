@@ -648,3 +648,22 @@ def test_start_up_path_stays_lean():
     )
     result = run([sys.executable, "-c", code], env=clean_env())
     assert result.stdout.strip() == b"[]", out(result)
+
+
+def test_import_time_shows_no_heavy_package():
+    """The whole process, site included, as ``-X importtime`` reports it: no heavy package."""
+    result = run(
+        [venv_bin("python"), "-X", "importtime", "-c", "import tryssh.tryserver"], env=clean_env()
+    )
+    assert result.returncode == 0, out(result)
+    loaded = {
+        line.rpartition("|")[2].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "tryssh.tryserver" in loaded, out(result)  # the report was read right
+    heavy = {
+        "paramiko", "click", "cryptography", "nacl", "bcrypt", "invoke", "dataclasses", "typing",
+        "tomllib", "hashlib", "_hashlib",
+    }  # fmt: skip
+    assert not {name.partition(".")[0] for name in loaded} & heavy, sorted(loaded)
