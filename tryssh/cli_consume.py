@@ -22,7 +22,16 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
     """Claim jobs from the jobdir, check the policy and run the builders.
 
     Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
-    claiming, lets the running builds finish and exits 0.
+    claiming, lets the running builds finish and exits 0. A job the policy refuses is kept
+    in cur/ with its reason in its record; nothing is dropped silently.
+
+    \b
+    Examples:
+      tryssh consume --config /etc/tryssh/config.toml          inotify on new/, runs forever
+      tryssh consume --config /etc/tryssh/config.toml --once   drain the queue (cron, tests)
+      tryssh status JOB --config /etc/tryssh/config.toml       read a job's record here
+
+    Exit codes: 0 stopped cleanly, 78 config error (file, key and problem named).
     """
     from .config import load_config
     from .consumer import Consumer, EventLog
@@ -49,7 +58,16 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
 )
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> int:
-    """Remove old finished jobs, their records and logs, and stale tmp/ files."""
+    """Remove old finished jobs, their records and logs, and stale tmp/ files.
+
+    Jobs still queued or running are never removed. tmp/ files older than 36 hours (the
+    maildir rule) go too. With keep_days in the config, the consumer does this hourly.
+
+    \b
+    Examples:
+      tryssh gc --config /etc/tryssh/config.toml --older-than 30 --dry-run
+      tryssh gc --config /etc/tryssh/config.toml --older-than 30
+    """
     from .config import load_config
     from .gc import collect
 

@@ -29,6 +29,17 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     Prints a ready line on stdout once listening:
     ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
+    The host key is generated on the first start (mode 0600) and its fingerprint printed.
+
+    \b
+    Examples:
+      tryssh serve --config /etc/tryssh/config.toml
+      tryssh serve --config /etc/tryssh/config.toml --consume   server and consumer in one
+    \b
+    Clients:
+      ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
+      buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
+      tryssh try --host host --port 2222 -u alice -b unit --wait
     """
     from .config import load_config
     from .serve import EmbeddedServer
