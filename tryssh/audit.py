@@ -111,6 +111,11 @@ def key_fingerprint(blob_b64: str) -> str | None:
         blob = binascii.a2b_base64(blob_b64, strict_mode=True)
     except ValueError:  # binascii.Error, or a str that is not ASCII
         return None
+    return blob_fingerprint(blob)
+
+
+def blob_fingerprint(blob: bytes) -> str:
+    """``SHA256:...`` of a public key blob (raw bytes), as ssh-keygen prints it."""
     digest = light_sha256(blob).digest()
     return "SHA256:" + binascii.b2a_base64(digest, newline=False).decode().rstrip("=")
 

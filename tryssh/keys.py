@@ -19,7 +19,6 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import hashlib
 import ipaddress
 import os
 import re
@@ -31,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from tryssh.audit import blob_fingerprint
 from tryssh.errors import (
     EX_CONFIG,
     EX_DATAERR,
@@ -128,7 +128,7 @@ class KeyEntry(NamedTuple):
 
 def fingerprint_of(blob: bytes) -> str:
     """``SHA256:<base64>`` exactly as ``ssh-keygen -l`` prints it (unpadded)."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return blob_fingerprint(blob)
 
 
 def _ssh_string(buf: bytes, off: int) -> tuple[bytes, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import socket
@@ -26,7 +25,7 @@ from typing import Any, TextIO
 
 import paramiko
 
-from .audit import AuditLog
+from .audit import AuditLog, blob_fingerprint
 from .command import Refused, parse_ssh_command
 from .config import Config
 from .errors import (
@@ -113,8 +112,7 @@ def format_address(host: str, port: int) -> str:
 
 def fingerprint(key: paramiko.PKey) -> str:
     """``SHA256:...`` as ssh-keygen -l prints it."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return blob_fingerprint(key.asbytes())
 
 
 def parse_public_key(line: str) -> bytes:
@@ -199,9 +197,7 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
                 blob = parse_public_key(line)
             except ValueError as err:
                 raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err}") from None
-            keys[blob] = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode(
-                "ascii"
-            ).rstrip("=")
+            keys[blob] = blob_fingerprint(blob)
         if policy.password_hash is not None:
             try:
                 parse_hash(policy.password_hash)

@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import os
 import socket
 import sys
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from .audit import blob_fingerprint
 from .errors import PermissionDenied, TempFail, UsageError
 
 DEFAULT_TIMEOUT = 30.0
@@ -46,8 +45,7 @@ class HostKeyError(PermissionDenied):
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's ``SHA256:...`` fingerprint of a public key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return blob_fingerprint(key.asbytes())
 
 
 def known_hosts_name(host: str, port: int) -> str:
