@@ -36,7 +36,7 @@ from .errors import (
     TrysshError,
 )
 from .passwords import hash_password, parse_hash, verify_password
-from .tryserver import Options, Server, handle
+from .tryserver import REFUSALS, Options, Server, handle
 
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
@@ -549,7 +549,7 @@ class Connection(paramiko.ServerInterface):
             )
         except TrysshError as err:
             code = err.exit_code
-            fields.setdefault("outcome", "refused" if code in (64, 65, 77) else "failed")
+            fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
             fields.setdefault("reason", err.message)
             self._send_stderr(channel, f"tryserver: {err.message}\n")
         except (OSError, EOFError, paramiko.SSHException) as err:
