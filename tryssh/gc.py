@@ -56,23 +56,5 @@ def collect(
                 except FileNotFoundError:
                     pass
         store.remove(name)
-    if dry_run:
-        removed += [os.path.join(jobdir.tmp, n) for n in _old_tmp(jobdir, now)]
-    else:
-        removed += [os.path.join(jobdir.tmp, n) for n in jobdir.clean_tmp(now=now)]
-    return removed
-
-
-def _old_tmp(jobdir: Jobdir, now: float, max_age: float = 36 * 3600) -> list[str]:
-    try:
-        entries = list(os.scandir(jobdir.tmp))
-    except FileNotFoundError:
-        return []
-    names = []
-    for entry in entries:
-        try:
-            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
-                names.append(entry.name)
-        except FileNotFoundError:
-            continue
-    return names
+    stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
+    return removed + [os.path.join(jobdir.tmp, n) for n in stale]

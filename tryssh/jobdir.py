@@ -177,23 +177,34 @@ class Jobdir:
             raise AlreadyTaken(f"job {name} is already taken") from None
         return target
 
-    def clean_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> list[str]:
-        """Remove ``tmp/`` files older than *max_age* seconds (by mtime: atime lies on noatime)."""
+    def stale_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> list[str]:
+        """Names of ``tmp/`` files older than *max_age* seconds (by mtime: atime lies on
+        noatime)."""
         now = time.time() if now is None else now
-        removed = []
         try:
             entries = list(os.scandir(self.tmp))
         except FileNotFoundError:
-            return removed
+            return []
+        names = []
         for entry in entries:
             try:
                 if entry.is_file(follow_symlinks=False) and now - entry.stat(
                     follow_symlinks=False
                 ).st_mtime > max_age:
-                    os.unlink(entry.path)
-                    removed.append(entry.name)
+                    names.append(entry.name)
             except FileNotFoundError:
                 continue
+        return names
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE, now: float | None = None) -> list[str]:
+        """Remove the :meth:`stale_tmp` files; return their names."""
+        removed = []
+        for name in self.stale_tmp(max_age, now):
+            try:
+                os.unlink(os.path.join(self.tmp, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
         return removed
 
 
