@@ -655,6 +655,9 @@ def test_sigterm_finishes_in_flight_requests(serve_factory: object) -> None:
     proc.stdin.flush()
     server.wait_log("authenticated by publickey")
     wait_until(lambda: "event=auth outcome=ok" in server.audit(), timeout=10)
+    # In flight means the exec request has started delivering (its tmp/ file exists), not
+    # merely logged in: a connection with no request yet is closed at once on SIGTERM.
+    wait_until(server.leftovers, timeout=10, message="the request never started")
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     # Stopped accepting: new connections are refused...
