@@ -1,7 +1,8 @@
 """``tryserver``: the forced command that sshd runs for every submission.
 
     tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
-              [--audit-log FILE] [deliver | status JOB | builders | jobs] [--json]
+              [--audit-log FILE] [--max-time SECONDS]
+              [deliver | status JOB | builders | jobs] [--json]
 
 It reads a job from stdin, checks it, pins ``who`` to ``--user`` and delivers it into
 the jobdir; on success it prints the job's name. Under sshd (SSH_ORIGINAL_COMMAND set)
@@ -13,11 +14,20 @@ This module runs once per submission, so it imports only what delivery needs.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from . import command
 from .audit import AuditLog, light_sha256, ssh_key_fingerprint, ssh_peer
-from .errors import EX_OK, EX_SOFTWARE, EX_TEMPFAIL, TrysshError, UsageError
+from .errors import (
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    PermissionDenied,
+    TempFail,
+    TrysshError,
+    UsageError,
+)
 from .jobdir import Jobdir, write_all
 
 TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
@@ -26,6 +36,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO, TextIO
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
 REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
@@ -34,7 +45,8 @@ SMALL_JOB = 256 * 1024
 _fadvise = getattr(os, "posix_fadvise", None)  # not on macOS
 USAGE = """\
 usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
-                 [--audit-log FILE] [deliver | status JOB | builders | jobs] [--json]
+                 [--audit-log FILE] [--max-time SECONDS]
+                 [deliver | status JOB | builders | jobs] [--json]
 
 Receive a try job on stdin and deliver it into the jobdir (tmp/, then new/).
 Meant to be an OpenSSH forced command:
@@ -47,6 +59,7 @@ options:
   --max-size BYTES   refuse jobs larger than this (default 64 MiB, or the config's)
   --config FILE      the tryssh TOML config (jobdir, limits, users, builders)
   --audit-log FILE   where to append the audit line (default DIR/audit.log)
+  --max-time SECONDS give up on a request after this long (default 86400, as qmail)
   --json             answer as JSON
 requests:
   deliver (default)  read a job from stdin and deliver it; print its name
@@ -68,19 +81,21 @@ class Options:
         max_size: int | None = None,
         config: str | None = None,
         audit_log: str | None = None,
+        max_time: int = DEFAULT_MAX_TIME,
     ) -> None:
         self.jobdir = jobdir
         self.user = user
         self.max_size = max_size
         self.config = config
         self.audit_log = audit_log
+        self.max_time = max_time
         self.words: list[str] = []
 
 
 def parse_argv(argv: list[str]) -> Options:
     """The server's own command line (set by the admin, so trusted)."""
     opts = Options()
-    takes_value = {"--jobdir", "--user", "--max-size", "--config", "--audit-log"}
+    takes_value = {"--jobdir", "--user", "--max-size", "--config", "--audit-log", "--max-time"}
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -92,9 +107,10 @@ def parse_argv(argv: list[str]) -> Options:
                 i += 1
                 value = argv[i]
             attr = name[2:].replace("-", "_")
-            if attr == "max_size":
+            if attr in ("max_size", "max_time"):
                 if not value.isdigit() or int(value) <= 0:
-                    raise UsageError(f"--max-size must be a positive number of bytes: {value!r}")
+                    unit = "number of bytes" if attr == "max_size" else "number of seconds"
+                    raise UsageError(f"{name} must be a positive {unit}: {value!r}")
                 setattr(opts, attr, int(value))
             else:
                 setattr(opts, attr, value)
@@ -138,7 +154,14 @@ class Server:
         """What the client asked for, and the command text to log."""
         if "SSH_ORIGINAL_COMMAND" in self.env:
             text = self.env["SSH_ORIGINAL_COMMAND"]
-            return command.parse_ssh_command(text), text
+            request = command.parse_ssh_command(text)
+            if request.verb in ("status", "jobs") and not self.opts.user:
+                # Without a pinned user there is no "own" job to show: fail closed.
+                raise PermissionDenied(
+                    f"{request.verb} needs a pinned user: add --user NAME to this key's "
+                    "authorized_keys line"
+                )
+            return request, text
         if "SSH_CONNECTION" in self.env and not self.opts.words:
             # sshd ran us for a shell request (no command): never an interactive session.
             raise command.Refused("interactive sessions are not allowed; run 'tryserver'")
@@ -223,6 +246,16 @@ def handle(
     return EX_OK
 
 
+def clip(text: str) -> str:
+    """The client's command for the audit log: never more than the parser would accept."""
+    limit = command.MAX_COMMAND
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters]"
+
+
+def _give_up(signum: int, frame: object) -> None:
+    raise TempFail("request took longer than --max-time; gave up")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tryserver`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -231,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "user": None,
         "from": ssh_peer(env),
         "key": ssh_key_fingerprint(env),
-        "cmd": env.get("SSH_ORIGINAL_COMMAND", " ".join(argv)),
+        "cmd": clip(env.get("SSH_ORIGINAL_COMMAND", " ".join(argv))),
     }
     server: Server | None = None
     code = EX_SOFTWARE
@@ -239,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         opts = parse_argv(argv)
         audit_fields["user"] = opts.user
         server = Server(opts, env)
-        request, audit_fields["cmd"] = server.request()
+        signal.signal(signal.SIGALRM, _give_up)
+        signal.alarm(opts.max_time)
+        request, text = server.request()
+        audit_fields["cmd"] = clip(text)
         stdin = open(0, "rb", buffering=1 << 20, closefd=False)
         code = handle(server, request, stdin, sys.stdout, audit_fields)
     except TrysshError as err:
@@ -255,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         code = EX_TEMPFAIL
         audit_fields["outcome"] = "client gone"
     finally:
+        signal.alarm(0)
         if server is not None:
             audit_fields["exit"] = code
             try:
