@@ -47,6 +47,7 @@ class Serve:
         consume: bool = False,
         extra_toml: str = "",
         builder: Sequence[str] = ("true",),
+        top_toml: str = "",
     ) -> None:
         check_openssh()
         self.root = root
@@ -63,7 +64,7 @@ class Serve:
         )
         settings: dict[str, object] = {"listen": "127.0.0.1:0", "host_key": str(root / "hostkey")}
         settings.update(serve or {})
-        lines = [f'jobdir = "{self.jobdir}"', "", "[serve]"]
+        lines = [f'jobdir = "{self.jobdir}"', top_toml, "", "[serve]"]
         for key, value in settings.items():
             lines.append(f"{key} = {value!r}".replace("'", '"'))
         lines += [
@@ -510,9 +511,7 @@ def test_agent_and_x11_forwarding_refused(shared: Serve, tmp_path: Path) -> None
 
 
 def test_oversized_job_refused(serve_factory: object, tmp_path: Path) -> None:
-    server: Serve = serve_factory(extra_toml="")  # type: ignore[operator]
-    text = server.config.read_text().replace("[serve]", "max_job_size = 2000\n\n[serve]", 1)
-    server.config.write_text(text)  # the Server reads the config at each request
+    server: Serve = serve_factory(top_toml="max_job_size = 2000")  # type: ignore[operator]
     result = server.ssh("tryserver", input=make_job(patch=b"+x\n" * 2000))
     assert result.returncode == 65, err(result)
     assert "larger than the limit" in err(result)

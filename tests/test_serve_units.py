@@ -207,6 +207,18 @@ def test_old_failures_are_forgiven_and_success_resets() -> None:
     assert not limiter.failure("a")
 
 
+def test_memory_of_failures_stays_bounded_by_the_window() -> None:
+    now = [0.0]
+    limiter = AuthLimiter(5, 10, clock=lambda: now[0])
+    for i in range(AuthLimiter.SWEEP_AT):  # one failure each from many addresses
+        limiter.failure(f"10.{i // 256}.{i % 256}.1")
+    now[0] += 11  # all of them forgiven
+    limiter.failure("192.0.2.1")
+    limiter.failure("192.0.2.2")
+    assert len(limiter._failures) <= 2
+    assert limiter.locked("10.0.0.1") == 0
+
+
 # -- whole-server checks without a client -------------------------------------------------------
 
 

@@ -242,6 +242,8 @@ class Log:
 class AuthLimiter:
     """Failed authentications per source address, and the lockout after too many."""
 
+    SWEEP_AT = 1024  # addresses tracked before forgiven ones are swept out
+
     def __init__(
         self, max_failures: int, penalty: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -275,6 +277,12 @@ class AuthLimiter:
                 self._locked_until[address] = now + self.penalty
                 del self._failures[address]
                 return True
+            if len(self._failures) > self.SWEEP_AT:
+                # Forget addresses whose failures are all forgiven: memory stays bounded
+                # by the addresses that failed within one penalty window.
+                stale = [a for a, q in self._failures.items() if q[-1] < now - self.penalty]
+                for gone in stale:
+                    del self._failures[gone]
             return False
 
     def success(self, address: str) -> None:
@@ -539,7 +547,7 @@ class Connection(paramiko.ServerInterface):
             config = self.server.config
             # The identity is the authenticated user; the jobdir and limits are the config's.
             opts = Options(jobdir=config.jobdir, user=user, config=config.path)
-            tryserver = Server(opts, env={})
+            tryserver = Server(opts, env={}, config=config)
             code = handle(
                 tryserver,
                 request,

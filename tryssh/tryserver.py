@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from hashlib import _Hash
     from typing import BinaryIO, TextIO
 
+    from .config import Config
+
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
 REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
@@ -125,11 +127,15 @@ def parse_argv(argv: list[str]) -> Options:
 class Server:
     """One tryserver request: options resolved, audit log open."""
 
-    def __init__(self, opts: Options, env: dict[str, str] | os._Environ[str]) -> None:
+    def __init__(
+        self, opts: Options, env: dict[str, str] | os._Environ[str], config: Config | None = None
+    ) -> None:
         self.opts = opts
         self.env = env
-        self.config = None
-        if opts.config:
+        # A long-lived caller (tryssh serve) passes the config it authenticates with, so
+        # that logins and policy always come from the same reading of the file.
+        self.config = config
+        if self.config is None and opts.config:
             from .config import load_config
 
             self.config = load_config(opts.config)
