@@ -202,9 +202,9 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     from .jobfile import encode_job
 
     data = encode_job(job)
-    stats = change.stats
-    lines = summary_lines(job, change, stats)
     if v["dry_run"]:
+        stats = change.stats
+        lines = summary_lines(job, change, stats)
         if v["as_json"]:
             click.echo(json.dumps(dry_run_dict(job, change, stats, data)))
         else:
@@ -213,8 +213,8 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
             click.echo(f"job:        {len(data)} bytes (version {version}); not sent (--dry-run)")
         ctx.exit(EX_OK)
     dest = _destination(v, quiet)
-    if not quiet:
-        for line in lines:
+    if not quiet:  # the stats cost a pass over the patch: only when someone reads them
+        for line in summary_lines(job, change, change.stats):
             echo_stderr(line)
     conn = None if dest.connect == "local" else open_connection(dest)
     try:
