@@ -86,3 +86,20 @@ def run(
         cwd=cwd,
         check=False,
     )
+
+
+# A fixed identity and no system config for the git repositories tests make.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.org",
+    "GIT_COMMITTER_NAME": "Alice", "GIT_COMMITTER_EMAIL": "alice@example.org",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}  # fmt: skip
+
+
+def git(cwd: StrPath, *args: str) -> str:
+    """Run git in *cwd* with GIT_ENV (HOME is *cwd*); its stdout, stripped."""
+    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, check=True, timeout=60
+    )
+    return out.stdout.decode().strip()

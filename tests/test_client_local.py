@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin
+from helpers import GIT_ENV, git, run, venv_bin
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,18 +27,6 @@ from tryssh.submit import (
     wait_for,
 )
 from tryssh.transport import quote_remote_path, tryserver_command
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.org",
-    "GIT_COMMITTER_NAME": "Alice", "GIT_COMMITTER_EMAIL": "alice@example.org",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}  # fmt: skip
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, check=True)
-    return out.stdout.decode().strip()
 
 
 @pytest.fixture

@@ -19,26 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin, wait_until
+from helpers import GIT_ENV, git, run, venv_bin, wait_until
 from sshd import Sshd, make_user_key
 
 from tryssh.jobdir import Jobdir
 
 pytestmark = pytest.mark.timeout(180)
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.org",
-    "GIT_COMMITTER_NAME": "Alice", "GIT_COMMITTER_EMAIL": "alice@example.org",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}  # fmt: skip
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
-    out = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, check=True, timeout=60
-    )
-    return out.stdout.decode().strip()
 
 
 def buildbot_parse(path: Path) -> dict[str, object]:
