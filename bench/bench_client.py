@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sshd import Sshd, client_options, make_user_key, write_known_hosts  # noqa: E402
 
-from tryssh.jobdir import Jobdir  # noqa: E402
-from tryssh.jobfile import Job, encode_job  # noqa: E402
+from tryssh.core.jobdir import Jobdir  # noqa: E402
+from tryssh.core.jobfile import Job, encode_job  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

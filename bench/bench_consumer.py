@@ -16,7 +16,7 @@ What is measured, and how:
   inside, and a timestamping program would mostly measure interpreter start-up.
 * The same with the polling fallback (``--poll``, ``poll_interval = 1``).
 * **Throughput**: a backlog of N jobs (100 and 10,000) is delivered first, then an
-  in-process :class:`tryssh.consumer.Consumer` drains it with ``run(once=True)``. Every
+  in-process :class:`tryssh.server.consumer.Consumer` drains it with ``run(once=True)``. Every
   job is claimed (rename), read, parsed, checked against the policy, locked and
   recorded (two atomic record writes, each with two fsyncs); the builder is an
   in-process no-op runner (``Consumer(runner=...)``): the honest "no-op builder", since a
@@ -46,12 +46,12 @@ import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tryssh.builders import Outcome
-from tryssh.config import config_from_dict
-from tryssh.consumer import Consumer, EventLog
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job
-from tryssh.records import RecordStore, parse_iso
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.records import RecordStore, parse_iso
+from tryssh.server.builders import Outcome
+from tryssh.server.config import config_from_dict
+from tryssh.server.consumer import Consumer, EventLog
 
 PATCH = b"diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n" * 20
 

@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tryssh.jobdir import Jobdir  # noqa: E402
-from tryssh.jobfile import Job, encode_job  # noqa: E402
+from tryssh.core.jobdir import Jobdir  # noqa: E402
+from tryssh.core.jobfile import Job, encode_job  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -47,7 +47,7 @@ MIB = 1024 * 1024
 # pip's console script template (what `pip install .` writes for tryserver).
 CONSOLE_SCRIPT = """#!{python}
 import sys
-from tryssh.tryserver import main
+from tryssh.server.tryserver import main
 if __name__ == '__main__':
     sys.argv[0] = sys.argv[0].removesuffix('.exe')
     sys.exit(main())

@@ -3,7 +3,7 @@ sshd, ``tryssh serve``) must refuse each of them with exit 64 and deliver nothin
 
 from __future__ import annotations
 
-from tryssh.command import MAX_COMMAND
+from tryssh.core.request import MAX_COMMAND
 
 HOSTILE_COMMANDS: list[str] = [
     '',
@@ -65,7 +65,7 @@ HOSTILE_COMMANDS: list[str] = [
     'tryssh',
     'tryssh serve',
     'tryssh consume --config x',
-    'python3 -m tryssh.tryserver',
+    'python3 -m tryssh.server.tryserver',
     'tryserverx',
     'xtryserver',
     'tryserver.sh',

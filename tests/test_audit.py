@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tryssh.audit import AuditLog
 from tryssh.errors import TrysshError
+from tryssh.server.audit import AuditLog
 
 
 def test_created_group_readable_under_a_strict_umask(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""tryssh.buildbot_options: Buildbot's search order, no execution, Buildbot's name mapping."""
+"""tryssh.client.buildbot_options: search order, no execution, Buildbot's name mapping."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tryssh import errors
-from tryssh.buildbot_options import (
+from tryssh.client.buildbot_options import (
     BuildbotOptions,
     load_buildbot_options,
     parse_options_text,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tryssh import builders
-from tryssh.config import config_from_dict
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.server import builders
+from tryssh.server.config import config_from_dict
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from helpers import venv_bin
 
-from tryssh import builders
-from tryssh.config import config_from_dict
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job, parse_job
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job, parse_job
+from tryssh.server import builders
+from tryssh.server.config import config_from_dict
 
 
 def setup_forward(tmp_path: Path, sshd_factory, user_key, known_hosts_file):

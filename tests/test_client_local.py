@@ -15,10 +15,7 @@ from helpers import GIT_ENV, git, run, venv_bin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TempFail, TrysshError
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import parse_job
-from tryssh.submit import (
+from tryssh.client.submit import (
     TryRequest,
     build_job,
     exit_code_for,
@@ -26,7 +23,10 @@ from tryssh.submit import (
     status_lines,
     wait_for,
 )
-from tryssh.transport import quote_remote_path, tryserver_command
+from tryssh.client.transport import quote_remote_path, tryserver_command
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import parse_job
+from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TempFail, TrysshError
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_parse_properties() -> None:
 
 
 def test_build_job_like_buildbot() -> None:
-    from tryssh.vcs import SourceChange
+    from tryssh.client.vcs import SourceChange
 
     change = SourceChange(vcs="git", baserev="abc", patch=b"p", patch_level=1, branch="feature",
                           repository="https://example.org/r.git", topdir="/x",

@@ -22,7 +22,7 @@ import pytest
 from helpers import GIT_ENV, git, run, venv_bin, wait_until
 from sshd import Sshd, make_user_key
 
-from tryssh.jobdir import Jobdir
+from tryssh.core.jobdir import Jobdir
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -25,7 +25,7 @@ from test_vcs import (  # the real-repository helpers, and their isolated enviro
     svn_repo_and_wc,
 )
 
-from tryssh.jobdir import Jobdir
+from tryssh.core.jobdir import Jobdir
 
 
 def submit(cwd: Path, jobdir: Path) -> dict:

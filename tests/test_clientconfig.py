@@ -1,4 +1,4 @@
-"""tryssh.clientconfig: TOML files, checks, and precedence over Buildbot's options file."""
+"""tryssh.client.clientconfig: TOML files, checks, and precedence over Buildbot's options file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tryssh import errors
-from tryssh.clientconfig import (
+from tryssh.client.clientconfig import (
     COMMAND_LINE,
     KEYS,
     find_project_config,

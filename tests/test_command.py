@@ -7,7 +7,13 @@ from hostile import HOSTILE_COMMANDS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tryssh.command import MAX_COMMAND, Refused, Request, parse_request_words, parse_ssh_command
+from tryssh.core.request import (
+    MAX_COMMAND,
+    Refused,
+    Request,
+    parse_request_words,
+    parse_ssh_command,
+)
 from tryssh.errors import UsageError
 
 # -- accepted ---------------------------------------------------------------------------------

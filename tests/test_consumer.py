@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from helpers import venv_bin, wait_until
 
-from tryssh.config import load_config
-from tryssh.consumer import Consumer, EventLog
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job
-from tryssh.records import INTERRUPTED, RecordStore, builder_entry, lock_job, new_record
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.records import INTERRUPTED, RecordStore, builder_entry, lock_job, new_record
+from tryssh.server.config import load_config
+from tryssh.server.consumer import Consumer, EventLog
 
 
 def toml_value(value: object) -> str:
@@ -390,7 +390,8 @@ def test_consumer_refuses_missing_jobdir(tmp_path):
 
 
 def test_module_imports_stay_lean():
-    code = "import sys, tryssh.queries; print('paramiko' in sys.modules, 'click' in sys.modules)"
+    code = ("import sys, tryssh.server.queries; "
+            "print('paramiko' in sys.modules, 'click' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.split() == ["False", "False"]

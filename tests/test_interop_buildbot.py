@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from test_jobfile import BASE_JSON, UPSTREAM, V1, V2, V3, V4, jobs, netstring_jobs, netstrings, v5
 from twisted.protocols import basic
 
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job, parse_job
 from tryssh.errors import BadJob
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job, parse_job
 
 SCHEDULER = Try_Jobdir("try", ["b1", "b2"], "jd")
 

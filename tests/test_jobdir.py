@@ -15,9 +15,8 @@ from subprocess import PIPE, Popen
 import pytest
 from helpers import run
 
-from tryssh import jobdir as jobdir_mod
-from tryssh.errors import BadJob, CannotCreate, TrysshError
-from tryssh.jobdir import (
+from tryssh.core import jobdir as jobdir_mod
+from tryssh.core.jobdir import (
     JOB_MODE,
     TMP_MAX_AGE,
     AlreadyTaken,
@@ -27,6 +26,7 @@ from tryssh.jobdir import (
     unique_name,
     write_all,
 )
+from tryssh.errors import BadJob, CannotCreate, TrysshError
 
 NAME = re.compile(r"(\d+)\.M(\d{6})P(\d+)Q(\d+)R([0-9a-f]{8})\.(.+)")
 
@@ -288,7 +288,7 @@ def test_claim(jd):
 
 CLAIMER = """
 import json, sys, time
-from tryssh.jobdir import AlreadyTaken, Jobdir
+from tryssh.core.jobdir import AlreadyTaken, Jobdir
 jd = Jobdir(sys.argv[1])
 names = json.loads(sys.argv[2])
 while time.time() < float(sys.argv[3]):
@@ -364,6 +364,6 @@ def test_clean_tmp_skips_symlinks(jd, tmp_path):
 
 def test_jobdir_module_imports_no_typing():
     """The jobdir is on the forced command's start-up path."""
-    code = "import sys, tryssh.jobdir; print('typing' in sys.modules)"
+    code = "import sys, tryssh.core.jobdir; print('typing' in sys.modules)"
     result = run([sys.executable, "-c", code])
     assert result.stdout.strip() == b"False", result.stderr

@@ -511,7 +511,7 @@ def test_master_cfg_snippet_builds_a_real_try_jobdir_scheduler() -> None:
 
 
 def test_example_config_loads_with_every_builder_kind() -> None:
-    from tryssh.config import load_config
+    from tryssh.server.config import load_config
 
     config = load_config(str(CONTRIB / "tryssh.example.toml"))
     assert config.jobdir == "/srv/tryssh/jobdir"

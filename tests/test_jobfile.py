@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tryssh.core.jobfile import Job, encode_job, parse_job, parse_job_file, transcode
+from tryssh.core.netstring import encode as ns
 from tryssh.errors import BadJob
-from tryssh.jobfile import Job, encode_job, parse_job, parse_job_file, transcode
-from tryssh.netstring import encode as ns
 
 DIFF = "this is my diff, -- ++, etc."
 

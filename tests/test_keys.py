@@ -1,5 +1,6 @@
-"""tryssh.keys and ``tryssh keys``: strict key parsing, the authorized_keys line, the managed
-block (atomic rewrite, duplicates, modes) and the lines honoured by a real OpenSSH sshd."""
+"""tryssh.server.authorized_keys and ``tryssh keys``: strict key parsing, the authorized_keys
+line, the managed block (atomic rewrite, duplicates, modes) and the lines honoured by a real
+OpenSSH sshd."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshd import Sshd, UserKey, ssh_argv
 
-from tryssh import keys as keymod
-from tryssh.cli_keys import default_authorized_keys, default_tryserver, keys
-from tryssh.keys import (
+from tryssh.cli.keys import default_authorized_keys, default_tryserver, keys
+from tryssh.server import authorized_keys as keymod
+from tryssh.server.authorized_keys import (
     AuthorizedKeysError,
     BadKeyOption,
     BadPublicKey,
@@ -721,7 +722,7 @@ def test_real_sshd_delivers_as_the_pinned_user(
     known_hosts: Callable[..., Path],
     jobdir: Path,
 ) -> None:
-    from tryssh.jobfile import Job, encode_job, parse_job_file
+    from tryssh.core.jobfile import Job, encode_job, parse_job_file
 
     server = sshd_factory()
     kh = known_hosts(server)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from helpers import venv_bin
 
-from tryssh.config import load_config
-from tryssh.consumer import Consumer, EventLog
-from tryssh.gc import collect
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job
-from tryssh.queries import local_status
-from tryssh.records import RecordStore, new_record
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.records import RecordStore, new_record
+from tryssh.server.config import load_config
+from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.gc import collect
+from tryssh.server.queries import local_status
 
 CONFIG = """\
 jobdir = "jobdir"

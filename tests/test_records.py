@@ -11,7 +11,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tryssh.records import (
+from tryssh.core.records import (
     INTERRUPTED,
     RecordStore,
     builder_entry,
@@ -83,7 +83,7 @@ def test_job_lock_is_exclusive_across_processes_and_threads(tmp_path):
     assert lock is not None
     assert lock_job(str(job)) is None  # another open description, same process
     code = (
-        "import sys; from tryssh.records import lock_job;"
+        "import sys; from tryssh.core.records import lock_job;"
         f"sys.exit(0 if lock_job({str(job)!r}) is None else 1)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -96,7 +96,7 @@ def test_job_lock_dies_with_its_process(tmp_path):
     job = tmp_path / JOB
     job.write_bytes(b"job")
     code = (
-        "import os, sys; from tryssh.records import lock_job;"
+        "import os, sys; from tryssh.core.records import lock_job;"
         f"lock = lock_job({str(job)!r}); print('locked', flush=True); sys.stdin.read()"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

@@ -22,8 +22,8 @@ from helpers import run, venv_bin, wait_until
 from hostile import HOSTILE_COMMANDS
 from sshd import SSH, SSH_KEYGEN, UserKey, check_openssh, make_user_key
 
-from tryssh.jobfile import Job, encode_job, parse_job_file
-from tryssh.passwords import hash_password
+from tryssh.core.jobfile import Job, encode_job, parse_job_file
+from tryssh.server.passwords import hash_password
 
 READY = re.compile(r"listening on (\S+):(\d+), host key (SHA256:\S+) \((\S+)\)")
 PASSWORD = "correct horse battery staple"

@@ -14,10 +14,10 @@ from helpers import run, venv_bin, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tryssh.config import config_from_dict
 from tryssh.errors import ConfigError
-from tryssh.passwords import hash_password, parse_hash, verify_password
-from tryssh.serve import AuthLimiter, Settings, accounts_from_config, parse_listen
+from tryssh.server.config import config_from_dict
+from tryssh.server.passwords import hash_password, parse_hash, verify_password
+from tryssh.server.serve import AuthLimiter, Settings, accounts_from_config, parse_listen
 
 FAST = {"n": 1 << 4, "r": 1, "p": 1}
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3sVgK2Jx2UeCJC6V7eAbT1Yf3aGzXzv6rT1vCw0HX a@b"

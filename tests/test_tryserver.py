@@ -20,12 +20,12 @@ from helpers import run, venv_bin, wait_until
 from hostile import HOSTILE_COMMANDS
 from sshd import SSH_KEYGEN, make_user_key
 
-from tryssh.command import MAX_COMMAND
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job, parse_job
+from tryssh.core.netstring import encode as ns
+from tryssh.core.request import MAX_COMMAND
 from tryssh.errors import exit_code_for_oserror
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import Job, encode_job, parse_job
-from tryssh.netstring import encode as ns
-from tryssh.tryserver import clip
+from tryssh.server.tryserver import clip
 
 SSH_ENV = {"SSH_CONNECTION": "192.0.2.7 52144 127.0.0.1 22", "SSH_CLIENT": "192.0.2.7 52144 22"}
 
@@ -643,7 +643,7 @@ def test_start_up_path_stays_lean():
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "from tryssh import tryserver, jobfile\n"
+        "from tryssh.server import tryserver\nfrom tryssh.core import jobfile\n"
         "new = set(sys.modules) - before\n"
         "heavy = {'paramiko', 'click', 'dataclasses', 'typing', 'tomllib', 'pathlib',\n"
         "         'hashlib', '_hashlib', 'base64'}\n"
@@ -656,7 +656,8 @@ def test_start_up_path_stays_lean():
 def test_import_time_shows_no_heavy_package():
     """The whole process, site included, as ``-X importtime`` reports it: no heavy package."""
     result = run(
-        [venv_bin("python"), "-X", "importtime", "-c", "import tryssh.tryserver"], env=clean_env()
+        [venv_bin("python"), "-X", "importtime", "-c", "import tryssh.server.tryserver"],
+        env=clean_env(),
     )
     assert result.returncode == 0, out(result)
     loaded = {
@@ -664,7 +665,7 @@ def test_import_time_shows_no_heavy_package():
         for line in result.stderr.decode().splitlines()
         if line.startswith("import time:")
     }
-    assert "tryssh.tryserver" in loaded, out(result)  # the report was read right
+    assert "tryssh.server.tryserver" in loaded, out(result)  # the report was read right
     heavy = {
         "paramiko", "click", "cryptography", "nacl", "bcrypt", "invoke", "dataclasses", "typing",
         "tomllib", "hashlib", "_hashlib",

@@ -19,8 +19,8 @@ from test_tryserver import (
     tryserver,
 )
 
-from tryssh.command import MAX_COMMAND
-from tryssh.jobdir import Jobdir
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.request import MAX_COMMAND
 
 
 @pytest.fixture

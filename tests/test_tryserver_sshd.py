@@ -16,8 +16,8 @@ from helpers import run, venv_bin
 from sshd import SSH_KEYGEN, Sshd, UserKey, client_options, sftp_argv, ssh_argv
 from test_tryserver import JOB, JOB_BYTES, V2_JOB, audit_lines, listing
 
-from tryssh.jobdir import Jobdir
-from tryssh.jobfile import parse_job
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import parse_job
 
 EMPTY = {"tmp": [], "new": [], "cur": []}
 

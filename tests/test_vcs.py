@@ -1,4 +1,4 @@
-"""tryssh.vcs against real git, hg and svn repositories.
+"""tryssh.client.vcs against real git, hg and svn repositories.
 
 Every extraction test proves the patch with the VCS's own tool: a fresh clone/checkout at
 the base revision, the patch applied there (git apply, hg import --no-commit, svn patch),
@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tryssh import errors
-from tryssh.vcs import (
+from tryssh.client.vcs import (
     PatchStats,
     SourceChange,
     detect_vcs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import UsageError
+from tryssh.errors import UsageError
 
 
 @click.command("consume")
@@ -33,8 +33,8 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
 
     Exit codes: 0 stopped cleanly, 78 config error (file, key and problem named).
     """
-    from .config import load_config
-    from .consumer import Consumer, EventLog
+    from tryssh.server.config import load_config
+    from tryssh.server.consumer import Consumer, EventLog
 
     config = load_config(config_path)
     consumer = Consumer(config, log=EventLog(verbose=verbose), use_inotify=not poll)
@@ -68,8 +68,8 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> int:
       tryssh gc --config /etc/tryssh/config.toml --older-than 30 --dry-run
       tryssh gc --config /etc/tryssh/config.toml --older-than 30
     """
-    from .config import load_config
-    from .gc import collect
+    from tryssh.server.config import load_config
+    from tryssh.server.gc import collect
 
     config = load_config(config_path)
     days = config.keep_days if days is None else days

@@ -1,6 +1,6 @@
 """The ``tryssh`` command line: one group, subcommands loaded only when used.
 
-Each subcommand lives in its own ``cli_*`` module so that ``tryssh tryserver`` (the forced
+Each command family lives in its own module of ``tryssh.cli`` so that ``tryssh tryserver`` (the forced
 command's other name) and the small commands never pay for paramiko or click's whole tree.
 """
 
@@ -11,15 +11,15 @@ import sys
 
 # name -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "try": ("tryssh.cli_try", "try_cmd"),
-    "status": ("tryssh.cli_try", "status_cmd"),
-    "builders": ("tryssh.cli_try", "builders_cmd"),
-    "consume": ("tryssh.cli_consume", "consume_cmd"),
-    "gc": ("tryssh.cli_consume", "gc_cmd"),
-    "serve": ("tryssh.cli_serve", "serve_cmd"),
-    "passwd": ("tryssh.cli_serve", "passwd_cmd"),
-    "keys": ("tryssh.cli_keys", "keys"),
-    "doctor": ("tryssh.cli_doctor", "doctor_cmd"),
+    "try": ("tryssh.cli.try_", "try_cmd"),
+    "status": ("tryssh.cli.try_", "status_cmd"),
+    "builders": ("tryssh.cli.try_", "builders_cmd"),
+    "consume": ("tryssh.cli.consume", "consume_cmd"),
+    "gc": ("tryssh.cli.consume", "gc_cmd"),
+    "serve": ("tryssh.cli.serve", "serve_cmd"),
+    "passwd": ("tryssh.cli.serve", "passwd_cmd"),
+    "keys": ("tryssh.cli.keys", "keys"),
+    "doctor": ("tryssh.cli.doctor", "doctor_cmd"),
 }
 
 HELP = """\
@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tryssh`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tryserver"]:
-        from .tryserver import main as tryserver_main
+        from tryssh.server.tryserver import main as tryserver_main
 
         return tryserver_main(argv[1:])
 
     import click
 
-    from .errors import EX_USAGE, TrysshError
+    from tryssh.errors import EX_USAGE, TrysshError
 
     group = _group()
     try:

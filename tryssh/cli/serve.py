@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import EX_OK, TrysshError, UsageError
+from tryssh.errors import EX_OK, TrysshError, UsageError
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .consumer import Consumer
+    from tryssh.server.config import Config
+    from tryssh.server.consumer import Consumer
 
 
 @click.command("serve")
@@ -41,8 +41,8 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
     """
-    from .config import load_config
-    from .serve import EmbeddedServer
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
 
     config = load_config(config_path)
     server = EmbeddedServer(config)
@@ -80,7 +80,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
 
 
 def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
-    from .consumer import Consumer
+    from tryssh.server.consumer import Consumer
 
     consumer = Consumer(config)
     consumer.prepare()  # config and directory errors before the ready line, not in a thread
@@ -109,7 +109,7 @@ def passwd_cmd(from_stdin: bool) -> int:
     """
     import getpass
 
-    from .passwords import hash_password
+    from tryssh.server.passwords import hash_password
 
     if from_stdin:
         line = sys.stdin.readline()

@@ -11,7 +11,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .errors import EX_OK, TempFail, UsageError
+from tryssh.errors import EX_OK, TempFail, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.sshclient import Connection
 
 
 def _import_paramiko() -> None:
@@ -32,8 +36,8 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
-from .sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
-from .submit import (  # noqa: E402
+from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
+from tryssh.client.submit import (  # noqa: E402
     TRANSPORTS,
     Destination,
     TryRequest,
@@ -43,16 +47,14 @@ from .submit import (  # noqa: E402
     echo_stderr,
     exit_code_for,
     gather_change,
-    local_query,
     open_connection,
     parse_properties,
     remote_query,
-    status_fetcher,
     status_lines,
     summary_lines,
     wait_for,
 )
-from .transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
@@ -120,7 +122,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
     """Fill what the command line did not give from the config files (CLI wins)."""
-    from .clientconfig import resolve_client_options
+    from tryssh.client.clientconfig import resolve_client_options
 
     cli = {k: v for k, v in values.items() if _given(ctx, k)}
     if "properties" in cli:
@@ -199,7 +201,7 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     )
     change = gather_change(req, cwd)
     job = build_job(change, req)
-    from .jobfile import encode_job
+    from tryssh.core.jobfile import encode_job
 
     data = encode_job(job)
     if v["dry_run"]:
@@ -251,9 +253,23 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
             conn.close()
 
 
+def status_fetcher(dest: Destination, conn: Connection | None, job: str) -> Callable[[], dict]:
+    """How to ask for *job*'s record: over the connection, or on the master (``--config``)."""
+    if dest.connect == "local" or conn is None:
+        if not dest.config:
+            raise UsageError("waiting for a local job needs --config (the master's config file)")
+        from tryssh.server.queries import local_query
+
+        config = dest.config
+        return lambda: local_query(config, "status", job)
+    return lambda: remote_query(conn, dest, "status", job)
+
+
 def _query(ctx: click.Context, values: dict[str, Any], what: str, job: str | None) -> Any:
     v = _merge(ctx, values, os.getcwd())
     if v.get("master_config"):
+        from tryssh.server.queries import local_query
+
         return local_query(v["master_config"], what, job)
     if v["connect"] == "local":
         raise UsageError(f"{what} on this machine needs --config (the master's config file)")

@@ -8,7 +8,7 @@ import pwd
 
 import click
 
-from .doctor import diagnose
+from tryssh.server.doctor import diagnose
 
 
 @click.command("doctor")

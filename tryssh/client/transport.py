@@ -4,7 +4,7 @@
   with an explicit EOF, drain stdout and stderr while sending, and check the exit status
   (a missing status is a failure).
 * ``scp``: SFTP upload into ``JOBDIR/tmp/NAME``, then posix-rename into ``JOBDIR/new/NAME``.
-* ``local``: :meth:`tryssh.jobdir.Jobdir.deliver`, the code the server itself uses.
+* ``local``: :meth:`tryssh.core.jobdir.Jobdir.deliver`, the code the server itself uses.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import (
+from tryssh.errors import (
     EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
@@ -34,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import paramiko
 
-    from .sshclient import Connection
+    from tryssh.client.sshclient import Connection
 
 CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
@@ -288,7 +288,7 @@ def deliver_scp(
     """Upload into ``JOBDIR/tmp/NAME`` and posix-rename into ``JOBDIR/new/NAME``."""
     import paramiko
 
-    from .jobdir import unique_name
+    from tryssh.core.jobdir import unique_name
 
     if not jobdir:
         raise TrysshError("-c scp needs --jobdir (the jobdir on the server)", EX_USAGE)
@@ -345,7 +345,7 @@ def deliver_local(data: bytes, jobdir: str) -> Receipt:
     """Deliver into a jobdir on this machine with the server's own code."""
     import os
 
-    from .jobdir import Jobdir, write_all
+    from tryssh.core.jobdir import Jobdir, write_all
 
     if not jobdir:
         raise TrysshError("-c local needs --jobdir", EX_USAGE)
@@ -354,7 +354,7 @@ def deliver_local(data: bytes, jobdir: str) -> Receipt:
     try:
         name, _ = target.deliver(lambda fd: write_all(fd, data))
     except OSError as err:
-        from .errors import exit_code_for_oserror
+        from tryssh.errors import exit_code_for_oserror
 
         raise TrysshError(
             f"cannot deliver into {jobdir}: {err.strerror or err}", exit_code_for_oserror(err)

@@ -5,7 +5,7 @@ job of another user answers exactly like a job that does not exist,
 ``no such job: NAME`` with exit code 66 (EX_NOINPUT). Without ``--user`` (an admin on the
 master, outside sshd) every job is visible.
 
-``status`` reads the job's record (:mod:`tryssh.records`). A job delivered but not yet
+``status`` reads the job's record (:mod:`tryssh.core.records`). A job delivered but not yet
 claimed, or claimed but not yet recorded, answers state ``queued`` with no builders yet,
 so a client can poll right after delivery.
 
@@ -18,12 +18,12 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from .command import Request
-from .errors import EX_NOINPUT, TrysshError, UsageError
+from tryssh.core.request import Request
+from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .tryserver import Server
+    from tryssh.server.config import Config
+    from tryssh.server.tryserver import Server
 
 JOBS_LIMIT = 20
 
@@ -61,7 +61,7 @@ def _dirs(server: Server) -> tuple[str, str]:
 
 
 def _builders(server: Server, request: Request) -> str:
-    from .policy import allowed_builders
+    from tryssh.server.policy import allowed_builders
 
     if server.config is None:
         raise UsageError("this server has no config, so it cannot list builders")
@@ -88,8 +88,8 @@ def local_status(config: Config, job: str, user: str | None = None) -> dict[str,
 
 def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -> dict[str, Any]:
     """The record of *job* (or a ``queued`` stand-in for a job not yet recorded)."""
-    from .jobdir import is_job_name
-    from .records import RecordStore
+    from tryssh.core.jobdir import is_job_name
+    from tryssh.core.records import RecordStore
 
     if not is_job_name(job):
         raise NoSuchJob(f"no such job: {job[:80]}")
@@ -103,9 +103,9 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
 
 def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
     """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
-    from .errors import BadJob
-    from .jobfile import parse_job_file
-    from .records import new_record
+    from tryssh.core.jobfile import parse_job_file
+    from tryssh.core.records import new_record
+    from tryssh.errors import BadJob
 
     for sub in ("new", "cur"):
         path = os.path.join(jobdir, sub, job)
@@ -129,7 +129,7 @@ def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
 
 def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
     """Up to *limit* records of *user* (everyone's when None), newest first."""
-    from .records import RecordStore
+    from tryssh.core.records import RecordStore
 
     store = RecordStore(state_dir)
     found = []
@@ -186,3 +186,16 @@ def format_jobs(records: list[dict[str, Any]]) -> str:
             f"{results or '-'}\n"
         )
     return "".join(lines)
+
+
+def local_query(config_path: str, what: str, job: str | None = None) -> Any:
+    """The same answers, read on the master itself (``--config``): every job and builder."""
+    from tryssh.server.config import load_config
+
+    config = load_config(config_path)
+    if what == "status":
+        assert job is not None
+        return local_status(config, job)
+    names = list(config.builders)
+    described = {n: config.builders[n].options.get("description", "") for n in names}
+    return {"user": None, "builders": names, "descriptions": described}

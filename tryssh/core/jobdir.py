@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 
-from .errors import CannotCreate, TrysshError, exit_code_for_oserror
+from tryssh.errors import CannotCreate, TrysshError, exit_code_for_oserror
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ import subprocess
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .config import Config, load_config
-from .errors import TrysshError
-from .policy import allowed_builders
+from tryssh.errors import TrysshError
+from tryssh.server.config import Config, load_config
+from tryssh.server.policy import allowed_builders
 
 MIN_FREE_BYTES = 100 * 1024 * 1024
 # What sshd -T must say for the try account (see contrib/sshd_config.tryssh).
@@ -123,7 +123,7 @@ def check_users(config: Config) -> Iterator[Finding]:
 
 
 def check_authorized_keys(path: str, config: Config | None) -> Iterator[Finding]:
-    from .keys import list_keys, split_options
+    from tryssh.server.authorized_keys import list_keys, split_options
 
     if not os.path.exists(path):
         yield Finding("warn", "keys", f"{path} does not exist (tryssh keys add creates it)")

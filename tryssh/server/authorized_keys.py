@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from tryssh.audit import blob_fingerprint
+from tryssh.core.sshkeys import blob_fingerprint
 from tryssh.errors import (
     EX_CONFIG,
     EX_DATAERR,

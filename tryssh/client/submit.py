@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (
+from tryssh.client.transport import DEFAULT_TRYSERVER_CMD, Receipt, run_remote, tryserver_command
+from tryssh.core.jobfile import Job
+from tryssh.errors import (
     EX_NOINPUT,
     EX_NOPERM,
     EX_TEMPFAIL,
@@ -25,13 +27,11 @@ from .errors import (
     TrysshError,
     UsageError,
 )
-from .jobfile import Job
-from .transport import DEFAULT_TRYSERVER_CMD, Receipt, run_remote, tryserver_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .sshclient import Connection, SshOptions
-    from .vcs import PatchStats, SourceChange
+    from tryssh.client.sshclient import Connection, SshOptions
+    from tryssh.client.vcs import PatchStats, SourceChange
 
 TRANSPORTS = ("ssh", "scp", "local")
 WAIT_INTERVAL = 1.0
@@ -73,7 +73,7 @@ def parse_properties(items: list[str] | tuple[str, ...]) -> dict[str, str]:
 
 def gather_change(req: TryRequest, cwd: str | None = None) -> SourceChange:
     """The change to send: from ``--diff`` or from the working copy around *cwd*."""
-    from . import vcs
+    from tryssh.client import vcs
 
     if req.diff is not None:
         if req.baserev is None:
@@ -182,7 +182,7 @@ class Destination:
 
 
 def open_connection(dest: Destination) -> Connection:
-    from .sshclient import connect
+    from tryssh.client.sshclient import connect
 
     if dest.ssh is None or not dest.ssh.host:
         raise UsageError(f"-c {dest.connect} needs --host (or try_host in the options file)")
@@ -191,7 +191,7 @@ def open_connection(dest: Destination) -> Connection:
 
 def deliver(data: bytes, dest: Destination, conn: Connection | None) -> Receipt:
     """Deliver *data* with the chosen transport (*conn* is open for ssh and scp)."""
-    from . import transport
+    from tryssh.client import transport
 
     if dest.connect == "local":
         if not dest.jobdir:
@@ -222,30 +222,6 @@ def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
         raise TempFail(
             f"the server's answer to '{words[0]}' is not JSON (is it tryssh's tryserver?)"
         ) from None
-
-
-def local_query(config_path: str, what: str, job: str | None = None) -> Any:
-    """The same answers, read on the master itself (``--config``): every job and builder."""
-    from .config import load_config
-
-    config = load_config(config_path)
-    if what == "status":
-        from .queries import local_status
-
-        assert job is not None
-        return local_status(config, job)
-    names = list(config.builders)
-    described = {n: config.builders[n].options.get("description", "") for n in names}
-    return {"user": None, "builders": names, "descriptions": described}
-
-
-def status_fetcher(dest: Destination, conn: Connection | None, job: str) -> Callable[[], dict]:
-    if dest.connect == "local" or conn is None:
-        if not dest.config:
-            raise UsageError("waiting for a local job needs --config (the master's config file)")
-        config = dest.config
-        return lambda: local_query(config, "status", job)
-    return lambda: remote_query(conn, dest, "status", job)
 
 
 def describe_builder(name: str, info: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ rename decides who gets a job), and processes each job in a thread:
 1. parse it and check the ``[users]`` policy; a refused or unreadable job stays in
    ``cur/`` with a ``rejected`` record saying why;
 2. run its builders, in parallel, each builder limited to ``concurrency`` builds at once;
-3. keep the durable record (:mod:`tryssh.records`) up to date at every step.
+3. keep the durable record (:mod:`tryssh.core.records`) up to date at every step.
 
 Crash safety: while a consumer processes a job it holds the job's lock file. At start a
 consumer takes over every job that is claimed but unfinished and whose lock is free.
@@ -33,14 +33,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
-from . import builders as builders_mod
-from .audit import format_value
-from .config import Config, ConfigError
-from .errors import BadJob, CannotCreate, TrysshError
-from .jobdir import AlreadyTaken, Jobdir, is_job_name
-from .jobfile import Job, parse_job
-from .policy import Refused, choose_builders
-from .records import (
+from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name
+from tryssh.core.jobfile import Job, parse_job
+from tryssh.core.logfmt import format_value
+from tryssh.core.records import (
     ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
@@ -51,6 +47,10 @@ from .records import (
     now_iso,
     overall_state,
 )
+from tryssh.errors import BadJob, CannotCreate, TrysshError
+from tryssh.server import builders as builders_mod
+from tryssh.server.config import Config, ConfigError
+from tryssh.server.policy import Refused, choose_builders
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_PARALLEL = 16
@@ -209,7 +209,7 @@ class _JobRun:
 class Consumer:
     """Claims and processes the jobs of one config's jobdir.
 
-    *runner* replaces :func:`tryssh.builders.run` (tests and the benchmark use an
+    *runner* replaces :func:`tryssh.server.builders.run` (tests and the benchmark use an
     in-process no-op); *use_inotify* False forces polling.
     """
 
@@ -337,7 +337,7 @@ class Consumer:
         if self._last_gc is not None and time.monotonic() - self._last_gc < GC_INTERVAL:
             return
         self._last_gc = time.monotonic()
-        from .gc import collect
+        from tryssh.server.gc import collect
 
         try:
             removed = collect(self.config, self.config.keep_days)

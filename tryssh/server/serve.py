@@ -25,18 +25,19 @@ from typing import Any, TextIO
 
 import paramiko
 
-from .audit import AuditLog, blob_fingerprint
-from .command import Refused, parse_ssh_command
-from .config import Config
-from .errors import (
+from tryssh.core.request import Refused, parse_ssh_command
+from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.errors import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
     ConfigError,
     TempFail,
     TrysshError,
 )
-from .passwords import hash_password, parse_hash, verify_password
-from .tryserver import REFUSALS, Options, Server, handle
+from tryssh.server.audit import AuditLog
+from tryssh.server.config import Config
+from tryssh.server.passwords import hash_password, parse_hash, verify_password
+from tryssh.server.tryserver import REFUSALS, Options, Server, handle
 
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from .errors import UsageError
+from tryssh.errors import UsageError
 
 VERBS = ("deliver", "status", "builders", "jobs")
 PROGRAMS = ("tryserver", "buildbot", "tryssh")

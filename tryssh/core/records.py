@@ -27,8 +27,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import TrysshError, exit_code_for_oserror
-from .jobdir import fsync_dir, is_job_name
+from tryssh.core.jobdir import fsync_dir, is_job_name
+from tryssh.errors import TrysshError, exit_code_for_oserror
 
 STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted")
 ACTIVE_STATES = ("queued", "running")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from .config import Config, UserPolicy
-from .errors import PermissionDenied
+from tryssh.errors import PermissionDenied
+from tryssh.server.config import Config, UserPolicy
 
 
 class Refused(PermissionDenied):

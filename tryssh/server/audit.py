@@ -6,35 +6,15 @@ JSON-quoted, so a client's newline or escape sequence can never forge a line.
 
 from __future__ import annotations
 
-import binascii
-import json
 import os
-import re
-import time
 
-from .errors import TrysshError, exit_code_for_oserror
+from tryssh.core.logfmt import format_line
+from tryssh.core.sshkeys import key_fingerprint
+from tryssh.errors import TrysshError, exit_code_for_oserror
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
-    from hashlib import _Hash
-
-_PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,~%-]+")
-
-
-def format_value(value: object) -> str:
-    text = "" if value is None else str(value)
-    if _PLAIN.fullmatch(text):
-        return text
-    return json.dumps(text)  # escapes quotes, control characters and non-ASCII
-
-
-def format_line(fields: dict[str, object]) -> str:
-    """One audit line (with its newline) from *fields*, prefixed by the UTC time."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    parts = [f"time={stamp}"]
-    parts += [f"{k}={format_value(v)}" for k, v in fields.items() if v is not None]
-    return " ".join(parts) + "\n"
-
+    pass
 
 class AuditLog:
     """An append-only log file opened with O_APPEND|O_NOFOLLOW.
@@ -87,37 +67,6 @@ def ssh_peer(env: dict[str, str] | os._Environ[str]) -> str | None:
         host = parts[0]
         return f"[{host}]:{parts[1]}" if ":" in host else f"{host}:{parts[1]}"
     return None
-
-
-def light_sha256(data: bytes = b"") -> _Hash:
-    """A SHA-256 hash object for small inputs, without loading hashlib.
-
-    hashlib loads OpenSSL, a third of the forced command's own start-up time; Python's
-    built-in SHA-256 is much slower per byte but needs no loading.
-    """
-    try:
-        from _sha256 import sha256  # CPython 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256  # CPython 3.12 and later
-        except ImportError:
-            from hashlib import sha256
-    return sha256(data)
-
-
-def key_fingerprint(blob_b64: str) -> str | None:
-    """``SHA256:...`` of a public key blob, as ssh-keygen prints it."""
-    try:
-        blob = binascii.a2b_base64(blob_b64, strict_mode=True)
-    except ValueError:  # binascii.Error, or a str that is not ASCII
-        return None
-    return blob_fingerprint(blob)
-
-
-def blob_fingerprint(blob: bytes) -> str:
-    """``SHA256:...`` of a public key blob (raw bytes), as ssh-keygen prints it."""
-    digest = light_sha256(blob).digest()
-    return "SHA256:" + binascii.b2a_base64(digest, newline=False).decode().rstrip("=")
 
 
 def ssh_key_fingerprint(env: dict[str, str] | os._Environ[str]) -> str | None:

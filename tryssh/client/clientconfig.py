@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from tryssh.buildbot_options import load_buildbot_options
+from tryssh.client.buildbot_options import load_buildbot_options
 from tryssh.errors import ConfigError
 
 PROJECT_FILE = ".tryssh.toml"

@@ -13,9 +13,9 @@ import os
 import shutil
 import time
 
-from .config import Config
-from .jobdir import Jobdir
-from .records import FINAL_STATES, RecordStore, parse_iso
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.records import FINAL_STATES, RecordStore, parse_iso
+from tryssh.server.config import Config
 
 
 def collect(

@@ -18,8 +18,8 @@ import io
 import json
 from collections.abc import Callable
 
-from . import netstring
-from .errors import BadJob
+from tryssh.core import netstring
+from tryssh.errors import BadJob
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:

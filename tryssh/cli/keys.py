@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from tryssh import keys as keymod
 from tryssh.errors import EX_NOINPUT, EX_USAGE, TrysshError, exit_code_for_oserror
+from tryssh.server import authorized_keys as keymod
 
 DEFAULT_JOBDIR = "/srv/tryssh/jobdir"
 F = TypeVar("F", bound=Callable[..., Any])

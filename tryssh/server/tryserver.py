@@ -17,9 +17,10 @@ import os
 import signal
 import sys
 
-from . import command
-from .audit import AuditLog, light_sha256, ssh_key_fingerprint, ssh_peer
-from .errors import (
+from tryssh.core import request as command
+from tryssh.core.jobdir import Jobdir, write_all
+from tryssh.core.sshkeys import light_sha256
+from tryssh.errors import (
     EX_OK,
     EX_SOFTWARE,
     EX_TEMPFAIL,
@@ -28,14 +29,14 @@ from .errors import (
     TrysshError,
     UsageError,
 )
-from .jobdir import Jobdir, write_all
+from tryssh.server.audit import AuditLog, ssh_key_fingerprint, ssh_peer
 
 TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
 if TYPE_CHECKING:
     from hashlib import _Hash
     from typing import BinaryIO, TextIO
 
-    from .config import Config
+    from tryssh.server.config import Config
 
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
@@ -136,7 +137,7 @@ class Server:
         # that logins and policy always come from the same reading of the file.
         self.config = config
         if self.config is None and opts.config:
-            from .config import load_config
+            from tryssh.server.config import load_config
 
             self.config = load_config(opts.config)
         jobdir = opts.jobdir or (self.config.jobdir if self.config else None)
@@ -179,7 +180,7 @@ class Server:
 
     def deliver(self, stdin: BinaryIO) -> dict[str, object]:
         """Read, check and deliver the job on *stdin*; return the receipt."""
-        from .jobfile import transcode
+        from tryssh.core.jobfile import transcode
 
         head: list[bytes] = []  # the job so far, while it is small and not hashed yet
         digest: _Hash | None = None
@@ -239,7 +240,7 @@ def handle(
             else:
                 stdout.write(f"{receipt['job']}\n")
         else:
-            from .queries import answer
+            from tryssh.server.queries import answer
 
             audit_fields["job"] = request.job
             stdout.write(answer(server, request))

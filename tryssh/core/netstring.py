@@ -10,7 +10,7 @@ so that the forced command can pass a large patch through in fixed-size chunks.
 
 from __future__ import annotations
 
-from .errors import BadJob
+from tryssh.errors import BadJob
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:

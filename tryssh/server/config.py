@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from tryssh.errors import ConfigError
 
 DEFAULT_MAX_JOB_SIZE = 64 * 1024 * 1024
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 
-from .errors import ConfigError
+from tryssh.errors import ConfigError
 
 SCHEME = "scrypt"
 # N=2^15, r=8: about 32 MiB and ~0.1 s per check; slow for a guesser, fine for a login.

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from .audit import blob_fingerprint
-from .errors import PermissionDenied, TempFail, UsageError
+from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.errors import PermissionDenied, TempFail, UsageError
 
 DEFAULT_TIMEOUT = 30.0
 # The receive window only matters for what the server sends us, but a large one costs nothing

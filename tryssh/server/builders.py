@@ -31,9 +31,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
-from .config import Builder, Config
-from .jobdir import Jobdir
-from .jobfile import Job
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job
+from tryssh.server.config import Builder, Config
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
 WEBHOOK_TIMEOUT = 30.0  # per request, unless the builder sets timeout
@@ -299,7 +299,7 @@ def run_forward(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         return Outcome("error", reason=f"cannot read job file: {err.strerror}")
     if target.startswith("ssh://"):
         return _forward_ssh(ctx, data, log)
-    from .errors import TrysshError
+    from tryssh.errors import TrysshError
 
     try:
         name = Jobdir(target).deliver_bytes(data)
@@ -317,7 +317,7 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
     """
     from urllib.parse import urlsplit
 
-    from .errors import UsageError
+    from tryssh.errors import UsageError
 
     parts = urlsplit(url)
     try:
@@ -333,12 +333,12 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
 def _forward_ssh(ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
     """Deliver over SSH with tryssh's own client (``buildbot tryserver --jobdir X``, which a
     tryssh forced command also accepts); the host key must already be known."""
-    from .errors import TrysshError
+    from tryssh.errors import TrysshError
 
     opts = ctx.builder.options
     try:
-        from .sshclient import SshOptions, connect
-        from .transport import deliver_ssh
+        from tryssh.client.sshclient import SshOptions, connect
+        from tryssh.client.transport import deliver_ssh
 
         user, host, port, jobdir = parse_ssh_url(ctx.builder.target)
         ssh_opts = SshOptions(
