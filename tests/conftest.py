@@ -15,6 +15,7 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from buildbot_master import BuildbotMaster  # noqa: E402
 from sshd import (  # noqa: E402
     OpensshMissing,
     Sshd,
@@ -65,3 +66,12 @@ def known_hosts(tmp_path: Path) -> Callable[..., Path]:
         return write_known_hosts(tmp_path / f"known_hosts.{next(counter)}", *sshds)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def buildbot_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildbotMaster]:
+    """One real Buildbot master and worker for the whole session (contrib/master.cfg,
+    builders try-git, try-hg, try-svn); stopped at the end."""
+    master = BuildbotMaster(tmp_path_factory.mktemp("buildbot")).start()
+    yield master
+    master.stop()

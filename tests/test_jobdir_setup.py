@@ -492,22 +492,27 @@ def test_logrotate_rotates_the_audit_log_with_create(tmp_path: Path) -> None:
     assert log.read_text() == "" and stat.S_IMODE(st.st_mode) == 0o660
 
 
-def test_master_cfg_snippet_builds_a_real_try_jobdir_scheduler() -> None:
+def test_master_cfg_builds_a_real_try_jobdir_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """contrib/master.cfg read as Buildbot reads it; the suite's Buildbot fixture runs it."""
     from buildbot.schedulers.trysched import Try_Jobdir
+    from buildbot.util import maildir
     from twisted.protocols.basic import NetstringReceiver
 
-    saved = NetstringReceiver.MAX_LENGTH
-    try:
-        c: dict[str, list[object]] = {"schedulers": []}
-        source = (CONTRIB / "master.cfg.snippet").read_text()
-        exec(compile(source, "master.cfg.snippet", "exec"), {"c": c})  # noqa: S102
-        [sched] = c["schedulers"]
-        assert isinstance(sched, Try_Jobdir)
-        assert sched.name == "try"
-        assert sched._config_kwargs["jobdir"] == "/srv/tryssh/jobdir"
-        assert NetstringReceiver.MAX_LENGTH > 99_999
-    finally:
-        NetstringReceiver.MAX_LENGTH = saved
+    monkeypatch.setattr(NetstringReceiver, "MAX_LENGTH", NetstringReceiver.MAX_LENGTH)
+    monkeypatch.setattr(maildir.MaildirService, "pollInterval", 10)
+    monkeypatch.setenv("TRYSSH_BB_GIT", "/srv/git/project.git")
+    namespace: dict[str, object] = {}
+    source = (CONTRIB / "master.cfg").read_text()
+    exec(compile(source, "master.cfg", "exec"), namespace)  # noqa: S102
+    c = namespace["BuildmasterConfig"]
+    assert isinstance(c, dict)
+    [sched] = c["schedulers"]
+    assert isinstance(sched, Try_Jobdir)
+    assert sched.name == "try"
+    assert sched._config_kwargs["jobdir"] == "/srv/tryssh/jobdir"
+    assert sched._config_kwargs["builderNames"] == ["try-git"]
+    assert NetstringReceiver.MAX_LENGTH > 99_999
+    assert maildir.MaildirService.pollInterval == 1
 
 
 def test_example_config_loads_with_every_builder_kind() -> None:
