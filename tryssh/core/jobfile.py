@@ -169,7 +169,8 @@ def transcode(
 
     With *pin_who*, the job handed to *emit* carries that ``who`` whatever the client
     sent; a v1 or v2 job becomes v3 to have a place for it. What reaches *emit* is a
-    job Buildbot's master reads: a v1-v4 patch must then be UTF-8. The patch of a v1-v4
+    job Buildbot's master reads: a v1-v4 patch must then be UTF-8, and the v5/v6 values
+    that crash its master are rewritten (:func:`normalise_for_buildbot`). The patch of a v1-v4
     job is returned only with *keep_patch*, so that it need not be held in memory.
     """
     reader = netstring.NetstringReader(stream, limit=limit)
@@ -345,15 +346,37 @@ def _transcode_json(
         raise BadJob(f"unable to parse JSON: {err}") from None
     job = job_from_json(obj, version)
     if emit:
+        changed = normalise_for_buildbot(obj, job)
         if pin_who is not None:
             obj["who"] = pin_who
             job.who = pin_who
+        if changed or pin_who is not None:
             try:
                 raw = json.dumps(obj).encode("ascii")
             except RecursionError:  # defensive: loads took it, but dumps runs a frame deeper
                 raise BadJob("unable to write the JSON back: nested too deeply") from None
         emit(netstring.encode(b"%d" % version) + netstring.encode(raw))
     return job
+
+
+# Fields Buildbot's master stores in NOT NULL columns: a JSON null there fails an assertion
+# ("repository cannot be None") after the job has left new/, and the job is lost.
+NOT_NULL_TEXT = ("repository", "project")
+
+
+def normalise_for_buildbot(obj: dict[str, Any], job: Job | None = None) -> bool:
+    """Rewrite, in the v5/v6 JSON *obj* (and *job*), the values that crash Buildbot's master
+    at delivery: a null ``repository`` or ``project`` becomes ``""`` (what Buildbot itself
+    defaults a missing one to). ``buildbot try --diff`` without ``--repository`` sends null.
+    True when something changed."""
+    changed = False
+    for key in NOT_NULL_TEXT:
+        if key in obj and obj[key] is None:
+            obj[key] = ""
+            if job is not None:
+                setattr(job, key, "")
+            changed = True
+    return changed
 
 
 def _text_or_none(obj: dict[str, Any], key: str, default: str | None) -> str | None:
