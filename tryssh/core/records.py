@@ -30,11 +30,14 @@ from typing import Any
 from tryssh.core.jobdir import fsync_dir, is_job_name
 from tryssh.errors import TrysshError, exit_code_for_oserror
 
-STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted")
+STATES = ("queued", "claimed", "running", "success", "failure", "error", "rejected",
+          "interrupted", "delivered")  # fmt: skip
 ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
+# "delivered": handed on (forward builder) to a receiver whose results tryssh cannot see.
+FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted", "delivered")
 BUILDER_STATES = ("pending", "running", "done")
-RESULTS = ("success", "failure", "error")
+# "unknown": the job was delivered elsewhere and its result is not visible from here.
+RESULTS = ("success", "failure", "error", "unknown")
 RECORD_MODE = 0o640
 INTERRUPTED = "interrupted (consumer restarted)"
 
@@ -60,6 +63,7 @@ def new_record(job: str, **fields: Any) -> dict[str, Any]:
     """A record for *job* with every documented key present (None when not known yet)."""
     record: dict[str, Any] = {
         "job": job,
+        "jobid": None,  # the job file's jobid: Buildbot's external_idstring
         "state": "queued",
         "reason": None,
         "who": None,
@@ -99,7 +103,9 @@ def overall_state(record: dict[str, Any]) -> str:
     """The final job state from its builders' results.
 
     ``interrupted`` wins (a consumer died under a build), then ``error`` (the
-    infrastructure failed), then ``failure`` (a build failed), else ``success``.
+    infrastructure failed), then ``failure`` (a build failed), then ``delivered`` (a build
+    was handed on and its result is ``unknown`` here: never counted as a success), else
+    ``success``.
     """
     entries = list(record["builders"].values())
     if any(e.get("reason") == INTERRUPTED for e in entries):
@@ -109,6 +115,8 @@ def overall_state(record: dict[str, Any]) -> str:
         return "error"
     if "failure" in results:
         return "failure"
+    if "unknown" in results:
+        return "delivered"
     return "success"
 
 

@@ -1,4 +1,4 @@
-"""The three kinds of builder a job can be handed to: command, webhook and forward.
+"""The four kinds of builder a job can be handed to: command, webhook, forward, buildbot.
 
 Each runner takes a :class:`BuildContext` and returns an :class:`Outcome`; none raises for
 an expected failure (a build that fails, a server that answers 500, a jobdir that is
@@ -10,8 +10,16 @@ gone): that is a result, written to the build's log file.
 - ``webhook = URL``: POST the job as JSON, signed like GitHub's webhooks
   (``X-Tryssh-Signature-256: sha256=HMAC-SHA256(secret, body)``); 2xx is success, the
   rest is retried with exponential backoff and is error when it keeps failing.
-- ``forward = PATH | "ssh://user@host[:port]/jobdir"``: deliver the job file's original
-  bytes into another jobdir (a Buildbot master's ``Try_Jobdir``, or another tryssh).
+- ``forward = PATH | "ssh://user@host[:port]/jobdir"``: deliver the job into another
+  jobdir (a Buildbot master's ``Try_Jobdir``, or another tryssh). tryssh cannot see what
+  becomes of it there: the result is ``unknown`` (job state ``delivered``), never success.
+- ``buildbot = { jobdir = PATH | "ssh://...", api = URL, builders = [...] }``: deliver the
+  job to a Buildbot master, then follow its buildset through Buildbot's REST API
+  (:mod:`tryssh.server.buildbot`) and take Buildbot's results as this builder's.
+
+Forward and buildbot builders that deliver to the same place form one *group*
+(:func:`run_group`): a job is sent there once, naming only that receiver's builders
+(``remote_names``), so a receiver never sees a builder it lacks and builds nothing twice.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from tryssh.core.jobdir import Jobdir
-from tryssh.core.jobfile import Job
+from tryssh.core.jobfile import Job, encode_job
 from tryssh.server.config import Builder, Config
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
@@ -46,10 +54,17 @@ RETRY_STATUSES = (408, 425, 429)  # besides 5xx: the other 4xx will not improve 
 class Outcome:
     """What a builder run came to: a result, its exit status (command) and why."""
 
-    def __init__(self, result: str, exit: int | None = None, reason: str | None = None) -> None:
-        self.result = result  # success, failure or error
+    def __init__(
+        self,
+        result: str,
+        exit: int | None = None,
+        reason: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        self.result = result  # success, failure, error, or unknown (delivered elsewhere)
         self.exit = exit
         self.reason = reason
+        self.fields = fields or {}  # more for the record's builder entry: url, jobid, ...
 
     def __repr__(self) -> str:
         return f"Outcome({self.result!r}, exit={self.exit!r}, reason={self.reason!r})"
@@ -109,14 +124,20 @@ def work_root(config: Config, builder: Builder) -> str:
     )
 
 
+def _open_log(path: str) -> IO[bytes]:
+    os.makedirs(os.path.dirname(path), mode=0o2750, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    return open(fd, "wb", buffering=0)
+
+
 def run(ctx: BuildContext) -> Outcome:
     """Run the build described by *ctx* with the runner of its builder's kind."""
+    if ctx.builder.destination is not None:
+        outcomes: dict[str, Outcome] = {}
+        run_group([ctx], lambda name, outcome: outcomes.setdefault(name, outcome))
+        return outcomes[ctx.builder.name]
     runner = RUNNERS[ctx.builder.kind]
-    os.makedirs(os.path.dirname(ctx.log_path), mode=0o2750, exist_ok=True)
-    fd = os.open(
-        ctx.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
-    )
-    with open(fd, "wb", buffering=0) as log:
+    with _open_log(ctx.log_path) as log:
         try:
             outcome = runner(ctx, log)
         except Exception as err:  # a bug in a runner must not kill the consumer's thread
@@ -287,26 +308,111 @@ def run_webhook(
     return Outcome("error", reason=problem)
 
 
-# --- forward -------------------------------------------------------------------------
+# --- forward and buildbot: one delivery per receiver ----------------------------------
 
 
-def run_forward(ctx: BuildContext, log: IO[bytes]) -> Outcome:
-    target: str = ctx.builder.target
+Done = Callable[[str, Outcome], None]
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class _GroupLog:
+    """The logs of every builder of a group: a note goes to each."""
+
+    def __init__(self, ctxs: list[BuildContext]) -> None:
+        self.files = {ctx.builder.name: _open_log(ctx.log_path) for ctx in ctxs}
+
+    def note(self, text: str, name: str | None = None) -> None:
+        for key, log in self.files.items():
+            if name is None or key == name:
+                _note(log, text)
+
+    def close(self) -> None:
+        for log in self.files.values():
+            log.close()
+
+
+def forwarded_job(job: Job, names: list[str], jobid: str | None = None) -> bytes:
+    """The job as sent to a receiver: only its *names*, Buildbot-safe, maybe a new jobid."""
+    from tryssh.core.jobfile import NOT_NULL_TEXT
+
+    copy = Job(**{f: getattr(job, f) for f in Job.FIELDS if f != "builder_names"},
+               builder_names=names)  # fmt: skip
+    for key in NOT_NULL_TEXT:
+        if getattr(copy, key) is None:
+            setattr(copy, key, "")
+    if jobid is not None:
+        copy.jobid = jobid
+    return encode_job(copy)
+
+
+def run_group(
+    ctxs: list[BuildContext], done: Done, progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Deliver the job once for the builders of *ctxs* (one forward or buildbot group) and
+    report each builder's outcome through *done* (exactly once each); *progress* hears of
+    a build's URL or state while it runs."""
+    logs = _GroupLog(ctxs)
+    reported: set[str] = set()
+
+    def finish(name: str, outcome: Outcome) -> None:
+        if name in reported:
+            return
+        reported.add(name)
+        logs.note(f"result: {outcome.result}" + (f" ({outcome.reason})" if outcome.reason
+                                                  else ""), name)  # fmt: skip
+        done(name, outcome)
+
     try:
-        with open(ctx.job_path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        return Outcome("error", reason=f"cannot read job file: {err.strerror}")
+        if ctxs[0].builder.kind == "buildbot":
+            _run_buildbot(ctxs, logs, finish, progress or (lambda n, f: None), sleep)
+        else:
+            _run_forward(ctxs, logs, finish)
+    except Exception as err:  # a bug here must not leave builders without a result
+        for ctx in ctxs:
+            finish(ctx.builder.name,
+                   Outcome("error", reason=f"internal error: {type(err).__name__}: {err}"))
+    finally:
+        for ctx in ctxs:
+            finish(ctx.builder.name, Outcome("error", reason="no result (internal error)"))
+        logs.close()
+
+
+def _deliver(ctx: BuildContext, data: bytes, logs: _GroupLog) -> str:
+    """Deliver *data* where *ctx*'s builder points; the name it got there. TrysshError."""
+    target = ctx.builder.destination
+    assert target is not None
     if target.startswith("ssh://"):
-        return _forward_ssh(ctx, data, log)
+        name = _deliver_ssh(ctx, target, data)
+    else:
+        name = Jobdir(target).deliver_bytes(data)
+    logs.note(f"delivered {len(data)} bytes into {target} as {name}")
+    return name
+
+
+def _remote_names(ctxs: list[BuildContext]) -> list[str]:
+    names: list[str] = []
+    for ctx in ctxs:
+        names += [n for n in ctx.builder.remote_names if n not in names]
+    return names
+
+
+def _run_forward(ctxs: list[BuildContext], logs: _GroupLog, finish: Done) -> None:
     from tryssh.errors import TrysshError
 
+    target = ctxs[0].builder.destination
+    data = forwarded_job(ctxs[0].job, _remote_names(ctxs))
     try:
-        name = Jobdir(target).deliver_bytes(data)
+        name = _deliver(ctxs[0], data, logs)
     except TrysshError as err:
-        return Outcome("error", reason=f"cannot deliver into {target}: {err.message}")
-    _note(log, f"delivered {len(data)} bytes into {target} as {name}")
-    return Outcome("success", reason=f"delivered as {name}")
+        for ctx in ctxs:
+            finish(ctx.builder.name, Outcome("error", reason=f"cannot deliver into {target}: "
+                                             f"{err.message}"))  # fmt: skip
+        return
+    for ctx in ctxs:
+        finish(ctx.builder.name, Outcome(
+            "unknown", reason=f"delivered into {target} as {name}; its result is not visible "
+            "from here", fields={"delivered_as": name}))  # fmt: skip
 
 
 def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
@@ -330,36 +436,137 @@ def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
     return parts.username, parts.hostname, port, path
 
 
-def _forward_ssh(ctx: BuildContext, data: bytes, log: IO[bytes]) -> Outcome:
+def _deliver_ssh(ctx: BuildContext, target: str, data: bytes) -> str:
     """Deliver over SSH with tryssh's own client (``buildbot tryserver --jobdir X``, which a
-    tryssh forced command also accepts); the host key must already be known."""
-    from tryssh.errors import TrysshError
+    tryssh forced command also accepts); the host key must already be known. The name the
+    receiver gave the job ("?" when it did not say: Buildbot's own tryserver)."""
+    from tryssh.client.sshclient import SshOptions, connect
+    from tryssh.client.transport import deliver_ssh
 
     opts = ctx.builder.options
-    try:
-        from tryssh.client.sshclient import SshOptions, connect
-        from tryssh.client.transport import deliver_ssh
+    user, host, port, jobdir = parse_ssh_url(target)
+    ssh_opts = SshOptions(
+        host=host,
+        port=port,
+        user=user,
+        identity=opts.get("identity"),
+        known_hosts=opts.get("known_hosts"),
+        timeout=min(ctx.builder.timeout, 300.0),
+        quiet=True,
+    )
+    with connect(ssh_opts) as conn:
+        receipt = deliver_ssh(conn, data, jobdir, show_progress=False)
+    return receipt.job or "?"
 
-        user, host, port, jobdir = parse_ssh_url(ctx.builder.target)
-        ssh_opts = SshOptions(
-            host=host,
-            port=port,
-            user=user,
-            identity=opts.get("identity"),
-            known_hosts=opts.get("known_hosts"),
-            timeout=min(ctx.builder.timeout, 300.0),
-            quiet=True,
-        )
-        with connect(ssh_opts) as conn:
-            receipt = deliver_ssh(conn, data, jobdir, show_progress=False)
+
+# --- buildbot ------------------------------------------------------------------------
+
+PICKUP_TIMEOUT = 120.0  # Buildbot polls its jobdir every 10 s unless master.cfg says less
+POLL_INTERVAL = 1.0  # REST polls while a build runs: see README, "Buildbot as the engine"
+
+
+def _run_buildbot(
+    ctxs: list[BuildContext], logs: _GroupLog, finish: Done, progress: Progress,
+    sleep: Callable[[float], None],
+) -> None:
+    """Hand the job to a Buildbot master, then take its builds' results as ours."""
+    from tryssh.errors import TrysshError
+    from tryssh.server import buildbot
+
+    first = ctxs[0]
+    table = first.builder.target
+    poll = float(table.get("poll_interval", POLL_INTERVAL))
+    try:
+        api = buildbot.Api(table["api"], buildbot.read_token(table.get("token_file")),
+                           retries=int(table.get("retries", buildbot.RETRIES)),
+                           sleep=sleep)  # fmt: skip
+    except OSError as err:
+        for ctx in ctxs:
+            finish(ctx.builder.name, Outcome("error", reason=f"cannot read token_file: "
+                                             f"{err.strerror}"))  # fmt: skip
+        return
+
+    def fail_all(reason: str) -> None:
+        for ctx in ctxs:
+            finish(ctx.builder.name, Outcome("error", reason=reason, fields={"jobid": jobid}))
+
+    # Buildbot finds the job again by its jobid: it must be one no other buildset has
+    # (a client may send any jobid, even another job's), else the job's name is used.
+    jobid = first.job.jobid or first.name
+    try:
+        if api.buildsets(jobid):
+            jobid = first.name
+            if api.buildsets(jobid):
+                fail_all(f"Buildbot already has a buildset for {jobid}: not sent again")
+                return
+        data = forwarded_job(first.job, _remote_names(ctxs), jobid)
+        _deliver(first, data, logs)
     except TrysshError as err:
-        return Outcome("error", reason=f"cannot forward to {ctx.builder.target}: {err.message}")
-    _note(log, f"forwarded {len(data)} bytes to {ctx.builder.target} as {receipt.job}")
-    return Outcome("success", reason=f"forwarded as {receipt.job}")
+        fail_all(f"cannot hand the job to Buildbot at {table['api']}: {err.message}")
+        return
+    logs.note(f"following Buildbot's buildset for jobid {jobid} at {table['api']}")
+    for ctx in ctxs:
+        progress(ctx.builder.name, {"jobid": jobid})
+    start = time.monotonic()
+    deadline = start + max(ctx.builder.timeout for ctx in ctxs)
+    pickup = start + float(table.get("pickup_timeout", PICKUP_TIMEOUT))
+    shown: dict[str, Any] = {}
+    while True:
+        try:
+            view = buildbot.job_view(api, jobid)
+        except TrysshError as err:
+            fail_all(f"{err.message} (jobid {jobid})")
+            return
+        now = time.monotonic()
+        if view is None and now > pickup:
+            fail_all(f"Buildbot made no buildset for jobid {jobid} within "
+                     f"{pickup - start:g}s (is the master reading {first.builder.destination},"
+                     " and are the builders in its Try_Jobdir's list?)")  # fmt: skip
+            return
+        if view is not None:
+            builds = view["builders"]
+            for name, build in builds.items():
+                if shown.get(name) != (build["state"], build["url"]):
+                    shown[name] = (build["state"], build["url"])
+                    logs.note(f"Buildbot builder {name}: {build['state']}"
+                              + (f" {build['url']}" if build["url"] else ""))  # fmt: skip
+            for ctx in ctxs:
+                _report(ctx, builds, jobid, finish, progress)
+            if view["state"] != "running":
+                for ctx in ctxs:  # names Buildbot never built (not in its list)
+                    finish(ctx.builder.name, Outcome(
+                        "error", reason="Buildbot built none of "
+                        f"{', '.join(ctx.builder.remote_names)}", fields={"jobid": jobid}))
+                return
+        if now > deadline:
+            fail_all(f"no result from Buildbot within {deadline - start:g}s (jobid {jobid})")
+            return
+        sleep(poll)
+
+
+def _report(
+    ctx: BuildContext, builds: dict[str, dict[str, Any]], jobid: str, finish: Done,
+    progress: Progress,
+) -> None:
+    """Finish *ctx*'s builder once all its Buildbot builds are done (the worst result
+    wins); until then pass the first build's URL on."""
+    mine = [builds[n] for n in ctx.builder.remote_names if n in builds]
+    if not mine:
+        return
+    urls = [b["url"] for b in mine if b["url"]]
+    fields: dict[str, Any] = {"jobid": jobid, "url": urls[0] if urls else None,
+                              "builds": {n: builds[n] for n in ctx.builder.remote_names
+                                         if n in builds}}  # fmt: skip
+    if len(mine) < len(ctx.builder.remote_names) or any(b["state"] != "done" for b in mine):
+        progress(ctx.builder.name, fields)
+        return
+    results = [b["result"] for b in mine]
+    result = next((r for r in ("error", "failure") if r in results), "success")
+    reasons = [b["reason"] for b in mine if b.get("reason")]
+    finish(ctx.builder.name, Outcome(result, reason="; ".join(reasons) or None, fields=fields))
 
 
 RUNNERS: dict[str, Callable[[BuildContext, IO[bytes]], Outcome]] = {
     "command": run_command,
     "webhook": run_webhook,
-    "forward": run_forward,
 }

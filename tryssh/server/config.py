@@ -3,8 +3,10 @@
 Every error names the file, the key and what is wrong, and is raised before anything runs.
 
     jobdir = "/srv/tryssh/jobdir"
-    [builders.unit]          # exactly one of command, webhook, forward
+    [builders.unit]          # exactly one of command, webhook, forward, buildbot
     command = ["make", "check"]
+    [builders.try-git]       # run by a Buildbot master, its results read back
+    buildbot = { jobdir = "/srv/buildbot/jobdir", api = "http://localhost:8010/" }
     [users.alice]
     builders = ["unit*"]
     [users."*"]              # users not listed; without it they are refused
@@ -34,11 +36,14 @@ TOP_KEYS: dict[str, Any] = {
     "users": dict,
     "serve": dict,
     "consume": dict,
+    "buildbot": dict,
 }
 BUILDER_KEYS: dict[str, Any] = {
     "command": list,
     "webhook": str,
     "forward": str,
+    "buildbot": dict,
+    "builders": list,
     "timeout": (int, float),
     "concurrency": int,
     "secret_file": str,
@@ -49,7 +54,19 @@ BUILDER_KEYS: dict[str, Any] = {
     "known_hosts": str,
     "description": str,
 }
-BUILDER_KINDS = ("command", "webhook", "forward")
+BUILDER_KINDS = ("command", "webhook", "forward", "buildbot")
+# builders.NAME.buildbot = { ... }: the master a builder hands its jobs to.
+BUILDBOT_KEYS: dict[str, Any] = {
+    "jobdir": str,  # the master's Try_Jobdir: a path, or ssh://[user@]host[:port]/dir
+    "api": str,  # the master's web address, whose /api/v2 gives the results
+    "builders": list,  # the Buildbot builders to run (default: the tryssh builder's name)
+    "token_file": str,  # a bearer token for a proxy in front of the API
+    "poll_interval": (int, float),  # seconds between two looks at the API
+    "pickup_timeout": (int, float),  # seconds Buildbot has to make a buildset of the job
+    "retries": int,  # API requests retried this often (with backoff) before "error"
+}
+# [buildbot]: the master that reads this jobdir itself (drop-in), for status and --wait.
+TOP_BUILDBOT_KEYS: dict[str, Any] = {"api": str, "token_file": str}
 USER_KEYS: dict[str, Any] = {
     "builders": list,
     "branches": list,
@@ -77,8 +94,8 @@ CONSUME_KEYS: dict[str, Any] = {
 @dataclass
 class Builder:
     name: str
-    kind: str  # "command", "webhook" or "forward"
-    target: Any  # the argv list, the URL or the forward destination
+    kind: str  # "command", "webhook", "forward" or "buildbot"
+    target: Any  # the argv list, the URL, the forward destination or the buildbot table
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +105,24 @@ class Builder:
     @property
     def concurrency(self) -> int:
         return int(self.options.get("concurrency", 1))
+
+    @property
+    def remote_names(self) -> list[str]:
+        """The builder names a forwarded job carries for this builder: what the receiving
+        master calls it (``builders``, default this builder's own name)."""
+        if self.kind == "buildbot":
+            return list(self.target.get("builders") or [self.name])
+        return list(self.options.get("builders") or [self.name])
+
+    @property
+    def destination(self) -> str | None:
+        """Where a forward or buildbot builder delivers (builders sharing one are sent the
+        job once, together); None for builders that run here."""
+        if self.kind == "forward":
+            return str(self.target)
+        if self.kind == "buildbot":
+            return str(self.target["jobdir"])
+        return None
 
 
 @dataclass
@@ -114,6 +149,7 @@ class Config:
     users: dict[str, UserPolicy] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
     consume: dict[str, Any] = field(default_factory=dict)
+    buildbot: dict[str, Any] = field(default_factory=dict)  # [buildbot]: api, token_file
 
     def user(self, name: str) -> UserPolicy | None:
         """The policy for *name*: its own table, else ``[users."*"]``, else None (refused)."""
@@ -194,7 +230,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         kinds = [k for k in BUILDER_KINDS if k in table]
         if len(kinds) != 1:
             raise ConfigError(
-                f"{path}: builders.{name}: needs exactly one of command, webhook, forward"
+                f"{path}: builders.{name}: needs exactly one of command, webhook, forward, buildbot"
             )
         kind = kinds[0]
         target = table[kind]
@@ -206,6 +242,14 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
             raise ConfigError(f"{path}: {where}webhook: must be an http:// or https:// URL")
         if kind == "forward" and not target.startswith("ssh://"):
             target = resolve(target)
+        if kind == "buildbot":
+            target = _buildbot_table(path, where + "buildbot", dict(target), resolve)
+        if "builders" in table:
+            if kind != "forward":
+                raise ConfigError(f"{path}: {where}builders: only for forward builders "
+                                  "(a buildbot builder has buildbot.builders)")
+            if not _str_list(path, where + "builders", table["builders"]):
+                raise ConfigError(f"{path}: {where}builders: must not be empty")
         for key in ("secret_file", "workdir", "identity", "known_hosts"):
             if key in table:
                 table[key] = resolve(table[key])
@@ -239,4 +283,36 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     consume = data.get("consume", {})
     _check_table(path, "consume.", consume, CONSUME_KEYS)
     config.consume = consume
+    buildbot = data.get("buildbot", {})
+    _check_table(path, "buildbot.", buildbot, TOP_BUILDBOT_KEYS)
+    if "api" in buildbot:
+        _check_url(path, "buildbot.api", buildbot["api"])
+    if "token_file" in buildbot:
+        buildbot["token_file"] = resolve(buildbot["token_file"])
+    config.buildbot = buildbot
     return config
+
+
+def _check_url(path: str, where: str, url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: {where}: must be an http:// or https:// URL")
+
+
+def _buildbot_table(path: str, where: str, table: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    _check_table(path, where + ".", table, BUILDBOT_KEYS)
+    for key in ("jobdir", "api"):
+        if key not in table:
+            raise ConfigError(f"{path}: {where}.{key}: missing")
+    _check_url(path, where + ".api", table["api"])
+    if not table["jobdir"].startswith("ssh://"):
+        table["jobdir"] = resolve(table["jobdir"])
+    if "token_file" in table:
+        table["token_file"] = resolve(table["token_file"])
+    if "builders" in table and not _str_list(path, where + ".builders", table["builders"]):
+        raise ConfigError(f"{path}: {where}.builders: must not be empty")
+    for key in ("poll_interval", "pickup_timeout", "retries"):
+        if key == "retries" and table.get(key, 0) < 0:
+            raise ConfigError(f"{path}: {where}.retries: must not be negative")
+        if key != "retries":
+            _positive(path, f"{where}.{key}", table.get(key))
+    return table

@@ -148,6 +148,7 @@ def check_config(config: Config) -> None:
     """Problems a config file can hold that load_config cannot see: missing programs,
     unreadable secrets, forward targets that are not jobdirs. Raises ConfigError."""
     where = config.path
+    apis: dict[str | None, str] = {}
     for name, builder in config.builders.items():
         key = f"builders.{name}"
         if builder.kind == "command":
@@ -177,11 +178,20 @@ def check_config(config: Config) -> None:
                 raise ConfigError(
                     f"{where}: {key}.secret_file: cannot read {secret}: {err.strerror}"
                 ) from None
-        if builder.kind == "forward" and not builder.target.startswith("ssh://"):
+        destination = builder.destination
+        if destination is not None and not destination.startswith("ssh://"):
             try:
-                Jobdir(builder.target).check()
+                Jobdir(destination).check()
             except CannotCreate as err:
-                raise ConfigError(f"{where}: {key}.forward: {err.message}") from None
+                what = "forward" if builder.kind == "forward" else "buildbot.jobdir"
+                raise ConfigError(f"{where}: {key}.{what}: {err.message}") from None
+        if builder.kind == "buildbot":
+            # Builders that share a master's jobdir are sent a job together and followed
+            # together: they must agree on where the results are read.
+            api = apis.setdefault(destination, builder.target["api"])
+            if api != builder.target["api"]:
+                raise ConfigError(f"{where}: {key}.buildbot.api: {destination} is read by "
+                                  f"another buildbot builder with api {api}")
     consume = config.consume
     if consume.get("poll_interval") is not None and consume["poll_interval"] <= 0:
         raise ConfigError(f"{where}: consume.poll_interval: must be greater than 0")
@@ -487,8 +497,8 @@ class Consumer:
             return None
         run.job = job
         record.update(
-            who=job.who, branch=job.branch, baserev=job.baserev, project=job.project,
-            repository=job.repository, comment=job.comment,
+            jobid=job.jobid, who=job.who, branch=job.branch, baserev=job.baserev,
+            project=job.project, repository=job.repository, comment=job.comment,
         )  # fmt: skip
         who = job.who or ""
         policy = self.config.user(who)
@@ -559,32 +569,103 @@ class Consumer:
             return None
         return run
 
+    def _units(self, names: list[str]) -> list[list[str]]:
+        """The builders to run, grouped: each local builder alone, and the forward or
+        buildbot builders that deliver to the same place together (one delivery each)."""
+        units: list[list[str]] = []
+        groups: dict[tuple[str, str], list[str]] = {}
+        for name in names:
+            builder = self.config.builders.get(name)
+            if builder is None or builder.destination is None or self.runner is not (
+                builders_mod.run
+            ):
+                units.append([name])
+                continue
+            key = (builder.kind, builder.destination)
+            if key not in groups:
+                groups[key] = []
+                units.append(groups[key])
+            groups[key].append(name)
+        return units
+
     def _run_builders(self, run: _JobRun) -> None:
         names = [n for n, e in run.record["builders"].items() if e["state"] == "pending"]
         run.remaining = len(names)
+        units = self._units(names)
         threads = []
-        for bname in names[1:]:
+        for unit in units[1:]:
             thread = threading.Thread(
-                target=self._build_safely, args=(run, bname), name=f"tryssh-{bname}"
+                target=self._build_safely, args=(run, unit), name=f"tryssh-{unit[0]}"
             )
             thread.start()
             threads.append(thread)
-        self._build(run, names[0])
+        self._build_unit(run, units[0])
         for thread in threads:
             thread.join()
 
-    def _build_safely(self, run: _JobRun, bname: str) -> None:
-        """_build in a thread of its own: an unexpected error ends the build as error."""
+    def _build_unit(self, run: _JobRun, unit: list[str]) -> None:
+        builder = self.config.builders.get(unit[0])
+        if len(unit) == 1 and (
+            self.runner is not builders_mod.run or builder is None or builder.destination is None
+        ):
+            self._build(run, unit[0])
+        else:
+            self._build_group(run, unit)
+
+    def _build_safely(self, run: _JobRun, unit: list[str]) -> None:
+        """_build_unit in a thread of its own: an unexpected error ends the builds as error."""
         try:
-            self._build(run, bname)
+            self._build_unit(run, unit)
         except Exception as err:
             reason = f"internal error: {type(err).__name__}: {err}"
-            self.log(ERR, job=run.name, builder=bname, event="internal-error", reason=reason)
-            if run.record["builders"][bname].get("state") != "done":
-                try:
-                    self._builder_done(run, bname, builders_mod.Outcome("error", reason=reason))
-                except Exception:  # noqa: S110 - the record cannot be written: logged above
-                    pass
+            self.log(ERR, job=run.name, builder=",".join(unit), event="internal-error",
+                     reason=reason)  # fmt: skip
+            for bname in unit:
+                if run.record["builders"][bname].get("state") != "done":
+                    try:
+                        self._builder_done(run, bname, builders_mod.Outcome("error", reason=reason))
+                    except Exception:  # noqa: S110 - the record cannot be written: logged above
+                        pass
+
+    def _build_group(self, run: _JobRun, unit: list[str]) -> None:
+        """One delivery for the forward or buildbot builders in *unit* (same receiver)."""
+        slots = [self._builder_slots[n] for n in sorted(unit)]  # one order: no deadlock
+        for slot in slots:
+            slot.acquire()
+        try:
+            ctxs = []
+            with run.lock:
+                now = now_iso()
+                for bname in unit:
+                    entry = run.record["builders"][bname]
+                    entry.update(state="running", started=now)
+                    assert run.job is not None
+                    ctxs.append(builders_mod.BuildContext(
+                        self.config, run.name, run.job, run.path, self.config.builders[bname],
+                        entry["log"], attempt=int(entry.get("attempt") or 1),
+                    ))  # fmt: skip
+                run.record["state"] = "running"
+                run.record["started"] = run.record["started"] or now
+                self._write(run)
+            self.log(INFO, job=run.name, who=run.record.get("who"), state="running",
+                     builder=",".join(unit), to=ctxs[0].builder.destination)  # fmt: skip
+
+            def progress(bname: str, fields: dict[str, Any]) -> None:
+                with run.lock:
+                    entry = run.record["builders"][bname]
+                    if entry.get("state") == "done" or all(
+                        entry.get(k) == v for k, v in fields.items()
+                    ):
+                        return
+                    entry.update(fields)
+                    self._write(run)
+
+            builders_mod.run_group(
+                ctxs, lambda bname, outcome: self._builder_done(run, bname, outcome), progress
+            )
+        finally:
+            for slot in slots:
+                slot.release()
 
     def _build(self, run: _JobRun, bname: str) -> None:
         builder = self.config.builders.get(bname)
@@ -625,6 +706,7 @@ class Consumer:
     def _builder_done(self, run: _JobRun, bname: str, outcome: builders_mod.Outcome) -> None:
         with run.lock:
             entry = run.record["builders"][bname]
+            entry.update(outcome.fields)
             entry.update(state="done", result=outcome.result, exit=outcome.exit,
                          finished=now_iso())  # fmt: skip
             if outcome.reason:

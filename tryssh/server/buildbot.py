@@ -1,0 +1,195 @@
+"""Buildbot's REST API (``/api/v2``) as tryssh reads it: a try job's buildset and builds.
+
+Buildbot's ``Try_Jobdir`` stores a job file's ``jobid`` as the buildset's
+``external_idstring``; that is how a job handed to a master is found again. A filter works
+only on a field that is also selected with ``field=``, hence the explicit field lists.
+
+Buildbot's results map to tryssh's: SUCCESS and WARNINGS are ``success``, FAILURE is
+``failure``; SKIPPED, EXCEPTION, RETRY and CANCELLED are ``error`` with the reason. A master
+that does not answer is retried with exponential backoff; after that the caller gets
+:class:`Unavailable`, never a result it did not see. Standard library only (urllib).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from tryssh.errors import EX_UNAVAILABLE, TrysshError
+
+RESULT_NAMES = ("SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED")
+RESULT_MAP = {0: "success", 1: "success", 2: "failure"}  # every other code is "error"
+HTTP_TIMEOUT = 10.0
+RETRIES = 4
+BACKOFF_BASE = 0.5  # seconds, doubled after each failed attempt
+BACKOFF_MAX = 30.0
+BUILDSET_FIELDS = ("bsid", "external_idstring", "results", "complete", "submitted_at",
+                   "complete_at")  # fmt: skip
+
+
+class Unavailable(TrysshError):
+    """Buildbot's API did not answer (or answered nonsense) after every retry."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+def result_name(code: int | None) -> str:
+    """Buildbot's name for a result code (``FAILURE``), or ``running`` for None."""
+    if code is None:
+        return "running"
+    return RESULT_NAMES[code] if 0 <= code < len(RESULT_NAMES) else f"result {code}"
+
+
+def tryssh_result(code: int) -> str:
+    """tryssh's result for Buildbot's result *code*."""
+    return RESULT_MAP.get(code, "error")
+
+
+def read_token(path: str | None) -> str | None:
+    """The bearer token in *path* (for a proxy in front of the API), without the newline."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+class Api:
+    """One Buildbot master's REST API at *url* (the web UI's base URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        retries: int = RETRIES,
+        timeout: float = HTTP_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.token = token
+        self.retries = retries
+        self.timeout = timeout
+        self.sleep = sleep
+        self._builder_names: dict[int, str] = {}
+
+    def get(self, path: str, params: list[tuple[str, str]] | tuple = ()) -> dict[str, Any]:
+        """``GET api/v2/PATH?PARAMS`` as JSON, retried with backoff; Unavailable at the end."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        url = f"{self.url}api/v2/{path}{query}"
+        headers = {"Accept": "application/json", "User-Agent": "tryssh"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(min(BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_MAX))
+            # Only http(s) URLs reach here: the config checks them.
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                    answer = json.loads(response.read())
+                if not isinstance(answer, dict):
+                    raise ValueError("not a JSON object")
+                return answer
+            except urllib.error.HTTPError as err:
+                problem = f"GET {url}: HTTP {err.code}"
+                if err.code < 500 and err.code not in (408, 429):
+                    break  # a 4xx will not improve on retry
+            except (urllib.error.URLError, OSError) as err:
+                problem = f"GET {url}: {getattr(err, 'reason', err)}"
+            except ValueError as err:
+                problem = f"GET {url}: the answer is not Buildbot's JSON ({err})"
+        raise Unavailable(f"Buildbot's API does not answer: {problem}")
+
+    def buildsets(self, jobid: str) -> list[dict[str, Any]]:
+        """The buildsets of the try job whose job file said ``jobid``."""
+        params = [("external_idstring", jobid)] + [("field", f) for f in BUILDSET_FIELDS]
+        return list(self.get("buildsets", params).get("buildsets", []))
+
+    def builder_name(self, builderid: int) -> str:
+        if builderid not in self._builder_names:
+            for builder in self.get("builders", [("field", "builderid"), ("field", "name")]).get(
+                "builders", []
+            ):
+                self._builder_names[builder["builderid"]] = builder["name"]
+        return self._builder_names.get(builderid, f"builder {builderid}")
+
+    def build_url(self, builderid: int, number: int) -> str:
+        """The web UI's page of a build."""
+        return f"{self.url}#/builders/{builderid}/builds/{number}"
+
+    def builds(self, bsid: int) -> dict[str, dict[str, Any]]:
+        """What each Buildbot builder of buildset *bsid* is doing, by builder name:
+        ``state`` (pending, running, done), ``result`` (tryssh's), ``buildbot_result``
+        (Buildbot's name), ``state_string``, ``url``, ``complete_at``."""
+        found: dict[str, dict[str, Any]] = {}
+        requests = self.get("buildrequests", [("buildsetid", str(bsid))]).get("buildrequests", [])
+        for request in requests:
+            name = self.builder_name(request["builderid"])
+            brid = request["buildrequestid"]
+            builds = self.get("builds", [("buildrequestid", str(brid))]).get("builds", [])
+            view: dict[str, Any] = {"builder": name, "buildrequestid": brid, "state": "pending",
+                                    "result": None, "buildbot_result": None,
+                                    "state_string": None, "url": None,
+                                    "complete_at": None}  # fmt: skip
+            if builds:
+                build = builds[-1]  # a retried request has several builds: the last counts
+                view.update(
+                    buildid=build["buildid"], number=build["number"],
+                    url=self.build_url(build["builderid"], build["number"]),
+                    state_string=build.get("state_string"), complete_at=build.get("complete_at"),
+                )  # fmt: skip
+                if build.get("complete") and build.get("results") is not None:
+                    code = build["results"]
+                    view.update(state="done", result=tryssh_result(code),
+                                buildbot_result=result_name(code))  # fmt: skip
+                    if code == 5 and not request.get("complete"):  # RETRY: a new build follows
+                        view.update(state="running", result=None)
+                else:
+                    view["state"] = "running"
+            elif request.get("complete"):  # cancelled before it started
+                code = request.get("results")
+                code = 6 if code is None else code
+                view.update(state="done", result=tryssh_result(code),
+                            buildbot_result=result_name(code),
+                            state_string="cancelled before it started")  # fmt: skip
+            found[name] = view
+        return found
+
+
+def describe(view: dict[str, Any]) -> str | None:
+    """The reason shown for a finished build that did not succeed (or None)."""
+    if view.get("result") in (None, "success"):
+        return None
+    text = f"Buildbot: {view.get('buildbot_result')}"
+    if view.get("state_string"):
+        text += f" ({view['state_string']})"
+    return text
+
+
+def job_view(api: Api, jobid: str) -> dict[str, Any] | None:
+    """A tryssh record's ``state`` and ``builders`` for the try job *jobid*, read from
+    Buildbot; None when Buildbot has no buildset for it (yet)."""
+    buildsets = api.buildsets(jobid)
+    if not buildsets:
+        return None
+    builders: dict[str, dict[str, Any]] = {}
+    for buildset in buildsets:
+        for name, view in api.builds(buildset["bsid"]).items():
+            builders[name] = {
+                "state": view["state"], "result": view["result"], "reason": describe(view),
+                "url": view["url"], "state_string": view["state_string"],
+                "buildbot_result": view["buildbot_result"],
+            }  # fmt: skip
+    complete = all(b.get("complete") for b in buildsets)
+    if not complete:
+        state = "running"
+    else:
+        results = [b["result"] for b in builders.values()]
+        state = "error" if "error" in results or not results else (
+            "failure" if "failure" in results else "success")  # fmt: skip
+    return {"state": state, "builders": builders, "bsids": [b["bsid"] for b in buildsets]}
