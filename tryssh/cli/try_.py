@@ -76,8 +76,10 @@ Settings come from the command line, then ./.tryssh.toml (walking up), then
 ~/.config/tryssh/config.toml, then Buildbot's .buildbot/options (read, never executed).
 Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unless
 --accept-new-host-key. Exit codes: 0 delivered (with --wait: every build succeeded),
-1 a build failed, 64 usage, 65 bad/empty job, 75 connection or server trouble,
-77 refused (host key, login, policy), 78 config error.
+1 a build failed, 64 usage, 65 bad/empty job, 69 (--wait) the server cannot report the
+results (handed on by a forward builder, or a Buildbot master reads the jobdir and no
+API is configured), 75 connection or server trouble, 77 refused (host key, login,
+policy), 78 config error.
 """
 
 
@@ -237,7 +239,12 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
                 click.echo(receipt.job)
             fetch = status_fetcher(dest, conn, receipt.job)
             record = wait_for(fetch, v["wait_timeout"], None if quiet else echo_stderr)
+            if record.get("followable") is False:
+                echo_stderr(f"tryssh: this server cannot report the results of {receipt.job}"
+                            f" ({record.get('reason') or 'no record, no Buildbot API'}); "
+                            "not waiting")  # fmt: skip
         out = receipt.as_dict()
+        out["jobid"] = job.jobid  # Buildbot's external_idstring for this job
         out["builders"] = job.builder_names or []
         if record is not None:
             out["state"] = record.get("state")
@@ -291,8 +298,8 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     Examples:
       tryssh status --host ci 1717171717.M123P45Q1R0a1b2c3d.ci
       tryssh status --config /etc/tryssh/config.toml JOB     on the master
-    Exit codes: 0 succeeded (or still going), 1 a build failed, 77 rejected,
-    75 error or interrupted.
+    Exit codes: 0 succeeded (or still going: queued, claimed, running), 1 a build failed,
+    69 delivered elsewhere (results not visible here), 77 rejected, 75 error or interrupted.
     """
     record = _query(ctx, values, "status", job)
     if not isinstance(record, dict):
@@ -302,7 +309,7 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     else:
         click.echo("\n".join(status_lines(record)))
     state = str(record.get("state"))
-    ctx.exit(exit_code_for(record) if state not in ("queued", "running") else EX_OK)
+    ctx.exit(exit_code_for(record) if state not in ("queued", "claimed", "running") else EX_OK)
 
 
 @click.command("builders", context_settings={"help_option_names": ["-h", "--help"]})

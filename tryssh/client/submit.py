@@ -21,6 +21,7 @@ from tryssh.errors import (
     EX_NOINPUT,
     EX_NOPERM,
     EX_TEMPFAIL,
+    EX_UNAVAILABLE,
     EX_USAGE,
     BadJob,
     TempFail,
@@ -35,10 +36,14 @@ if TYPE_CHECKING:
 
 TRANSPORTS = ("ssh", "scp", "local")
 WAIT_INTERVAL = 1.0
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
-# job state -> exit code of `tryssh try --wait` / `tryssh status`
+FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted", "delivered")
+# job state -> exit code of `tryssh try --wait` / `tryssh status`. "delivered": handed on
+# to a receiver whose results this server cannot see (a forward builder), never a success.
 STATE_EXIT = {"success": 0, "failure": 1, "rejected": EX_NOPERM, "error": EX_TEMPFAIL,
-              "interrupted": EX_TEMPFAIL}  # fmt: skip
+              "interrupted": EX_TEMPFAIL, "delivered": EX_UNAVAILABLE}  # fmt: skip
+# `--wait` when the server says it cannot report the job's results (a Buildbot master reads
+# its jobdir and it knows no API to ask): at once, instead of waiting forever.
+EX_NO_RESULTS = EX_UNAVAILABLE
 
 
 @dataclass
@@ -125,6 +130,7 @@ def summary_lines(job: Job, change: SourceChange, stats: PatchStats) -> list[str
     where = f" ({change.vcs}" + (f", branch {job.branch}" if job.branch else "") + ")"
     builders = ", ".join(job.builder_names) if job.builder_names else "(the server's default)"
     lines = [
+        f"jobid:      {job.jobid}",
         f"base:       {base}{where if change.vcs != 'none' else ''}",
         f"patch:      {stats.files} file{'s' if stats.files != 1 else ''}, "
         f"+{stats.added} -{stats.removed} lines, {stats.size} bytes, -p{job.patch_level}",
@@ -147,6 +153,7 @@ def dry_run_dict(job: Job, change: SourceChange, stats: PatchStats, data: bytes)
 
     return {
         "dry_run": True,
+        "jobid": job.jobid,
         "vcs": change.vcs,
         "branch": job.branch,
         "baserev": job.baserev,
@@ -228,7 +235,11 @@ def describe_builder(name: str, info: dict[str, Any]) -> str:
     state = info.get("state") or "?"
     result = info.get("result")
     text = f"{name}: {result if state == 'done' and result else state}"
-    if info.get("log") and state == "done":
+    if info.get("reason") and state == "done" and result != "success":
+        text += f" ({info['reason']})"
+    if info.get("url"):
+        text += f" {info['url']}"  # a Buildbot build's page
+    elif info.get("log") and state == "done":
         text += f" (log {info['log']})"
     return text
 
@@ -238,12 +249,17 @@ def status_lines(record: dict[str, Any]) -> list[str]:
     head = f"job {record.get('job', '?')}: {record.get('state', '?')}"
     if record.get("reason"):
         head += f" ({record['reason']})"
+    if record.get("jobid"):
+        head += f"  jobid {record['jobid']}"
     builders = record.get("builders") or {}
     return [head] + [f"  {describe_builder(n, i or {})}" for n, i in builders.items()]
 
 
 def exit_code_for(record: dict[str, Any]) -> int:
-    """0 every build succeeded, 1 a build failed, 77 rejected, 75 error/interrupted."""
+    """0 every build succeeded, 1 a build failed, 77 rejected, 75 error/interrupted,
+    69 the results cannot be seen from this server (delivered elsewhere)."""
+    if record.get("followable") is False:
+        return EX_NO_RESULTS
     return STATE_EXIT.get(str(record.get("state")), EX_TEMPFAIL)
 
 
@@ -287,6 +303,8 @@ def wait_for(
                 seen[name] = line
             if state in FINAL_STATES:
                 return record
+            if record.get("followable") is False:
+                return record  # nothing will ever tell us more: do not wait forever
         if deadline is not None and time.monotonic() + interval > deadline:
             raise TempFail(f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on")
         sleep(interval)
