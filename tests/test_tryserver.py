@@ -136,8 +136,11 @@ def test_json_receipt(jd):
     assert result.returncode == 0, out(result)
     receipt = json.loads(result.stdout)
     data = Path(jd.new, receipt["job"]).read_bytes()
-    assert receipt == {"job": receipt["job"], "size": len(data),
+    assert receipt == {"job": receipt["job"], "jobid": JOB.jobid, "size": len(data),
                        "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    # Buildbot's id for the job is in the audit line too.
+    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+    assert line["jobid"] == JOB.jobid and line["job"] == receipt["job"]
 
 
 @pytest.mark.parametrize("patch_size", [0, 200_000, 262_000, 263_000, 3_000_000])

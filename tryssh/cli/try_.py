@@ -225,10 +225,11 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
         receipt = deliver(data, dest, conn)
         if not quiet and not v["as_json"]:
             where = receipt.host or dest.jobdir
+            # The jobid is what Buildbot knows the job by (its external_idstring).
             if receipt.job:
-                echo_stderr(f"delivered to {where} ({receipt.size} bytes) as:")
+                echo_stderr(f"delivered to {where} ({receipt.size} bytes, jobid {job.jobid}) as:")
             else:
-                echo_stderr(f"delivered to {where} ({receipt.size} bytes) "
+                echo_stderr(f"delivered to {where} ({receipt.size} bytes, jobid {job.jobid}) "
                             "(the server did not name the job)")
         record = None
         if v["wait"]:

@@ -130,7 +130,6 @@ def summary_lines(job: Job, change: SourceChange, stats: PatchStats) -> list[str
     where = f" ({change.vcs}" + (f", branch {job.branch}" if job.branch else "") + ")"
     builders = ", ".join(job.builder_names) if job.builder_names else "(the server's default)"
     lines = [
-        f"jobid:      {job.jobid}",
         f"base:       {base}{where if change.vcs != 'none' else ''}",
         f"patch:      {stats.files} file{'s' if stats.files != 1 else ''}, "
         f"+{stats.added} -{stats.removed} lines, {stats.size} bytes, -p{job.patch_level}",

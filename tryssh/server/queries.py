@@ -6,8 +6,13 @@ job of another user answers exactly like a job that does not exist,
 master, outside sshd) every job is visible.
 
 ``status`` reads the job's record (:mod:`tryssh.core.records`). A job delivered but not yet
-claimed, or claimed but not yet recorded, answers state ``queued`` with no builders yet,
-so a client can poll right after delivery.
+claimed answers state ``queued``, one that has left ``new/`` but has no record ``claimed``
+(a consumer is about to record it, or a Buildbot master reads this jobdir itself: the
+drop-in set-up), both with no builders yet, so a client can poll right after delivery.
+In the drop-in set-up a config with ``[buildbot] api = URL`` makes ``status`` ask that
+master for the job's builds by ``jobid``. When neither a consumer's records nor an API
+can ever tell more, the answer says ``"followable": false`` and ``tryssh try --wait``
+stops at once instead of waiting forever.
 
 This module runs inside the forced command, so it imports only what it needs.
 """
@@ -43,7 +48,8 @@ def answer(server: Server, request: Request) -> str:
     if request.verb == "status":
         if not request.job:
             raise UsageError("status needs a job name")
-        record = job_status(jobdir, state_dir, request.job, user)
+        buildbot = server.config.buildbot if server.config is not None else None
+        record = job_status(jobdir, state_dir, request.job, user, buildbot)
         return json.dumps(record) + "\n" if request.json else format_status(record)
     if request.verb == "jobs":
         records = recent_jobs(state_dir, user, JOBS_LIMIT)
@@ -83,11 +89,18 @@ def _builders(server: Server, request: Request) -> str:
 def local_status(config: Config, job: str, user: str | None = None) -> dict[str, Any]:
     """The status of *job* on this master, read from the records directly (``tryssh status
     --config``). With *user*, only that user's jobs exist. Raises NoSuchJob."""
-    return job_status(config.jobdir, config.state_dir, job, user)
+    return job_status(config.jobdir, config.state_dir, job, user, config.buildbot)
 
 
-def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -> dict[str, Any]:
-    """The record of *job* (or a ``queued`` stand-in for a job not yet recorded)."""
+def job_status(
+    jobdir: str,
+    state_dir: str,
+    job: str,
+    user: str | None = None,
+    buildbot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of *job* (or a ``queued``/``claimed`` stand-in for a job not recorded,
+    completed from Buildbot's API when *buildbot* names one)."""
     from tryssh.core.jobdir import is_job_name
     from tryssh.core.records import RecordStore
 
@@ -96,27 +109,38 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
     record = RecordStore(state_dir).read(job)
     if record is None:
         record = _unrecorded(jobdir, job)
+        if record is not None and (user is None or record.get("who") == user):
+            _from_buildbot(record, state_dir, buildbot or {})
     if record is None or (user is not None and record.get("who") != user):
         raise NoSuchJob(f"no such job: {job}")
     return record
 
 
+# A job Buildbot moved to cur/ has its buildset a moment later; after this long without
+# one, Buildbot refused it (a builder not in its Try_Jobdir's list, a bad job).
+NO_BUILDSET_GRACE = 30.0
+
+
 def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
-    """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
+    """A stand-in record for a job still in new/ (``queued``) or in cur/ without a record
+    (``claimed``)."""
     from tryssh.core.jobfile import parse_job_file
     from tryssh.core.records import new_record
     from tryssh.errors import BadJob
 
-    for sub in ("new", "cur"):
+    for sub, state in (("new", "queued"), ("cur", "claimed")):
         path = os.path.join(jobdir, sub, job)
         try:
             parsed = parse_job_file(path)
+            changed = os.stat(path).st_ctime  # the claim (a rename) sets it
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(
+        record = new_record(
             job,
+            state=state,
+            jobid=parsed.jobid,
             who=parsed.who,
             branch=parsed.branch,
             baserev=parsed.baserev,
@@ -124,7 +148,47 @@ def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
             repository=parsed.repository,
             comment=parsed.comment,
         )
+        record["_changed"] = changed
+        return record
     return None
+
+
+def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, Any]) -> None:
+    """Complete an unrecorded job's stand-in from Buildbot's API, or say that nothing can."""
+    import time
+
+    changed = record.pop("_changed", None)
+    api_url = buildbot.get("api")
+    if not api_url:
+        if not os.path.isdir(state_dir):
+            # No consumer ever ran on this jobdir: whoever takes its jobs keeps no record.
+            record["followable"] = False
+            record["reason"] = (
+                "this server cannot report results: no consumer keeps records here and no "
+                "[buildbot] api is configured"
+            )
+        return
+    from tryssh.server import buildbot as bb
+
+    try:
+        api = bb.Api(api_url, bb.read_token(buildbot.get("token_file")), retries=1)
+        view = bb.job_view(api, record["jobid"] or "")
+    except OSError as err:
+        record["reason"] = f"cannot read buildbot.token_file: {err.strerror}"
+        return
+    except bb.Unavailable as err:
+        record["reason"] = err.message  # not final: the client asks again
+        return
+    if view is not None:
+        record.update(state=view["state"], builders=view["builders"])
+        record["buildbot"] = {"api": api_url, "bsids": view["bsids"]}
+    elif (record["state"] == "claimed" and changed is not None
+          and time.time() - changed > NO_BUILDSET_GRACE):  # fmt: skip
+        record["state"] = "error"
+        record["reason"] = (
+            f"Buildbot took the job but made no buildset for jobid {record['jobid']} "
+            "(a builder not in its Try_Jobdir's list? see the master's log)"
+        )
 
 
 def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
@@ -151,6 +215,8 @@ def _builder_line(name: str, entry: dict[str, Any]) -> str:
     text = f"  {name}: {result if state == 'done' and result else state}"
     if entry.get("reason"):
         text += f" ({entry['reason']})"
+    if entry.get("url"):
+        text += f"  {entry['url']}"
     if entry.get("log"):
         text += f"  log: {entry['log']}"
     return text + "\n"
@@ -163,7 +229,7 @@ def format_status(record: dict[str, Any]) -> str:
         lines.append(f"  reason: {record['reason']}\n")
     details = [
         f"{key}: {record[key]}"
-        for key in ("who", "branch", "baserev", "received", "finished")
+        for key in ("jobid", "who", "branch", "baserev", "received", "finished")
         if record.get(key)
     ]
     if details:

@@ -211,10 +211,11 @@ class Server:
 
             return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
 
-        name, _job = self.jobdir.deliver(write)
+        name, job = self.jobdir.deliver(write)
         if digest is None:
             digest = light_sha256(b"".join(head))
-        return {"job": name, "size": size, "sha256": digest.hexdigest()}
+        # jobid: what Buildbot's Try_Jobdir records as the buildset's external_idstring.
+        return {"job": name, "jobid": job.jobid, "size": size, "sha256": digest.hexdigest()}
 
 
 def handle(
