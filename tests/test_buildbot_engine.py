@@ -1,65 +1,158 @@
 """Buildbot as the engine: a real master and worker build what tryssh hands them, and
 their results come back through ``tryssh try --wait`` and ``status``.
 
-Set-ups: the consumer in front with ``buildbot`` builders (results read from the REST
-API), the drop-in (tryserver delivers into the master's Try_Jobdir), ``buildbot try
---connect=ssh`` into tryssh. The master is the session's (``buildbot_master`` fixture).
+Set-ups (each with git, hg and svn, a passing and a failing change):
+
+- consumer in front: ``buildbot`` builders hand jobs to the master's jobdir and read the
+  results from its REST API;
+- ssh:// : the same, delivered over SSH to a tryserver that writes into the master's jobdir;
+- drop-in: tryserver (over SSH) delivers straight into the master's Try_Jobdir, and
+  ``status`` asks the master's API by jobid;
+- ``buildbot try --connect=ssh`` into tryssh, consumer in front.
+
+The master is the session's (``buildbot_master``: builders try-git, try-hg, try-svn whose
+test step passes while ``state.txt`` says good). Submissions of one test run at once so
+that the three Buildbot builders work in parallel.
+
+Every build costs seconds, so by default only the consumer set-up runs the whole matrix and
+the others run git (and Buildbot's client an svn --diff job); ``TRYSSH_BUILDBOT_MATRIX=full``
+runs every VCS with a passing and a failing change in every set-up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from buildbot_master import BuildbotMaster, vcs_env
 from helpers import venv_bin, wait_until
+from sshd import Sshd, UserKey, client_options, make_user_key, write_known_hosts
 
 from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.records import RecordStore
+from tryssh.errors import EX_UNAVAILABLE
 
+VCS = ("git", "hg", "svn")
+FULL = os.environ.get("TRYSSH_BUILDBOT_MATRIX") == "full"
+MATRIX = [(vc, kind) for vc in VCS for kind in ("good", "bad")]
+GIT_ONLY = MATRIX if FULL else [("git", "good"), ("git", "bad")]
 GOOD = "good\nand more\n"
 BAD = "bad\n"
+PATCH_BAD = b"--- a/state.txt\n+++ b/state.txt\n@@ -1 +1 @@\n-good\n+bad\n"
+WAIT = 180.0
 
 
 def toml(value: object) -> str:
-    return json.dumps(value)
+    return json.dumps(value)  # strings, numbers and lists read the same in TOML
+
+
+def inline(table: dict[str, object]) -> str:
+    return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in table.items()) + " }"
 
 
 def edit(wc: Path, text: str) -> None:
     (wc / "state.txt").write_text(text)
 
 
+def start_all(argvs: Sequence[tuple[list[str], Path]], env: dict[str, str]
+              ) -> list[subprocess.Popen[str]]:  # fmt: skip
+    return [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            for argv, cwd in argvs]  # fmt: skip
+
+
+def finish_all(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str, str]]:
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=WAIT)
+        done.append((proc.returncode, out, err))
+    return done
+
+
+@dataclass
+class Ssh:
+    """A real sshd whose only key runs tryserver with *forced* options."""
+
+    sshd: Sshd
+    key: UserKey
+    known_hosts: Path
+
+    def tryssh_args(self) -> list[str]:
+        return ["--host", self.sshd.host, "--port", str(self.sshd.port), "-u", self.sshd.user,
+                "-i", self.key.private_path, "--known-hosts", str(self.known_hosts)]  # fmt: skip
+
+    def url(self, path: Path) -> str:
+        return f"ssh://{self.sshd.user}@{self.sshd.host}:{self.sshd.port}{path}"
+
+
+def start_ssh(directory: Path, forced: str) -> Ssh:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = make_user_key(directory, "id_ed25519")
+    sshd = Sshd([f'restrict,command="{forced}" {key.public_line}'],
+                directory=directory / "sshd").start()  # fmt: skip
+    return Ssh(sshd, key, write_known_hosts(directory / "known_hosts", sshd))
+
+
 @dataclass
 class Front:
-    """tryssh's consumer in front of the session's Buildbot master."""
+    """tryssh's consumer (config, jobdir) in front of the session's Buildbot master, and an
+    sshd whose forced tryserver delivers into the master's jobdir (the ssh:// builders')."""
 
     config: Path
     jobdir: Path
     master: BuildbotMaster
     home: Path
+    to_master: Ssh
 
-    def try_(self, wc: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = [venv_bin("tryssh"), "try", "-c", "local", "--jobdir", str(self.jobdir),
-                "--config", str(self.config), *args]  # fmt: skip
-        return subprocess.run(argv, cwd=wc, env=vcs_env(self.home), capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
+    def env(self) -> dict[str, str]:
+        return vcs_env(self.home)
+
+    def store(self) -> RecordStore:
+        return RecordStore(str(self.jobdir / "state"))
+
+    def try_argv(self, *args: str) -> list[str]:
+        return [venv_bin("tryssh"), "try", "-c", "local", "--jobdir", str(self.jobdir),
+                "--config", str(self.config), "--json", *args]  # fmt: skip
+
+    def record_where(self, **fields: object) -> dict:
+        """The finished record whose fields match (waits for it)."""
+
+        def find() -> dict | None:
+            for name in self.store().final_jobs():
+                record = self.store().read(name)
+                if record and all(record.get(k) == v for k, v in fields.items()):
+                    return record
+            return None
+
+        return wait_until(find, timeout=WAIT, interval=0.2,
+                          message=lambda: f"no finished record with {fields}")  # fmt: skip
 
 
-def front_config(path: Path, master: BuildbotMaster, jobdir: Path) -> Path:
-    """try-git, try-hg, try-svn run by Buildbot; lint and unit run here."""
+def front_config(base: Path, master: BuildbotMaster, jobdir: Path, ssh: Ssh) -> Path:
     lines = [f"jobdir = {toml(str(jobdir))}", "[consume]", "poll_interval = 0.1"]
-    for vc in ("git", "hg", "svn"):
+    for vc in VCS:
         table = {"jobdir": str(master.jobdir), "api": master.api, "poll_interval": 0.2,
                  "builders": [f"try-{vc}"]}  # fmt: skip
-        inner = ", ".join(f"{k} = {toml(v)}" for k, v in table.items())
-        lines += [f"[builders.try-{vc}]", f"buildbot = {{ {inner} }}"]
+        lines += [f"[builders.try-{vc}]", f"buildbot = {inline(table)}"]
+        # The same master, reached over SSH (a tryserver writes into its jobdir).
+        table = {**table, "jobdir": ssh.url(master.jobdir)}
+        lines += [f"[builders.ssh-{vc}]", f"buildbot = {inline(table)}",
+                  f"identity = {toml(ssh.key.private_path)}",
+                  f"known_hosts = {toml(str(ssh.known_hosts))}"]  # fmt: skip
     lines += ["[builders.lint]", 'command = ["sh", "-c", "exit 0"]']
+    # A plain forward cannot see results: its builds are "delivered", never "success".
+    lines += ["[builders.fwd]", f"forward = {toml(str(base / 'elsewhere'))}"]
     lines += ['[users."*"]']
+    Jobdir(str(base / "elsewhere")).create()
+    path = base / "tryssh.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -70,37 +163,194 @@ def front(buildbot_master: BuildbotMaster, tmp_path_factory: pytest.TempPathFact
     base = tmp_path_factory.mktemp("front")
     jobdir = base / "jobdir"
     Jobdir(str(jobdir)).create()
-    config = front_config(base / "tryssh.toml", buildbot_master, jobdir)
+    ssh = start_ssh(base / "to-master", f"{venv_bin('tryserver')} --jobdir "
+                    f"{buildbot_master.jobdir} --user front")  # fmt: skip
+    config = front_config(base, buildbot_master, jobdir, ssh)
     home = base / "home"
     home.mkdir()
-    log = open(base / "consume.log", "wb")  # noqa: SIM115 - closed at teardown
+    log = open(base / "consume.log", "wb")
     proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        yield Front(config, jobdir, buildbot_master, home)
+        yield Front(config, jobdir, buildbot_master, home, ssh)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+        ssh.sshd.stop()
 
 
-def receipt_and_lines(result: subprocess.CompletedProcess) -> tuple[dict, str]:
-    return json.loads(result.stdout), result.stderr
+def working_copies(master: BuildbotMaster, base: Path, combos: list[tuple[str, str]]
+                   ) -> list[tuple[str, str, Path]]:  # fmt: skip
+    """(vc, good|bad, a working copy with that change) for each of *combos*."""
+    copies = []
+    for vc, kind in combos:
+        wc = master.checkout(vc, base / f"{vc}-{kind}")
+        edit(wc, GOOD if kind == "good" else BAD)
+        copies.append((vc, kind, wc))
+    return copies
 
 
-@pytest.mark.parametrize("vc", ["git", "hg", "svn"])
-def test_consumer_buildbot_builder_pass_and_fail(front: Front, vc: str, tmp_path: Path) -> None:
-    wc = front.master.checkout(vc, tmp_path / "wc")
+def check_matrix(results: list[tuple[int, str, str]], copies: list[tuple[str, str, Path]],
+                 master: BuildbotMaster, prefix: str) -> None:  # fmt: skip
+    """Every good change exits 0 and every bad one 1, with Buildbot's own verdict."""
+    for (code, out, err), (vc, kind, _) in zip(results, copies, strict=True):
+        want = 0 if kind == "good" else 1
+        assert code == want, f"{vc} {kind}: exit {code}\n{err}\n{master.log_tail()}"
+        receipt = json.loads(out)
+        entry = receipt["result"]["builders"][f"{prefix}-{vc}"]
+        assert entry["result"] == ("success" if kind == "good" else "failure")
+        assert entry["url"].startswith(master.api + "#/builders/")
+        jobid = entry.get("jobid") or receipt["jobid"]  # a drop-in has no tryssh record
+        assert receipt["jobid"] == jobid
+        assert master.results_by_builder(jobid) == {f"try-{vc}": 0 if want == 0 else 2}
+        if kind == "bad":
+            assert "Buildbot: FAILURE" in entry["reason"]
+            assert f"{prefix}-{vc}: failure (Buildbot: FAILURE" in err  # the --wait line
+
+
+@pytest.mark.parametrize("prefix", ["try", "ssh"])
+def test_consumer_buildbot_builders_pass_and_fail(front: Front, prefix: str, tmp_path: Path
+                                                  ) -> None:  # fmt: skip
+    """try-*: the master's jobdir on this machine; ssh-*: over SSH (an ssh:// jobdir)."""
+    copies = working_copies(front.master, tmp_path, MATRIX if prefix == "try" else GIT_ONLY)
+    argvs = [(front.try_argv("-b", f"{prefix}-{vc}", "--wait"), wc) for vc, _, wc in copies]
+    check_matrix(finish_all(start_all(argvs, front.env())), copies, front.master, prefix)
+
+
+def test_two_buildbot_builders_give_one_buildset_and_a_mixed_job_builds_both_sides(
+    front: Front,
+) -> None:
+    jobdir = Jobdir(str(front.jobdir))
+    both = jobdir.deliver_bytes(encode_job(Job(
+        "two-builders", None, None, 1, PATCH_BAD, ["try-git", "try-hg", "lint"], who="bob",
+    )))  # fmt: skip
+    record = front.record_where(job=both)
+    results = {n: e["result"] for n, e in record["builders"].items()}
+    assert results == {"try-git": "failure", "try-hg": "failure", "lint": "success"}
+    assert record["state"] == "failure" and record["jobid"] == "two-builders"
+    [buildset] = front.master.buildsets("two-builders")  # one delivery, one buildset
+    assert {b["builder"] for b in front.master.builds(buildset["bsid"])} == {"try-git", "try-hg"}
+
+
+def test_plain_forward_is_delivered_not_success(front: Front, tmp_path: Path) -> None:
+    wc = front.master.checkout("git", tmp_path / "wc")
     edit(wc, GOOD)
-    good = front.try_(wc, "-b", f"try-{vc}", "--wait", "--json")
-    assert good.returncode == 0, good.stderr + front.master.log_tail()
-    receipt, err = receipt_and_lines(good)
-    entry = receipt["result"]["builders"][f"try-{vc}"]
-    assert entry["result"] == "success"
-    assert entry["url"].startswith(front.master.api + "#/builders/")
-    assert receipt["jobid"] and entry["jobid"] == receipt["jobid"]
-    assert front.master.results_by_builder(receipt["jobid"]) == {f"try-{vc}": 0}
+    result = subprocess.run(front.try_argv("-b", "fwd", "-b", "lint", "--wait"), cwd=wc,
+                            env=front.env(), capture_output=True, text=True, timeout=WAIT,
+                            check=False)  # fmt: skip
+    assert result.returncode == EX_UNAVAILABLE, result.stderr
+    record = json.loads(result.stdout)["result"]
+    assert record["state"] == "delivered"
+    assert record["builders"]["fwd"]["result"] == "unknown"
+    assert record["builders"]["lint"]["result"] == "success"
+    [name] = os.listdir(front.jobdir.parent / "elsewhere" / "new")
+    assert record["builders"]["fwd"]["delivered_as"] == name
+
+
+def test_buildbot_try_over_ssh_into_tryssh(front: Front, tmp_path: Path) -> None:
+    """Buildbot's own client, consumer in front. Its hg and svn extraction is broken on
+    Python 3 (bytes baserev), so those send --diff with --baserev and no --repository
+    (a null repository, which tryserver makes Buildbot-safe)."""
+    ssh = start_ssh(tmp_path / "ssh", f"{venv_bin('tryserver')} --jobdir {front.jobdir} "
+                    f"--config {front.config} --user alice")  # fmt: skip
+    try:
+        ssh_cmd = shlex.join(["ssh", *client_options(ssh.sshd, ssh.key.private_path,
+                                                     ssh.known_hosts)])  # fmt: skip
+        argvs = []
+        copies = working_copies(front.master, tmp_path, MATRIX if FULL else [
+            ("git", "good"), ("git", "bad"), ("svn", "good")])  # fmt: skip
+        env = {k: v for k, v in front.env().items() if not k.startswith("SSH_")}
+        for vc, kind, wc in copies:
+            argv = [venv_bin("buildbot"), "try", "--connect=ssh", "--host", ssh.sshd.host,
+                    "--port", str(ssh.sshd.port), "--username", ssh.sshd.user,
+                    "--jobdir", "x", "--ssh", ssh_cmd, "-b", f"try-{vc}",
+                    "--comment", f"bb-{vc}-{kind}-{tmp_path.name}"]  # fmt: skip
+            if vc == "git":
+                argv += ["--vc", "git"]
+            else:
+                diff, base, level = vcs_diff(vc, wc, front.env())
+                (wc.parent / f"{vc}-{kind}.diff").write_bytes(diff)
+                argv += ["--diff", str(wc.parent / f"{vc}-{kind}.diff"), "--baserev", base,
+                         "-p", level]  # fmt: skip
+            argvs.append((argv, wc))
+        for code, out, err in finish_all(start_all(argvs, env)):
+            assert code == 0 and "job has been delivered" in out, err
+        for vc, kind, _ in copies:
+            record = front.record_where(comment=f"bb-{vc}-{kind}-{tmp_path.name}")
+            entry = record["builders"][f"try-{vc}"]
+            assert record["who"] == "alice"
+            assert entry["result"] == ("success" if kind == "good" else "failure"), record
+            assert entry["url"].startswith(front.master.api)
+            if vc != "git":
+                assert record["repository"] == ""  # sent as null: tryserver made it ""
+    finally:
+        ssh.sshd.stop()
+
+
+def vcs_diff(vc: str, wc: Path, env: dict[str, str]) -> tuple[bytes, str, str]:
+    """(patch, base revision, patch level) as the VCS itself gives them."""
+    def out(*argv: str) -> bytes:
+        return subprocess.run(argv, cwd=wc, env=env, capture_output=True, check=True,
+                              timeout=60).stdout  # fmt: skip
+
+    if vc == "hg":
+        return out("hg", "diff", "--git"), out("hg", "id", "-i", "-r", ".").decode().strip(), "1"
+    info = out("svn", "info", "--show-item", "revision").decode().strip()
+    return out("svn", "diff"), info, "0"
+
+
+# -- drop-in: tryserver writes into the master's Try_Jobdir, no consumer -------------------------
+
+
+@pytest.fixture(scope="module")
+def drop_in(buildbot_master: BuildbotMaster, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Ssh, Ssh]]:  # fmt: skip
+    """Two doors into the master's jobdir: one whose tryserver config names the master's
+    API, one without it."""
+    base = tmp_path_factory.mktemp("drop-in")
+    config = base / "tryssh.toml"
+    config.write_text(f"jobdir = {toml(str(buildbot_master.jobdir))}\n"
+                      f"[buildbot]\napi = {toml(buildbot_master.api)}\n")  # fmt: skip
+    tryserver = venv_bin("tryserver")
+    with_api = start_ssh(base / "api", f"{tryserver} --config {config} --user alice")
+    without = start_ssh(base / "plain", f"{tryserver} --jobdir {buildbot_master.jobdir} "
+                        "--user alice")  # fmt: skip
+    yield with_api, without
+    with_api.sshd.stop()
+    without.sshd.stop()
+
+
+def test_drop_in_with_api_reports_buildbot_results(
+    drop_in: tuple[Ssh, Ssh], buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    ssh, _ = drop_in
+    copies = working_copies(buildbot_master, tmp_path, GIT_ONLY)
+    env = vcs_env(tmp_path)
+    argvs = [([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "--accept-new-host-key", "-b",
+               f"try-{vc}", "--wait", "--json"], wc) for vc, _, wc in copies]  # fmt: skip
+    check_matrix(finish_all(start_all(argvs, env)), copies, buildbot_master, "try")
+
+
+def test_drop_in_without_api_says_it_cannot_report(
+    drop_in: tuple[Ssh, Ssh], buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    _, ssh = drop_in
+    wc = buildbot_master.checkout("git", tmp_path / "wc")
     edit(wc, BAD)
-    bad = front.try_(wc, "-b", f"try-{vc}", "--wait")
-    assert bad.returncode == 1, bad.stderr
-    assert f"try-{vc}: failure" in bad.stderr and "#/builders/" in bad.stderr
+    result = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
+                             "--wait", "--json"], cwd=wc, env=vcs_env(tmp_path),
+                            capture_output=True, text=True, timeout=WAIT, check=False)  # fmt: skip
+    assert result.returncode == EX_UNAVAILABLE, result.stderr
+    assert "this server cannot report the results" in result.stderr
+    receipt = json.loads(result.stdout)
+    assert receipt["result"]["followable"] is False
+    # Buildbot builds it all the same (and fails it): what --wait could not tell.
+    assert buildbot_master.results_by_builder(receipt["jobid"]) == {"try-git": 2}
+    # status now says "claimed": the job has left new/.
+    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json",
+                             receipt["job"]], capture_output=True, text=True, timeout=60,
+                            check=False)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    record = json.loads(status.stdout)
+    assert record["state"] == "claimed" and record["jobid"] == receipt["jobid"]
