@@ -147,6 +147,10 @@ def front_config(base: Path, master: BuildbotMaster, jobdir: Path, ssh: Ssh) -> 
         lines += [f"[builders.ssh-{vc}]", f"buildbot = {inline(table)}",
                   f"identity = {toml(ssh.key.private_path)}",
                   f"known_hosts = {toml(str(ssh.known_hosts))}"]  # fmt: skip
+    # A Buildbot builder the master lacks: Buildbot drops the job and logs it.
+    table = {"jobdir": str(master.jobdir), "api": master.api, "poll_interval": 0.2,
+             "builders": ["no-such"], "pickup_timeout": 2}  # fmt: skip
+    lines += ["[builders.nosuch]", f"buildbot = {inline(table)}"]
     lines += ["[builders.lint]", 'command = ["sh", "-c", "exit 0"]']
     # A plain forward cannot see results: its builds are "delivered", never "success".
     lines += ["[builders.fwd]", f"forward = {toml(str(base / 'elsewhere'))}"]
@@ -231,6 +235,16 @@ def test_two_buildbot_builders_give_one_buildset_and_a_mixed_job_builds_both_sid
     assert record["state"] == "failure" and record["jobid"] == "two-builders"
     [buildset] = front.master.buildsets("two-builders")  # one delivery, one buildset
     assert {b["builder"] for b in front.master.builds(buildset["bsid"])} == {"try-git", "try-hg"}
+
+
+def test_a_builder_buildbot_lacks_is_an_error_not_a_wait(front: Front) -> None:
+    name = Jobdir(str(front.jobdir)).deliver_bytes(encode_job(Job(
+        "no-such-builder", None, None, 1, PATCH_BAD, ["nosuch"], who="bob")))  # fmt: skip
+    record = front.record_where(job=name)
+    entry = record["builders"]["nosuch"]
+    assert record["state"] == "error" and entry["result"] == "error"
+    assert "Buildbot made no buildset for jobid no-such-builder" in entry["reason"]
+    assert front.master.buildsets("no-such-builder") == []
 
 
 def test_plain_forward_is_delivered_not_success(front: Front, tmp_path: Path) -> None:

@@ -1,0 +1,87 @@
+"""The Buildbot builder kind without a build: its config, its REST client when the master
+does not answer, and its result mapping. (Builds with a real master: test_buildbot_engine.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+
+from tryssh.core.jobdir import Jobdir
+from tryssh.core.jobfile import Job, encode_job
+from tryssh.server import buildbot, builders
+from tryssh.server.config import ConfigError, config_from_dict
+from tryssh.server.consumer import check_config
+
+
+def config_with(tmp_path: Path, **builder: object):
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    return config_from_dict({"jobdir": jobdir.path, "builders": {"bb": builder}},
+                            str(tmp_path / "tryssh.toml"))  # fmt: skip
+
+
+def test_result_mapping_never_turns_trouble_into_success():
+    assert [buildbot.tryssh_result(c) for c in range(7)] == [
+        "success", "success", "failure", "error", "error", "error", "error"]  # fmt: skip
+    assert buildbot.result_name(2) == "FAILURE" and buildbot.result_name(None) == "running"
+    assert buildbot.tryssh_result(99) == "error"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"api": "http://x/"}, "buildbot.jobdir: missing"),
+    ({"jobdir": "/j"}, "buildbot.api: missing"),
+    ({"jobdir": "/j", "api": "ftp://x/"}, "must be an http:// or https:// URL"),
+    ({"jobdir": "/j", "api": "http://x/", "builders": []}, "must not be empty"),
+    ({"jobdir": "/j", "api": "http://x/", "poll_interval": 0}, "greater than 0"),
+    ({"jobdir": "/j", "api": "http://x/", "colour": 1}, "unknown key"),
+])  # fmt: skip
+def test_buildbot_table_is_checked(tmp_path, table, message):
+    with pytest.raises(ConfigError, match=message):
+        config_with(tmp_path, buildbot=table)
+
+
+def test_remote_names_and_destination(tmp_path):
+    config = config_with(tmp_path, buildbot={"jobdir": "bbjobs", "api": "http://x:8010/",
+                                             "builders": ["a", "b"]})  # fmt: skip
+    builder = config.builders["bb"]
+    assert builder.kind == "buildbot" and builder.remote_names == ["a", "b"]
+    assert builder.destination == str(tmp_path / "bbjobs")  # relative to the config file
+    plain = config_with(tmp_path, forward="/elsewhere").builders["bb"]
+    assert plain.remote_names == ["bb"] and plain.destination == "/elsewhere"
+
+
+def test_builders_sharing_a_master_must_share_its_api(tmp_path):
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    target = Jobdir(str(tmp_path / "bb")).create()
+    config = config_from_dict({"jobdir": jobdir.path, "builders": {
+        "a": {"buildbot": {"jobdir": target.path, "api": "http://one/"}},
+        "b": {"buildbot": {"jobdir": target.path, "api": "http://two/"}},
+    }})  # fmt: skip
+    with pytest.raises(ConfigError, match="another buildbot builder with api http://one/"):
+        check_config(config)
+
+
+def test_api_that_does_not_answer_is_retried_with_backoff_then_unavailable():
+    delays: list[float] = []
+    api = buildbot.Api(f"http://127.0.0.1:{free_port()}/", retries=3, sleep=delays.append)
+    with pytest.raises(buildbot.Unavailable, match="Buildbot's API does not answer"):
+        api.buildsets("some-jobid")
+    assert delays == [0.5, 1.0, 2.0]
+
+
+def test_builder_whose_master_does_not_answer_is_error_and_delivers_nothing(tmp_path):
+    target = Jobdir(str(tmp_path / "bb")).create()
+    config = config_with(tmp_path, buildbot={
+        "jobdir": target.path, "api": f"http://127.0.0.1:{free_port()}/", "retries": 1})
+    name = "1700000000.M1P1Q1Rab.host"
+    job = Job("jid", "main", None, 1, b"patch", ["bb"])
+    path = Path(config.jobdir, "cur", name)
+    path.write_bytes(encode_job(job))
+    ctx = builders.BuildContext(config, name, job, str(path), config.builders["bb"],
+                                builders.log_path(config, name, "bb"))  # fmt: skip
+    outcome = builders.run(ctx)
+    assert outcome.result == "error"  # never a success it did not see
+    assert "does not answer" in outcome.reason
+    assert target.pending() == []  # not handed over: nobody could follow it
+    assert "result: error" in Path(ctx.log_path).read_text()
