@@ -85,3 +85,13 @@ def test_builder_whose_master_does_not_answer_is_error_and_delivers_nothing(tmp_
     assert "does not answer" in outcome.reason
     assert target.pending() == []  # not handed over: nobody could follow it
     assert "result: error" in Path(ctx.log_path).read_text()
+
+
+def test_doctor_reports_a_buildbot_api_that_does_not_answer(tmp_path):
+    from tryssh.server.doctor import check_builders
+
+    target = Jobdir(str(tmp_path / "bb")).create()
+    config = config_with(tmp_path, buildbot={
+        "jobdir": target.path, "api": f"http://127.0.0.1:{free_port()}/"})
+    [finding] = check_builders(config)
+    assert finding.level == "problem" and "does not answer" in finding.message

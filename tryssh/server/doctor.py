@@ -102,11 +102,27 @@ def check_builders(config: Config) -> Iterator[Finding]:
             elif not os.access(secret, os.R_OK):
                 yield Finding("problem", "builders", f"{where}: cannot read {secret}")
                 continue
-        elif not builder.target.startswith("ssh://") and not os.path.isdir(
-            os.path.join(builder.target, "new")
-        ):
-            yield Finding("problem", "builders", f"{where}: forward target {builder.target} "
-                          "is not a jobdir")  # fmt: skip
+        else:
+            target = builder.destination or ""
+            if not target.startswith("ssh://") and not os.path.isdir(os.path.join(target, "new")):
+                yield Finding("problem", "builders", f"{where}: {builder.kind} target {target} "
+                              "is not a jobdir")  # fmt: skip
+                continue
+            if builder.kind == "buildbot":
+                from tryssh.errors import TrysshError
+                from tryssh.server.buildbot import Api, read_token
+
+                try:
+                    token = read_token(builder.target.get("token_file"))
+                    Api(builder.target["api"], token, retries=0).get("builders")
+                except (OSError, TrysshError) as err:
+                    reason = err.message if isinstance(err, TrysshError) else err.strerror
+                    yield Finding("problem", "builders", f"{where}: {reason}")
+                    continue
+                yield Finding("ok", "builders", f"{where}: buildbot {target}, results from "
+                              f"{builder.target['api']}")  # fmt: skip
+                continue
+            yield Finding("ok", "builders", f"{where}: {builder.kind} {target}")
             continue
         yield Finding("ok", "builders", f"{where}: {builder.kind} {builder.target}")
 
