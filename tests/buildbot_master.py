@@ -1,6 +1,6 @@
 """A real Buildbot master and worker for tests, loaded from ``contrib/master.cfg``.
 
-:class:`BuildbotMaster` owns a directory with a master (sqlite), one worker, a git, an hg
+:class:`BuildbotMaster` owns a directory with a master (sqlite), two workers, a git, an hg
 and an svn repository (each holding ``state.txt`` and the test step's ``check.sh``, which
 passes while ``state.txt`` says ``good``) and the master's ``Try_Jobdir``. Ports are chosen
 at run time on 127.0.0.1; the jobdir is polled every 0.2 s instead of Buildbot's 10 s.
@@ -26,7 +26,8 @@ from helpers import GIT_ENV, free_port, wait_until
 CONTRIB_CFG = Path(__file__).resolve().parent.parent / "contrib" / "master.cfg"
 CHECK = b"grep -q good state.txt\n"
 START_TIMEOUT = 60.0
-WORKER = ("worker1", "pass")
+# Two workers: a builder runs two builds at once (a test's passing and failing change).
+WORKERS = (("worker1", "pass"), ("worker2", "pass"))
 
 
 def _bin(name: str) -> str:
@@ -56,7 +57,7 @@ class BuildbotMaster:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.master_dir = directory / "master"
-        self.worker_dir = directory / "worker"
+        self.worker_dirs = [directory / name for name, _ in WORKERS]
         self.jobdir = directory / "jobdir"
         self.home = directory / "home"
         self.www_port = 0
@@ -116,7 +117,7 @@ class BuildbotMaster:
             "TRYSSH_BB_WWW": f"tcp:{self.www_port}:interface=127.0.0.1",
             "TRYSSH_BB_URL": self.api,
             "TRYSSH_BB_PB": f"tcp:{self.pb_port}:interface=127.0.0.1",
-            "TRYSSH_BB_WORKERS": ":".join(WORKER),
+            "TRYSSH_BB_WORKERS": ",".join(":".join(w) for w in WORKERS),
             "TRYSSH_BB_GIT": self.repos["git"],
             "TRYSSH_BB_HG": self.repos["hg"],
             "TRYSSH_BB_SVN": self.repos["svn"],
@@ -132,11 +133,12 @@ class BuildbotMaster:
         env = vcs_env(self.home)
         _run([_bin("buildbot"), "create-master", "-q", str(self.master_dir)], self.dir, env)
         shutil.copy(CONTRIB_CFG, self.master_dir / "master.cfg")
-        _run([_bin("buildbot-worker"), "create-worker", "-q", str(self.worker_dir),
-              f"127.0.0.1:{self.pb_port}", *WORKER], self.dir, env)  # fmt: skip
+        for where, worker in zip(self.worker_dirs, WORKERS, strict=True):
+            _run([_bin("buildbot-worker"), "create-worker", "-q", str(where),
+                  f"127.0.0.1:{self.pb_port}", *worker], self.dir, env)  # fmt: skip
         run_env = {**self.env(), **{k: v for k, v in env.items() if k not in os.environ}}
         run_env["HOME"] = str(self.home)
-        for where in (self.master_dir, self.worker_dir):
+        for where in (self.master_dir, *self.worker_dirs):
             self.procs.append(subprocess.Popen(
                 [_bin("twistd"), "--nodaemon", "--no_save", "--pidfile=", "-y", "buildbot.tac"],
                 cwd=where, env=run_env, stdin=subprocess.DEVNULL,
@@ -158,15 +160,15 @@ class BuildbotMaster:
             workers = self.get("api/v2/workers")["workers"]
         except (OSError, ValueError):
             return False
-        # Ready when the worker is attached to every builder.
-        return bool(workers) and all(
+        # Ready when every worker is attached to every builder.
+        return len(workers) == len(WORKERS) and all(
             len(w["connected_to"]) == 1 and len(w["configured_on"]) == len(self.repos)
             for w in workers
         )
 
     def log_tail(self, lines: int = 40) -> str:
         text = []
-        for where in (self.master_dir, self.worker_dir):
+        for where in (self.master_dir, *self.worker_dirs):
             try:
                 text += (where / "twistd.log").read_text(errors="replace").splitlines()[-lines:]
             except OSError:

@@ -15,7 +15,8 @@ test step passes while ``state.txt`` says good). Submissions of one test run at 
 that the three Buildbot builders work in parallel.
 
 Every build costs seconds, so by default only the consumer set-up runs the whole matrix and
-the others run git (and Buildbot's client an svn --diff job); ``TRYSSH_BUILDBOT_MATRIX=full``
+the others git (the ssh:// jobdir and Buildbot's client a failing change only, the latter
+also a passing svn --diff job); ``TRYSSH_BUILDBOT_MATRIX=full``
 runs every VCS with a passing and a failing change in every set-up.
 """
 
@@ -44,6 +45,7 @@ VCS = ("git", "hg", "svn")
 FULL = os.environ.get("TRYSSH_BUILDBOT_MATRIX") == "full"
 MATRIX = [(vc, kind) for vc in VCS for kind in ("good", "bad")]
 GIT_ONLY = MATRIX if FULL else [("git", "good"), ("git", "bad")]
+GIT_BAD = MATRIX if FULL else [("git", "bad")]
 GOOD = "good\nand more\n"
 BAD = "bad\n"
 PATCH_BAD = b"--- a/state.txt\n+++ b/state.txt\n@@ -1 +1 @@\n-good\n+bad\n"
@@ -217,7 +219,7 @@ def check_matrix(results: list[tuple[int, str, str]], copies: list[tuple[str, st
 def test_consumer_buildbot_builders_pass_and_fail(front: Front, prefix: str, tmp_path: Path
                                                   ) -> None:  # fmt: skip
     """try-*: the master's jobdir on this machine; ssh-*: over SSH (an ssh:// jobdir)."""
-    copies = working_copies(front.master, tmp_path, MATRIX if prefix == "try" else GIT_ONLY)
+    copies = working_copies(front.master, tmp_path, MATRIX if prefix == "try" else GIT_BAD)
     argvs = [(front.try_argv("-b", f"{prefix}-{vc}", "--wait"), wc) for vc, _, wc in copies]
     check_matrix(finish_all(start_all(argvs, front.env())), copies, front.master, prefix)
 
@@ -273,7 +275,7 @@ def test_buildbot_try_over_ssh_into_tryssh(front: Front, tmp_path: Path) -> None
                                                      ssh.known_hosts)])  # fmt: skip
         argvs = []
         copies = working_copies(front.master, tmp_path, MATRIX if FULL else [
-            ("git", "good"), ("git", "bad"), ("svn", "good")])  # fmt: skip
+            ("git", "bad"), ("svn", "good")])  # fmt: skip
         env = {k: v for k, v in front.env().items() if not k.startswith("SSH_")}
         for vc, kind, wc in copies:
             argv = [venv_bin("buildbot"), "try", "--connect=ssh", "--host", ssh.sshd.host,
@@ -368,3 +370,22 @@ def test_drop_in_without_api_says_it_cannot_report(
     assert status.returncode == 0, status.stderr
     record = json.loads(status.stdout)
     assert record["state"] == "claimed" and record["jobid"] == receipt["jobid"]
+
+
+def test_drop_in_job_buildbot_took_but_never_built_is_an_error(
+    buildbot_master: BuildbotMaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tryssh.server import queries
+
+    jobdir = Jobdir(str(buildbot_master.jobdir))
+    name = jobdir.deliver_bytes(encode_job(Job(
+        "dropped-by-buildbot", None, None, 1, PATCH_BAD, ["no-such"], who="carol")))  # fmt: skip
+    wait_until(lambda: os.path.exists(os.path.join(jobdir.cur, name)), timeout=30,
+               message="Buildbot did not take the job from new/")  # fmt: skip
+    status = queries.job_status(jobdir.path, str(buildbot_master.dir / "no-state"), name,
+                                "carol", {"api": buildbot_master.api})  # fmt: skip
+    assert status["state"] == "claimed"  # not yet known to be dropped
+    monkeypatch.setattr(queries, "NO_BUILDSET_GRACE", 0.0)
+    status = queries.job_status(jobdir.path, str(buildbot_master.dir / "no-state"), name,
+                                "carol", {"api": buildbot_master.api})  # fmt: skip
+    assert status["state"] == "error" and "made no buildset" in status["reason"]

@@ -200,3 +200,20 @@ def test_consumer_applies_keep_days(site):
     store.write(record)
     consume(site)  # gc runs at start, then once an hour
     assert store.read(old) is None
+
+
+def test_unrecorded_job_is_queued_then_claimed_and_says_whether_anything_can_follow_it(site):
+    """The drop-in set-up: whoever takes jobs from new/ (a Buildbot master) keeps no record."""
+    config = load_config(str(site))
+    name = deliver(site, "alice", ["unit"])
+    record = local_status(config, name, "alice")
+    assert record["state"] == "queued" and record["jobid"] == "id"
+    assert record["followable"] is False and "cannot report results" in record["reason"]
+    Jobdir(config.jobdir).claim(name)  # what Buildbot's MaildirService does
+    record = local_status(config, name, "alice")
+    assert record["state"] == "claimed" and record["followable"] is False
+    os.makedirs(config.state_dir)  # a consumer's records: it will tell
+    record = local_status(config, name, "alice")
+    assert record["state"] == "claimed" and "followable" not in record
+    # The text answer shows the jobid too.
+    assert "jobid: id" in tryserver(site, "status", name).stdout
