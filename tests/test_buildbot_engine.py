@@ -389,3 +389,26 @@ def test_drop_in_job_buildbot_took_but_never_built_is_an_error(
     status = queries.job_status(jobdir.path, str(buildbot_master.dir / "no-state"), name,
                                 "carol", {"api": buildbot_master.api})  # fmt: skip
     assert status["state"] == "error" and "made no buildset" in status["reason"]
+
+
+def test_stop_through_the_api_cancels_a_running_try_build(buildbot_master: BuildbotMaster
+                                                          ) -> None:  # fmt: skip
+    """What a cancel does to a job Buildbot builds: its build ends CANCELLED, tryssh's error."""
+    from tryssh.server.buildbot import Api, job_view
+
+    slow = b"--- a/check.sh\n+++ b/check.sh\n@@ -1 +1 @@\n-grep -q good state.txt\n+sleep 120\n"
+    Jobdir(str(buildbot_master.jobdir)).deliver_bytes(encode_job(Job(
+        "to-be-stopped", None, None, 1, slow, ["try-git"], who="carol")))  # fmt: skip
+    api = Api(buildbot_master.api)
+
+    def running() -> bool:
+        view = job_view(api, "to-be-stopped")
+        return bool(view) and view["builders"].get("try-git", {}).get("state") == "running"
+
+    wait_until(running, timeout=60, interval=0.2, message="the build did not start")
+    assert api.stop("to-be-stopped", "cancelled by carol") == 1
+    assert buildbot_master.results_by_builder("to-be-stopped") == {"try-git": 6}  # CANCELLED
+    view = job_view(api, "to-be-stopped")
+    assert view is not None and view["state"] == "error"
+    assert view["builders"]["try-git"]["reason"].startswith("Buildbot: CANCELLED")
+    assert api.stop("to-be-stopped", "again") == 0  # finished: nothing left to stop

@@ -105,6 +105,43 @@ class Api:
                 problem = f"GET {url}: the answer is not Buildbot's JSON ({err})"
         raise Unavailable(f"Buildbot's API does not answer: {problem}")
 
+    def post(self, path: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-RPC control call (``POST api/v2/PATH``), once: a stop is not retried blindly.
+        Unavailable when refused or unreachable (the web UI's authz must allow it)."""
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1, "params": params})
+        headers = {"Content-Type": "application/json", "User-Agent": "tryssh"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        url = f"{self.url}api/v2/{path}"
+        request = urllib.request.Request(url, data=body.encode(), headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            raise Unavailable(f"POST {url} ({method}): HTTP {err.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise Unavailable(f"POST {url} ({method}): {getattr(err, 'reason', err)}") from None
+        if isinstance(answer, dict) and answer.get("error"):
+            raise Unavailable(f"POST {url} ({method}): {answer['error'].get('message')}")
+        return answer if isinstance(answer, dict) else {}
+
+    def stop(self, jobid: str, reason: str) -> int:
+        """Stop every build, and cancel every request not started yet, of the try job
+        *jobid* (tryssh's cancel); how many were asked to stop."""
+        count = 0
+        for buildset in self.buildsets(jobid):
+            if buildset.get("complete"):
+                continue
+            for view in self.builds(buildset["bsid"]).values():
+                if view["state"] == "running" and view.get("buildid") is not None:
+                    self.post(f"builds/{view['buildid']}", "stop", {"reason": reason})
+                    count += 1
+                elif view["state"] == "pending":
+                    self.post(f"buildrequests/{view['buildrequestid']}", "cancel",
+                              {"reason": reason})  # fmt: skip
+                    count += 1
+        return count
+
     def buildsets(self, jobid: str) -> list[dict[str, Any]]:
         """The buildsets of the try job whose job file said ``jobid``."""
         params = [("external_idstring", jobid)] + [("field", f) for f in BUILDSET_FIELDS]
