@@ -234,12 +234,13 @@ def describe_builder(name: str, info: dict[str, Any]) -> str:
     state = info.get("state") or "?"
     result = info.get("result")
     text = f"{name}: {result if state == 'done' and result else state}"
-    if info.get("reason") and state == "done" and result != "success":
-        text += f" ({info['reason']})"
-    if info.get("url"):
-        text += f" {info['url']}"  # a Buildbot build's page
+    why = info.get("reason") if state == "done" and result != "success" else None
+    if info.get("url"):  # a Buildbot build: why it did not succeed, and its page
+        text += (f" ({why})" if why else "") + f" {info['url']}"
     elif info.get("log") and state == "done":
         text += f" (log {info['log']})"
+    elif why:
+        text += f" ({why})"
     return text
 
 
