@@ -412,3 +412,47 @@ def test_stop_through_the_api_cancels_a_running_try_build(buildbot_master: Build
     assert view is not None and view["state"] == "error"
     assert view["builders"]["try-git"]["reason"].startswith("Buildbot: CANCELLED")
     assert api.stop("to-be-stopped", "again") == 0  # finished: nothing left to stop
+
+
+def test_restarted_consumer_follows_a_delivered_job_and_a_reused_jobid_gets_a_fresh_one(
+    buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    """A consumer that died while Buildbot built a job follows it again (the job is not
+    sent twice); a job whose jobid Buildbot already knows is sent under its own name."""
+    import io
+
+    from tryssh.core.records import builder_entry, new_record
+    from tryssh.server.builders import forwarded_job
+    from tryssh.server.config import load_config
+    from tryssh.server.consumer import Consumer, EventLog
+
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    table = {"jobdir": str(buildbot_master.jobdir), "api": buildbot_master.api,
+             "poll_interval": 0.2}  # fmt: skip
+    (tmp_path / "tryssh.toml").write_text(
+        f"jobdir = {toml(jobdir.path)}\n[builders.try-svn]\nbuildbot = {inline(table)}\n"
+        '[users."*"]\n')  # fmt: skip
+    config = load_config(str(tmp_path / "tryssh.toml"))
+    job = Job("resume-me", None, None, 0, None, ["try-svn"], who="dave")
+    # The state a consumer killed right after the hand-over leaves behind.
+    name = jobdir.deliver_bytes(encode_job(job))
+    jobdir.claim(name)
+    Jobdir(str(buildbot_master.jobdir)).deliver_bytes(forwarded_job(job, ["try-svn"]))
+    store = RecordStore(config.state_dir).create()
+    store.write(new_record(name, state="running", jobid="resume-me", who="dave", builders={
+        "try-svn": builder_entry(state="running", jobid="resume-me", log=str(tmp_path / "l"))}))
+    again = jobdir.deliver_bytes(encode_job(job))  # the same jobid, a new job
+
+    consumer = Consumer(config, log=EventLog(io.StringIO()))
+    try:
+        assert consumer.run(once=True) == 0
+    finally:
+        consumer.close()
+    resumed, fresh = store.read(name), store.read(again)
+    assert resumed is not None and fresh is not None
+    assert resumed["state"] == "success", resumed
+    assert resumed["builders"]["try-svn"]["url"].startswith(buildbot_master.api)
+    assert len(buildbot_master.buildsets("resume-me")) == 1  # followed, not sent again
+    assert fresh["state"] == "success", fresh
+    assert fresh["builders"]["try-svn"]["jobid"] == again  # Buildbot knew "resume-me"
+    assert len(buildbot_master.buildsets(again)) == 1

@@ -347,11 +347,12 @@ def forwarded_job(job: Job, names: list[str], jobid: str | None = None) -> bytes
 
 def run_group(
     ctxs: list[BuildContext], done: Done, progress: Progress | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, follow: str | None = None,
 ) -> None:
     """Deliver the job once for the builders of *ctxs* (one forward or buildbot group) and
     report each builder's outcome through *done* (exactly once each); *progress* hears of
-    a build's URL or state while it runs."""
+    a build's URL or state while it runs. With *follow* (a jobid: the job was delivered
+    before a restart), a buildbot group only follows Buildbot's builds of it."""
     logs = _GroupLog(ctxs)
     reported: set[str] = set()
 
@@ -365,7 +366,7 @@ def run_group(
 
     try:
         if ctxs[0].builder.kind == "buildbot":
-            _run_buildbot(ctxs, logs, finish, progress or (lambda n, f: None), sleep)
+            _run_buildbot(ctxs, logs, finish, progress or (lambda n, f: None), sleep, follow)
         else:
             _run_forward(ctxs, logs, finish)
     except Exception as err:  # a bug here must not leave builders without a result
@@ -467,7 +468,7 @@ POLL_INTERVAL = 1.0  # REST polls while a build runs: see README, "Buildbot as t
 
 def _run_buildbot(
     ctxs: list[BuildContext], logs: _GroupLog, finish: Done, progress: Progress,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None], follow: str | None = None,
 ) -> None:
     """Hand the job to a Buildbot master, then take its builds' results as ours."""
     from tryssh.errors import TrysshError
@@ -492,15 +493,17 @@ def _run_buildbot(
 
     # Buildbot finds the job again by its jobid: it must be one no other buildset has
     # (a client may send any jobid, even another job's), else the job's name is used.
-    jobid = first.job.jobid or first.name
+    jobid = follow or first.job.jobid or first.name
     try:
-        if api.buildsets(jobid):
-            jobid = first.name
+        if follow:
+            logs.note(f"delivered before a restart: following jobid {jobid} again")
+        else:
             if api.buildsets(jobid):
-                fail_all(f"Buildbot already has a buildset for {jobid}: not sent again")
-                return
-        data = forwarded_job(first.job, _remote_names(ctxs), jobid)
-        _deliver(first, data, logs)
+                jobid = first.name
+                if api.buildsets(jobid):
+                    fail_all(f"Buildbot already has a buildset for {jobid}: not sent again")
+                    return
+            _deliver(first, forwarded_job(first.job, _remote_names(ctxs), jobid), logs)
     except TrysshError as err:
         fail_all(f"cannot hand the job to Buildbot at {table['api']}: {err.message}")
         return

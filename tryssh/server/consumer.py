@@ -15,7 +15,9 @@ consumer takes over every job that is claimed but unfinished and whose lock is f
 Builders that had finished keep their result; builders that had not started run now;
 a builder that was running when the consumer died is **not** run again: its result is
 ``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
-``interrupted``. Nothing is lost, and nothing runs twice.
+``interrupted``; but a ``buildbot`` builder whose job Buildbot already has (its ``jobid``
+is recorded) is followed again through the API, not sent again. Nothing is lost, and
+nothing runs twice.
 """
 
 from __future__ import annotations
@@ -540,6 +542,12 @@ class Consumer:
         now = now_iso()
         for bname, entry in record["builders"].items():
             if entry.get("state") == "running":
+                builder = self.config.builders.get(bname)
+                if builder is not None and builder.kind == "buildbot" and entry.get("jobid"):
+                    # Buildbot has the job and builds it whatever became of us: follow it
+                    # again, do not send it twice.
+                    entry.update(state="pending", follow=entry["jobid"])
+                    continue
                 entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
                 interrupted.append(bname)
         record["resumed"] = now
@@ -660,8 +668,11 @@ class Consumer:
                     entry.update(fields)
                     self._write(run)
 
+            follow = next((run.record["builders"][n].get("follow") for n in unit
+                           if run.record["builders"][n].get("follow")), None)  # fmt: skip
             builders_mod.run_group(
-                ctxs, lambda bname, outcome: self._builder_done(run, bname, outcome), progress
+                ctxs, lambda bname, outcome: self._builder_done(run, bname, outcome), progress,
+                follow=follow,
             )
         finally:
             for slot in slots:
