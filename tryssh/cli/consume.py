@@ -23,7 +23,10 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
 
     Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
     claiming, lets the running builds finish and exits 0. A job the policy refuses is kept
-    in cur/ with its reason in its record; nothing is dropped silently.
+    in cur/ with its reason in its record; nothing is dropped silently. Builders run here
+    (command), call out (webhook), or hand the job on once per receiver: forward (result
+    unknown, job "delivered") or buildbot (Buildbot builds it; its results are read back
+    from the master's REST API).
 
     \b
     Examples:
