@@ -208,12 +208,37 @@ def describe(view: dict[str, Any]) -> str | None:
     return text
 
 
-def job_view(api: Api, jobid: str) -> dict[str, Any] | None:
-    """A tryssh record's ``state`` and ``builders`` for the try job *jobid*, read from
-    Buildbot; None when Buildbot has no buildset for it (yet)."""
+# Buildbot's clock and ours may differ a little; a buildset this much older than the
+# delivery is still taken as the job's.
+CLOCK_SLACK = 60.0
+
+
+def job_buildset(api: Api, jobid: str, since: float | None = None) -> dict[str, Any] | None:
+    """The buildset of the job delivered at *since* (epoch seconds) with this *jobid*.
+
+    One delivery makes exactly one buildset. A client chooses the jobid, so another job
+    may carry the same one (copied from Buildbot's web UI, where it is shown): only the
+    first buildset submitted since the delivery is the job's, so that a later job with
+    a stolen jobid can never stand in for it.
+    """
     buildsets = api.buildsets(jobid)
-    if not buildsets:
+    if since is not None:
+        # submitted_at is in whole seconds; a master whose clock is a little behind ours
+        # is allowed for only when nothing was submitted since the delivery.
+        after = [b for b in buildsets if (b.get("submitted_at") or 0) >= int(since)]
+        buildsets = after or [
+            b for b in buildsets if (b.get("submitted_at") or 0) >= since - CLOCK_SLACK
+        ]
+    return min(buildsets, key=lambda b: b["bsid"]) if buildsets else None
+
+
+def job_view(api: Api, jobid: str, since: float | None = None) -> dict[str, Any] | None:
+    """A tryssh record's ``state`` and ``builders`` for the try job *jobid* delivered at
+    *since*, read from Buildbot; None when Buildbot has no buildset for it (yet)."""
+    buildset = job_buildset(api, jobid, since)
+    if buildset is None:
         return None
+    buildsets = [buildset]
     builders: dict[str, dict[str, Any]] = {}
     for buildset in buildsets:
         for name, view in api.builds(buildset["bsid"]).items():

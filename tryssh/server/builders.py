@@ -494,6 +494,7 @@ def _run_buildbot(
     # Buildbot finds the job again by its jobid: it must be one no other buildset has
     # (a client may send any jobid, even another job's), else the job's name is used.
     jobid = follow or first.job.jobid or first.name
+    since = None if follow else time.time()
     try:
         if follow:
             logs.note(f"delivered before a restart: following jobid {jobid} again")
@@ -516,7 +517,7 @@ def _run_buildbot(
     shown: dict[str, Any] = {}
     while True:
         try:
-            view = buildbot.job_view(api, jobid)
+            view = buildbot.job_view(api, jobid, since)
         except TrysshError as err:
             fail_all(f"{err.message} (jobid {jobid})")
             return

@@ -132,7 +132,7 @@ def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
         path = os.path.join(jobdir, sub, job)
         try:
             parsed = parse_job_file(path)
-            changed = os.stat(path).st_ctime  # the claim (a rename) sets it
+            info = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
@@ -148,7 +148,8 @@ def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
             repository=parsed.repository,
             comment=parsed.comment,
         )
-        record["_changed"] = changed
+        record["_changed"] = info.st_ctime  # the claim (a rename) sets it
+        record["_delivered"] = info.st_mtime  # the delivery sets it, the claim keeps it
         return record
     return None
 
@@ -158,6 +159,7 @@ def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, A
     import time
 
     changed = record.pop("_changed", None)
+    delivered = record.pop("_delivered", None)
     api_url = buildbot.get("api")
     if not api_url:
         if not os.path.isdir(state_dir):
@@ -172,7 +174,8 @@ def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, A
 
     try:
         api = bb.Api(api_url, bb.read_token(buildbot.get("token_file")), retries=1)
-        view = bb.job_view(api, record["jobid"] or "")
+        # From the delivery time on, the first buildset is the job's (see job_buildset).
+        view = bb.job_view(api, record["jobid"] or "", delivered)
     except OSError as err:
         record["reason"] = f"cannot read buildbot.token_file: {err.strerror}"
         return
