@@ -16,7 +16,7 @@ that the three Buildbot builders work in parallel.
 
 Every build costs seconds, so by default only the consumer set-up runs the whole matrix and
 the others git (the ssh:// jobdir and Buildbot's client a failing change only, the latter
-also a passing svn --diff job); ``TRYSSH_BUILDBOT_MATRIX=full``
+also passing hg and svn --diff jobs); ``TRYSSH_BUILDBOT_MATRIX=full``
 runs every VCS with a passing and a failing change in every set-up.
 """
 
@@ -265,9 +265,10 @@ def test_plain_forward_is_delivered_not_success(front: Front, tmp_path: Path) ->
 
 
 def test_buildbot_try_over_ssh_into_tryssh(front: Front, tmp_path: Path) -> None:
-    """Buildbot's own client, consumer in front. Its hg and svn extraction is broken on
-    Python 3 (bytes baserev), so those send --diff with --baserev and no --repository
-    (a null repository, which tryserver makes Buildbot-safe)."""
+    """Buildbot's own client, consumer in front. Its hg jobs carry a baserev of "b'NODE'"
+    (str of bytes), which tryserver unwraps; its svn extraction makes an empty patch
+    (``svn diff -rb'1'``), so svn sends --diff with --baserev and no --repository (a null
+    repository, which tryserver makes Buildbot-safe)."""
     ssh = start_ssh(tmp_path / "ssh", f"{venv_bin('tryserver')} --jobdir {front.jobdir} "
                     f"--config {front.config} --user alice")  # fmt: skip
     try:
@@ -275,15 +276,15 @@ def test_buildbot_try_over_ssh_into_tryssh(front: Front, tmp_path: Path) -> None
                                                      ssh.known_hosts)])  # fmt: skip
         argvs = []
         copies = working_copies(front.master, tmp_path, MATRIX if FULL else [
-            ("git", "bad"), ("svn", "good")])  # fmt: skip
+            ("git", "bad"), ("hg", "good"), ("svn", "good")])  # fmt: skip
         env = {k: v for k, v in front.env().items() if not k.startswith("SSH_")}
         for vc, kind, wc in copies:
             argv = [venv_bin("buildbot"), "try", "--connect=ssh", "--host", ssh.sshd.host,
                     "--port", str(ssh.sshd.port), "--username", ssh.sshd.user,
                     "--jobdir", "x", "--ssh", ssh_cmd, "-b", f"try-{vc}",
                     "--comment", f"bb-{vc}-{kind}-{tmp_path.name}"]  # fmt: skip
-            if vc == "git":
-                argv += ["--vc", "git"]
+            if vc in ("git", "hg"):
+                argv += ["--vc", vc]
             else:
                 diff, base, level = vcs_diff(vc, wc, front.env())
                 (wc.parent / f"{vc}-{kind}.diff").write_bytes(diff)
@@ -298,20 +299,21 @@ def test_buildbot_try_over_ssh_into_tryssh(front: Front, tmp_path: Path) -> None
             assert record["who"] == "alice"
             assert entry["result"] == ("success" if kind == "good" else "failure"), record
             assert entry["url"].startswith(front.master.api)
-            if vc != "git":
+            if vc == "svn":
                 assert record["repository"] == ""  # sent as null: tryserver made it ""
+            if vc == "hg":
+                assert not record["baserev"].startswith("b'")  # unwrapped by tryserver
     finally:
         ssh.sshd.stop()
 
 
 def vcs_diff(vc: str, wc: Path, env: dict[str, str]) -> tuple[bytes, str, str]:
-    """(patch, base revision, patch level) as the VCS itself gives them."""
+    """(patch, base revision, patch level) of an svn working copy."""
     def out(*argv: str) -> bytes:
         return subprocess.run(argv, cwd=wc, env=env, capture_output=True, check=True,
                               timeout=60).stdout  # fmt: skip
 
-    if vc == "hg":
-        return out("hg", "diff", "--git"), out("hg", "id", "-i", "-r", ".").decode().strip(), "1"
+    assert vc == "svn"
     info = out("svn", "info", "--show-item", "revision").decode().strip()
     return out("svn", "diff"), info, "0"
 

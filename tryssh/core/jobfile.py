@@ -364,11 +364,28 @@ def _transcode_json(
 NOT_NULL_TEXT = ("repository", "project")
 
 
+def bytes_repr_revision(value: object) -> str | None:
+    """The revision inside ``"b'...'"``, the Python repr of bytes that Buildbot's own client
+    (3.x, 4.x) sends as the ``baserev`` of hg and svn jobs; None for any other value. No
+    VCS names a revision with quotes, so the repr is never a real revision."""
+    if not isinstance(value, str) or len(value) < 3 or not value.startswith("b'"):
+        return None
+    inner = value[2:-1]
+    if not value.endswith("'") or "'" in inner or "\\" in inner or not inner.isprintable():
+        return None
+    return inner
+
+
 def normalise_for_buildbot(obj: dict[str, Any], job: Job | None = None) -> bool:
-    """Rewrite, in the v5/v6 JSON *obj* (and *job*), the values that crash Buildbot's master
-    at delivery: a null ``repository`` or ``project`` becomes ``""`` (what Buildbot itself
-    defaults a missing one to). ``buildbot try --diff`` without ``--repository`` sends null.
-    True when something changed."""
+    """Rewrite, in the v5/v6 JSON *obj* (and *job*), the values that break Buildbot at
+    delivery. True when something changed.
+
+    - A null ``repository`` or ``project`` becomes ``""`` (what Buildbot itself defaults a
+      missing one to): the master asserts and loses the job. ``buildbot try --diff``
+      without ``--repository`` sends null.
+    - A ``baserev`` of ``"b'REV'"`` becomes ``"REV"``: Buildbot's client sends that for hg
+      and svn, and every build of it fails to check the revision out.
+    """
     changed = False
     for key in NOT_NULL_TEXT:
         if key in obj and obj[key] is None:
@@ -376,6 +393,12 @@ def normalise_for_buildbot(obj: dict[str, Any], job: Job | None = None) -> bool:
             if job is not None:
                 setattr(job, key, "")
             changed = True
+    revision = bytes_repr_revision(obj.get("baserev"))
+    if revision is not None:
+        obj["baserev"] = revision
+        if job is not None:
+            job.baserev = revision or None
+        changed = True
     return changed
 
 

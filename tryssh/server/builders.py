@@ -333,13 +333,12 @@ class _GroupLog:
 
 def forwarded_job(job: Job, names: list[str], jobid: str | None = None) -> bytes:
     """The job as sent to a receiver: only its *names*, Buildbot-safe, maybe a new jobid."""
-    from tryssh.core.jobfile import NOT_NULL_TEXT
+    from tryssh.core.jobfile import normalise_for_buildbot
 
     copy = Job(**{f: getattr(job, f) for f in Job.FIELDS if f != "builder_names"},
                builder_names=names)  # fmt: skip
-    for key in NOT_NULL_TEXT:
-        if getattr(copy, key) is None:
-            setattr(copy, key, "")
+    fields = {k: getattr(copy, k) for k in ("repository", "project", "baserev")}
+    normalise_for_buildbot(fields, copy)  # sets what it changes on copy too
     if jobid is not None:
         copy.jobid = jobid
     return encode_job(copy)
