@@ -390,8 +390,10 @@ def test_consumer_refuses_missing_jobdir(tmp_path):
 
 
 def test_module_imports_stay_lean():
-    code = ("import sys, tryssh.server.queries; "
-            "print('paramiko' in sys.modules, 'click' in sys.modules)")
+    code = (
+        "import sys, tryssh.server.queries; "
+        "print('paramiko' in sys.modules, 'click' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.split() == ["False", "False"]

@@ -212,29 +212,40 @@ CRASHES = [
     pytest.param(netstrings("05", json.dumps(BASE_JSON)), IndexError, id="version-05"),
     pytest.param(netstrings("10", "x"), IndexError, id="version-10"),
     pytest.param(netstrings("1", "id", "b", "r", "1"), IndexError, id="v1-too-few"),
-    pytest.param(netstrings("4", "id", "b", "r", "1", "p", "repo", "proj"), IndexError,
-                 id="v4-too-few"),
+    pytest.param(
+        netstrings("4", "id", "b", "r", "1", "p", "repo", "proj"), IndexError, id="v4-too-few"
+    ),
     pytest.param(netstrings("5"), IndexError, id="v5-no-json"),
     pytest.param(netstrings(""), ValueError, id="version-empty"),
     pytest.param(netstrings("3.5"), ValueError, id="version-3.5"),
     pytest.param(netstrings("1", "id", "b", "r", "one", "p"), ValueError, id="level-text"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "patch_body"}), KeyError,
-                 id="v5-no-patch_body"),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "patch_body"}),
+        KeyError,
+        id="v5-no-patch_body",
+    ),
     pytest.param(v5(BASE_JSON, "6"), KeyError, id="v6-no-patch_body_base64"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "branch"}), KeyError,
-                 id="v5-no-branch"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "baserev"}), KeyError,
-                 id="v5-no-baserev"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "patch_level"}), KeyError,
-                 id="v5-no-patch_level"),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "branch"}), KeyError, id="v5-no-branch"
+    ),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "baserev"}), KeyError, id="v5-no-baserev"
+    ),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "patch_level"}),
+        KeyError,
+        id="v5-no-patch_level",
+    ),
     pytest.param(v5({**BASE_JSON, "patch_level": None}), TypeError, id="v5-level-null"),
     pytest.param(netstrings("5", "[]"), TypeError, id="json-list"),
     pytest.param(netstrings("5", "7"), TypeError, id="json-number"),
     pytest.param(netstrings("5", "[" * 100_000 + "]" * 100_000), RecursionError, id="json-deep"),
-    pytest.param(netstrings("1", "id", "b", "r", "1", b"p\xff"), UnicodeDecodeError,
-                 id="v1-binary-patch"),
-    pytest.param(netstrings("1", b"\xffid", "b", "r", "1", "p"), UnicodeDecodeError,
-                 id="v1-binary-jobid"),
+    pytest.param(
+        netstrings("1", "id", "b", "r", "1", b"p\xff"), UnicodeDecodeError, id="v1-binary-patch"
+    ),
+    pytest.param(
+        netstrings("1", b"\xffid", "b", "r", "1", "p"), UnicodeDecodeError, id="v1-binary-jobid"
+    ),
     pytest.param(netstrings("5", b'{"jobid": "\xff"}'), UnicodeDecodeError, id="v5-binary-json"),
 ]
 

@@ -223,26 +223,49 @@ BAD_JOBS = [
     pytest.param(netstrings("7", "{}"), "unknown job version 7", id="version-7"),
     pytest.param(netstrings("05") + JOB_BYTES[4:], "unknown job version '05'", id="version-05"),
     pytest.param(netstrings("five"), "unknown job version", id="version-five"),
-    pytest.param(v5({k: v for k, v in v5_obj.items() if k != "patch_body"}),
-                 "no 'patch_body' key", id="v5-missing-patch"),
-    pytest.param(v5({k: v for k, v in v5_obj.items() if k != "baserev"}), "no 'baserev' key",
-                 id="v5-missing-baserev"),
+    pytest.param(
+        v5({k: v for k, v in v5_obj.items() if k != "patch_body"}),
+        "no 'patch_body' key",
+        id="v5-missing-patch",
+    ),
+    pytest.param(
+        v5({k: v for k, v in v5_obj.items() if k != "baserev"}),
+        "no 'baserev' key",
+        id="v5-missing-baserev",
+    ),
     pytest.param(netstrings("5", "[1, 2]"), "must be an object", id="json-list"),
     pytest.param(netstrings("5", "{"), "unable to parse JSON", id="json-broken"),
-    pytest.param(netstrings("5", '{"properties": ' + "[" * 50_000 + "]" * 50_000 + "}"),
-                 "unable to parse JSON", id="json-nested-too-deeply"),
-    pytest.param(v5({**v5_obj, "patch_body_base64": "abcde"}, "6"), "not valid base64",
-                 id="bad-base64"),
-    pytest.param(netstrings("2", b"\xffid", "b", "r", "1", "p", "", ""), "not valid UTF-8",
-                 id="non-utf8-jobid"),
-    pytest.param(netstrings("4", "id", "b", "r", "1", "p", "repo", "proj", "w", b"\xc0"),
-                 "comment field is not valid UTF-8", id="non-utf8-comment"),
-    pytest.param(netstrings("2", "id", "b", "r", "1", b"\x89PNG\r\n\x1a\n", "", ""),
-                 "patch is not valid UTF-8", id="non-utf8-v2-patch"),
-    pytest.param(netstrings("5", b'{"jobid": "\xff"}'), "JSON is not valid UTF-8",
-                 id="non-utf8-json"),
-    pytest.param(netstrings("1", "id", "b", "r", "x", "p"), "patch_level 'x' is not a number",
-                 id="bad-patch-level"),
+    pytest.param(
+        netstrings("5", '{"properties": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+        "unable to parse JSON",
+        id="json-nested-too-deeply",
+    ),
+    pytest.param(
+        v5({**v5_obj, "patch_body_base64": "abcde"}, "6"), "not valid base64", id="bad-base64"
+    ),
+    pytest.param(
+        netstrings("2", b"\xffid", "b", "r", "1", "p", "", ""),
+        "not valid UTF-8",
+        id="non-utf8-jobid",
+    ),
+    pytest.param(
+        netstrings("4", "id", "b", "r", "1", "p", "repo", "proj", "w", b"\xc0"),
+        "comment field is not valid UTF-8",
+        id="non-utf8-comment",
+    ),
+    pytest.param(
+        netstrings("2", "id", "b", "r", "1", b"\x89PNG\r\n\x1a\n", "", ""),
+        "patch is not valid UTF-8",
+        id="non-utf8-v2-patch",
+    ),
+    pytest.param(
+        netstrings("5", b'{"jobid": "\xff"}'), "JSON is not valid UTF-8", id="non-utf8-json"
+    ),
+    pytest.param(
+        netstrings("1", "id", "b", "r", "x", "p"),
+        "patch_level 'x' is not a number",
+        id="bad-patch-level",
+    ),
 ]
 
 
@@ -513,7 +536,9 @@ def test_100_simultaneous_identical_submissions(jd):
     procs = [
         subprocess.Popen(
             [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=clean_env(),
         )
         for _ in range(100)
@@ -591,7 +616,11 @@ def peak_rss_kib(jd: Jobdir, job_path: Path, *args: str) -> int:
     with open(job_path, "rb") as stdin:
         result = subprocess.run(
             [sys.executable, "-S", "-c", RSS_WRAPPER, str(report), *argv],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=120, check=False,
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=120,
+            check=False,
         )
     rss, code = report.read_text().split()
     assert code == "0", out(result)
@@ -626,14 +655,22 @@ def test_a_flood_of_tiny_netstrings_is_refused_early(jd, tmp_path):
     with open(job, "rb") as stdin:
         result = subprocess.run(
             [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=20, check=False,
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=20,
+            check=False,
         )
     assert_refused(result, 65, jd, message="more than 10000 builders")
     job.write_bytes(JOB_BYTES + b"0:," * 3_000_000)  # after the JSON this time
     with open(job, "rb") as stdin:
         result = subprocess.run(
             [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=20, check=False,
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=20,
+            check=False,
         )
     assert_refused(result, 65, jd, message="more than 1000 netstrings after the JSON")
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tryssh.core.sshkeys import MAX_KEY_TEXT
 from tryssh.errors import EX_NOINPUT, EX_USAGE, TrysshError, exit_code_for_oserror
 from tryssh.server import authorized_keys as keymod
 
@@ -192,11 +193,11 @@ def add_cmd(
                 "cannot find the tryserver program; give its absolute path with --tryserver"
             )
     if keyfile == "-":
-        key_text = sys.stdin.read(keymod.MAX_KEY_TEXT + 1)
+        key_text = sys.stdin.read(MAX_KEY_TEXT + 1)
     else:
         try:
             with open(keyfile, encoding="ascii", errors="surrogateescape") as fh:
-                key_text = fh.read(keymod.MAX_KEY_TEXT + 1)
+                key_text = fh.read(MAX_KEY_TEXT + 1)
         except OSError as e:
             raise TrysshError(f"cannot read {keyfile}: {e.strerror or e}", EX_NOINPUT) from None
     entry = keymod.add_key(

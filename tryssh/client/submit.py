@@ -79,8 +79,11 @@ def gather_change(req: TryRequest, cwd: str | None = None) -> SourceChange:
         if req.baserev is None:
             raise UsageError("--diff needs --baserev (the revision the patch applies to)")
         return vcs.from_diff(
-            req.diff, baserev=req.baserev, patch_level=req.patchlevel or 0,
-            branch=req.branch, repository=req.repository,
+            req.diff,
+            baserev=req.baserev,
+            patch_level=req.patchlevel or 0,
+            branch=req.branch,
+            repository=req.repository,
         )
     start = cwd or os.getcwd()
     kind, topdir = vcs.detect_vcs(start)
@@ -157,7 +160,9 @@ def dry_run_dict(job: Job, change: SourceChange, stats: PatchStats, data: bytes)
         "comment": job.comment,
         "properties": job.properties,
         "patch": {
-            "files": stats.files, "added": stats.added, "removed": stats.removed,
+            "files": stats.files,
+            "added": stats.added,
+            "removed": stats.removed,
             "bytes": stats.size,
         },
         "size": len(data),

@@ -54,8 +54,11 @@ class Receipt:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "job": self.job, "size": self.size, "sha256": self.sha256,
-            "transport": self.transport, "host": self.host,
+            "job": self.job,
+            "size": self.size,
+            "sha256": self.sha256,
+            "transport": self.transport,
+            "host": self.host,
         }
 
 
@@ -282,9 +285,7 @@ def _sftp_path(path: str) -> str:
     return path
 
 
-def deliver_scp(
-    conn: Connection, data: bytes, jobdir: str, show_progress: bool = True
-) -> Receipt:
+def deliver_scp(conn: Connection, data: bytes, jobdir: str, show_progress: bool = True) -> Receipt:
     """Upload into ``JOBDIR/tmp/NAME`` and posix-rename into ``JOBDIR/new/NAME``."""
     import paramiko
 

@@ -101,8 +101,7 @@ class Jobdir:
         for sub in SUBDIRS:
             if not os.path.isdir(os.path.join(self.path, sub)):
                 raise CannotCreate(
-                    f"jobdir {self.path} is not set up: {sub}/ is missing "
-                    "(run tryssh-jobdir-setup)"
+                    f"jobdir {self.path} is not set up: {sub}/ is missing (run tryssh-jobdir-setup)"
                 )
 
     def deliver(self, write: Callable[[int], T]) -> tuple[str, T]:
@@ -188,9 +187,10 @@ class Jobdir:
         names = []
         for entry in entries:
             try:
-                if entry.is_file(follow_symlinks=False) and now - entry.stat(
-                    follow_symlinks=False
-                ).st_mtime > max_age:
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > max_age
+                ):
                     names.append(entry.name)
             except FileNotFoundError:
                 continue

@@ -16,6 +16,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
     pass
 
+
 class AuditLog:
     """An append-only log file opened with O_APPEND|O_NOFOLLOW.
 

@@ -141,7 +141,7 @@ def check_authorized_keys(path: str, config: Config | None) -> Iterator[Finding]
         if "restrict" not in options:
             yield Finding("problem", "keys", f"{entry.user}'s key {entry.fingerprint}: no restrict")
         command = next((o for o in options if o.startswith("command=")), "")
-        words = command[len("command="):].strip('"').split()
+        words = command[len("command=") :].strip('"').split()
         if not words or not os.access(words[0], os.X_OK):
             yield Finding("problem", "keys", f"key {entry.fingerprint} of {entry.user}: "
                           f"forced command {words[:1]} is not an executable")  # fmt: skip

@@ -27,9 +27,7 @@ def user_policy(config: Config, who: str) -> UserPolicy:
 def allowed_builders(config: Config, who: str) -> list[str]:
     """The configured builders *who* may use, in config order."""
     policy = user_policy(config, who)
-    return [
-        name for name in config.builders if any(fnmatchcase(name, g) for g in policy.builders)
-    ]
+    return [name for name in config.builders if any(fnmatchcase(name, g) for g in policy.builders)]
 
 
 def choose_builders(

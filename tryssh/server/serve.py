@@ -10,8 +10,6 @@ one-line message and exit status 64, like the forced command.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import socket
@@ -26,7 +24,7 @@ from typing import Any, TextIO
 import paramiko
 
 from tryssh.core.request import Refused, parse_ssh_command
-from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
@@ -99,7 +97,7 @@ def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
             raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
+    if not host or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ConfigError(f"{where}: expected HOST:PORT with a port 0-65535, got {text!r}")
     return host, int(port_text)
 
@@ -109,27 +107,6 @@ def format_address(host: str, port: int) -> str:
 
 
 # -- keys -------------------------------------------------------------------------------------
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """``SHA256:...`` as ssh-keygen -l prints it."""
-    return blob_fingerprint(key.asbytes())
-
-
-def parse_public_key(line: str) -> bytes:
-    """The key blob of an ``ssh-ed25519 AAAA... [comment]`` line; ValueError if malformed."""
-    words = line.split()
-    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise ValueError("expected 'TYPE BASE64 [COMMENT]' (no options)")
-    try:
-        blob = base64.b64decode(words[1], validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("the key is not valid base64") from None
-    # The blob starts with its own type name: a line whose two disagree is forged or broken.
-    name_len = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + name_len] != words[0].encode():
-        raise ValueError(f"the key data is not a {words[0]} key")
-    return blob
 
 
 def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
@@ -195,10 +172,10 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
         keys: dict[bytes, str] = {}
         for i, line in enumerate(policy.keys):
             try:
-                blob = parse_public_key(line)
-            except ValueError as err:
-                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err}") from None
-            keys[blob] = blob_fingerprint(blob)
+                key = parse_public_key(line)
+            except BadPublicKey as err:
+                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err.message}") from None
+            keys[key.blob] = key.fingerprint
         if policy.password_hash is not None:
             try:
                 parse_hash(policy.password_hash)
@@ -727,7 +704,7 @@ class EmbeddedServer:
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
-        self.fingerprint = fingerprint(self.host_key)
+        self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
         self.log = Log(AuditLog(config.audit_log), log_stream)
         self.limiter = AuthLimiter(
