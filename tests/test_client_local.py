@@ -15,17 +15,12 @@ from helpers import GIT_ENV, git, run, venv_bin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tryssh.client.submit import (
-    TryRequest,
-    build_job,
-    exit_code_for,
-    parse_properties,
-    status_lines,
-    wait_for,
-)
+from tryssh.client.job import TryRequest, build_job, parse_properties
 from tryssh.client.transport import quote_remote_path, tryserver_command
+from tryssh.client.wait import exit_code_for, wait_for
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import parse_job
+from tryssh.core.jobview import status_lines
 from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TempFail, TrysshError
 
 

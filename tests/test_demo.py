@@ -28,7 +28,7 @@ def test_demo_runs_end_to_end() -> None:
     assert result.returncode == 0, out
     # The good change builds and its tests pass; the broken one fails with exit 1.
     assert re.search(r"unit: success \(log ", out)
-    assert re.search(r"unit: failure \(log ", out)
+    assert re.search(r"unit: failure \((exit status 1; )?log ", out)
     assert "tryssh try exited with 1" in out
     assert "Ran 1 test" in out and "FAILED" in out
     assert "tryssh serve exited with 0" in out

@@ -82,7 +82,7 @@ def test_status_text_and_json(site):
     assert record["builders"]["lint"]["log"].endswith(f"/logs/{name}/lint.log")
     text = tryserver(site, "status", name).stdout
     assert f"job {name}: failure" in text
-    assert "  lint: failure (exit status 1)" in text and "  unit: success" in text
+    assert "  lint: failure (exit status 1; log " in text and "  unit: success (log " in text
     assert local_status(load_config(str(site)), name)["state"] == "failure"
 
 

@@ -36,25 +36,24 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
-from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
-from tryssh.client.submit import (  # noqa: E402
-    TRANSPORTS,
-    Destination,
+from tryssh.client.job import (  # noqa: E402
     TryRequest,
     build_job,
-    deliver,
     dry_run_dict,
-    echo_stderr,
-    exit_code_for,
     gather_change,
-    open_connection,
     parse_properties,
-    remote_query,
-    status_lines,
     summary_lines,
-    wait_for,
 )
-from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
+from tryssh.client.transport import (  # noqa: E402
+    DEFAULT_TRYSERVER_CMD,
+    TRANSPORTS,
+    Destination,
+    deliver,
+    open_connection,
+)
+from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
+from tryssh.core.jobview import status_lines  # noqa: E402
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which

@@ -50,7 +50,7 @@ from tryssh.core.records import (
 from tryssh.errors import BadJob, CannotCreate, TrysshError
 from tryssh.server import builders as builders_mod
 from tryssh.server.config import Config, ConfigError
-from tryssh.server.policy import Refused, choose_builders
+from tryssh.server.policy import PolicyRefused, choose_builders
 
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_PARALLEL = 16
@@ -505,7 +505,7 @@ class Consumer:
             else:
                 names = choose_builders(self.config, who, job.builder_names, job.branch, size)
                 self._init_builders(run, names)
-        except Refused as err:
+        except PolicyRefused as err:
             self._reject(run, err.message)
             return None
         self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))

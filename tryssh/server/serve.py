@@ -23,19 +23,17 @@ from typing import Any, TextIO
 
 import paramiko
 
-from tryssh.core.request import Refused, parse_ssh_command
+from tryssh.core.request import CommandRefused
 from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
-    EX_TEMPFAIL,
     ConfigError,
     TempFail,
-    TrysshError,
 )
 from tryssh.server.audit import AuditLog
 from tryssh.server.config import Config
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
-from tryssh.server.tryserver import REFUSALS, Options, Server, handle
+from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
@@ -315,8 +313,8 @@ class ChannelStdout:
 # -- one connection ---------------------------------------------------------------------------
 
 
-class Connection(paramiko.ServerInterface):
-    """One client: its authentication, its channels and their worker threads."""
+class ClientHandler(paramiko.ServerInterface):
+    """One client connection: its authentication, its channels and their worker threads."""
 
     def __init__(self, server: EmbeddedServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -511,49 +509,36 @@ class Connection(paramiko.ServerInterface):
             "from": self.peer,
             "auth": self.method,
             "key": self.key_fp,
-            "cmd": command.decode("utf-8", "replace"),
+            "cmd": clip(command.decode("utf-8", "replace")),
         }
-        code = EX_SOFTWARE
-        tryserver: Server | None = None
-        channel.settimeout(self.settings.idle_timeout)
-        try:
+        config = self.server.config
+        audit = self.log.audit
+
+        def open_request() -> RequestContext:
             try:
                 text = command.decode("utf-8")
             except UnicodeDecodeError:
-                raise Refused("command refused: not UTF-8") from None
-            request = parse_ssh_command(text)
-            config = self.server.config
+                raise CommandRefused("command refused: not UTF-8") from None
             # The identity is the authenticated user; the jobdir and limits are the config's.
+            # The command is parsed exactly as sshd's forced command parses it.
             opts = Options(jobdir=config.jobdir, user=user, config=config.path)
-            tryserver = Server(opts, env={}, config=config)
-            code = handle(
-                tryserver,
-                request,
+            env = {"SSH_ORIGINAL_COMMAND": text}
+            return RequestContext(opts, env=env, config=config, audit=audit)
+
+        channel.settimeout(self.settings.idle_timeout)
+        code = EX_SOFTWARE
+        try:
+            code = run_request(
+                open_request,
                 ChannelStdin(channel, self.touch, self.settings.idle_timeout),  # type: ignore[arg-type]
                 ChannelStdout(channel, self.touch),  # type: ignore[arg-type]
                 fields,
+                say=lambda line: self._send_stderr(channel, line + "\n"),
+                warn=self.log.say,
+                audit=audit,
+                gone=(OSError, EOFError, paramiko.SSHException),
             )
-        except TrysshError as err:
-            code = err.exit_code
-            fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
-            fields.setdefault("reason", err.message)
-            self._send_stderr(channel, f"tryserver: {err.message}\n")
-        except (OSError, EOFError, paramiko.SSHException) as err:
-            code = EX_TEMPFAIL
-            fields["outcome"] = "client gone"
-            fields["reason"] = str(err) or type(err).__name__
-        except Exception as err:  # a bug: log it, answer, keep the server up
-            import traceback
-
-            traceback.print_exc()
-            fields["outcome"] = "failed"
-            fields["reason"] = f"internal error: {type(err).__name__}"
-            self._send_stderr(channel, "tryserver: internal error\n")
         finally:
-            if tryserver is not None:
-                tryserver.close()  # a Server is made per request; serve is long-lived
-            fields["exit"] = code
-            self.log.record(**fields)
             self.log.say(
                 f"{self.peer} {user}: {fields.get('verb', 'request')} "
                 f"{fields.get('outcome')} exit={code}"
@@ -686,7 +671,7 @@ class Connection(paramiko.ServerInterface):
 
 
 class EmbeddedServer:
-    """Listens, accepts, and runs one thread per connection (see :class:`Connection`)."""
+    """Listens, accepts, and runs one thread per connection (see :class:`ClientHandler`)."""
 
     def __init__(self, config: Config, log_stream: TextIO | None = None) -> None:
         self.config = config
@@ -711,7 +696,7 @@ class EmbeddedServer:
             self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
         )
         self.stopping = threading.Event()
-        self.connections: set[Connection] = set()
+        self.connections: set[ClientHandler] = set()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.sock: socket.socket | None = None
@@ -774,7 +759,7 @@ class EmbeddedServer:
             self.threads = [t for t in self.threads if t.is_alive()]
             too_many = len(self.connections) >= self.settings.max_connections
             if not too_many:
-                conn = Connection(self, client, peer)
+                conn = ClientHandler(self, client, peer)
                 self.connections.add(conn)
         if too_many:
             self.log.say(
@@ -788,6 +773,6 @@ class EmbeddedServer:
             self.threads.append(thread)
         thread.start()
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: ClientHandler) -> None:
         with self._lock:
             self.connections.discard(conn)
