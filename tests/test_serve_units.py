@@ -15,10 +15,11 @@ from helpers import run, venv_bin, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tryssh.core.netaddr import parse_listen
 from tryssh.errors import ConfigError
 from tryssh.server.config import config_from_dict
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
-from tryssh.server.serve import AuthLimiter, Settings, accounts_from_config, parse_listen
+from tryssh.server.serve import AuthLimiter, Settings, accounts_from_config
 
 FAST = {"n": 1 << 4, "r": 1, "p": 1}
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3sVgK2Jx2UeCJC6V7eAbT1Yf3aGzXzv6rT1vCw0HX a@b"
@@ -153,9 +154,8 @@ def test_settings_defaults_and_checks(tmp_path: Path) -> None:
         300.0,
     )
     assert s.host_key == os.path.join(config.state_dir, "ssh_host_ed25519_key")
-    bad = config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="idle_timeout"):
-        Settings.from_config(bad)
+        config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
 
 
 def _ssh_string(data: bytes) -> bytes:

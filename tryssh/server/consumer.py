@@ -20,8 +20,6 @@ a builder that was running when the consumer died is **not** run again: its resu
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import os
 import select
@@ -33,11 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
+from tryssh.core import defaults
 from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name
 from tryssh.core.jobfile import Job, parse_job
 from tryssh.core.logfmt import format_value
 from tryssh.core.records import (
-    ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
     JobLock,
@@ -49,11 +47,11 @@ from tryssh.core.records import (
 )
 from tryssh.errors import BadJob, CannotCreate, TrysshError
 from tryssh.server import builders as builders_mod
-from tryssh.server.config import Config, ConfigError
+from tryssh.server.checks import refuse_problems
+from tryssh.server.config import Config
+from tryssh.server.inotify import Inotify
 from tryssh.server.policy import PolicyRefused, choose_builders
 
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_MAX_PARALLEL = 16
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
 
@@ -94,101 +92,6 @@ class EventLog:
                 pass  # a closed stderr must not stop the builds
 
 
-# --- inotify -------------------------------------------------------------------------
-
-IN_MODIFY = 0x00000002
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
-
-
-class Inotify:
-    """A minimal inotify watch on one directory, through libc with ctypes.
-
-    The events are not parsed: any event means "list the directory again", which also
-    covers a queue overflow.
-    """
-
-    def __init__(self, path: str) -> None:
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        init = getattr(libc, "inotify_init1", None)
-        if init is None:
-            raise OSError("inotify is not available")
-        fd = init(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-        self.fd = fd
-        mask = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
-        add = libc.inotify_add_watch
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        if add(fd, os.fsencode(path), mask) < 0:
-            errno = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(errno, os.strerror(errno), path)
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.fd, 65536):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# --- checks before anything runs -----------------------------------------------------
-
-
-def check_config(config: Config) -> None:
-    """Problems a config file can hold that load_config cannot see: missing programs,
-    unreadable secrets, forward targets that are not jobdirs. Raises ConfigError."""
-    where = config.path
-    for name, builder in config.builders.items():
-        key = f"builders.{name}"
-        if builder.kind == "command":
-            program = builder.target[0]
-            if "/" in program:
-                found = os.path.isfile(program) and os.access(program, os.X_OK)
-            else:
-                import shutil
-
-                found = (
-                    shutil.which(
-                        program,
-                        path=builder.options.get("env", {}).get(
-                            "PATH", os.environ.get("PATH", os.defpath)
-                        ),
-                    )
-                    is not None
-                )
-            if not found:
-                raise ConfigError(f"{where}: {key}.command: program {program!r} not found")
-        secret = builder.options.get("secret_file")
-        if secret is not None:
-            try:
-                with open(secret, "rb"):
-                    pass
-            except OSError as err:
-                raise ConfigError(
-                    f"{where}: {key}.secret_file: cannot read {secret}: {err.strerror}"
-                ) from None
-        if builder.kind == "forward" and not builder.target.startswith("ssh://"):
-            try:
-                Jobdir(builder.target).check()
-            except CannotCreate as err:
-                raise ConfigError(f"{where}: {key}.forward: {err.message}") from None
-    consume = config.consume
-    if consume.get("poll_interval") is not None and consume["poll_interval"] <= 0:
-        raise ConfigError(f"{where}: consume.poll_interval: must be greater than 0")
-    if consume.get("max_parallel") is not None and consume["max_parallel"] <= 0:
-        raise ConfigError(f"{where}: consume.max_parallel: must be greater than 0")
-
-
 # --- the consumer --------------------------------------------------------------------
 
 
@@ -226,8 +129,8 @@ class Consumer:
         self.jobdir = Jobdir(config.jobdir)
         self.store = RecordStore(config.state_dir)
         self.use_inotify = use_inotify
-        self.poll_interval = float(config.consume.get("poll_interval", DEFAULT_POLL_INTERVAL))
-        self.max_parallel = int(config.consume.get("max_parallel", DEFAULT_MAX_PARALLEL))
+        self.poll_interval = float(config.consume.get("poll_interval", defaults.POLL_INTERVAL))
+        self.max_parallel = int(config.consume.get("max_parallel", defaults.MAX_PARALLEL))
         self._builder_slots = {
             name: threading.BoundedSemaphore(b.concurrency) for name, b in config.builders.items()
         }
@@ -247,7 +150,7 @@ class Consumer:
 
     def prepare(self) -> None:
         """Check everything before the first job: jobdir, state and log directories."""
-        check_config(self.config)
+        refuse_problems(self.config)
         self.jobdir.check()
         self.store.create()
         try:
@@ -683,4 +586,4 @@ def _read_all(fd: int, size: int) -> bytes:
         offset += len(chunk)
 
 
-__all__ = ["ACTIVE_STATES", "Consumer", "EventLog", "Inotify", "check_config"]
+__all__ = ["Consumer", "EventLog"]

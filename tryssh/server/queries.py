@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+from tryssh.core import defaults
 from tryssh.core.jobview import format_jobs, format_status
 from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
 
@@ -60,7 +61,7 @@ def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | 
 def _dirs(config: Config | None, jobdir: Jobdir) -> tuple[str, str]:
     if config is not None:
         return config.jobdir, config.state_dir
-    return jobdir.path, os.path.join(jobdir.path, "state")
+    return jobdir.path, os.path.join(jobdir.path, defaults.STATE_DIR)
 
 
 def _builders(request: Request, config: Config | None, who: str | None) -> str:

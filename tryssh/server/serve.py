@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 import paramiko
 
+from tryssh.core import defaults
+from tryssh.core.netaddr import format_address, parse_listen
 from tryssh.core.request import CommandRefused
 from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
@@ -31,12 +33,10 @@ from tryssh.errors import (
     TempFail,
 )
 from tryssh.server.audit import AuditLog
-from tryssh.server.config import Config
+from tryssh.server.config import SERVE_POSITIVE, Config
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
 from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 
-DEFAULT_LISTEN = "127.0.0.1:2222"
-HOST_KEY_NAME = "ssh_host_ed25519_key"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
 AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
@@ -49,8 +49,8 @@ POLL = 0.25  # how often the accept loop and the connection watchdogs look at th
 class Settings:
     """The ``[serve]`` table with its defaults filled in."""
 
-    host: str = "127.0.0.1"
-    port: int = 2222
+    host: str = defaults.SERVE_HOST
+    port: int = defaults.SERVE_PORT
     host_key: str = ""
     max_auth_tries: int = 6
     max_auth_failures_per_address: int = 10
@@ -61,47 +61,20 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
+        """The settings of a config (which :mod:`tryssh.server.config` checked already)."""
         serve = config.serve
-        where = f"{config.path}: serve."
-        host, port = parse_listen(serve.get("listen", DEFAULT_LISTEN), where + "listen")
+        host, port = parse_listen(serve.get("listen", defaults.SERVE_LISTEN))
         settings = cls(
             host=host,
             port=port,
-            host_key=serve.get("host_key") or os.path.join(config.state_dir, HOST_KEY_NAME),
+            host_key=serve.get("host_key")
+            or os.path.join(config.state_dir, defaults.SERVE_HOST_KEY),
             banner=serve.get("banner"),
         )
-        for key in (
-            "max_auth_tries",
-            "max_auth_failures_per_address",
-            "auth_penalty_seconds",
-            "max_connections",
-            "idle_timeout",
-        ):
+        for key in SERVE_POSITIVE:
             if key in serve:
-                if serve[key] <= 0:
-                    raise ConfigError(f"{where}{key}: must be greater than 0")
                 setattr(settings, key, serve[key])
         return settings
-
-
-def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); port 0 means any free port."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(f"{where}: expected [ADDRESS]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
-    if not host or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise ConfigError(f"{where}: expected HOST:PORT with a port 0-65535, got {text!r}")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- keys -------------------------------------------------------------------------------------

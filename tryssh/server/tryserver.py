@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 
+from tryssh.core import defaults
 from tryssh.core import request as command
 from tryssh.core.jobdir import Jobdir, write_all
 from tryssh.core.sshkeys import light_sha256
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
     from tryssh.server.config import Config
 
-DEFAULT_MAX_SIZE = 64 * 1024 * 1024
-DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
 REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
@@ -85,7 +84,7 @@ class Options:
         max_size: int | None = None,
         config: str | None = None,
         audit_log: str | None = None,
-        max_time: int = DEFAULT_MAX_TIME,
+        max_time: int = defaults.MAX_REQUEST_TIME,
     ) -> None:
         self.jobdir = jobdir
         self.user = user
@@ -152,7 +151,7 @@ class RequestContext:
         self.jobdir = Jobdir(jobdir)
         self.jobdir.check()
         self.max_size = opts.max_size or (
-            self.config.max_job_size if self.config else DEFAULT_MAX_SIZE
+            self.config.max_job_size if self.config else defaults.MAX_JOB_SIZE
         )
         if self.config and opts.user:
             policy = self.config.user(opts.user)
@@ -160,12 +159,8 @@ class RequestContext:
                 self.max_size = min(self.max_size, policy.max_job_size)
         self._owns_audit = audit is None
         if audit is None:
-            audit_path = opts.audit_log or (
-                self.config.audit_log
-                if self.config
-                else os.path.join(self.jobdir.path, "audit.log")
-            )
-            audit = AuditLog(audit_path)
+            default = os.path.join(self.jobdir.path, defaults.AUDIT_LOG)
+            audit = AuditLog(opts.audit_log or (self.config.audit_log if self.config else default))
         self.audit = audit
 
     def request(self) -> tuple[command.Request, str]:
