@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshd import Sshd, UserKey, ssh_argv
 
-from tryssh.cli.keys import default_authorized_keys, default_tryserver, keys
+from tryssh.cli.keys import default_authorized_keys, default_tryserver
+from tryssh.cli.main import root_group
 from tryssh.core import sshkeys
 from tryssh.core.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from tryssh.server import authorized_keys as keymod
@@ -588,7 +589,7 @@ def cli(tmp_path: Path) -> Callable[..., tuple[int, str, str]]:
         argv = list(args)
         if ak_path and args and args[0] in ("add", "list", "remove"):
             argv += ["--authorized-keys", ak_path]
-        result = CliRunner().invoke(keys, argv, input=input, prog_name="tryssh keys")
+        result = CliRunner().invoke(root_group(), ["keys", *argv], input=input, prog_name="tryssh")
         return result.exit_code, result.stdout, result.stderr
 
     return invoke

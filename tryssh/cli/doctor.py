@@ -61,4 +61,4 @@ def doctor_cmd(
     warnings = sum(f.level == "warn" for f in findings)
     if not as_json:
         click.echo(f"{problems} problem(s), {warnings} warning(s)", err=True)
-    raise SystemExit(1 if problems else 0)
+    click.get_current_context().exit(1 if problems else 0)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tryssh.errors import EX_OK, TrysshError, UsageError
+from tryssh.errors import TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
-def serve_cmd(config_path: str, consume: bool) -> int:
+def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
@@ -76,7 +76,6 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer_thread.join()
             consumer.close()
     click.echo("tryssh serve: stopped", err=True)
-    return EX_OK
 
 
 def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
@@ -101,7 +100,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
 
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
-def passwd_cmd(from_stdin: bool) -> int:
+def passwd_cmd(from_stdin: bool) -> None:
     """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
@@ -126,4 +125,3 @@ def passwd_cmd(from_stdin: bool) -> int:
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)
-    return EX_OK
