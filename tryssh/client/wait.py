@@ -13,14 +13,7 @@ from typing import Any
 from tryssh.client.transport import Destination, run_remote, tryserver_command
 from tryssh.core.jobview import builder_line, head_line
 from tryssh.core.records import FINAL_STATES
-from tryssh.errors import (
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_TEMPFAIL,
-    EX_USAGE,
-    TempFail,
-    TrysshError,
-)
+from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, REFUSALS, TempFail, TrysshError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,8 +52,8 @@ def wait_for(
     """Poll *fetch* until the job reaches a final state; show changes through *echo*.
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
-    connection, server busy) is retried until then; a refusal (64, 77) or an unknown
-    job (66: the server has no such job of yours) is final.
+    connection, server busy) is retried until then; a refusal (:data:`REFUSALS`: 64, 77, or
+    66 when the server has no such job of yours) is final.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -69,7 +62,7 @@ def wait_for(
         try:
             record = fetch()
         except TrysshError as err:
-            if err.exit_code in (EX_USAGE, EX_NOINPUT, EX_NOPERM):
+            if err.exit_code in REFUSALS:
                 raise
             if echo is not None and err.message != last_error:
                 echo(f"status not available yet: {err.message}")

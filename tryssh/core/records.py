@@ -25,7 +25,8 @@ import fcntl
 import json
 import os
 
-from tryssh.core.jobdir import fsync_dir, is_job_name
+from tryssh.core.jobdir import fsync_dir, is_job_name, job_time, write_all
+from tryssh.core.logfmt import iso_time
 from tryssh.errors import TrysshError, exit_code_for_oserror
 
 TYPE_CHECKING = False  # typing is not imported at run time: tryserver status reads records
@@ -81,8 +82,7 @@ INTERRUPTED = "interrupted (consumer restarted)"
 
 def now_iso() -> str:
     """The current UTC time as ISO-8601 with microseconds and a ``Z``."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(micros=True)
 
 
 def parse_iso(text: str | None) -> float | None:
@@ -192,9 +192,7 @@ class RecordStore:
         try:
             try:
                 os.fchmod(fd, RECORD_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -316,12 +314,5 @@ def _names(directory: str) -> list[str]:
     return sorted(names, key=_time_key)
 
 
-def _time_key(name: str) -> tuple[float, str]:
-    # tryssh and Buildbot job names both start with the delivery time in seconds.
-    head = name.split("-", 1)[0]
-    sec, _, rest = head.partition(".")
-    micros = rest[1:7] if rest.startswith("M") else rest[:6]
-    try:
-        return float(f"{int(sec)}.{micros if micros.isdigit() else 0}"), name
-    except ValueError:
-        return 0.0, name
+def _time_key(name: str) -> tuple[tuple[int, int], str]:
+    return job_time(name), name

@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
 from tryssh.core import defaults
-from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name
+from tryssh.core.jobdir import AlreadyTaken, Jobdir
 from tryssh.core.jobfile import Job, parse_job
-from tryssh.core.logfmt import format_value
+from tryssh.core.logfmt import format_fields, iso_time
 from tryssh.core.records import (
     FINAL_STATES,
     INTERRUPTED,
@@ -78,12 +78,11 @@ class EventLog:
     def __call__(self, priority: int, **fields: object) -> None:
         if priority >= DEBUG and not self.verbose:
             return
-        text = " ".join(f"{k}={format_value(v)}" for k, v in fields.items() if v is not None)
+        text = format_fields(fields)
         if self.journal:
             line = f"<{priority}>{text}\n"
         else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            line = f"{stamp} level={_LEVELS[priority]} {text}\n"
+            line = f"{iso_time()} level={_LEVELS[priority]} {text}\n"
         with self._lock:
             try:
                 self.stream.write(line)
@@ -303,10 +302,7 @@ class Consumer:
             if self._resume_one(name):
                 count += 1
         # Jobs claimed (in cur/) before any record was written.
-        try:
-            in_cur = [n for n in os.listdir(self.jobdir.cur) if is_job_name(n)]
-        except FileNotFoundError:
-            in_cur = []
+        in_cur = self.jobdir.claimed()
         known = set(self.store.final_jobs()) | set(self.store.active_jobs())
         for name in sorted(set(in_cur) - known):
             if self._resume_one(name):
@@ -317,7 +313,7 @@ class Consumer:
         if not self._take_slot():
             return False
         self.log(DEBUG, job=name, event="resume-candidate")
-        self._submit(name, os.path.join(self.jobdir.cur, name), {"resume": True})
+        self._submit(name, self.jobdir.cur_path(name), {"resume": True})
         return True
 
     # -- one job --
@@ -372,7 +368,7 @@ class Consumer:
         try:
             info = os.fstat(fd)
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
-            record["received"] = _iso(info.st_mtime)
+            record["received"] = iso_time(info.st_mtime, micros=True)
             size = info.st_size
             hard_limit = max(
                 [self.config.max_job_size]
@@ -566,13 +562,6 @@ class Consumer:
     def _write(self, run: _JobRun) -> None:
         self.store.write(run.record)
         run.written = True
-
-
-def _iso(stamp: float) -> str:
-    import datetime
-
-    when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 
 from tryssh.core import defaults
+from tryssh.core.jobdir import Jobdir
 from tryssh.errors import TrysshError
 from tryssh.server.checks import Finding, config_findings
 from tryssh.server.config import Config, load_config
@@ -52,7 +53,8 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
 
 
 def check_jobdir(config: Config) -> Iterator[Finding]:
-    subs = {name: os.path.join(config.jobdir, name) for name in ("tmp", "new", "cur")}
+    jobdir = Jobdir(config.jobdir)
+    subs = {"tmp": jobdir.tmp, "new": jobdir.new, "cur": jobdir.cur}
     found = False
     for name, path in subs.items():
         bad = list(_dir_findings(path, f"{name}/"))

@@ -106,12 +106,13 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
 
 def _unrecorded(jobdir: str, job: str) -> JobRecord | None:
     """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
+    from tryssh.core.jobdir import Jobdir
     from tryssh.core.jobfile import parse_job_file
     from tryssh.core.records import new_record
     from tryssh.errors import BadJob
 
-    for sub in ("new", "cur"):
-        path = os.path.join(jobdir, sub, job)
+    where = Jobdir(jobdir)
+    for path in (where.new_path(job), where.cur_path(job)):
         try:
             parsed = parse_job_file(path)
         except (FileNotFoundError, NotADirectoryError):

@@ -25,6 +25,7 @@ from tryssh.errors import (
     EX_OK,
     EX_SOFTWARE,
     EX_TEMPFAIL,
+    REFUSALS,
     PermissionDenied,
     TempFail,
     TrysshError,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
     from tryssh.server.config import Config
 
-REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
