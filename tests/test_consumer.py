@@ -17,9 +17,10 @@ from helpers import venv_bin, wait_until
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import INTERRUPTED, RecordStore, builder_entry, lock_job, new_record
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 
 
 def toml_value(value: object) -> str:

@@ -13,9 +13,10 @@ from helpers import venv_bin
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import RecordStore, new_record
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 from tryssh.server.gc import collect
 from tryssh.server.queries import local_status
 

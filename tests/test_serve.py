@@ -742,3 +742,8 @@ def test_consume_runs_the_builders_in_the_same_process(
     assert '"alice"' in record
     assert marker.read_text() == "built\n"
     assert server.stop() == 0, server.output()
+    # The server's and the consumer's messages share one stream and one format.
+    lines = server.log().splitlines()
+    assert any("event=start" in line for line in lines), server.output()
+    assert any("authenticated by publickey" in line for line in lines), server.output()
+    assert all(re.match(r"time=\S+Z level=\w+ \w+=", line) for line in lines), server.output()

@@ -33,8 +33,9 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
 
     Exit codes: 0 stopped cleanly, 78 config error (file, key and problem named).
     """
+    from tryssh.core.logfmt import EventLog
     from tryssh.server.config import load_config
-    from tryssh.server.consumer import Consumer, EventLog
+    from tryssh.server.consumer import Consumer
 
     config = load_config(config_path)
     consumer = Consumer(config, log=EventLog(verbose=verbose), use_inotify=not poll)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from tryssh.core.logfmt import ERR, INFO, EventLog
 from tryssh.errors import TrysshError, UsageError
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     consumer = consumer_thread = None
     try:
         if consume:
-            consumer, consumer_thread = _start_consumer(config, stop)
+            consumer, consumer_thread = _start_consumer(config, stop, server.log.events)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -75,13 +76,15 @@ def serve_cmd(config_path: str, consume: bool) -> None:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
-    click.echo("tryssh serve: stopped", err=True)
+    server.log.events(INFO, event="serve-stopped")
 
 
-def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
+def _start_consumer(
+    config: Config, stop: threading.Event, events: EventLog
+) -> tuple[Consumer, threading.Thread]:
     from tryssh.server.consumer import Consumer
 
-    consumer = Consumer(config)
+    consumer = Consumer(config, log=events)  # one stream, one format: the server's
     consumer.prepare()  # config and directory errors before the ready line, not in a thread
 
     def run() -> None:
@@ -89,7 +92,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
             consumer.run()
         except Exception as err:
             message = err.message if isinstance(err, TrysshError) else repr(err)
-            click.echo(f"tryssh serve: the consumer stopped: {message}", err=True)
+            events(ERR, event="consumer-stopped", reason=message)
         finally:
             stop.set()  # a dead consumer must not leave a server taking jobs nobody runs
 

@@ -1,14 +1,25 @@
 """logfmt lines: ``key=value`` pairs, a value with anything but plain characters JSON-quoted.
 
-One writer for the audit log, the consumer's event log and ``tryssh serve``: a client's
-newline or escape sequence can never forge a line.
+One writer for the audit log, the consumer's event log and ``tryssh serve``'s messages: every
+line starts ``time=...Z`` (UTC), and a client's newline or escape sequence can never forge a
+line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
+
+TYPE_CHECKING = False  # typing is not imported at run time: the audit log is on start-up path
+if TYPE_CHECKING:
+    from typing import TextIO
+
+# syslog priorities, for the "<N>" prefix journald understands
+ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
+LEVELS = {ERR: "err", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
 
 _PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,~%-]+")
 
@@ -36,7 +47,36 @@ def format_fields(fields: dict[str, object]) -> str:
 
 
 def format_line(fields: dict[str, object]) -> str:
-    """One audit line (with its newline) from *fields*, prefixed by the UTC time."""
-    parts = [f"time={iso_time()}"]
-    parts += [f"{k}={format_value(v)}" for k, v in fields.items() if v is not None]
-    return " ".join(parts) + "\n"
+    """One line (with its newline) from *fields*, prefixed by the UTC time."""
+    return f"time={iso_time()} {format_fields(fields)}".rstrip() + "\n"
+
+
+class EventLog:
+    """One logfmt line per event on a stream (stderr), thread-safe: ``time=... level=...``
+    and the event's fields.
+
+    Under systemd (JOURNAL_STREAM set) lines carry a ``<N>`` priority prefix and no time,
+    since journald adds its own.
+    """
+
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
+        import threading  # not at import time: the forced command imports this module
+
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+        self.journal = "JOURNAL_STREAM" in os.environ
+        self._lock = threading.Lock()
+
+    def __call__(self, priority: int, **fields: object) -> None:
+        if priority >= DEBUG and not self.verbose:
+            return
+        if self.journal:
+            line = f"<{priority}>{format_fields(fields)}\n"
+        else:
+            line = format_line({"level": LEVELS[priority], **fields})
+        with self._lock:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed stderr must not stop the builds or the server

@@ -24,17 +24,16 @@ import hashlib
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TextIO
+from typing import Any
 
 from tryssh.core import defaults
 from tryssh.core.jobdir import AlreadyTaken, Jobdir
 from tryssh.core.jobfile import Job, parse_job
-from tryssh.core.logfmt import format_fields, iso_time
+from tryssh.core.logfmt import DEBUG, ERR, INFO, NOTICE, WARNING, EventLog, iso_time
 from tryssh.core.records import (
     FINAL_STATES,
     INTERRUPTED,
@@ -55,40 +54,7 @@ from tryssh.server.policy import PolicyRefused, choose_builders
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
 
-# syslog priorities, for the "<N>" prefix journald understands
-ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
-_LEVELS = {ERR: "err", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
-
 Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
-
-
-class EventLog:
-    """One line per event on stderr: ``key=value`` pairs (logfmt).
-
-    Under systemd (JOURNAL_STREAM set) lines carry a ``<N>`` priority prefix and no
-    timestamp, since journald adds its own; elsewhere they start with the UTC time.
-    """
-
-    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
-        self.stream = stream or sys.stderr
-        self.verbose = verbose
-        self.journal = "JOURNAL_STREAM" in os.environ
-        self._lock = threading.Lock()
-
-    def __call__(self, priority: int, **fields: object) -> None:
-        if priority >= DEBUG and not self.verbose:
-            return
-        text = format_fields(fields)
-        if self.journal:
-            line = f"<{priority}>{text}\n"
-        else:
-            line = f"{iso_time()} level={_LEVELS[priority]} {text}\n"
-        with self._lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed stderr must not stop the builds
 
 
 # --- the consumer --------------------------------------------------------------------
@@ -575,4 +541,4 @@ def _read_all(fd: int, size: int) -> bytes:
         offset += len(chunk)
 
 
-__all__ = ["Consumer", "EventLog"]
+__all__ = ["Consumer"]

@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import paramiko
 
 from tryssh.core import defaults
+from tryssh.core.logfmt import INFO, EventLog
 from tryssh.core.netaddr import format_address, parse_listen
 from tryssh.core.request import CommandRefused
 from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
@@ -162,22 +162,15 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
 
 
 class Log:
-    """One-line messages on stderr (thread-safe), plus the audit log."""
+    """Messages on stderr, as the consumer's events (one logfmt writer), plus the audit log."""
 
-    def __init__(self, audit: AuditLog | None, stream: TextIO | None = None) -> None:
+    def __init__(self, audit: AuditLog | None, events: EventLog | None = None) -> None:
         self.audit = audit
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
+        self.events = events or EventLog()
 
-    def say(self, message: str) -> None:
-        # No control characters from clients reach the terminal.
-        clean = "".join(c if c.isprintable() else "?" for c in message)
-        with self._lock:
-            try:
-                self.stream.write(f"tryssh serve: {clean}\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+    def say(self, message: str, priority: int = INFO) -> None:
+        # format_value quotes the message: no client's control character reaches a terminal.
+        self.events(priority, msg=message)
 
     def record(self, **fields: object) -> None:
         if self.audit is None:
@@ -646,7 +639,7 @@ class ClientHandler(paramiko.ServerInterface):
 class EmbeddedServer:
     """Listens, accepts, and runs one thread per connection (see :class:`ClientHandler`)."""
 
-    def __init__(self, config: Config, log_stream: TextIO | None = None) -> None:
+    def __init__(self, config: Config, events: EventLog | None = None) -> None:
         self.config = config
         self.settings = Settings.from_config(config)
         self.accounts = accounts_from_config(config)
@@ -664,7 +657,7 @@ class EmbeddedServer:
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
         self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
-        self.log = Log(AuditLog(config.audit_log), log_stream)
+        self.log = Log(AuditLog(config.audit_log), events)
         self.limiter = AuthLimiter(
             self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
         )
