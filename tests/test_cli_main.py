@@ -42,3 +42,17 @@ def test_errors_map_to_one_line_and_a_code(capsys, error, code, stderr) -> None:
 def test_results_are_exit_codes() -> None:
     assert _run(lambda: None) == 0
     assert _run(lambda: 3) == 3  # click returns ctx.exit(3)'s code when not standalone
+
+
+def test_version_is_the_installed_packages() -> None:
+    import importlib.metadata
+    import subprocess
+
+    from helpers import venv_bin
+
+    import tryssh
+
+    assert tryssh.__version__ == importlib.metadata.version("tryssh")
+    out = subprocess.run([venv_bin("tryssh"), "--version"], capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert out.returncode == 0 and tryssh.__version__ in out.stdout, out

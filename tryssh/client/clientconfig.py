@@ -21,7 +21,7 @@ PROJECT_FILE = ".tryssh.toml"
 TABLE = "try"
 COMMAND_LINE = "command line"
 
-# The keys of the [try] table (see docs/client-config.rst).
+# The keys of the [try] table (README.rst, "Client configuration").
 KEYS: tuple[str, ...] = (
     "connect",
     "host",

@@ -26,10 +26,7 @@ from typing import BinaryIO
 
 from tryssh.errors import EX_IOERR, EX_NOINPUT, EX_UNAVAILABLE, TrysshError, UsageError
 
-SUPPORTED_VCS = ("git", "hg", "svn")
-
-# The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
-#: The directory that marks the top of a working copy, per VCS.
+#: The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
 MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
 
 # Commands that print the top directory of the working copy around the current directory.

@@ -41,7 +41,6 @@ JSON_KEY_ORDER = (
     "jobid", "branch", "baserev", "patch_level", "repository", "project",
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
-OPTIONAL_TEXT = ("repository", "project", "who", "comment")
 
 
 class Job:

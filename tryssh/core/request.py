@@ -15,7 +15,6 @@ import shlex
 from tryssh.errors import UsageError
 
 VERBS = ("deliver", "status", "builders", "jobs")
-PROGRAMS = ("tryserver", "buildbot", "tryssh")
 MAX_COMMAND = 4096
 # Shell syntax (; | & $ ` < > ( ) \ * ?), control characters and non-ASCII are refused.
 _ALLOWED = re.compile(r"[A-Za-z0-9 _./~:=,@+%'\"-]*")

@@ -10,8 +10,9 @@ rename decides who gets a job), and processes each job in a thread:
 2. run its builders, in parallel, each builder limited to ``concurrency`` builds at once;
 3. keep the durable record (:mod:`tryssh.core.records`) up to date at every step.
 
-Crash safety: while a consumer processes a job it holds the job's lock file. At start a
-consumer takes over every job that is claimed but unfinished and whose lock is free.
+Crash safety: while a consumer processes a job it holds the job's lock (a ``flock`` on the
+job file in ``cur/``). At start a consumer takes over every job that is claimed but
+unfinished and whose lock is free.
 Builders that had finished keep their result; builders that had not started run now;
 a builder that was running when the consumer died is **not** run again: its result is
 ``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
