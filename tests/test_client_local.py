@@ -40,11 +40,6 @@ def repo(tmp_path: Path) -> Path:
     return work
 
 
-@pytest.fixture
-def jobdir(tmp_path: Path) -> Jobdir:
-    return Jobdir(str(tmp_path / "jobdir")).create()
-
-
 def tryssh(cwd: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     home = cwd.parent / "home"
     home.mkdir(exist_ok=True)
