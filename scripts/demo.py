@@ -242,8 +242,13 @@ def main() -> int:
         return 0
     finally:
         if server is not None:
-            server.kill()
-            server.wait()
+            # SIGTERM: the server lets a running build finish, so no builder outlives it.
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         if args.keep:
             print(f"kept {root}")
         else:
