@@ -18,11 +18,17 @@ from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, REFUSALS, TempFail, TrysshErro
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tryssh.client.sshclient import Connection
+    from tryssh.core.records import JobRecord
 
 WAIT_INTERVAL = 1.0
 # job state -> exit code of `tryssh try --wait` / `tryssh status`
-STATE_EXIT = {"success": 0, "failure": 1, "rejected": EX_NOPERM, "error": EX_TEMPFAIL,
-              "interrupted": EX_TEMPFAIL}  # fmt: skip
+STATE_EXIT: dict[str, int] = {
+    "success": 0,
+    "failure": 1,
+    "rejected": EX_NOPERM,
+    "error": EX_TEMPFAIL,
+    "interrupted": EX_TEMPFAIL,
+}
 
 
 def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
@@ -37,18 +43,18 @@ def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
         ) from None
 
 
-def exit_code_for(record: dict[str, Any]) -> int:
+def exit_code_for(record: JobRecord) -> int:
     """0 every build succeeded, 1 a build failed, 77 rejected, 75 error/interrupted."""
     return STATE_EXIT.get(str(record.get("state")), EX_TEMPFAIL)
 
 
 def wait_for(
-    fetch: Callable[[], dict[str, Any]],
+    fetch: Callable[[], JobRecord],
     timeout: float | None,
     echo: Callable[[str], None] | None,
     interval: float = WAIT_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
+) -> JobRecord:
     """Poll *fetch* until the job reaches a final state; show changes through *echo*.
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost

@@ -55,6 +55,10 @@ from tryssh.server.policy import PolicyRefused, choose_builders
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.core.records import JobRecord
+
 Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
 
 
@@ -64,7 +68,7 @@ Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
 class _JobRun:
     """The in-memory side of one job being processed: record, its lock, pending builders."""
 
-    def __init__(self, name: str, path: str, record: dict[str, Any]) -> None:
+    def __init__(self, name: str, path: str, record: JobRecord) -> None:
         self.name = name
         self.path = path
         self.record = record
@@ -242,10 +246,10 @@ class Consumer:
                 return True
         return False
 
-    def _submit(self, name: str, path: str, record: dict[str, Any] | None) -> None:
+    def _submit(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
         with self._in_flight_lock:
             self._in_flight += 1
-        self._pool.submit(self._process, name, path, record)
+        self._pool.submit(self._process, name, path, hint)
 
     def _finished_job(self) -> None:
         with self._in_flight_lock:
@@ -389,7 +393,7 @@ class Consumer:
         self.processed += 1
         self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
 
-    def _resumed(self, name: str, path: str, record: dict[str, Any]) -> _JobRun | None:
+    def _resumed(self, name: str, path: str, record: JobRecord) -> _JobRun | None:
         run = _JobRun(name, path, record)
         run.written = True
         interrupted = []
