@@ -40,6 +40,7 @@ from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
 AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
+STOP_GRACE = 2.0  # seconds a client has to hang up after its last request when we stop
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -575,7 +576,11 @@ class ClientHandler(paramiko.ServerInterface):
             if not busy and now - self.last_activity > settings.idle_timeout:
                 self.close_reason = "idle timeout"
                 break
-            if self.server.stopping.is_set() and not busy:
+            if self.server.stopping.is_set() and not busy and (
+                not self.requests or now - self.last_activity > STOP_GRACE
+            ):
+                # A client whose request just ended gets a moment to hang up first: closing
+                # under it makes ssh exit 255 for a job that was delivered.
                 self.close_reason = "server stopping"
                 break
             if self.wake.wait(POLL):
