@@ -54,6 +54,7 @@ from tryssh.client.transport import (  # noqa: E402
 )
 from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
 from tryssh.core.jobview import status_lines  # noqa: E402
+from tryssh.core.records import ACTIVE_STATES  # noqa: E402
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
@@ -378,7 +379,7 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     else:
         click.echo("\n".join(status_lines(record)))
     state = str(record.get("state"))
-    ctx.exit(exit_code_for(record) if state not in ("queued", "running") else EX_OK)
+    ctx.exit(EX_OK if state in ACTIVE_STATES else exit_code_for(record))
 
 
 @click.command("builders", context_settings={"help_option_names": ["-h", "--help"]})
