@@ -31,6 +31,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
 
     \b
     Examples:
@@ -41,6 +42,9 @@ def serve_cmd(config_path: str, consume: bool) -> None:
       ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 75 cannot listen, 78 config error (a weak or
+    malformed key, a bad [serve] value, no [users.NAME] account, a host key others can read).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
