@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any, Literal, NotRequired, TypedDict
 
+    from tryssh.core.jobfile import Job
+
     #: A job's state: queued or running while active, then one of the final states.
     JobState = Literal["queued", "running", "success", "failure", "error", "rejected",
                        "interrupted"]  # fmt: skip
@@ -118,6 +120,18 @@ def new_record(job: str, **fields: Any) -> JobRecord:
     }
     record.update(fields)  # type: ignore[typeddict-item]
     return record
+
+
+def job_fields(job: Job) -> dict[str, str | None]:
+    """What a record says about the job itself, from its job file."""
+    return {
+        "who": job.who,
+        "branch": job.branch,
+        "baserev": job.baserev,
+        "project": job.project,
+        "repository": job.repository,
+        "comment": job.comment,
+    }
 
 
 def builder_entry(**fields: Any) -> BuilderEntry:

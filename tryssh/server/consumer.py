@@ -41,6 +41,7 @@ from tryssh.core.records import (
     JobLock,
     RecordStore,
     builder_entry,
+    job_fields,
     new_record,
     now_iso,
     overall_state,
@@ -356,10 +357,7 @@ class Consumer:
             self._reject(run, f"bad job: {reason}")
             return None
         run.job = job
-        record.update(
-            who=job.who, branch=job.branch, baserev=job.baserev, project=job.project,
-            repository=job.repository, comment=job.comment,
-        )  # fmt: skip
+        record.update(job_fields(job))  # type: ignore[typeddict-item]
         who = job.who or ""
         policy = self.config.user(who)
         try:

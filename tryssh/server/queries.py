@@ -108,7 +108,7 @@ def _unrecorded(jobdir: str, job: str) -> JobRecord | None:
     """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
     from tryssh.core.jobdir import Jobdir
     from tryssh.core.jobfile import parse_job_file
-    from tryssh.core.records import new_record
+    from tryssh.core.records import job_fields, new_record
     from tryssh.errors import BadJob
 
     where = Jobdir(jobdir)
@@ -119,15 +119,7 @@ def _unrecorded(jobdir: str, job: str) -> JobRecord | None:
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(
-            job,
-            who=parsed.who,
-            branch=parsed.branch,
-            baserev=parsed.baserev,
-            project=parsed.project,
-            repository=parsed.repository,
-            comment=parsed.comment,
-        )
+        return new_record(job, **job_fields(parsed))
     return None
 
 

@@ -576,8 +576,10 @@ class ClientHandler(paramiko.ServerInterface):
             if not busy and now - self.last_activity > settings.idle_timeout:
                 self.close_reason = "idle timeout"
                 break
-            if self.server.stopping.is_set() and not busy and (
-                not self.requests or now - self.last_activity > STOP_GRACE
+            if (
+                self.server.stopping.is_set()
+                and not busy
+                and (not self.requests or now - self.last_activity > STOP_GRACE)
             ):
                 # A client whose request just ended gets a moment to hang up first: closing
                 # under it makes ssh exit 255 for a job that was delivered.
