@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import GIT_ENV, git, run, venv_bin, wait_until
+from helpers import GIT_ENV, git, run, venv_bin, wait_until, write_master_config
 from sshd import Sshd, make_user_key
 
 from tryssh.core.jobdir import Jobdir
@@ -567,19 +567,9 @@ def test_wait_timeout_is_75(world: World) -> None:
 
 
 def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> None:
-    config = world.tmp / "tryssh.toml"
-    config.write_text(
-        textwrap.dedent(f"""\
-        jobdir = "{world.jobdir.path}"
-        [builders.unit]
-        command = ["true"]
-        description = "unit tests"
-        [builders.lint]
-        command = ["true"]
-        [users.alice]
-        builders = ["unit"]
-        """)
-    )
+    builders = {"unit": {"command": ["true"], "description": "unit tests"},
+                "lint": {"command": ["true"]}}  # fmt: skip
+    config = write_master_config(world.tmp, builders, {"alice": {"builders": ["unit"]}})
     server = world.sshd(world.forced("--config", str(config)))
     world.known_hosts(server)
     assert ok(world.tryssh("builders", *world.to(server))).split() == ["unit"]

@@ -20,27 +20,17 @@ from tryssh.server.consumer import Consumer
 from tryssh.server.gc import collect
 from tryssh.server.queries import local_status
 
-CONFIG = """\
-jobdir = "jobdir"
-[builders.unit]
-command = ["true"]
-description = "unit tests"
-[builders.lint]
-command = ["false"]
-[builders.secret]
-command = ["true"]
-[users.alice]
-builders = ["unit", "lint"]
-[users.bob]
-builders = ["unit"]
-"""
+BUILDERS = {
+    "unit": {"command": ["true"], "description": "unit tests"},
+    "lint": {"command": ["false"]},
+    "secret": {"command": ["true"]},
+}
+USERS = {"alice": {"builders": ["unit", "lint"]}, "bob": {"builders": ["unit"]}}
 
 
 @pytest.fixture
-def site(tmp_path: Path, jobdir: Jobdir) -> Path:
-    path = tmp_path / "tryssh.toml"
-    path.write_text(CONFIG)
-    return path
+def site(master_config) -> Path:
+    return master_config(BUILDERS, USERS)
 
 
 def deliver(site: Path, who: str, builders: list[str] | None) -> str:
@@ -179,8 +169,8 @@ def test_gc_needs_an_age(site):
     assert proc.returncode == 64 and "--older-than" in proc.stderr
 
 
-def test_consumer_applies_keep_days(site):
-    site.write_text("keep_days = 1\n" + CONFIG)
+def test_consumer_applies_keep_days(site, master_config):
+    master_config(BUILDERS, USERS, keep_days=1)  # the same file, with keep_days
     old = deliver(site, "alice", ["unit"])
     consume(site)
     store = RecordStore(str(site.parent / "jobdir" / "state"))
