@@ -11,8 +11,8 @@ from helpers import free_port
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
 from tryssh.server import buildbot, builders
+from tryssh.server.checks import refuse_problems
 from tryssh.server.config import ConfigError, config_from_dict
-from tryssh.server.consumer import check_config
 
 
 def config_with(tmp_path: Path, **builder: object):
@@ -59,7 +59,7 @@ def test_builders_sharing_a_master_must_share_its_api(tmp_path):
         "b": {"buildbot": {"jobdir": target.path, "api": "http://two/"}},
     }})  # fmt: skip
     with pytest.raises(ConfigError, match="another buildbot builder with api http://one/"):
-        check_config(config)
+        refuse_problems(config)
 
 
 def test_api_that_does_not_answer_is_retried_with_backoff_then_unavailable():
@@ -93,5 +93,6 @@ def test_doctor_reports_a_buildbot_api_that_does_not_answer(tmp_path):
     target = Jobdir(str(tmp_path / "bb")).create()
     config = config_with(tmp_path, buildbot={
         "jobdir": target.path, "api": f"http://127.0.0.1:{free_port()}/"})
-    [finding] = check_builders(config)
-    assert finding.level == "problem" and "does not answer" in finding.message
+    findings = list(check_builders(config))
+    assert [f.level for f in findings] == ["ok", "problem"]  # the jobdir, then the API
+    assert "buildbot.api" in findings[1].message and "does not answer" in findings[1].message

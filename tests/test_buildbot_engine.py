@@ -202,7 +202,7 @@ def check_matrix(results: list[tuple[int, str, str]], copies: list[tuple[str, st
     """Every good change exits 0 and every bad one 1, with Buildbot's own verdict."""
     for (code, out, err), (vc, kind, _) in zip(results, copies, strict=True):
         want = 0 if kind == "good" else 1
-        assert code == want, f"{vc} {kind}: exit {code}\n{err}\n{master.log_tail()}"
+        assert code == want, f"{vc} {kind}: exit {code}\n{err}\n{out}\n{master.log_tail(15)}"
         receipt = json.loads(out)
         entry = receipt["result"]["builders"][f"{prefix}-{vc}"]
         assert entry["result"] == ("success" if kind == "good" else "failure")

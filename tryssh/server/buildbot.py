@@ -247,11 +247,11 @@ def job_view(api: Api, jobid: str, since: float | None = None) -> dict[str, Any]
                 "url": view["url"], "state_string": view["state_string"],
                 "buildbot_result": view["buildbot_result"],
             }  # fmt: skip
-    complete = all(b.get("complete") for b in buildsets)
-    if not complete:
-        state = "running"
+    results = [b["result"] for b in builders.values()]
+    if not all(b.get("complete") for b in buildsets) or None in results:
+        state = "running"  # (a build not yet read as finished: ask again, never guess)
+    elif "error" in results or not results:
+        state = "error"  # not results: Buildbot finished the buildset without a build
     else:
-        results = [b["result"] for b in builders.values()]
-        state = "error" if "error" in results or not results else (
-            "failure" if "failure" in results else "success")  # fmt: skip
+        state = "failure" if "failure" in results else "success"
     return {"state": state, "builders": builders, "bsids": [b["bsid"] for b in buildsets]}

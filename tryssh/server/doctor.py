@@ -11,10 +11,12 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
-from typing import NamedTuple
 
+from tryssh.core import defaults
+from tryssh.core.jobdir import Jobdir
 from tryssh.errors import TrysshError
-from tryssh.server.config import Config, load_config
+from tryssh.server.checks import Finding, config_findings
+from tryssh.server.config import Builder, Config, load_config
 from tryssh.server.policy import allowed_builders
 
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -26,12 +28,6 @@ SSHD_WANTED = {
     "exposeauthinfo": "yes",
     "passwordauthentication": "no",
 }
-
-
-class Finding(NamedTuple):
-    level: str  # "ok", "warn" or "problem"
-    area: str
-    message: str
 
 
 def _dir_findings(path: str, what: str) -> Iterator[Finding]:
@@ -57,7 +53,8 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
 
 
 def check_jobdir(config: Config) -> Iterator[Finding]:
-    subs = {name: os.path.join(config.jobdir, name) for name in ("tmp", "new", "cur")}
+    jobdir = Jobdir(config.jobdir)
+    subs = {"tmp": jobdir.tmp, "new": jobdir.new, "cur": jobdir.cur}
     found = False
     for name, path in subs.items():
         bad = list(_dir_findings(path, f"{name}/"))
@@ -87,44 +84,25 @@ def check_jobdir(config: Config) -> Iterator[Finding]:
 def check_builders(config: Config) -> Iterator[Finding]:
     if not config.builders:
         yield Finding("problem", "builders", "no [builders.NAME] table: nothing would be built")
+    yield from config_findings(config)
     for builder in config.builders.values():
-        where = f"builders.{builder.name}"
-        if builder.kind == "command":
-            program = builder.target[0]
-            found = program if os.path.isabs(program) else shutil.which(program)
-            if not found or not os.access(found, os.X_OK):
-                yield Finding("problem", "builders", f"{where}: program {program!r} not found")
-                continue
-        elif builder.kind == "webhook":
-            secret = builder.options.get("secret_file")
-            if not secret:
-                yield Finding("warn", "builders", f"{where}: webhook without secret_file: unsigned")
-            elif not os.access(secret, os.R_OK):
-                yield Finding("problem", "builders", f"{where}: cannot read {secret}")
-                continue
-        else:
-            target = builder.destination or ""
-            if not target.startswith("ssh://") and not os.path.isdir(os.path.join(target, "new")):
-                yield Finding("problem", "builders", f"{where}: {builder.kind} target {target} "
-                              "is not a jobdir")  # fmt: skip
-                continue
-            if builder.kind == "buildbot":
-                from tryssh.errors import TrysshError
-                from tryssh.server.buildbot import Api, read_token
+        if builder.kind == "buildbot":
+            yield buildbot_api_finding(builder)
 
-                try:
-                    token = read_token(builder.target.get("token_file"))
-                    Api(builder.target["api"], token, retries=0).get("builders")
-                except (OSError, TrysshError) as err:
-                    reason = err.message if isinstance(err, TrysshError) else err.strerror
-                    yield Finding("problem", "builders", f"{where}: {reason}")
-                    continue
-                yield Finding("ok", "builders", f"{where}: buildbot {target}, results from "
-                              f"{builder.target['api']}")  # fmt: skip
-                continue
-            yield Finding("ok", "builders", f"{where}: {builder.kind} {target}")
-            continue
-        yield Finding("ok", "builders", f"{where}: {builder.kind} {builder.target}")
+
+def buildbot_api_finding(builder: Builder) -> Finding:
+    """Whether a buildbot builder's master answers on its REST API (doctor only: the
+    consumer starts without it, and its builds say ``error`` while the master is away)."""
+    from tryssh.server.buildbot import Api, read_token
+
+    where = f"builders.{builder.name}.buildbot.api"
+    try:
+        Api(builder.target["api"], read_token(builder.target.get("token_file")),
+            retries=0).get("builders")  # fmt: skip
+    except (OSError, TrysshError) as err:
+        reason = err.message if isinstance(err, TrysshError) else err.strerror
+        return Finding("problem", "builders", f"{where}: {reason}")
+    return Finding("ok", "builders", f"{where}: {builder.target['api']} answers")
 
 
 def check_users(config: Config) -> Iterator[Finding]:
@@ -157,7 +135,7 @@ def check_authorized_keys(path: str, config: Config | None) -> Iterator[Finding]
         if "restrict" not in options:
             yield Finding("problem", "keys", f"{entry.user}'s key {entry.fingerprint}: no restrict")
         command = next((o for o in options if o.startswith("command=")), "")
-        words = command[len("command="):].strip('"').split()
+        words = command[len("command=") :].strip('"').split()
         if not words or not os.access(words[0], os.X_OK):
             yield Finding("problem", "keys", f"key {entry.fingerprint} of {entry.user}: "
                           f"forced command {words[:1]} is not an executable")  # fmt: skip
@@ -214,7 +192,7 @@ def check_serve(config: Config) -> Iterator[Finding]:
     with_auth = [u.name for u in config.users.values() if u.keys or u.password_hash]
     if not with_auth:
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")
-    yield Finding("ok", "serve", f"listen {config.serve.get('listen', '127.0.0.1:2222')}")
+    yield Finding("ok", "serve", f"listen {config.serve.get('listen', defaults.SERVE_LISTEN)}")
 
 
 def diagnose(

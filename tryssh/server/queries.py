@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
 
-from tryssh.core.request import Request
+from tryssh.core import defaults
+from tryssh.core.jobview import format_jobs, format_status
 from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
 
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from typing import Any
+
+    from tryssh.core.jobdir import Jobdir
+    from tryssh.core.records import JobRecord
+    from tryssh.core.request import Request
     from tryssh.server.config import Config
-    from tryssh.server.tryserver import Server
 
 JOBS_LIMIT = 20
 
@@ -39,17 +44,17 @@ class NoSuchJob(TrysshError):
     exit_code = EX_NOINPUT
 
 
-def answer(server: Server, request: Request) -> str:
-    """The text (or JSON) answer to a read-only request."""
+def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | None) -> str:
+    """The text (or JSON) answer to a read-only request of *user* (None: an admin, who sees
+    everything)."""
     if request.verb == "builders":
-        return _builders(server, request)
-    jobdir, state_dir = _dirs(server)
-    user = server.opts.user
+        return _builders(request, config, user)
+    job_path, state_dir = _dirs(config, jobdir)
     if request.verb == "status":
         if not request.job:
             raise UsageError("status needs a job name")
-        buildbot = server.config.buildbot if server.config is not None else None
-        record = job_status(jobdir, state_dir, request.job, user, buildbot)
+        buildbot = config.buildbot if config is not None else None
+        record = job_status(job_path, state_dir, request.job, user, buildbot)
         return json.dumps(record) + "\n" if request.json else format_status(record)
     if request.verb == "jobs":
         records = recent_jobs(state_dir, user, JOBS_LIMIT)
@@ -59,34 +64,32 @@ def answer(server: Server, request: Request) -> str:
     raise UsageError(f"{request.verb} is not available on this server")
 
 
-def _dirs(server: Server) -> tuple[str, str]:
-    if server.config is not None:
-        return server.config.jobdir, server.config.state_dir
-    jobdir = server.jobdir.path
-    return jobdir, os.path.join(jobdir, "state")
+def _dirs(config: Config | None, jobdir: Jobdir) -> tuple[str, str]:
+    if config is not None:
+        return config.jobdir, config.state_dir
+    return jobdir.path, os.path.join(jobdir.path, defaults.STATE_DIR)
 
 
-def _builders(server: Server, request: Request) -> str:
+def _builders(request: Request, config: Config | None, who: str | None) -> str:
     from tryssh.server.policy import allowed_builders
 
-    if server.config is None:
+    if config is None:
         raise UsageError("this server has no config, so it cannot list builders")
-    who = server.opts.user
     if who is None:
-        names = list(server.config.builders)  # the admin sees them all
+        names = list(config.builders)  # the admin sees them all
     else:
-        names = allowed_builders(server.config, who)
+        names = allowed_builders(config, who)
     if request.json:
-        described = {n: server.config.builders[n].options.get("description", "") for n in names}
+        described = {n: config.builders[n].options.get("description", "") for n in names}
         return json.dumps({"user": who, "builders": names, "descriptions": described}) + "\n"
     lines = []
     for name in names:
-        description = server.config.builders[name].options.get("description")
+        description = config.builders[name].options.get("description")
         lines.append(f"{name}\t{description}\n" if description else f"{name}\n")
     return "".join(lines)
 
 
-def local_status(config: Config, job: str, user: str | None = None) -> dict[str, Any]:
+def local_status(config: Config, job: str, user: str | None = None) -> JobRecord:
     """The status of *job* on this master, read from the records directly (``tryssh status
     --config``). With *user*, only that user's jobs exist. Raises NoSuchJob."""
     return job_status(config.jobdir, config.state_dir, job, user, config.buildbot)
@@ -98,7 +101,7 @@ def job_status(
     job: str,
     user: str | None = None,
     buildbot: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> JobRecord:
     """The record of *job* (or a ``queued``/``claimed`` stand-in for a job not recorded,
     completed from Buildbot's API when *buildbot* names one)."""
     from tryssh.core.jobdir import is_job_name
@@ -108,9 +111,10 @@ def job_status(
         raise NoSuchJob(f"no such job: {job[:80]}")
     record = RecordStore(state_dir).read(job)
     if record is None:
-        record = _unrecorded(jobdir, job)
-        if record is not None and (user is None or record.get("who") == user):
-            _from_buildbot(record, state_dir, buildbot or {})
+        found = _unrecorded(jobdir, job)
+        if found is not None and (user is None or found[0].get("who") == user):
+            _from_buildbot(found[0], found[1], state_dir, buildbot or {})
+        record = found[0] if found is not None else None
     if record is None or (user is not None and record.get("who") != user):
         raise NoSuchJob(f"no such job: {job}")
     return record
@@ -121,15 +125,16 @@ def job_status(
 NO_BUILDSET_GRACE = 30.0
 
 
-def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
+def _unrecorded(jobdir: str, job: str) -> tuple[JobRecord, os.stat_result] | None:
     """A stand-in record for a job still in new/ (``queued``) or in cur/ without a record
-    (``claimed``)."""
+    (``claimed``), and the job file's stat."""
+    from tryssh.core.jobdir import Jobdir
     from tryssh.core.jobfile import parse_job_file
-    from tryssh.core.records import new_record
+    from tryssh.core.records import job_fields, new_record
     from tryssh.errors import BadJob
 
-    for sub, state in (("new", "queued"), ("cur", "claimed")):
-        path = os.path.join(jobdir, sub, job)
+    where = Jobdir(jobdir)
+    for path, state in ((where.new_path(job), "queued"), (where.cur_path(job), "claimed")):
         try:
             parsed = parse_job_file(path)
             info = os.stat(path)
@@ -137,29 +142,18 @@ def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        record = new_record(
-            job,
-            state=state,
-            jobid=parsed.jobid,
-            who=parsed.who,
-            branch=parsed.branch,
-            baserev=parsed.baserev,
-            project=parsed.project,
-            repository=parsed.repository,
-            comment=parsed.comment,
-        )
-        record["_changed"] = info.st_ctime  # the claim (a rename) sets it
-        record["_delivered"] = info.st_mtime  # the delivery sets it, the claim keeps it
-        return record
+        return new_record(job, state=state, **job_fields(parsed)), info
     return None
 
 
-def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, Any]) -> None:
-    """Complete an unrecorded job's stand-in from Buildbot's API, or say that nothing can."""
+def _from_buildbot(
+    record: JobRecord, info: os.stat_result, state_dir: str, buildbot: dict[str, Any]
+) -> None:
+    """Complete an unrecorded job's stand-in from Buildbot's API, or say that nothing can.
+    *info* is the job file's stat: the delivery sets its mtime, the claim (a rename) its
+    ctime."""
     import time
 
-    changed = record.pop("_changed", None)
-    delivered = record.pop("_delivered", None)
     api_url = buildbot.get("api")
     if not api_url:
         if not os.path.isdir(state_dir):
@@ -175,7 +169,7 @@ def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, A
     try:
         api = bb.Api(api_url, bb.read_token(buildbot.get("token_file")), retries=1)
         # From the delivery time on, the first buildset is the job's (see job_buildset).
-        view = bb.job_view(api, record["jobid"] or "", delivered)
+        view = bb.job_view(api, record["jobid"] or "", info.st_mtime)
     except OSError as err:
         record["reason"] = f"cannot read buildbot.token_file: {err.strerror}"
         return
@@ -183,10 +177,9 @@ def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, A
         record["reason"] = err.message  # not final: the client asks again
         return
     if view is not None:
-        record.update(state=view["state"], builders=view["builders"])
+        record.update(state=view["state"], builders=view["builders"])  # type: ignore[typeddict-item]
         record["buildbot"] = {"api": api_url, "bsids": view["bsids"]}
-    elif (record["state"] == "claimed" and changed is not None
-          and time.time() - changed > NO_BUILDSET_GRACE):  # fmt: skip
+    elif record["state"] == "claimed" and time.time() - info.st_ctime > NO_BUILDSET_GRACE:
         record["state"] = "error"
         record["reason"] = (
             f"Buildbot took the job but made no buildset for jobid {record['jobid']} "
@@ -194,7 +187,7 @@ def _from_buildbot(record: dict[str, Any], state_dir: str, buildbot: dict[str, A
         )
 
 
-def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
+def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[JobRecord]:
     """Up to *limit* records of *user* (everyone's when None), newest first."""
     from tryssh.core.records import RecordStore
 
@@ -210,51 +203,6 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
         if len(found) >= limit:
             break
     return found
-
-
-def _builder_line(name: str, entry: dict[str, Any]) -> str:
-    state = entry.get("state") or "pending"
-    result = entry.get("result")
-    text = f"  {name}: {result if state == 'done' and result else state}"
-    if entry.get("reason"):
-        text += f" ({entry['reason']})"
-    if entry.get("url"):
-        text += f"  {entry['url']}"
-    if entry.get("log"):
-        text += f"  log: {entry['log']}"
-    return text + "\n"
-
-
-def format_status(record: dict[str, Any]) -> str:
-    """A short human-readable status."""
-    lines = [f"job {record['job']}: {record.get('state')}\n"]
-    if record.get("reason"):
-        lines.append(f"  reason: {record['reason']}\n")
-    details = [
-        f"{key}: {record[key]}"
-        for key in ("jobid", "who", "branch", "baserev", "received", "finished")
-        if record.get(key)
-    ]
-    if details:
-        lines.append("  " + "  ".join(details) + "\n")
-    for name, entry in (record.get("builders") or {}).items():
-        lines.append(_builder_line(name, entry))
-    return "".join(lines)
-
-
-def format_jobs(records: list[dict[str, Any]]) -> str:
-    """One line per job: name, state, branch, builders with results."""
-    lines = []
-    for record in records:
-        results = ",".join(
-            f"{n}={e.get('result') or e.get('state')}"
-            for n, e in (record.get("builders") or {}).items()
-        )
-        lines.append(
-            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\n"
-        )
-    return "".join(lines)
 
 
 def local_query(config_path: str, what: str, job: str | None = None) -> Any:
