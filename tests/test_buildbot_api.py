@@ -96,3 +96,40 @@ def test_doctor_reports_a_buildbot_api_that_does_not_answer(tmp_path):
     findings = list(check_builders(config))
     assert [f.level for f in findings] == ["ok", "problem"]  # the jobdir, then the API
     assert "buildbot.api" in findings[1].message and "does not answer" in findings[1].message
+
+
+def test_an_answer_cut_short_is_retried_like_a_connection_error():
+    """Buildbot's web server under load may close a connection mid-answer (IncompleteRead):
+    retried, then Unavailable, never an internal error."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    answers = 0
+
+    def serve() -> None:
+        nonlocal answers
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            # A 200 that promises 276 bytes and sends none.
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 276\r\n\r\n")
+            conn.close()
+            answers += 1
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    delays: list[float] = []
+    try:
+        api = buildbot.Api(f"http://127.0.0.1:{server.getsockname()[1]}/", retries=2,
+                           sleep=delays.append)  # fmt: skip
+        with pytest.raises(buildbot.Unavailable, match="IncompleteRead"):
+            api.buildsets("x")
+    finally:
+        server.close()
+    assert delays == [0.5, 1.0] and answers == 3

@@ -12,6 +12,7 @@ that does not answer is retried with exponential backoff; after that the caller 
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -99,8 +100,9 @@ class Api:
                 problem = f"GET {url}: HTTP {err.code}"
                 if err.code < 500 and err.code not in (408, 429):
                     break  # a 4xx will not improve on retry
-            except (urllib.error.URLError, OSError) as err:
-                problem = f"GET {url}: {getattr(err, 'reason', err)}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+                # HTTPException: a connection cut mid-answer (IncompleteRead) and the like
+                problem = f"GET {url}: {getattr(err, 'reason', None) or type(err).__name__}"
             except ValueError as err:
                 problem = f"GET {url}: the answer is not Buildbot's JSON ({err})"
         raise Unavailable(f"Buildbot's API does not answer: {problem}")
@@ -119,7 +121,7 @@ class Api:
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as err:
             raise Unavailable(f"POST {url} ({method}): HTTP {err.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             raise Unavailable(f"POST {url} ({method}): {getattr(err, 'reason', err)}") from None
         if isinstance(answer, dict) and answer.get("error"):
             raise Unavailable(f"POST {url} ({method}): {answer['error'].get('message')}")
