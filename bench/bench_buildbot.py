@@ -59,7 +59,7 @@ class Watcher(threading.Thread):
             try:
                 builds = self.master.get("api/v2/builds?complete=true&field=buildid"
                                          "&field=complete&order=-buildid&limit=5")["builds"]
-            except (OSError, ValueError):
+            except (OSError, ValueError, AssertionError):
                 builds = []
             now = time.time()
             for build in builds:

@@ -10,6 +10,7 @@ stopped by pid.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -157,8 +158,9 @@ class BuildbotMaster:
             if proc.poll() is not None:
                 raise AssertionError(f"Buildbot exited ({proc.returncode}):\n{self.log_tail()}")
         try:
-            workers = self.get("api/v2/workers")["workers"]
-        except (OSError, ValueError):
+            with urllib.request.urlopen(self.api + "api/v2/workers", timeout=10) as response:  # noqa: S310
+                workers = json.loads(response.read())["workers"]
+        except (OSError, http.client.HTTPException, ValueError):
             return False
         # Ready when every worker is attached to every builder.
         return len(workers) == len(WORKERS) and all(
@@ -190,8 +192,20 @@ class BuildbotMaster:
     # -- the REST API --
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.api + path, timeout=10) as response:  # noqa: S310
-            return json.loads(response.read())
+        """``GET`` *path* as JSON. Buildbot's web server under load sometimes ends an answer
+        early (IncompleteRead): asked again until a deadline."""
+        problems: list[str] = []
+
+        def attempt() -> Any:
+            try:
+                with urllib.request.urlopen(self.api + path, timeout=10) as response:  # noqa: S310
+                    return [json.loads(response.read())]
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                problems.append(f"{type(err).__name__}: {err}")
+                return None
+
+        return wait_until(attempt, timeout=30, interval=0.1,
+                          message=lambda: f"GET {path}: {problems[-3:]}")[0]  # fmt: skip
 
     def buildsets(self, jobid: str) -> list[dict[str, Any]]:
         """The buildsets Buildbot made for the job with this ``jobid``."""
