@@ -523,8 +523,24 @@ class Connection(paramiko.ServerInterface):
             )
             self.workers[channel.get_id()] = worker
             self.requests += 1
-        worker.start()
+        # Not started here: paramiko sends the reply that accepts the exec only after this
+        # returns, and a fast worker would otherwise send its exit status and close the
+        # channel first (the client then sees "Channel closed"). _channel_request starts it.
         return True
+
+    def _channel_request(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
+        """paramiko's handler of a channel request, then the exec's worker, if one waits.
+
+        Installed in the transport's handler table: it runs in the transport's thread, so
+        by the time ``Channel._handle_request`` returns its reply has been sent.
+        """
+        paramiko.Channel._handle_request(channel, message)
+        with self._lock:
+            worker = self.workers.get(channel.get_id())
+            start = worker is not None and worker.ident is None
+        if start:
+            assert worker is not None
+            worker.start()
 
     def _run_exec(self, channel: paramiko.Channel, command: bytes) -> None:
         user = self.user
@@ -624,6 +640,10 @@ class Connection(paramiko.ServerInterface):
         transport = paramiko.Transport(self.sock)
         self.transport = transport
         transport.add_server_key(self.server.host_key)
+        # Per transport, not paramiko's class-wide table: start exec workers after the reply.
+        handlers = dict(transport._channel_handler_table)
+        handlers[paramiko.common.MSG_CHANNEL_REQUEST] = self._channel_request
+        transport._channel_handler_table = handlers
         transport.banner_timeout = min(30.0, self.auth_timeout)
         transport.handshake_timeout = min(30.0, self.auth_timeout)
         try:
@@ -658,7 +678,8 @@ class Connection(paramiko.ServerInterface):
         with self._lock:
             workers = list(self.workers.values())
         for worker in workers:
-            worker.join(timeout=10)
+            if worker.ident is not None:  # one whose exec reply never went out never ran
+                worker.join(timeout=10)
         self._record_end()
 
     def _note_authenticated(self) -> bool:
