@@ -111,16 +111,20 @@ def test_jobs_lists_own_recent_jobs_newest_first(site):
     theirs = deliver(site, "bob", ["unit"])
     rejected = deliver(site, "alice", ["secret"])
     consume(site)
-    proc = tryserver(site, "jobs", "--json")
+    proc = tryserver(site, "jobs", "--all-states", "--json")
     answer = json.loads(proc.stdout)
     assert answer["user"] == "alice"
     assert [r["job"] for r in answer["jobs"]] == [rejected, *reversed(mine)]
     assert answer["jobs"][0]["state"] == "rejected"
-    text = tryserver(site, "jobs").stdout.splitlines()
+    text = tryserver(site, "jobs", "--all-states").stdout.splitlines()
     assert text[0].split("\t")[:2] == [rejected, "rejected"]
-    assert text[1].split("\t") == [mine[2], "success", "main", "unit=success"]
-    assert theirs not in tryserver(site, "jobs").stdout
-    assert theirs in tryserver(site, "jobs", user=None).stdout
+    assert text[1].split("\t") == [mine[2], "success", "main", "unit=success", "-"]
+    assert theirs not in tryserver(site, "jobs", "--all-states").stdout
+    assert theirs in tryserver(site, "jobs", "--all-states", user=None).stdout
+    limited = json.loads(tryserver(site, "jobs", "--all-states", "--limit", "2", "--json").stdout)
+    assert [r["job"] for r in limited["jobs"]] == [rejected, mine[2]]
+    # Without --all-states: only what is still queued or running (nothing, here).
+    assert json.loads(tryserver(site, "jobs", "--json").stdout)["jobs"] == []
 
 
 def test_jobs_limit_is_20(site):
@@ -128,7 +132,7 @@ def test_jobs_limit_is_20(site):
     for i in range(25):
         store.write(new_record(f"{1700000000 + i}.M000000P1Q{i}Rx.h", who="alice",
                                state="success"))  # fmt: skip
-    jobs = json.loads(tryserver(site, "jobs", "--json").stdout)["jobs"]
+    jobs = json.loads(tryserver(site, "jobs", "--all-states", "--json").stdout)["jobs"]
     assert len(jobs) == 20 and jobs[0]["job"].startswith("1700000024.")
 
 

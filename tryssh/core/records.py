@@ -30,11 +30,12 @@ from typing import Any
 from tryssh.core.jobdir import fsync_dir, is_job_name
 from tryssh.errors import TrysshError, exit_code_for_oserror
 
-STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted")
+STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted",
+          "cancelled")  # fmt: skip
 ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
+FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted", "cancelled")
 BUILDER_STATES = ("pending", "running", "done")
-RESULTS = ("success", "failure", "error")
+RESULTS = ("success", "failure", "error", "cancelled")
 RECORD_MODE = 0o640
 INTERRUPTED = "interrupted (consumer restarted)"
 
@@ -98,9 +99,12 @@ def builder_entry(**fields: Any) -> dict[str, Any]:
 def overall_state(record: dict[str, Any]) -> str:
     """The final job state from its builders' results.
 
-    ``interrupted`` wins (a consumer died under a build), then ``error`` (the
-    infrastructure failed), then ``failure`` (a build failed), else ``success``.
+    ``cancelled`` wins (someone asked: see :func:`request_cancel`), then ``interrupted``
+    (a consumer died under a build), then ``error`` (the infrastructure failed), then
+    ``failure`` (a build failed), else ``success``.
     """
+    if record.get("cancelled"):
+        return "cancelled"
     entries = list(record["builders"].values())
     if any(e.get("reason") == INTERRUPTED for e in entries):
         return "interrupted"
@@ -118,11 +122,12 @@ class RecordStore:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.abspath(state_dir)
         self.active = os.path.join(self.path, "active")
+        self.cancel_dir = os.path.join(self.path, "cancel")
 
     def create(self) -> RecordStore:
         """Make the directories (setgid group-shared like the jobdir) if missing."""
         try:
-            for path in (self.path, self.active):
+            for path in (self.path, self.active, self.cancel_dir):
                 os.makedirs(path, mode=0o2770, exist_ok=True)
         except OSError as err:
             raise TrysshError(
@@ -211,11 +216,69 @@ class RecordStore:
 
     def remove(self, job: str) -> None:
         """Delete every file the store keeps for *job* (gc)."""
-        for path in (self.final_path(job), self.active_path(job)):
+        for path in (self.final_path(job), self.active_path(job), self.cancel_path(job)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+    # -- cancel requests --
+    #
+    # ``tryserver cancel JOB`` (running as the try account) cannot signal the consumer's
+    # builds; it leaves a request, ``STATE_DIR/cancel/JOB``, written like a record
+    # (tmp + fsync + rename), which the consumer watches. The request is durable: a
+    # consumer that starts later (or restarts) still sees it and does not run the job's
+    # pending builders. The consumer removes it once the job's final record is written.
+
+    def cancel_path(self, job: str) -> str:
+        return os.path.join(self.cancel_dir, job)
+
+    def request_cancel(self, job: str, by: str | None) -> dict[str, Any]:
+        """Leave a cancel request for *job*; an earlier request for it is kept."""
+        if not is_job_name(job):
+            raise TrysshError(f"not a job name: {job!r}")
+        existing = self.cancel_request(job)
+        if existing is not None:
+            return existing
+        request = {"job": job, "by": by, "requested": now_iso()}
+        try:
+            os.makedirs(self.cancel_dir, mode=0o2770, exist_ok=True)
+            tmp = os.path.join(self.cancel_dir, f".{job}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o660)  # fmt: skip
+            try:
+                os.fchmod(fd, 0o660)
+                os.write(fd, json.dumps(request).encode("utf-8") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.cancel_path(job))
+            fsync_dir(self.cancel_dir)
+        except OSError as err:
+            raise TrysshError(
+                f"cannot record the cancel request: {err.strerror}", exit_code_for_oserror(err)
+            ) from None
+        return request
+
+    def cancel_request(self, job: str) -> dict[str, Any] | None:
+        """The pending cancel request of *job*, or None."""
+        if not is_job_name(job):
+            return None
+        return _load(self.cancel_path(job))
+
+    def cancel_requests(self) -> list[str]:
+        """Jobs with a pending cancel request."""
+        try:
+            return [n for n in os.listdir(self.cancel_dir) if is_job_name(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def forget_cancel(self, job: str) -> None:
+        try:
+            os.unlink(self.cancel_path(job))
+        except FileNotFoundError:
+            pass
 
 
 class JobLock:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tryssh.server.tryserver import Server
 
 JOBS_LIMIT = 20
+MAX_JOBS_LIMIT = 1000
 
 
 class NoSuchJob(TrysshError):
@@ -38,7 +39,7 @@ def answer(server: Server, request: Request) -> str:
     """The text (or JSON) answer to a read-only request."""
     if request.verb == "builders":
         return _builders(server, request)
-    jobdir, state_dir = _dirs(server)
+    jobdir, state_dir, _log_dir = state_dirs(server)
     user = server.opts.user
     if request.verb == "status":
         if not request.job:
@@ -46,18 +47,24 @@ def answer(server: Server, request: Request) -> str:
         record = job_status(jobdir, state_dir, request.job, user)
         return json.dumps(record) + "\n" if request.json else format_status(record)
     if request.verb == "jobs":
-        records = recent_jobs(state_dir, user, JOBS_LIMIT)
+        limit = min(request.limit or JOBS_LIMIT, MAX_JOBS_LIMIT)
+        if request.all_states:
+            records = recent_jobs(state_dir, user, limit)
+        else:
+            records = active_jobs(state_dir, user, limit)
         if request.json:
-            return json.dumps({"user": user, "jobs": records}) + "\n"
+            return json.dumps({"user": user, "all_states": request.all_states,
+                               "jobs": records}) + "\n"  # fmt: skip
         return format_jobs(records)
     raise UsageError(f"{request.verb} is not available on this server")
 
 
-def _dirs(server: Server) -> tuple[str, str]:
+def state_dirs(server: Server) -> tuple[str, str, str]:
+    """The jobdir, the state (records) directory and the log directory the server reads."""
     if server.config is not None:
-        return server.config.jobdir, server.config.state_dir
+        return server.config.jobdir, server.config.state_dir, server.config.log_dir
     jobdir = server.jobdir.path
-    return jobdir, os.path.join(jobdir, "state")
+    return jobdir, os.path.join(jobdir, "state"), os.path.join(jobdir, "logs")
 
 
 def _builders(server: Server, request: Request) -> str:
@@ -145,12 +152,26 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     return found
 
 
+def active_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
+    """Up to *limit* queued or running records of *user* (everyone's when None), newest
+    first."""
+    from tryssh.core.records import RecordStore
+
+    records = [
+        r for r in RecordStore(state_dir).active_records()
+        if user is None or r.get("who") == user
+    ]  # fmt: skip
+    return records[::-1][:limit]
+
+
 def _builder_line(name: str, entry: dict[str, Any]) -> str:
     state = entry.get("state") or "pending"
     result = entry.get("result")
     text = f"  {name}: {result if state == 'done' and result else state}"
     if entry.get("reason"):
         text += f" ({entry['reason']})"
+    if entry.get("url"):
+        text += f"  {entry['url']}"
     if entry.get("log"):
         text += f"  log: {entry['log']}"
     return text + "\n"
@@ -174,16 +195,17 @@ def format_status(record: dict[str, Any]) -> str:
 
 
 def format_jobs(records: list[dict[str, Any]]) -> str:
-    """One line per job: name, state, branch, builders with results."""
+    """One line per job: name, state, branch, builders with results, comment."""
     lines = []
     for record in records:
         results = ",".join(
             f"{n}={e.get('result') or e.get('state')}"
             for n, e in (record.get("builders") or {}).items()
         )
+        comment = " ".join(str(record.get("comment") or "").split())[:60]
         lines.append(
             f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\n"
+            f"{results or '-'}\t{comment or '-'}\n"
         )
     return "".join(lines)
 

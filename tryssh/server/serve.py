@@ -317,15 +317,17 @@ class ChannelStdin:
 
 
 class ChannelStdout:
-    """The channel's data as a text stdout."""
+    """The channel's data as a text stdout (``buffer``: the same channel, for bytes)."""
 
     def __init__(self, channel: paramiko.Channel, touch: Callable[[], None]) -> None:
         self.channel = channel
         self.touch = touch
+        self.buffer = self
 
-    def write(self, text: str) -> int:
+    def write(self, text: str | bytes) -> int:
+        data = text.encode("utf-8") if isinstance(text, str) else text
         try:
-            self.channel.sendall(text.encode("utf-8"))
+            self.channel.sendall(data)
         except TimeoutError:
             raise TempFail("client stopped reading: idle timeout") from None
         self.touch()
