@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 
 TRANSPORTS = ("ssh", "scp", "local")
 WAIT_INTERVAL = 1.0
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
+FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted", "cancelled")
 # job state -> exit code of `tryssh try --wait` / `tryssh status`
 STATE_EXIT = {"success": 0, "failure": 1, "rejected": EX_NOPERM, "error": EX_TEMPFAIL,
-              "interrupted": EX_TEMPFAIL}  # fmt: skip
+              "interrupted": EX_TEMPFAIL, "cancelled": EX_TEMPFAIL}  # fmt: skip
 
 
 @dataclass
@@ -225,12 +225,11 @@ def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
 
 
 def describe_builder(name: str, info: dict[str, Any]) -> str:
-    state = info.get("state") or "?"
-    result = info.get("result")
-    text = f"{name}: {result if state == 'done' and result else state}"
-    if info.get("log") and state == "done":
-        text += f" (log {info['log']})"
-    return text
+    """``unit: failure (exit status 3)``: state or result, reason, link (never the server's
+    log path, which the developer cannot read: ``tryssh log`` brings the log)."""
+    from tryssh.client.display import builder_line
+
+    return builder_line(name, info)
 
 
 def status_lines(record: dict[str, Any]) -> list[str]:
@@ -253,12 +252,16 @@ def wait_for(
     echo: Callable[[str], None] | None,
     interval: float = WAIT_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
+    max_interval: float | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Poll *fetch* until the job reaches a final state; show changes through *echo*.
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
     connection, server busy) is retried until then; a refusal (64, 77) or an unknown
-    job (66: the server has no such job of yours) is final.
+    job (66: the server has no such job of yours) is final. With *max_interval* the
+    interval doubles after each poll up to it (backoff); *on_record* replaces the echo of
+    changes.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -273,7 +276,12 @@ def wait_for(
                 echo(f"status not available yet: {err.message}")
             last_error = err.message
             record = None
-        if record is not None:
+        if record is not None and on_record is not None:
+            last_error = ""
+            on_record(record)
+            if record.get("state") in FINAL_STATES:
+                return record
+        elif record is not None:
             last_error = ""
             state = str(record.get("state"))
             if echo is not None and seen.get("") != state:
@@ -290,6 +298,8 @@ def wait_for(
         if deadline is not None and time.monotonic() + interval > deadline:
             raise TempFail(f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on")
         sleep(interval)
+        if max_interval is not None:
+            interval = min(interval * 2, max_interval)
 
 
 def echo_stderr(line: str) -> None:
