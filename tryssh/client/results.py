@@ -24,7 +24,7 @@ from tryssh.client.display import (
     safe_text,
 )
 from tryssh.client.submit import remote_query, wait_for
-from tryssh.client.transport import _Drain, _remote_error, tryserver_command
+from tryssh.client.transport import SYSEXITS, _Drain, _remote_error, tryserver_command
 from tryssh.errors import EX_NOINPUT, EX_NOPERM, EX_USAGE, TempFail, TrysshError
 
 TYPE_CHECKING = False
@@ -247,8 +247,8 @@ class LiveWait:
         idle = max(conn.opts.timeout, 3 * HEARTBEAT)
         status, stderr = stream_remote(conn, self.command("watch", self.job, "--json"), on_data,
                                        "tryserver watch", idle)  # fmt: skip
-        if _unknown_request(status, stderr):
-            raise WatchUnsupported()
+        if _unknown_request(status, stderr) or status not in (0, *SYSEXITS):
+            raise WatchUnsupported()  # an older tryserver, or not tryssh's at all
         if status != 0:
             raise _remote_error(status, stderr, "tryserver watch")
         if not final:
