@@ -43,6 +43,7 @@ class Door:
         self.home.mkdir(exist_ok=True)
         self.patch = root / "change.patch"
         self.patch.write_bytes(PATCH)
+        self.sshd: Sshd | None = None  # the OpenSSH door's daemon
 
     def store(self) -> RecordStore:
         return RecordStore(str(self.jobdir / "state"))
@@ -103,8 +104,10 @@ def door(request: pytest.FixtureRequest, tmp_path: Path,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
     args = ["--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
             "-i", key.private_path, "--known-hosts", str(known)]  # fmt: skip
+    door = Door(tmp_path, jobdir, args)
+    door.sshd = sshd
     try:
-        yield Door(tmp_path, jobdir, args)
+        yield door
     finally:
         consumer.send_signal(signal.SIGTERM)
         try:
@@ -195,3 +198,85 @@ def test_log_command_is_terminal_safe_unless_raw(door: Door) -> None:
     assert b"plain\nred!\n" in safe.stdout and b"\x1b" not in safe.stdout
     raw = door.tryssh("log", job, "--raw")
     assert b"\x1b]0;pwned\x07\x1b[2Jred\x1b[31m!\n" in raw.stdout
+
+
+def _gated_job(door: Door) -> tuple[str, Path]:
+    gate = door.root / "gate"
+    script = f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo finished"
+    job = door.tryssh("try", "--diff", str(door.patch), "--baserev", "abc", "-b", "unit",
+                      "-C", script, "-q").stdout.decode().strip()  # fmt: skip
+    assert job
+    return job, gate
+
+
+def _read_until(proc: subprocess.Popen[bytes], needle: str) -> str:
+    assert proc.stderr is not None
+    seen = ""
+    for line in proc.stderr:
+        seen += line.decode()
+        if needle in seen:
+            return seen
+    raise AssertionError(f"{needle!r} never came:\n{seen}")
+
+
+def test_ctrl_c_during_a_wait_says_the_job_goes_on_and_how_to_resume(door: Door) -> None:
+    job, gate = _gated_job(door)
+    proc = subprocess.Popen(door.argv("status", "--wait", job), env=door.env(), cwd=door.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        _read_until(proc, "unit: running")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        assert f"job {job} goes on" in err and f"tryssh status --wait {job}" in err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert door.record(job)["state"] == "running"
+    gate.touch()
+    result = door.tryssh("status", "--wait", job)  # the wait, picked up again
+    assert result.returncode == 0, result.stderr.decode()
+    assert "unit: success" in result.stderr.decode()
+
+
+def _session_pids(door: Door, job: str) -> list[int]:
+    """The sshd session processes serving the tryserver that watches *job*."""
+    assert door.sshd is not None and door.sshd.proc is not None
+    daemon = door.sshd.proc.pid
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if f"watch {job}".encode() not in environ:
+            continue
+        chain, current = [], int(pid)
+        while True:
+            stat_line = Path(f"/proc/{current}/stat").read_text()
+            parent = int(stat_line.rsplit(")", 1)[1].split()[1])
+            if parent in (daemon, 0, 1):
+                return chain
+            chain.append(parent)
+            current = parent
+    return []
+
+
+@pytest.mark.parametrize("door", ["sshd"], indirect=True)  # kills OpenSSH's session
+def test_a_lost_connection_is_resumed(door: Door) -> None:
+    job, gate = _gated_job(door)
+    proc = subprocess.Popen(door.argv("status", "--wait", job), env=door.env(), cwd=door.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        _read_until(proc, "unit: running")
+        sessions = wait_until(lambda: _session_pids(door, job), timeout=30)
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)  # the network "drops" the connection
+        _read_until(proc, "reconnecting")
+        gate.touch()
+        assert proc.wait(60) == 0
+        assert proc.stderr is not None
+        assert "unit: success" in proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
