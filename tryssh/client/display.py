@@ -80,17 +80,11 @@ def use_color(stream: Any, no_color: bool, environ: Any = None) -> bool:
 
 
 def builder_line(name: str, info: dict[str, Any]) -> str:
-    """``unit: failure (exit status 3)  URL``: the result, its reason and link if any."""
-    state = info.get("state") or "?"
-    result = info.get("result")
-    text = f"{name}: {result if state == 'done' and result else state}"
-    if info.get("reason"):
-        text += f" ({info['reason']})"
-    if info.get("cancel"):
-        text += f" [{info['cancel']}]"
-    if info.get("url"):
-        text += f"  {info['url']}"
-    return safe_text(text)
+    """``unit: failure (exit status 3)  URL``, terminal-safe (never the server's log path,
+    which the developer cannot read: ``tryssh log`` brings the log)."""
+    from tryssh.core.records import describe_builder
+
+    return safe_text(describe_builder(name, info))
 
 
 def format_elapsed(seconds: float) -> str:

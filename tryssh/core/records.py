@@ -116,6 +116,21 @@ def overall_state(record: dict[str, Any]) -> str:
     return "success"
 
 
+def describe_builder(name: str, entry: dict[str, Any]) -> str:
+    """``unit: failure (exit status 3)  URL``: a builder's state or result, its reason,
+    a note of a cancel that came too late, and its link (``url``) if it has one."""
+    state = entry.get("state") or "pending"
+    result = entry.get("result")
+    text = f"{name}: {result if state == 'done' and result else state}"
+    if entry.get("reason"):
+        text += f" ({entry['reason']})"
+    if entry.get("cancel"):
+        text += f" [{entry['cancel']}]"
+    if entry.get("url"):
+        text += f"  {entry['url']}"
+    return text
+
+
 class RecordStore:
     """The records of one consumer setup, in *state_dir*."""
 

@@ -165,13 +165,9 @@ def active_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
 
 
 def _builder_line(name: str, entry: dict[str, Any]) -> str:
-    state = entry.get("state") or "pending"
-    result = entry.get("result")
-    text = f"  {name}: {result if state == 'done' and result else state}"
-    if entry.get("reason"):
-        text += f" ({entry['reason']})"
-    if entry.get("url"):
-        text += f"  {entry['url']}"
+    from tryssh.core.records import describe_builder
+
+    text = "  " + describe_builder(name, entry)
     if entry.get("log"):
         text += f"  log: {entry['log']}"
     return text + "\n"
