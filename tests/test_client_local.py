@@ -230,7 +230,7 @@ def test_wait_for_shows_changes_and_stops_on_a_final_state() -> None:
     record = wait_for(lambda: next(states), None, lines.append, sleep=lambda s: None)
     assert record["state"] == "failure" and exit_code_for(record) == 1
     assert lines == ["job J: queued", "job J: running", "  u: running", "job J: failure",
-                     "  u: failure (log /l)"]
+                     "  u: failure"]
 
 
 def test_wait_for_retries_transient_errors_and_stops_on_refusal() -> None:
