@@ -215,3 +215,27 @@ def test_tail_offset() -> None:
         assert _tail_offset(fd, 2) == 2
         assert _tail_offset(fd, 10) == 0
         assert _tail_offset(fd, 0) == 6
+
+
+def tryssh(*words: str) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_bin("tryssh"), *words], capture_output=True, timeout=90,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_the_admin_on_the_master_sees_cancels_and_reads_any_job(site: Path) -> None:
+    failed = deliver(site, "alice", ["fail"])
+    final(site, failed)
+    log = tryssh("log", "--config", str(site), failed, "--tail", "1")
+    assert (log.returncode, log.stdout) == (0, b"[tryssh] result: failure (exit status 3)\n")
+    name = deliver(site, "alice", ["sleepy"])
+    wait_until(lambda: (store(site).read(name) or {}).get("state") == "running")
+    jobs = tryssh("jobs", "--config", str(site))
+    assert name in jobs.stdout.decode() and failed not in jobs.stdout.decode()
+    assert failed in tryssh("jobs", "--config", str(site), "--all-states").stdout.decode()
+    result = tryssh("cancel", "--config", str(site), name)
+    assert result.returncode == 0, result.stderr
+    assert f"job {name}: cancelled by " in result.stdout.decode()
+    assert "(admin)" in store(site).read(name)["cancelled"]["by"]
+    again = tryssh("cancel", "--config", str(site), name, "--json")
+    assert again.returncode == 2
+    assert json.loads(again.stdout)["cancelled"] is False
