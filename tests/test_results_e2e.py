@@ -280,3 +280,14 @@ def test_a_lost_connection_is_resumed(door: Door) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_wait_timeout_over_watch_is_75_and_the_job_goes_on(door: Door) -> None:
+    job, gate = _gated_job(door)
+    started = time.monotonic()
+    result = door.tryssh("status", "--wait", job, "--wait-timeout", "2")
+    assert result.returncode == 75, result.stderr.decode()
+    assert time.monotonic() - started < 9  # not a heartbeat (10 s) late
+    assert "--wait-timeout" in result.stderr.decode() and "goes on" in result.stderr.decode()
+    assert door.record(job)["state"] == "running"
+    gate.touch()

@@ -207,7 +207,7 @@ class LiveWait:
                         raise TempFail(err.message) from None
                     if deadline is not None and time.monotonic() + delay > deadline:
                         raise TempFail(f"gave up waiting after {self.timeout:g}s "
-                                       f"(--wait-timeout): {err.message}") from None  # fmt: skip
+                                       "(--wait-timeout); the job goes on") from None  # fmt: skip
                     self.say(f"connection lost ({err.message}); reconnecting in {delay:g}s")
                     self._drop_connection()
                     self.sleep(delay)
@@ -245,6 +245,8 @@ class LiveWait:
                                "the job goes on")  # fmt: skip
 
         idle = max(conn.opts.timeout, 3 * HEARTBEAT)
+        if deadline is not None:  # a silent stretch must not outlast --wait-timeout
+            idle = max(0.1, min(idle, deadline - time.monotonic()))
         status, stderr = stream_remote(conn, self.command("watch", self.job, "--json"), on_data,
                                        "tryserver watch", idle)  # fmt: skip
         if _unknown_request(status, stderr) or status not in (0, *SYSEXITS):
