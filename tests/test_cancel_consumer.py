@@ -75,3 +75,14 @@ def test_a_long_quiet_wait_shows_the_elapsed_time_now_and_then() -> None:
     waiter.last_output -= 61
     waiter._line(b'{"heartbeat": 130}', [])
     assert lines[-1] == "  ... running, 2m05s so far"
+
+
+def test_followed_lines_carry_the_builders_name_when_there_are_several() -> None:
+    lines: list[str] = []
+    waiter = LiveWait(Destination(), lambda: None, "j", lines.append)  # type: ignore[arg-type]
+    waiter.show({"job": "j", "state": "running", "builders": {"unit": {"state": "pending"}}})
+    waiter.show_log_line("unit", "ok")
+    two = {"unit": {"state": "pending"}, "lint": {"state": "pending"}}
+    waiter.show({"job": "j", "state": "running", "builders": two})
+    waiter.show_log_line("lint", "warning: x")
+    assert lines[-1] == "lint| warning: x" and "ok" in lines
