@@ -219,12 +219,18 @@ def _read_until(proc: subprocess.Popen[bytes], needle: str) -> str:
     raise AssertionError(f"{needle!r} never came:\n{seen}")
 
 
-def test_ctrl_c_during_a_wait_says_the_job_goes_on_and_how_to_resume(door: Door) -> None:
-    job, gate = _gated_job(door)
+def _waiting(door: Door, job: str) -> subprocess.Popen[bytes]:
+    """``tryssh status --wait JOB``, running, once it has shown the build running."""
     proc = subprocess.Popen(door.argv("status", "--wait", job), env=door.env(), cwd=door.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    _read_until(proc, "unit: running")
+    return proc
+
+
+def test_ctrl_c_during_a_wait_says_the_job_goes_on_and_how_to_resume(door: Door) -> None:
+    job, gate = _gated_job(door)
+    proc = _waiting(door, job)
     try:
-        _read_until(proc, "unit: running")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
         assert proc.stderr is not None
@@ -265,10 +271,8 @@ def _session_pids(door: Door, job: str) -> list[int]:
 @pytest.mark.parametrize("door", ["sshd"], indirect=True)  # kills OpenSSH's session
 def test_a_lost_connection_is_resumed(door: Door) -> None:
     job, gate = _gated_job(door)
-    proc = subprocess.Popen(door.argv("status", "--wait", job), env=door.env(), cwd=door.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = _waiting(door, job)
     try:
-        _read_until(proc, "unit: running")
         sessions = wait_until(lambda: _session_pids(door, job), timeout=30)
         for pid in sessions:
             os.kill(pid, signal.SIGKILL)  # the network "drops" the connection
