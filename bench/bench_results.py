@@ -48,7 +48,8 @@ from sshd import Sshd, client_options, make_user_key, write_known_hosts  # noqa:
 
 from tryssh.client.results import LiveWait  # noqa: E402
 from tryssh.client.sshclient import Connection, SshOptions, connect  # noqa: E402
-from tryssh.client.submit import Destination, remote_query, wait_for  # noqa: E402
+from tryssh.client.transport import Destination  # noqa: E402
+from tryssh.client.wait import remote_query, wait_for  # noqa: E402
 from tryssh.core.jobdir import Jobdir, unique_name  # noqa: E402
 from tryssh.core.records import RecordStore, builder_entry, new_record  # noqa: E402
 

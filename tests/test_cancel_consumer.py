@@ -7,13 +7,15 @@ import threading
 from pathlib import Path
 
 from helpers import wait_until
-from test_consumer import store_of, submit, write_config
+from helpers import write_master_config as write_config
+from test_consumer import store_of, submit
 
 from tryssh.client.results import LiveWait
-from tryssh.client.submit import Destination
+from tryssh.client.transport import Destination
+from tryssh.core.logfmt import EventLog
 from tryssh.server import builders as builders_mod
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 
 
 def test_a_webhook_already_sent_is_marked_and_pending_builders_never_start(

@@ -17,9 +17,10 @@ from helpers import venv_bin, wait_until
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import RecordStore
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 from tryssh.server.results import _tail_offset
 
 GATE = "gate"  # the "slow" builder waits for this file (in the site dir) before going on

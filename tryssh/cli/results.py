@@ -47,9 +47,9 @@ class _Sink:
 
 def _local_server(config: str) -> Any:
     """A tryserver for the admin on the master (every job visible, nothing pinned)."""
-    from tryssh.server.tryserver import Options, Server
+    from tryssh.server.tryserver import Options, RequestContext
 
-    return Server(Options(config=config), env={})
+    return RequestContext(Options(config=config), env={})
 
 
 @click.command("log", context_settings=SETTINGS)
@@ -250,7 +250,7 @@ def jobs_cmd(ctx: click.Context, all_states: bool, limit: int, as_json: bool,
     elif v["connect"] == "local":
         raise UsageError("jobs on this machine needs --config (the master's config file)")
     else:
-        from tryssh.client.submit import remote_query
+        from tryssh.client.wait import remote_query
 
         dest = _destination(v, quiet=True)
         words = ["jobs", *(["--all-states"] if all_states else []), "--limit", str(limit)]

@@ -80,11 +80,11 @@ def use_color(stream: Any, no_color: bool, environ: Any = None) -> bool:
 
 
 def builder_line(name: str, info: dict[str, Any]) -> str:
-    """``unit: failure (exit status 3)  URL``, terminal-safe (never the server's log path,
-    which the developer cannot read: ``tryssh log`` brings the log)."""
-    from tryssh.core.records import describe_builder
+    """``unit: failure (exit status 3)  URL``, terminal-safe, never the server's log path
+    (which the developer cannot read: ``tryssh log`` brings the log)."""
+    from tryssh.core.jobview import builder_line as view
 
-    return safe_text(describe_builder(name, info))
+    return safe_text(view(name, info, show_log=False).strip())
 
 
 def format_elapsed(seconds: float) -> str:

@@ -23,20 +23,20 @@ from tryssh.client.display import (
     paint,
     safe_text,
 )
-from tryssh.client.submit import remote_query, wait_for
 from tryssh.client.transport import SYSEXITS, _Drain, _remote_error, tryserver_command
+from tryssh.client.wait import remote_query, wait_for
+from tryssh.core.records import FINAL_STATES
 from tryssh.errors import EX_NOINPUT, EX_NOPERM, EX_USAGE, TempFail, TrysshError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tryssh.client.sshclient import Connection
-    from tryssh.client.submit import Destination
+    from tryssh.client.transport import Destination
 
 HEARTBEAT = 10.0  # the server's watch sends a line at least this often
 DEFAULT_TAIL_LINES = 30
 ELAPSED_EVERY = 60.0  # seconds of silence before a "still running" line
 RECONNECT_MAX = 30.0
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted", "cancelled")
 FAILED = ("failure", "error")
 
 # -- one streamed request -------------------------------------------------------------------

@@ -11,7 +11,7 @@
 
 Like ``status`` they answer only for the pinned user's own jobs: another user's job, or
 a builder of it, answers exactly like a job that does not exist (66). They wait with
-inotify (:mod:`tryssh.core.inotify`) on the state directory and the job's log directory,
+inotify (:mod:`tryssh.server.inotify`) on the state directory and the job's log directory,
 and poll where inotify is not available.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
     from tryssh.core.request import Request
-    from tryssh.server.tryserver import Server
+    from tryssh.server.tryserver import RequestContext
 
 CHUNK = 256 * 1024
 HEARTBEAT = 10.0  # seconds between watch's keepalive lines
@@ -50,14 +50,14 @@ class AlreadyFinal(TrysshError):
     exit_code = EX_ALREADY_FINAL
 
 
-def stream(server: Server, request: Request, out: BinaryIO) -> int:
+def stream(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
     """Carry out ``log``, ``watch`` or ``cancel``; return the exit code."""
     if request.verb == "log":
-        return LogStream(server, request, out).run()
+        return LogStream(ctx, request, out).run()
     if request.verb == "watch":
-        return watch(server, request, out)
+        return watch(ctx, request, out)
     if request.verb == "cancel":
-        return cancel(server, request, out)
+        return cancel(ctx, request, out)
     raise UsageError(f"{request.verb} is not a streaming request")
 
 
@@ -67,7 +67,7 @@ class Waiter:
     def __init__(self, dirs: list[str]) -> None:
         self.watched: set[str] = set()
         try:
-            from tryssh.core.inotify import Inotify
+            from tryssh.server.inotify import Inotify
 
             self.inotify: Any = Inotify()
         except OSError:  # no inotify, or the account's instances are used up: poll
@@ -78,7 +78,7 @@ class Waiter:
     def watch(self, path: str) -> None:
         if self.inotify is None or path in self.watched:
             return
-        from tryssh.core.inotify import DIRECTORY_EVENTS, IN_MODIFY
+        from tryssh.server.inotify import DIRECTORY_EVENTS, IN_MODIFY
 
         try:
             self.inotify.add(path, DIRECTORY_EVENTS | IN_MODIFY)
@@ -109,10 +109,10 @@ def _write(out: BinaryIO, data: bytes) -> None:
 class LogStream:
     """One ``log`` request."""
 
-    def __init__(self, server: Server, request: Request, out: BinaryIO) -> None:
+    def __init__(self, ctx: RequestContext, request: Request, out: BinaryIO) -> None:
         assert request.job is not None
-        self.jobdir, self.state_dir, self.log_dir = state_dirs(server)
-        self.user = server.opts.user
+        self.jobdir, self.state_dir, self.log_dir = state_dirs(ctx.config, ctx.jobdir)
+        self.user = ctx.opts.user
         self.request = request
         self.job = request.job
         self.out = out
@@ -239,11 +239,11 @@ def _tail_offset(fd: int, lines: int) -> int:
 # -- watch ----------------------------------------------------------------------------------
 
 
-def watch(server: Server, request: Request, out: BinaryIO) -> int:
+def watch(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
     """Write the job's record at every change until it is final (heartbeats in between)."""
     assert request.job is not None
-    jobdir, state_dir, _log_dir = state_dirs(server)
-    user = server.opts.user
+    jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
+    user = ctx.opts.user
     record = job_status(jobdir, state_dir, request.job, user)
     waiter = Waiter([state_dir, os.path.join(state_dir, "active"), os.path.join(jobdir, "cur")])
     start = time.monotonic()
@@ -285,11 +285,11 @@ def _watch_line(record: dict[str, Any], as_json: bool) -> bytes:
 # -- cancel ---------------------------------------------------------------------------------
 
 
-def cancel(server: Server, request: Request, out: BinaryIO) -> int:
+def cancel(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
     """Leave a cancel request for one of the caller's jobs (the consumer carries it out)."""
     assert request.job is not None
-    jobdir, state_dir, _log_dir = state_dirs(server)
-    user = server.opts.user
+    jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
+    user = ctx.opts.user
     record = job_status(jobdir, state_dir, request.job, user)
     return request_cancel(state_dir, record, user or "admin", request.json, out)
 
