@@ -186,6 +186,7 @@ class RecordStore:
         try:
             for path in (self.path, self.active, self.cancel_dir):
                 os.makedirs(path, mode=0o2770, exist_ok=True)
+            self._share_cancel_dir()
         except OSError as err:
             raise TrysshError(
                 f"cannot create state directory {self.path}: {err.strerror}",
@@ -286,6 +287,15 @@ class RecordStore:
     # consumer that starts later (or restarts) still sees it and does not run the job's
     # pending builders. The consumer removes it once the job's final record is written.
 
+    def _share_cancel_dir(self) -> None:
+        """tryserver, another user of the group, writes cancel requests: the directory must
+        be group-writable whatever the umask of whoever made it."""
+        try:
+            if os.stat(self.cancel_dir).st_uid == os.geteuid():
+                os.chmod(self.cancel_dir, 0o2770)  # noqa: S103 - the group, never others
+        except FileNotFoundError:
+            pass
+
     def cancel_path(self, job: str) -> str:
         return os.path.join(self.cancel_dir, job)
 
@@ -299,6 +309,7 @@ class RecordStore:
         request = {"job": job, "by": by, "requested": now_iso()}
         try:
             os.makedirs(self.cancel_dir, mode=0o2770, exist_ok=True)
+            self._share_cancel_dir()
             tmp = os.path.join(self.cancel_dir, f".{job}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o660)  # fmt: skip
