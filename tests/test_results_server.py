@@ -240,3 +240,12 @@ def test_the_admin_on_the_master_sees_cancels_and_reads_any_job(site: Path) -> N
     again = tryssh("cancel", "--config", str(site), name, "--json")
     assert again.returncode == 2
     assert json.loads(again.stdout)["cancelled"] is False
+
+
+def test_a_wait_on_the_master_shows_the_failed_builders_log_too(site: Path) -> None:
+    name = deliver(site, "alice", ["fail"])
+    result = tryssh("status", "--wait", "--config", str(site), name, "--no-color")
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert "--- fail: last 30 lines of the log ---" in err
+    assert "error: boom" in err and "\x1b" not in err  # filtered for the terminal

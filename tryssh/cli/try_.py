@@ -193,20 +193,24 @@ def wait_for_job(
     (``-c local``/``--config``) the records are read directly, once a second.
     """
     echo = None if quiet else echo_stderr
-    if dest.connect == "local" or conn is None:
-        fetch = status_fetcher(dest, None, job)
-        try:
-            return wait_for(fetch, v.get("wait_timeout"), echo), None
-        except KeyboardInterrupt:
-            raise _stopped_waiting(job) from None
-    from tryssh.client.display import use_color
     from tryssh.client.results import DEFAULT_TAIL_LINES, LiveWait
 
     tail = v.get("tail_lines")
+    lines = DEFAULT_TAIL_LINES if tail is None else int(tail)
+    if dest.connect == "local" or conn is None:
+        fetch = status_fetcher(dest, None, job)
+        try:
+            record = wait_for(fetch, v.get("wait_timeout"), echo)
+        except KeyboardInterrupt:
+            raise _stopped_waiting(job) from None
+        if echo is not None and dest.config and lines > 0:
+            _local_tails(dest.config, record, lines, echo)
+        return record, None
+    from tryssh.client.display import use_color
+
     waiter = LiveWait(
         dest, lambda: open_connection(dest), job, echo, conn=conn,
-        follow=bool(v.get("follow")),
-        tail_lines=DEFAULT_TAIL_LINES if tail is None else int(tail),
+        follow=bool(v.get("follow")), tail_lines=lines,
         color=use_color(sys.stderr, bool(v.get("no_color"))),
         timeout=v.get("wait_timeout"),
     )  # fmt: skip
@@ -216,6 +220,35 @@ def wait_for_job(
         if waiter.conn is not None and waiter.conn is not conn:
             waiter.conn.close()
         raise _stopped_waiting(job) from None
+
+
+def _local_tails(config: str, record: dict[str, Any], lines: int,
+                 echo: Callable[[str], None]) -> None:  # fmt: skip
+    """On the master (``--config``): the last *lines* lines of each failed builder's log,
+    read by the server's own ``log`` request."""
+    import io
+
+    from tryssh.client.display import LineFilter
+    from tryssh.core.request import parse_request_words
+    from tryssh.server.results import stream
+    from tryssh.server.tryserver import Options, RequestContext
+
+    for name, info in (record.get("builders") or {}).items():
+        if (info or {}).get("result") not in ("failure", "error"):
+            continue
+        out = io.BytesIO()  # at most *lines* lines
+        ctx = RequestContext(Options(config=config), env={})
+        try:
+            words = ["log", str(record.get("job")), name, "--tail", str(lines)]
+            stream(ctx, parse_request_words(words), out)
+        except TrysshError:
+            continue
+        finally:
+            ctx.close()
+        echo(f"--- {name}: last {lines} lines of the log ---")
+        text = LineFilter()
+        for line in text.feed(out.getvalue()) + text.flush():
+            echo(line)
 
 
 def _stopped_waiting(job: str) -> TrysshError:
