@@ -48,7 +48,7 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     bb = write(
         Path(env["HOME"]) / ".buildbot" / "options",
         "try_host = 'bb-host'\ntry_port = 1\ntry_who = 'bb-who'\ntry_builders = ['bb']\n"
-        "try_jobdir = 'bb-jobdir'\ntry_buildbotbin = 'bb-bin'\ntry_ssh = 'ssh -v'\n",
+        "try_jobdir = 'bb-jobdir'\ntry_buildbotbin = '/opt/bb/bin/buildbot'\ntry_ssh = 'ssh -v'\n",
     )
     user = write(
         Path(env["XDG_CONFIG_HOME"]) / "tryssh" / "config.toml",
@@ -63,7 +63,7 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     assert res.values["port"] == 3 and res.sources["port"] == COMMAND_LINE
     assert res.values["who"] == "user-who" and res.sources["who"] == str(user)
     assert res.values["jobdir"] == "bb-jobdir" and res.sources["jobdir"] == str(bb)
-    assert res.values["tryserver_cmd"] == "bb-bin"  # Buildbot's buildbotbin
+    assert res.values["tryserver_cmd"] == "/opt/bb/bin/buildbot"  # Buildbot's buildbotbin
     # An empty list in a file is a value (it hides lower layers); on the command line it
     # means "not given" (Buildbot treats [] as missing too).
     assert res.values["builders"] == [] and res.sources["builders"] == str(project)
@@ -140,7 +140,7 @@ timeout = 12
         ("[try]\ntimeout = 0\n", "timeout: must be a positive"),
         ("[try]\nproperties = ['a']\n", "properties: must be a table"),
         ("[try]\nproperties = { a = [1] }\n", "property 'a' must be a string, number"),
-        ("[try]\ntryserver_cmd = 'a'\nbuildbotbin = 'b'\n", "buildbotbin: set twice"),
+        ("[try]\ntryserver_cmd = 'tryserver'\nbuildbotbin = 'buildbot'\n", "buildbotbin: set twice"),
         ("[try]\nhost = \n", "invalid TOML"),
     ],
 )

@@ -122,7 +122,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
     """Fill what the command line did not give from the config files (CLI wins)."""
-    from tryssh.client.clientconfig import resolve_client_options
+    from tryssh.client.clientconfig import COMMAND_LINE, resolve_client_options
 
     cli = {k: v for k, v in values.items() if _given(ctx, k)}
     if "properties" in cli:
@@ -134,9 +134,13 @@ def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, An
     for key, value in resolved.values.items():
         if key in result:
             result[key] = value
-    if not result.get("quiet"):
-        for warning in resolved.warnings:
-            echo_stderr(f"tryssh: {warning}")
+    # Warnings go to stderr whatever --quiet (or try_quiet) says: quiet is about progress.
+    for warning in resolved.warnings:
+        echo_stderr(f"tryssh: {warning}")
+    source = resolved.sources.get("host")
+    if source and source != COMMAND_LINE:
+        # A file chose the server: say which, so a planted file cannot redirect silently.
+        echo_stderr(f"tryssh: host {resolved.values['host']} set by {source}")
     return result
 
 

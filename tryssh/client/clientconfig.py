@@ -9,12 +9,13 @@ A key is taken whole from the highest layer that sets it (lists and tables are n
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tryssh.client.buildbot_options import load_buildbot_options
-from tryssh.errors import ConfigError
+from tryssh.errors import ConfigError, UsageError
 
 PROJECT_FILE = ".tryssh.toml"
 TABLE = "try"
@@ -47,9 +48,19 @@ KEYS: tuple[str, ...] = (
 ALIASES = {"buildbotbin": "tryserver_cmd"}
 
 # A project file comes with the source tree, i.e. from whoever can push to it. It may say
-# where the project's try server is, but not which key to use or which host keys to trust:
-# otherwise a cloned repository could silently redirect a patch to a look-alike server.
-PROJECT_FORBIDDEN = frozenset({"identity", "known_hosts", "accept_new_host_key"})
+# where the project's try server is (a host, builders: Buildbot's convention), but not which
+# key to use, which host keys to trust, or what to run on the server: otherwise a cloned
+# repository could redirect a patch to a look-alike server or run commands as the developer.
+_TRUST = "it decides whom to trust"
+PROJECT_FORBIDDEN: dict[str, str] = {
+    "identity": _TRUST,
+    "known_hosts": _TRUST,
+    "accept_new_host_key": _TRUST,
+    "tryserver_cmd": "it decides what runs on the server with your key",
+}
+# The remote program: one path word naming a tryserver or buildbot, optionally followed by
+# the word "tryserver" (Buildbot's ``buildbot tryserver``). No shell syntax, no arguments.
+_PROGRAM_WORD = re.compile(r"[A-Za-z0-9._+~/-]*(?:tryserver|buildbot)")
 
 # Buildbot option names -> tryssh keys. The rest of Buildbot's options do not apply.
 _FROM_BUILDBOT = {
@@ -122,6 +133,32 @@ def _comment(value: object) -> str:
     return value
 
 
+def remote_program(value: object) -> str:
+    """Check a ``tryserver_cmd`` value: ``[PATH/]…tryserver`` or ``[PATH/]…buildbot [tryserver]``."""
+    text = _string(value)
+    words = text.split()
+    program = words[0] if words else ""
+    if (
+        1 <= len(words) <= 2
+        and _PROGRAM_WORD.fullmatch(program)
+        and not program.startswith("-")
+        and (len(words) == 1 or (words[1] == "tryserver" and program.endswith("buildbot")))
+    ):
+        return text
+    raise _Bad(
+        f"{text!r} is not allowed: the remote command must be one path ending in 'tryserver' "
+        "or 'buildbot' (optionally followed by 'tryserver'), with no other words"
+    )
+
+
+def check_remote_program(value: str) -> str:
+    """:func:`remote_program` for the command line: a usage error (64) when refused."""
+    try:
+        return remote_program(value)
+    except _Bad as bad:
+        raise UsageError(f"--tryserver-cmd {bad}") from None
+
+
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, not {_show(value)}")
@@ -187,7 +224,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "username": _name,
     "jobdir": _string,
     "identity": _string,
-    "tryserver_cmd": _string,
+    "tryserver_cmd": remote_program,
     "builders": _builders,
     "branch": _string,
     "repository": _string,
@@ -273,8 +310,8 @@ def load_config_file(path: str, *, project: bool = False) -> dict[str, object]:
             raise ConfigError(f"{path}: [try] {raw_key}: set twice (it is an alias of {key})")
         if project and key in PROJECT_FORBIDDEN:
             raise ConfigError(
-                f"{path}: [try] {raw_key}: not allowed in a project file (it decides whom to "
-                "trust); set it in your user config or on the command line"
+                f"{path}: [try] {raw_key}: not allowed in a project file "
+                f"({PROJECT_FORBIDDEN[key]}); set it in your user config or on the command line"
             )
         try:
             value = _CHECKS[key](raw_value)
@@ -302,13 +339,24 @@ def _owned_ok(path: str, warnings: list[str]) -> bool:
 def _from_buildbot(
     cwd: str, env: Mapping[str, str]
 ) -> tuple[dict[str, object], str | None, list[str]]:
-    opts = load_buildbot_options(cwd, home=env.get("HOME") or None)
+    home = env.get("HOME") or os.path.expanduser("~")
+    opts = load_buildbot_options(cwd, home=home)
     warnings = list(opts.warnings)
     values: dict[str, object] = {}
+    # ~/.buildbot/options is the user's own; any other one came with a source tree.
+    project = opts.path is not None and os.path.abspath(opts.path) != os.path.abspath(
+        os.path.join(home, ".buildbot", "options")
+    )
     for name, value in opts.values.items():
         key = _FROM_BUILDBOT.get(name)
         if key is None:
             warnings.append(f"{opts.path}: Buildbot's {name!r} setting is not used by tryssh")
+            continue
+        if project and key in PROJECT_FORBIDDEN:
+            warnings.append(
+                f"{opts.path}: try_{name} ignored: a project's options file may not set it "
+                f"({PROJECT_FORBIDDEN[key]}); set it in ~/.buildbot/options"
+            )
             continue
         try:
             values[key] = _CHECKS[key](value)
@@ -347,6 +395,8 @@ def resolve_client_options(
         key = ALIASES.get(raw_key, raw_key)
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
+        if key == "tryserver_cmd":
+            check_remote_program(str(value))
         cli_values[key] = list(value) if isinstance(value, tuple) else value
     layers.append((COMMAND_LINE, cli_values))
 
