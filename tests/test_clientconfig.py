@@ -140,7 +140,8 @@ timeout = 12
         ("[try]\ntimeout = 0\n", "timeout: must be a positive"),
         ("[try]\nproperties = ['a']\n", "properties: must be a table"),
         ("[try]\nproperties = { a = [1] }\n", "property 'a' must be a string, number"),
-        ("[try]\ntryserver_cmd = 'tryserver'\nbuildbotbin = 'buildbot'\n", "buildbotbin: set twice"),
+        ("[try]\ntryserver_cmd = 'tryserver'\nbuildbotbin = 'buildbot'\n",
+         "buildbotbin: set twice"),
         ("[try]\nhost = \n", "invalid TOML"),
     ],
 )

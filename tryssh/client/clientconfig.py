@@ -134,7 +134,7 @@ def _comment(value: object) -> str:
 
 
 def remote_program(value: object) -> str:
-    """Check a ``tryserver_cmd`` value: ``[PATH/]…tryserver`` or ``[PATH/]…buildbot [tryserver]``."""
+    """Check a ``tryserver_cmd``: ``[PATH/]…tryserver`` or ``[PATH/]…buildbot [tryserver]``."""
     text = _string(value)
     words = text.split()
     program = words[0] if words else ""
