@@ -71,7 +71,8 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     assert res.values["dryrun"] is True and res.sources["dryrun"] == COMMAND_LINE
     assert "wait" not in res.values
     assert res.get("timeout", 30) == 30
-    assert any("'ssh' setting is not used" in w for w in res.warnings)
+    # try_ssh is read, never run: what tryssh cannot use from it is named.
+    assert any("try_ssh: -v not used" in w for w in res.warnings)
 
     res = resolve_client_options({"host": "cli-host", "builders": ("a", "b")}, str(cwd), env=env)
     assert res.values["host"] == "cli-host" and res.values["builders"] == ["a", "b"]
@@ -108,6 +109,10 @@ quiet = false
 accept_new_host_key = true
 known_hosts = "~/kh"
 timeout = 12
+ssh_options = ["ServerAliveInterval=5"]
+ssh_config = "ssh/config"
+proxy_jump = "jump@bastion:2222"
+topdir = "/src/project"
 """,
     )
     values = load_config_file(str(path))
@@ -116,6 +121,7 @@ timeout = 12
     assert values["jobdir"] == "~/jobs"  # a remote path: not expanded here
     assert values["known_hosts"] == os.path.expanduser("~/kh")
     assert values["timeout"] == 12.0
+    assert values["ssh_config"] == str(tmp_path / "ssh" / "config")
     assert values["properties"] == {"owner": "alice", "retries": 2, "fast": True}
 
 

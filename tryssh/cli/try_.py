@@ -36,9 +36,14 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
-from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
+from tryssh.client.sshclient import (  # noqa: E402
+    DEFAULT_TIMEOUT,
+    OPTION_NAMES,
+    SshOptions,
+    enable_debug_log,
+    parse_ssh_option,
+)
 from tryssh.client.submit import (  # noqa: E402
-    TRANSPORTS,
     Destination,
     TryRequest,
     build_job,
@@ -55,6 +60,12 @@ from tryssh.client.submit import (  # noqa: E402
     wait_for,
 )
 from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+
+CONNECT_CHOICES = ("ssh", "scp", "local", "pb")
+PB_EXPLAINED = (
+    "--connect=pb is Buildbot's PB door (buildbot try --connect=pb -m HOST:PORT); tryssh try "
+    "delivers over SSH: use -c ssh --host HOST (or -c scp / -c local)"
+)
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
@@ -84,11 +95,13 @@ Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unle
 def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The SSH/transport options shared by try, status and builders."""
     options = [
-        click.option("-c", "--connect", type=click.Choice(TRANSPORTS), default="ssh",
-                     show_default=True, help="How to deliver: ssh (exec tryserver), scp "
-                     "(sftp into the jobdir) or local (a jobdir on this machine)."),
+        click.option("-c", "--connect", type=click.Choice(CONNECT_CHOICES), default="ssh",
+                     show_default=True, help="How to reach the server: ssh (exec tryserver), "
+                     "scp (sftp into the jobdir) or local (a jobdir on this machine); pb is "
+                     "Buildbot's and is explained, not used."),
         click.option("--host", metavar="HOST",
-                     help="The try server (an ~/.ssh/config alias works)."),
+                     help="The try server: an ~/.ssh/config alias, [user@]host[:port] or "
+                     "ssh://[user@]host[:port]."),
         click.option("--port", type=click.IntRange(1, 65535),
                      help="SSH port (default: ssh config, 22)."),
         click.option("-u", "--username", metavar="USER",
@@ -110,6 +123,22 @@ def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config", "master_config", metavar="FILE",
                      type=click.Path(dir_okay=False),
                      help="On the master: read status/builders from this tryssh config."),
+        click.option("-F", "ssh_config", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="The ssh config file to read (default ~/.ssh/config), as ssh -F."),
+        click.option("-o", "ssh_options", multiple=True, metavar="OPTION=VALUE",
+                     help="An ssh_config option, as ssh -o (repeatable; the ones tryssh "
+                     "honours: " + ", ".join(OPTION_NAMES) + ")."),
+        click.option("-J", "proxy_jump", metavar="[USER@]HOST[:PORT][,...]",
+                     help="Connect through these jump hosts, as ssh -J (ProxyJump)."),
+        click.option("--ssh", "ssh_command", metavar="COMMAND",
+                     help="Buildbot's --ssh: its -p, -i, -l, -o, -F and -J are used (the "
+                     "command itself is never run)."),
+        click.option("-v", "--verbose", count=True,
+                     help="Show paramiko's log on stderr (-vv: debug), like ssh -v."),
+        click.option("-m", "--master", metavar="HOST:PORT",
+                     help="Buildbot's PB master (for --connect=pb): accepted and ignored."),
+        click.option("--passwd", metavar="PASSWORD",
+                     help="Buildbot's PB password (for --connect=pb): accepted and ignored."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -120,14 +149,50 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
+def _from_ssh_command(cli: dict[str, Any]) -> None:
+    """Buildbot's ``--ssh 'ssh -p PORT -i KEY -l USER'``: take what tryssh can use from it."""
+    from tryssh.client.buildbot_options import parse_ssh_command
+    from tryssh.errors import ConfigError
+
+    try:
+        cmd = parse_ssh_command(cli.pop("ssh_command"))
+    except ConfigError as err:
+        raise UsageError(f"--ssh: {err.message}") from None
+    for key, value in (("port", cmd.port), ("username", cmd.login), ("identity", cmd.identity),
+                       ("ssh_config", cmd.config), ("proxy_jump", cmd.jump)):
+        if value is not None and key not in cli:
+            cli[key] = value
+    if cmd.options:
+        cli["ssh_options"] = [*cli.get("ssh_options", ()), *cmd.options]
+    if cmd.ignored:
+        echo_stderr(f"tryssh: --ssh: {' '.join(cmd.ignored)} not used (tryssh speaks SSH "
+                    "itself; it takes -p, -i, -l, -o, -F and -J)")
+
+
 def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
     """Fill what the command line did not give from the config files (CLI wins)."""
     from tryssh.client.clientconfig import COMMAND_LINE, resolve_client_options
 
+    enable_debug_log(int(values.get("verbose") or 0))
     cli = {k: v for k, v in values.items() if _given(ctx, k)}
-    if "properties" in cli:
-        cli["properties"] = parse_properties(cli["properties"])
+    if cli.get("ssh_command"):
+        _from_ssh_command(cli)
+    if "properties" in cli or "properties_list" in cli:
+        props = parse_properties(cli.pop("properties_list", ()), split_commas=True)
+        props.update(parse_properties(cli.get("properties", ())))
+        cli["properties"] = props
+    for name, flag in (("master", "-m/--master"), ("passwd", "--passwd")):
+        if cli.pop(name, None) is not None:
+            echo_stderr(f"tryssh: {flag} is for Buildbot's PB door (--connect=pb); tryssh "
+                        "delivers over SSH to --host and ignores it")
+    if cli.get("connect") == "pb":
+        raise UsageError(PB_EXPLAINED)
     resolved = resolve_client_options(cli, cwd=cwd)
+    if resolved.get("connect") == "pb":
+        # A Buildbot user's options file: say so, and go on with ssh.
+        echo_stderr(f"tryssh: connect = 'pb' in {resolved.sources['connect']} ignored: "
+                    f"{PB_EXPLAINED}")
+        resolved.values["connect"] = "ssh"
     result = dict(values)
     if "properties" in result:
         result["properties"] = {}
@@ -152,11 +217,16 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
                 f"-c {v['connect']} needs --host (or try_host in the options file, "
                 "host in .tryssh.toml)"
             )
+        options: dict[str, str] = {}
+        for text in v.get("ssh_options") or ():
+            key, value = parse_ssh_option(text)
+            options.setdefault(key, value)  # the first one wins, as with ssh
         ssh = SshOptions(
             host=v["host"], port=v.get("port"), user=v.get("username"),
             identity=v.get("identity"), known_hosts=v.get("known_hosts"),
             accept_new_host_key=bool(v.get("accept_new_host_key")),
             timeout=float(v.get("timeout") or DEFAULT_TIMEOUT), quiet=quiet,
+            ssh_config=v.get("ssh_config"), options=options, proxy_jump=v.get("proxy_jump"),
         )
     return Destination(
         connect=v["connect"], ssh=ssh, jobdir=v.get("jobdir"),
@@ -173,10 +243,13 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
               help="The base revision (default: merge-base with upstream).")
 @click.option("-p", "--patchlevel", type=click.IntRange(min=0), metavar="N",
               help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).")
-@click.option("--who", metavar="NAME", help="Who asks (a forced-command server pins it).")
+@click.option("-w", "--who", metavar="NAME",
+              help="Who asks (a forced-command server pins it).")
 @click.option("-C", "--comment", metavar="TEXT", help="A comment for the build.")
 @click.option("--property", "properties", multiple=True, metavar="K=V",
-              help="A build property (repeatable).")
+              help="A build property (repeatable; the value may hold commas).")
+@click.option("--properties", "properties_list", multiple=True, metavar="K=V[,K=V...]",
+              help="Build properties, comma-separated (Buildbot's --properties).")
 @click.option("--repository", metavar="URL", help="The repository URL to send.")
 @click.option("--project", metavar="NAME", help="The project name to send.")
 @click.option("--vc", type=click.Choice(["git", "hg", "svn"]), help="Expect this VCS.")
@@ -184,7 +257,12 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
               "working copy's change; needs --baserev.")
 @click.option("--untracked", is_flag=True, help="Include untracked files (git).")
 @click.option("--allow-empty", is_flag=True, help="Send even if the diff is empty.")
-@click.option("-n", "--dry-run", is_flag=True, help="Show the job and patch stats; send nothing.")
+@click.option("-n", "--dry-run", "--dryrun", "dry_run", is_flag=True,
+              help="Show the job and patch stats; send nothing.")
+@click.option("--get-builder-names", is_flag=True,
+              help="List the builders you may use and exit (as tryssh builders).")
+@click.option("--topdir", metavar="DIR", type=click.Path(file_okay=False),
+              help="The working copy to send (default: the current directory's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
 @click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
@@ -196,6 +274,13 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     cwd = os.getcwd()
     v = _merge(ctx, values, cwd)
     quiet = bool(v["quiet"])
+    if v["get_builder_names"]:
+        _print_builders(_ask(v, "builders", None), as_json=bool(v["as_json"]))
+        ctx.exit(EX_OK)
+    if v.get("topdir"):
+        cwd = os.path.abspath(os.path.expanduser(str(v["topdir"])))
+        if not os.path.isdir(cwd):
+            raise UsageError(f"--topdir {v['topdir']}: no such directory")
     req = TryRequest(
         builders=list(v["builders"] or []), branch=v["branch"], baserev=v["baserev"],
         patchlevel=v["patchlevel"], who=v["who"], comment=v["comment"],
@@ -270,7 +355,11 @@ def status_fetcher(dest: Destination, conn: Connection | None, job: str) -> Call
 
 
 def _query(ctx: click.Context, values: dict[str, Any], what: str, job: str | None) -> Any:
-    v = _merge(ctx, values, os.getcwd())
+    return _ask(_merge(ctx, values, os.getcwd()), what, job)
+
+
+def _ask(v: dict[str, Any], what: str, job: str | None) -> Any:
+    """Ask the server (or the master's config, with --config) for a status or the builders."""
     if v.get("master_config"):
         from tryssh.server.queries import local_query
 
@@ -321,7 +410,10 @@ def builders_cmd(ctx: click.Context, as_json: bool, **values: Any) -> None:
       tryssh builders --host ci
       tryssh builders --config /etc/tryssh/config.toml      on the master
     """
-    answer = _query(ctx, values, "builders", None)
+    _print_builders(_query(ctx, values, "builders", None), as_json)
+
+
+def _print_builders(answer: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(answer))
         return

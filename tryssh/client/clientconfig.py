@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from tryssh.client.buildbot_options import load_buildbot_options
+from tryssh.client.buildbot_options import load_buildbot_options, parse_ssh_command
 from tryssh.errors import ConfigError, UsageError
 
 PROJECT_FILE = ".tryssh.toml"
@@ -44,6 +44,10 @@ KEYS: tuple[str, ...] = (
     "accept_new_host_key",
     "known_hosts",
     "timeout",
+    "ssh_options",
+    "ssh_config",
+    "proxy_jump",
+    "topdir",
 )
 ALIASES = {"buildbotbin": "tryserver_cmd"}
 
@@ -57,6 +61,9 @@ PROJECT_FORBIDDEN: dict[str, str] = {
     "known_hosts": _TRUST,
     "accept_new_host_key": _TRUST,
     "tryserver_cmd": "it decides what runs on the server with your key",
+    "ssh_options": "ssh options can run local commands and choose keys",
+    "ssh_config": "an ssh config can run local commands and choose keys",
+    "proxy_jump": "it decides which hosts see your keys",
 }
 # The remote program: one path word naming a tryserver or buildbot, optionally followed by
 # the word "tryserver" (Buildbot's ``buildbot tryserver``). No shell syntax, no arguments.
@@ -79,6 +86,8 @@ _FROM_BUILDBOT = {
     "port": "port",
     "properties": "properties",
     "buildbotbin": "tryserver_cmd",
+    "topdir": "topdir",
+    "ssh": "",  # read by _from_try_ssh
 }
 _VCS_MARKERS = (".git", ".hg", ".svn")
 
@@ -177,6 +186,12 @@ def _int_in(low: int, high: int | None) -> Callable[[object], int]:
     return check
 
 
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise _Bad(f"must be a list of strings, not {_show(value)}")
+    return [_string(item) for item in value]
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"must be a number of seconds, not {_show(value)}")
@@ -217,8 +232,18 @@ def _show(value: object) -> str:
     return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+CONNECT_VALUES = ("ssh", "scp", "local", "pb")
+
+
+def _connect(value: object) -> str:
+    text = _string(value)
+    if text not in CONNECT_VALUES:
+        raise _Bad(f"must be one of ssh, scp, local (or Buildbot's pb), not {text!r}")
+    return text
+
+
 _CHECKS: dict[str, Callable[[object], object]] = {
-    "connect": _string,
+    "connect": _connect,
     "host": _name,
     "port": _int_in(1, 65535),
     "username": _name,
@@ -239,8 +264,12 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "accept_new_host_key": _bool,
     "known_hosts": _string,
     "timeout": _seconds,
+    "ssh_options": _strings,
+    "ssh_config": _string,
+    "proxy_jump": _name,
+    "topdir": _string,
 }
-_PATH_KEYS = ("identity", "known_hosts")
+_PATH_KEYS = ("identity", "known_hosts", "ssh_config", "topdir")
 
 
 # --------------------------------------------------------------------------- files
@@ -352,6 +381,8 @@ def _from_buildbot(
         if key is None:
             warnings.append(f"{opts.path}: Buildbot's {name!r} setting is not used by tryssh")
             continue
+        if key == "":
+            continue
         if project and key in PROJECT_FORBIDDEN:
             warnings.append(
                 f"{opts.path}: try_{name} ignored: a project's options file may not set it "
@@ -362,7 +393,49 @@ def _from_buildbot(
             values[key] = _CHECKS[key](value)
         except _Bad as bad:
             warnings.append(f"{opts.path}: {name} {bad}; ignored")
+    if isinstance(opts.values.get("ssh"), str) and opts.path is not None:
+        _from_try_ssh(str(opts.values["ssh"]), opts.path, project, values, warnings)
     return values, opts.path, warnings
+
+
+def _from_try_ssh(
+    text: str, path: str, project: bool, values: dict[str, object], warnings: list[str]
+) -> None:
+    """Take port, identity, login, -o, -F and -J from ``try_ssh`` (it is never run).
+
+    try_port / try_username win over what try_ssh says. From a project's file only the
+    port and the login are taken: the rest decides which keys and programs are used.
+    """
+    try:
+        cmd = parse_ssh_command(text)
+    except ConfigError as err:
+        warnings.append(f"{path}: try_ssh: {err.message}; ignored")
+        return
+    found: dict[str, object] = {"port": cmd.port, "username": cmd.login}
+    base = os.path.dirname(os.path.abspath(path))
+    for key, value in (("identity", cmd.identity), ("ssh_config", cmd.config)):
+        if value is not None:
+            found[key] = os.path.join(base, os.path.expanduser(value))
+    found["ssh_options"] = cmd.options or None
+    found["proxy_jump"] = cmd.jump
+    for key, value in found.items():
+        if value is None or key in values:
+            continue
+        if project and key in PROJECT_FORBIDDEN:
+            warnings.append(
+                f"{path}: try_ssh's {key.replace('_', ' ')} ignored: a project's options file "
+                f"may not set it ({PROJECT_FORBIDDEN[key]})"
+            )
+            continue
+        try:
+            values[key] = _CHECKS[key](value)
+        except _Bad as bad:
+            warnings.append(f"{path}: try_ssh {key}: {bad}; ignored")
+    if cmd.ignored:
+        warnings.append(
+            f"{path}: try_ssh: {' '.join(cmd.ignored)} not used (tryssh speaks SSH itself; "
+            "it takes -p, -i, -l, -o, -F and -J)"
+        )
 
 
 def resolve_client_options(

@@ -60,14 +60,19 @@ class TryRequest:
     allow_empty: bool = False
 
 
-def parse_properties(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``K=V`` strings (as Buildbot's ``--property``: split at the first '=')."""
+def parse_properties(
+    items: list[str] | tuple[str, ...], split_commas: bool = False
+) -> dict[str, str]:
+    """``K=V`` strings, as Buildbot reads them: ``--property`` splits at the first '=';
+    ``--properties`` (*split_commas*) first splits ``a=1,b=2`` at the commas."""
     props: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--property needs KEY=VALUE, not {item!r}")
-        props[key.strip()] = value
+    flag = "--properties" if split_commas else "--property"
+    for text in items:
+        for item in text.split(",") if split_commas else [text]:
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UsageError(f"{flag} needs KEY=VALUE, not {item!r}")
+            props[key.strip()] = value
     return props
 
 
