@@ -278,8 +278,38 @@ def test_git_branch_with_slashes_and_its_upstream(tmp_path: Path) -> None:
     assert change.baserev == pushed != base
     assert git_apply_at(origin, pushed, change, tmp_path / "fresh") == snapshot(work)
 
-    # --branch overrides the name sent, not the base.
-    assert extract("git", str(work), branch="other").branch == "other"
+    # --branch names the branch the base comes from (Buildbot's way): a missing one is an error.
+    with pytest.raises(errors.UsageError, match="not a branch"):
+        extract("git", str(work), branch="other")
+
+
+def test_git_branch_option_computes_the_base_like_buildbot(tmp_path: Path) -> None:
+    _, work, base = git_origin_and_clone(tmp_path)
+    # A local branch with a commit that was never pushed, and work on top of it.
+    git(work, "checkout", "-q", "-b", "topic")
+    (work / "topic.txt").write_bytes(b"local only\n")
+    git(work, "add", "topic.txt")
+    git(work, "commit", "-q", "-m", "unpushed")
+    topic = git(work, "rev-parse", "HEAD").decode().strip()
+    git(work, "checkout", "-q", "-b", "mine")
+    (work / "mine.txt").write_bytes(b"committed on mine\n")
+    git(work, "add", "mine.txt")
+    git(work, "commit", "-q", "-m", "mine")
+    git_mutate(work)
+
+    change = extract("git", str(work), branch="topic")
+    assert change.baserev == topic and change.branch == "topic"
+    assert any("not on any remote-tracking branch" in n for n in change.notes)
+    # The patch holds everything since the branch, as Buildbot's git diff <base> does.
+    assert b"mine.txt" in change.patch and b"topic.txt" not in change.patch
+
+    # A remote-tracking branch: the merge-base with it, the remote prefix dropped.
+    change = extract("git", str(work), branch="origin/main")
+    assert change.baserev == base and change.branch == "main"
+    assert not any("remote-tracking" in n for n in change.notes)
+    assert b"topic.txt" in change.patch
+    # A name only the remote has is found there too.
+    assert extract("git", str(work), branch="main").baserev == base
 
 
 def test_git_local_branch_without_upstream_uses_head(tmp_path: Path) -> None:

@@ -307,6 +307,10 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     if not quiet:  # the stats cost a pass over the patch: only when someone reads them
         for line in summary_lines(job, change, change.stats):
             echo_stderr(line)
+    else:  # --quiet hides the summary, never a warning
+        for note in getattr(change, "notes", []):
+            if note.startswith("WARNING"):
+                echo_stderr(f"tryssh: {note}")
     conn = None if dest.connect == "local" else open_connection(dest)
     try:
         receipt = deliver(data, dest, conn)

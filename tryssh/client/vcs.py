@@ -291,7 +291,7 @@ def extract(
         raise UsageError("--baserev is empty")
     topdir = os.path.abspath(topdir)
     if vcs == "git":
-        change = _extract_git(topdir, baserev, include_untracked)
+        change = _extract_git(topdir, baserev, include_untracked, branch)
     elif vcs in ("hg", "svn"):
         if include_untracked:
             add = "hg add" if vcs == "hg" else "svn add"
@@ -301,9 +301,15 @@ def extract(
         change = _extract_hg(topdir, baserev) if vcs == "hg" else _extract_svn(topdir, baserev)
     else:
         raise UsageError(f"unsupported version control system {vcs!r} (use git, hg or svn)")
-    if branch is not None:
+    if branch is not None and vcs != "git":
         change.branch = branch
     return change
+
+
+def untracked_files(topdir: str) -> bool:
+    """Whether a git working copy has untracked (not ignored) files."""
+    out = _git(topdir, "ls-files", "-z", "--others", "--exclude-standard", ok=(0, 1, 128))
+    return out.returncode == 0 and bool(out.stdout)
 
 
 def _git(
@@ -316,7 +322,9 @@ def _git(
     return _run(["git", *args], topdir, ok=ok, env=env, stdin=stdin)
 
 
-def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> SourceChange:
+def _extract_git(
+    topdir: str, baserev: str | None, include_untracked: bool, branch: str | None = None
+) -> SourceChange:
     notes: list[str] = []
     head = _git(topdir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", ok=(0, 1))
     if head.returncode != 0:
@@ -351,9 +359,18 @@ def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> S
         remote_ref[len("refs/heads/") :] if remote_ref.startswith("refs/heads/") else None
     )
 
+    sent_branch = current
+    if branch is not None:
+        # Buildbot's way: the base comes from the named branch, and a "<remote>/" prefix
+        # is dropped from the name the master sees.
+        ref, sent_branch = _git_branch_ref(topdir, branch, remote)
+        upstream_branch = None
+        if baserev is None:
+            base = _git_merge_base_with(topdir, ref, branch, head_id, notes)
+            _warn_if_unpublished(topdir, base, notes)
     if baserev is not None:
         base = _git_resolve(topdir, baserev)
-    else:
+    elif branch is None:
         base = _git_merge_base(topdir, head_id, current, upstream, notes)
 
     patch = _git_diff(topdir, base, include_untracked)
@@ -362,12 +379,54 @@ def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> S
         baserev=base,
         patch=patch,
         patch_level=1,
-        branch=current,
+        branch=sent_branch,
         repository=repository,
         topdir=topdir,
         notes=notes,
         upstream_branch=upstream_branch,
     )
+
+
+def _git_branch_ref(topdir: str, branch: str, remote: str) -> tuple[str, str]:
+    """(the ref to take the base from, the branch name to send) for ``--branch``."""
+    if branch.startswith("-") or not branch.strip():
+        raise UsageError(f"--branch {branch!r} is not a branch name")
+    remotes = os.fsdecode(_git(topdir, "remote").stdout).split()
+    sent = branch
+    for name in remotes:
+        if branch.startswith(name + "/"):
+            sent = branch[len(name) + 1 :]
+            break
+    candidates = [branch] + [f"{r}/{branch}" for r in ([remote] if remote else []) + remotes]
+    for ref in candidates:
+        res = _git(topdir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", ok=(0, 1))
+        if res.returncode == 0:
+            return ref, sent
+    raise UsageError(
+        f"--branch {branch!r} is not a branch of {topdir} (nor of its remotes: fetch it?)"
+    )
+
+
+def _git_merge_base_with(
+    topdir: str, ref: str, branch: str, head_id: str, notes: list[str]
+) -> str:
+    mb = _git(topdir, "merge-base", "HEAD", ref, ok=(0, 1))
+    if mb.returncode != 0:
+        notes.append(f"HEAD and --branch {branch} have no common ancestor: the base is HEAD")
+        return head_id
+    return _text(mb.stdout)
+
+
+def _warn_if_unpublished(topdir: str, base: str, notes: list[str]) -> None:
+    """The master fetches from a remote: a base no remote-tracking branch holds is suspect."""
+    remotes = _git(
+        topdir, "for-each-ref", "--count=1", "--contains", base, "refs/remotes/", ok=(0, 1, 129)
+    )
+    if remotes.returncode == 0 and not remotes.stdout.strip():
+        notes.append(
+            f"WARNING: the base {base[:12]} is not on any remote-tracking branch: the master "
+            "likely does not have it (push it, or pass --baserev)"
+        )
 
 
 def _git_resolve(topdir: str, rev: str) -> str:
