@@ -59,7 +59,7 @@ from tryssh.client.submit import (  # noqa: E402
     summary_lines,
     wait_for,
 )
-from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+from tryssh.client.transport import DEFAULT_TRYSERVER_CMD, MaybeDelivered  # noqa: E402
 
 CONNECT_CHOICES = ("ssh", "scp", "local", "pb")
 PB_EXPLAINED = (
@@ -313,7 +313,10 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
                 echo_stderr(f"tryssh: {note}")
     conn = None if dest.connect == "local" else open_connection(dest)
     try:
-        receipt = deliver(data, dest, conn)
+        try:
+            receipt = deliver(data, dest, conn)
+        except MaybeDelivered as err:
+            raise MaybeDelivered(f"{err.message} (look for jobid {job.jobid})") from None
         if not quiet and not v["as_json"]:
             where = receipt.host or dest.jobdir
             if receipt.job:

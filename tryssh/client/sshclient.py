@@ -20,6 +20,7 @@ import getpass
 import logging
 import os
 import re
+import select
 import shlex
 import socket
 import struct
@@ -634,6 +635,39 @@ def authenticate(transport: paramiko.Transport, target: Target, opts: SshOptions
 # -- connecting -----------------------------------------------------------------------------
 
 
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand, but one that notices when the command exits.
+
+    paramiko's ``recv`` loops on a closed pipe until its timeout and then reports a timeout,
+    so a dead proxy (killed by the same Ctrl-C as us) looked like a slow server forever.
+    An empty read is end of file: returning it lets paramiko see the connection is gone.
+    """
+
+    def recv(self, size: int) -> bytes:
+        buffer = b""
+        start = time.monotonic()
+        try:
+            while len(buffer) < size:
+                wait = None
+                if self.timeout is not None:
+                    wait = self.timeout - (time.monotonic() - start)
+                    if wait <= 0:
+                        raise TimeoutError()
+                ready, _, _ = select.select([self.process.stdout], [], [], wait)
+                if ready:
+                    chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
+                    if not chunk:
+                        return buffer  # the command exited
+                    buffer += chunk
+            return buffer
+        except TimeoutError:
+            if buffer:
+                return buffer
+            raise
+        except OSError as err:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), err.strerror) from None
+
+
 def _open_socket(target: Target, opts: SshOptions, jump: Connection | None) -> object:
     if jump is not None:
         try:
@@ -648,7 +682,7 @@ def _open_socket(target: Target, opts: SshOptions, jump: Connection | None) -> o
         return chan
     if target.proxy_command:
         try:
-            return paramiko.ProxyCommand(target.proxy_command)
+            return _ProxyCommand(target.proxy_command)
         except (OSError, paramiko.SSHException) as err:
             raise TempFail(f"ProxyCommand failed for {target.alias}: {err}") from None
     timeout = target.connect_timeout or opts.timeout
@@ -711,7 +745,11 @@ class Connection:
         return sftp
 
     def close(self) -> None:
-        self.transport.close()
+        """Close this connection and its jump hosts; never raises (the peer may be gone)."""
+        try:
+            self.transport.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
         if self.jump is not None:
             self.jump.close()
 

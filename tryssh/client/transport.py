@@ -40,6 +40,8 @@ CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call ov
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
 SYSEXITS = {EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG}
 DEFAULT_TRYSERVER_CMD = "buildbot"
+RECEIPT_GRACE = 10.0  # seconds to wait for the receipt after a Ctrl-C that came too late
+EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 @dataclass
@@ -57,6 +59,12 @@ class Receipt:
             "job": self.job, "size": self.size, "sha256": self.sha256,
             "transport": self.transport, "host": self.host,
         }
+
+
+class MaybeDelivered(TrysshError):
+    """Interrupted after the whole job was sent: it may or may not have been delivered."""
+
+    exit_code = EX_INTERRUPTED
 
 
 class RemoteFailure(TrysshError):
@@ -205,15 +213,12 @@ def run_remote(
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        # The drains end at EOF; a stuck server ends them through the channel timeout.
-        out.join()
-        err.join()
-        for failure in (out.error, err.error):
-            if isinstance(failure, TimeoutError):
-                raise TempFail(f"{what}: no answer from {conn.target} for {timeout:g}s")
-        if not chan.status_event.wait(timeout):
-            raise TempFail(f"{what}: no exit status from {conn.target} within {timeout:g}s")
-        status = chan.recv_exit_status()
+        try:
+            status = _finish(chan, out, err, timeout, what, conn)
+        except KeyboardInterrupt:
+            if stdin is None or send_error is not None:
+                raise
+            status = _await_receipt(chan, out, err, what, conn)
         if status != 0:
             raise _remote_error(status, bytes(err.data), what)
         for failure in (send_error, out.error, err.error):
@@ -221,7 +226,65 @@ def run_remote(
                 raise TempFail(f"{what}: connection to {conn.target} failed: {_why(failure)}")
         return bytes(out.data), bytes(err.data)
     finally:
-        chan.close()
+        _quietly(chan.close)
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    """Close without raising: after a Ctrl-C or a dead ProxyCommand the connection may be
+    gone, and a second error would bury the first under chained tracebacks."""
+    import paramiko
+
+    try:
+        close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _finish(chan: paramiko.Channel, out: _Drain, err: _Drain, timeout: float, what: str,
+            conn: Connection, limit: float | None = None) -> int:
+    """Wait for the server's answer and exit status; -1 when the connection went away.
+
+    The drains end at EOF, or through the channel's idle timeout for a stuck server;
+    *limit* bounds the whole wait (the grace period after a late Ctrl-C).
+    """
+    end = None if limit is None else time.monotonic() + limit
+    for drain in (out, err):
+        drain.join(None if end is None else max(0.0, end - time.monotonic()))
+        if drain.is_alive():
+            raise TempFail(f"{what}: no answer from {conn.target} within {limit:g}s")
+    for failure in (out.error, err.error):
+        if isinstance(failure, TimeoutError):
+            raise TempFail(f"{what}: no answer from {conn.target} for {timeout:g}s")
+    deadline = time.monotonic() + (timeout if end is None else max(0.0, end - time.monotonic()))
+    while not chan.status_event.wait(0.05):
+        transport = chan.get_transport()
+        if chan.closed or transport is None or not transport.is_active():
+            return -1  # the connection is gone: no status will ever come
+        if time.monotonic() >= deadline:
+            raise TempFail(f"{what}: no exit status from {conn.target} within {timeout:g}s")
+    return chan.recv_exit_status()
+
+
+def _await_receipt(chan: paramiko.Channel, out: _Drain, err: _Drain, what: str,
+                   conn: Connection) -> int:
+    """Ctrl-C after the last byte was sent: the job may already be in; wait briefly for the
+    server's receipt rather than leave the developer guessing (a retry would build it twice).
+    A second Ctrl-C gives up."""
+    transport = chan.get_transport()
+    if transport is not None and transport.is_active() and not chan.closed:
+        print(f"tryssh: interrupted after the job was sent; waiting up to {RECEIPT_GRACE:g}s "
+              "for the server's receipt (Ctrl-C again to stop waiting)", file=sys.stderr,
+              flush=True)
+        try:
+            status = _finish(chan, out, err, RECEIPT_GRACE, what, conn, limit=RECEIPT_GRACE)
+        except (KeyboardInterrupt, TempFail):
+            status = -1
+        if status != -1:
+            return status
+    raise MaybeDelivered(
+        f"interrupted: the job was sent to {conn.target} and may have been delivered; "
+        "check the server's job list (tryserver jobs) before sending it again"
+    ) from None
 
 
 def _why(err: BaseException) -> str:
