@@ -45,7 +45,7 @@ def start(world: World, *args: str, new_session: bool = False) -> tuple[subproce
     err = world.tmp / f"stderr.{len(list(world.tmp.glob('stderr.*')))}"
     proc = subprocess.Popen(
         [venv_bin("tryssh"), "try", *args], cwd=world.repo, env=world.env(),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(err, "wb"),  # noqa: SIM115
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(err, "wb"),
         start_new_session=new_session,
     )
     return proc, err

@@ -1,7 +1,8 @@
 """The ``tryssh`` command line: one group, subcommands loaded only when used.
 
-Each command family lives in its own module of ``tryssh.cli`` so that ``tryssh tryserver`` (the forced
-command's other name) and the small commands never pay for paramiko or click's whole tree.
+Each command family lives in its own module of ``tryssh.cli`` so that ``tryssh tryserver``
+(the forced command's other name) and the small commands never pay for paramiko or click's
+whole tree.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ Developer:
 Master side:
   tryserver / tryssh tryserver    the OpenSSH forced command (reads a job on stdin)
   tryssh consume --config FILE    claim jobs, check policy, run builders
+  tryssh gc --config FILE         remove old finished jobs, records and logs
   tryssh serve --config FILE      an embedded SSH server (no system accounts)
+  tryssh passwd                   a password hash for serve's [users.NAME]
   tryssh keys add USER KEY        manage the try account's authorized_keys
   tryssh doctor --config FILE     check the whole setup
 
 \b
 Exit codes: 0 ok, 1 a build failed, 64 usage or refused command, 65 bad job data,
 66 no such file or job, 69 a needed program is missing, 73 cannot create,
-75 temporary failure, 77 permission denied or refused by policy, 78 config error.
+75 temporary failure, 77 permission denied or refused by policy, 78 config error,
+130 interrupted. Each command's --help lists the codes it can return.
 """
 
 

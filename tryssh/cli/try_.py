@@ -86,9 +86,12 @@ Examples:
 Settings come from the command line, then ./.tryssh.toml (walking up), then
 ~/.config/tryssh/config.toml, then Buildbot's .buildbot/options (read, never executed).
 Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unless
---accept-new-host-key. Exit codes: 0 delivered (with --wait: every build succeeded),
-1 a build failed, 64 usage, 65 bad/empty job, 75 connection or server trouble,
-77 refused (host key, login, policy), 78 config error.
+--accept-new-host-key.
+
+Exit codes: 0 delivered (with --wait: every build succeeded), 1 a build failed (--wait),
+64 usage, 65 bad or empty job, 66 no such file (--diff) or job, 73 cannot create the job
+(jobdir missing or not writable), 75 connection or server trouble, 77 refused (host key,
+login, policy), 78 config error, 130 interrupted.
 """
 
 
@@ -391,8 +394,9 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     Examples:
       tryssh status --host ci 1717171717.M123P45Q1R0a1b2c3d.ci
       tryssh status --config /etc/tryssh/config.toml JOB     on the master
-    Exit codes: 0 succeeded (or still going), 1 a build failed, 77 rejected,
-    75 error or interrupted.
+    Exit codes: 0 succeeded (or still going), 1 a build failed, 64 usage, 66 no such job,
+    75 error, interrupted build or connection trouble, 77 rejected, or refused (host key,
+    login), 78 config error, 130 interrupted.
     """
     record = _query(ctx, values, "status", job)
     if not isinstance(record, dict):
@@ -416,6 +420,9 @@ def builders_cmd(ctx: click.Context, as_json: bool, **values: Any) -> None:
     Examples:
       tryssh builders --host ci
       tryssh builders --config /etc/tryssh/config.toml      on the master
+
+    Exit codes: 0 ok, 64 usage, 75 connection or server trouble, 77 refused (host key,
+    login, policy), 78 config error, 130 interrupted.
     """
     _print_builders(_query(ctx, values, "builders", None), as_json)
 
