@@ -36,7 +36,7 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
-from tryssh.client.sshclient import (  # noqa: E402
+from tryssh.client.sshoptions import (  # noqa: E402
     DEFAULT_TIMEOUT,
     OPTION_NAMES,
     SshOptions,
