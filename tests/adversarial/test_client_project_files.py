@@ -89,3 +89,28 @@ def test_accepted_program_names() -> None:
     for good in ("buildbot", "tryserver", "/opt/venv/bin/tryserver", "~/bin/buildbot",
                  "buildbot tryserver", "/usr/local/bin/buildbot tryserver"):
         assert remote_program(good) == good
+
+
+@pytest.mark.parametrize("line", [
+    'ssh_options = ["ProxyCommand=touch {marker}"]',
+    'ssh_config = "evil_config"',
+    'proxy_jump = "attacker.example"',
+    'identity = "/tmp/their_key"',
+])
+def test_project_toml_cannot_choose_programs_keys_or_paths(world: World, line: str) -> None:
+    server = open_server(world)
+    marker = world.tmp / "pwned-proxy"
+    (world.repo / "evil_config").write_text(f"Host *\n  ProxyCommand touch {marker}\n")
+    (world.repo / ".tryssh.toml").write_text(
+        f'[try]\nhost = "{server.host}"\nport = {server.port}\n'
+        + line.format(marker=marker) + "\n")
+    result = world.tryssh("try", "-u", server.user, "-i", world.key.private_path)
+    ok(result, 78)
+    assert "not allowed in a project file" in result.stderr.decode()
+    assert not marker.exists()
+
+
+def test_host_that_looks_like_an_option_is_refused(world: World) -> None:
+    result = world.tryssh("try", "--host", "ssh://-oProxyCommand=id@x")
+    ok(result, 64)
+    assert "bad host" in result.stderr.decode()

@@ -68,7 +68,7 @@ def parse_destination(text: str) -> tuple[str | None, str, int | None]:
         host, port_text = inside, tail[1:]
     elif hostport.count(":") == 1:
         host, port_text = hostport.split(":")
-    if not host or (at and not user):
+    if not host or (at and not user) or host.startswith("-") or user.startswith("-"):
         raise UsageError(f"bad host {text!r}: expected [user@]host[:port]")
     port = None
     if port_text:

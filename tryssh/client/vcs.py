@@ -93,6 +93,16 @@ def patch_stats(patch: bytes) -> PatchStats:
     opened: str | None = None  # which header opened the current file and saw no content yet
     i = 0
     while i < len(lines):
+        if old_left > 0 or new_left > 0:
+            step = _hunk_run(lines, i, old_left, new_left)
+            if step is not None:  # the fast path: a run of lines counted at C speed
+                n, plus, minus, context = step
+                added += plus
+                removed += minus
+                old_left -= minus + context
+                new_left -= plus + context
+                i += n
+                continue
         line = lines[i]
         i += 1
         if old_left > 0 or new_left > 0:
@@ -132,6 +142,30 @@ def patch_stats(patch: bytes) -> PatchStats:
         elif line.startswith((b"GIT binary patch", b"Binary files ", _SVN_BINARY_MARKER)):
             opened = None
     return PatchStats(files=files, added=added, removed=removed, size=len(patch))
+
+
+def _hunk_run(
+    lines: list[bytes], i: int, old_left: int, new_left: int
+) -> tuple[int, int, int, int] | None:
+    """Count the next ``max(old_left, new_left)`` lines of a hunk in one go.
+
+    A hunk still has at least that many lines, so they are all its own if each is a
+    ``+``, ``-``, context or ``\\`` line; returns (lines, added, removed, context), or None
+    when the run holds anything else (a truncated hunk): the caller then goes line by line.
+    """
+    n = max(old_left, new_left)
+    run = lines[i : i + n]
+    if len(run) < n:
+        return None
+    firsts = b"".join([line[:1] for line in run])
+    plus, minus = firsts.count(b"+"), firsts.count(b"-")
+    space, marks = firsts.count(b" "), firsts.count(b"\\")
+    if plus + minus + space + marks != len(firsts):
+        return None
+    context = space + (n - len(firsts))  # empty lines are context too
+    if minus + context > old_left or plus + context > new_left:
+        return None
+    return n, plus, minus, context
 
 
 # --------------------------------------------------------------------------- running tools
