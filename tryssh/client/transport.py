@@ -283,7 +283,8 @@ def _await_receipt(chan: paramiko.Channel, out: _Drain, err: _Drain, what: str,
             return status
     raise MaybeDelivered(
         f"interrupted: the job was sent to {conn.target} and may have been delivered; "
-        "check the server's job list (tryserver jobs) before sending it again"
+        "check the server's job list (tryssh jobs, or tryserver jobs over ssh) before sending "
+        "it again"
     ) from None
 
 
