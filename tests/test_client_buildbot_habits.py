@@ -100,18 +100,18 @@ def test_try_ssh_in_an_options_file_with_code(world: World) -> None:
         import os
         os.system('touch {marker}')
         try_host = '{server.host}'
-        PORT = {server.port}
-        try_ssh = 'ssh -p %d -l {server.user}' % PORT   # computed: tryssh cannot know it
+        try_ssh = 'ssh -p {server.port} -l {server.user} -i {world.key.private_path}'
+        PORT = 22
+        try_port = PORT   # computed: tryssh cannot know it, try_ssh's port stands
         try_builders = ['unit']
         if os.environ.get('CI'):
             try_builders = ['ci']
         """)
-    result = world.tryssh("try", "-i", world.key.private_path, "--port", str(server.port),
-                          "-u", server.user)
+    result = world.tryssh("try")
     ok(result)
     err = result.stderr.decode()
     assert not marker.exists()
-    assert "try_ssh is not set to a literal value" in err and "never executed" in err
+    assert "try_port is not set to a literal value" in err and "never executed" in err
     assert "try_builders dropped" in err
     assert buildbot_parse(world.delivered()[0])["builderNames"] is None
 
