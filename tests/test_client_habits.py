@@ -243,3 +243,23 @@ def test_dash_v_shows_paramikos_log(world: World) -> None:
     loud = world.tryssh("try", *world.to(server), "-q", "-vv")
     ok(loud)
     assert "debug2: paramiko" in loud.stderr.decode() and "kex" in loud.stderr.decode()
+
+
+def test_port_that_closes_at_once(world: World) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        port = listener.getsockname()[1]
+
+        def close_one() -> None:
+            conn, _ = listener.accept()
+            conn.close()  # like sshd dropping a connection over MaxStartups
+
+        thread = threading.Thread(target=close_one, daemon=True)
+        thread.start()
+        result = world.tryssh("try", "--host", f"127.0.0.1:{port}", "-q")
+        thread.join(10)
+    ok(result, 75)
+    err = result.stderr.decode()
+    assert "kex_exchange_identification: Connection closed by 127.0.0.1" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
