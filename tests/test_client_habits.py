@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sshd import Sshd
+from test_client_interrupts import RELAY
 from test_client_ssh import World, ok
 
 pytestmark = pytest.mark.timeout(180)
@@ -109,6 +111,16 @@ def test_dash_F_and_dash_o(world: World) -> None:
     result = world.tryssh("try", "--host", "ci", "-F", str(config), "-o", "Ciphers=none")
     ok(result, 64)
     assert "does not support 'Ciphers'" in result.stderr.decode()
+
+
+def test_proxy_command_from_dash_o(world: World) -> None:
+    server = world.sshd()
+    world.known_hosts(server)
+    relay = world.tmp / "relay.py"
+    relay.write_text(RELAY)
+    ok(world.tryssh("try", *world.to(server), "-o",
+                    f"ProxyCommand={sys.executable} {relay} %h %p"))
+    assert len(world.delivered()) == 1
 
 
 def test_strict_host_key_checking_accept_new_from_dash_o(world: World) -> None:

@@ -215,17 +215,23 @@ def resolve_target(opts: SshOptions, config: paramiko.SSHConfig | None = None) -
             raise UsageError(
                 f"bad ConnectTimeout for {alias}: {entry['connecttimeout']!r}"
             ) from None
+    hostname = entry.get("hostname", alias)
+    user = dest_user or opts.user or entry.get("user") or getpass.getuser()
     proxy_command = entry.get("proxycommand")
     if proxy_command and proxy_command.lower() == "none":
         proxy_command = None
+    elif proxy_command and "proxycommand" in opts.options:
+        # paramiko expands %h, %p and %r in the file's ProxyCommand; do it for -o's too.
+        tokens = {"h": hostname, "p": str(port), "r": user, "%": "%"}
+        proxy_command = re.sub(r"%([hpr%])", lambda m: tokens[m.group(1)], proxy_command)
     proxy_jump = entry.get("proxyjump")
     if proxy_jump and proxy_jump.lower() == "none":
         proxy_jump = None
     return Target(
         alias=alias,
-        hostname=entry.get("hostname", alias),
+        hostname=hostname,
         port=port,
-        user=dest_user or opts.user or entry.get("user") or getpass.getuser(),
+        user=user,
         identity_files=identities,
         identities_only=identities_only,
         proxy_command=proxy_command,
