@@ -275,3 +275,47 @@ def test_port_that_closes_at_once(world: World) -> None:
     err = result.stderr.decode()
     assert "kex_exchange_identification: Connection closed by 127.0.0.1" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_host_certificate_checks(tmp_path: Path) -> None:
+    """The certificate checks one by one, on certificates ssh-keygen makes."""
+    import base64
+    import time
+
+    import paramiko
+
+    from tryssh.client.sshclient import HostKeyError, KnownKey, check_host_certificate
+
+    ca, other_ca, host = tmp_path / "ca", tmp_path / "other_ca", tmp_path / "host"
+    for path in (ca, other_ca, host):
+        keygen("-t", "ed25519", "-N", "", "-f", str(path))
+
+    def sign(signer: Path, *args: str) -> bytes:
+        keygen("-s", str(signer), "-I", "id", *args, str(host) + ".pub")
+        text = (tmp_path / "host-cert.pub").read_text()
+        return base64.b64decode(text.split()[1])
+
+    def authority(path: Path) -> KnownKey:
+        kind, blob = (path.with_name(path.name + ".pub")).read_text().split()[:2]
+        key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        return KnownKey(["*"], key, "known_hosts", 1, "@cert-authority")
+
+    good = sign(ca, "-h", "-n", "ci.example", "-V", "-5m:+1h")
+    check_host_certificate(good, "ci.example", [authority(ca)], set())
+    cases = [
+        (good, "other.example", [authority(ca)], "not valid for other.example"),
+        (good, "ci.example", [authority(other_ca)], "CA that known_hosts does not trust"),
+        (sign(ca, "-n", "ci.example"), "ci.example", [authority(ca)], "user certificate"),
+        (sign(ca, "-h", "-n", "ci.example", "-V", "+1h:+2h"), "ci.example", [authority(ca)],
+         "not valid now"),
+        (good[:-10] + bytes(10), "ci.example", [authority(ca)], "bad CA signature"),
+    ]
+    for cert, name, cas, message in cases:
+        with pytest.raises(HostKeyError, match=message):
+            check_host_certificate(cert, name, cas, set())
+    ca_blob = authority(ca).key.get_base64()
+    with pytest.raises(HostKeyError, match="REVOKED"):
+        check_host_certificate(good, "ci.example", [authority(ca)], {ca_blob})
+    with pytest.raises(HostKeyError, match="not valid now"):
+        check_host_certificate(good, "ci.example", [authority(ca)], set(),
+                               now=time.time() + 7200)
