@@ -56,7 +56,7 @@ PROBE = """\
 import time
 t0 = time.perf_counter()
 import tryssh.cli.try_
-from tryssh.client.submit import TryRequest, build_job, gather_change
+from tryssh.client.job import TryRequest, build_job, gather_change
 from tryssh.core.jobfile import encode_job
 t1 = time.perf_counter()
 req = TryRequest()

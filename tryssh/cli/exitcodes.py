@@ -47,7 +47,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     },
     "gc": {0: "ok", 64: "usage", 78: "config error"},
     "serve": {
-        0: "stopped cleanly",
+        0: "stopped by SIGTERM/SIGINT",
         64: "usage",
         73: "cannot create the host key or state",
         75: "cannot listen (address in use)",

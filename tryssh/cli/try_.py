@@ -36,6 +36,14 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
+from tryssh.client.job import (  # noqa: E402
+    TryRequest,
+    build_job,
+    dry_run_dict,
+    gather_change,
+    parse_properties,
+    summary_lines,
+)
 from tryssh.client.sshoptions import (  # noqa: E402
     DEFAULT_TIMEOUT,
     OPTION_NAMES,
@@ -43,23 +51,16 @@ from tryssh.client.sshoptions import (  # noqa: E402
     enable_debug_log,
     parse_ssh_option,
 )
-from tryssh.client.submit import (  # noqa: E402
+from tryssh.client.transport import (  # noqa: E402
+    DEFAULT_TRYSERVER_CMD,
     Destination,
-    TryRequest,
-    build_job,
+    MaybeDelivered,
     deliver,
-    dry_run_dict,
-    echo_stderr,
-    exit_code_for,
-    gather_change,
     open_connection,
-    parse_properties,
-    remote_query,
-    status_lines,
-    summary_lines,
-    wait_for,
 )
-from tryssh.client.transport import DEFAULT_TRYSERVER_CMD, MaybeDelivered  # noqa: E402
+from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
+from tryssh.core.jobview import status_lines  # noqa: E402
+from tryssh.core.records import ACTIVE_STATES  # noqa: E402
 
 CONNECT_CHOICES = ("ssh", "scp", "local", "pb")
 PB_EXPLAINED = (
@@ -406,7 +407,7 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     else:
         click.echo("\n".join(status_lines(record)))
     state = str(record.get("state"))
-    ctx.exit(exit_code_for(record) if state not in ("queued", "running") else EX_OK)
+    ctx.exit(EX_OK if state in ACTIVE_STATES else exit_code_for(record))
 
 
 @click.command("builders", context_settings={"help_option_names": ["-h", "--help"]})

@@ -589,7 +589,9 @@ def _open_socket(target: Target, opts: SshOptions, jump: Connection | None) -> o
     if jump is not None:
         try:
             chan = jump.transport.open_channel(
-                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                "direct-tcpip",
+                (target.hostname, target.port),
+                ("127.0.0.1", 0),
                 timeout=opts.timeout,
             )
         except (paramiko.SSHException, OSError, EOFError) as err:
@@ -633,8 +635,13 @@ def _preferred(order: tuple[str, ...], first: list[str]) -> tuple[str, ...]:
 class Connection:
     """An authenticated SSH connection (use as a context manager)."""
 
-    def __init__(self, transport: paramiko.Transport, target: Target, opts: SshOptions,
-                 jump: Connection | None = None) -> None:
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        target: Target,
+        opts: SshOptions,
+        jump: Connection | None = None,
+    ) -> None:
         self.transport = transport
         self.target = target
         self.opts = opts
