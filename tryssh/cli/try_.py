@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from tryssh.errors import EX_OK, TempFail, UsageError
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from tryssh.client.sshclient import Connection
-
-
-def _import_paramiko() -> None:
-    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
-
-    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
-    it hidden such a line is reported as an error instead. Other users of invoke in this
-    process are unaffected: the block is lifted as soon as paramiko is loaded.
-    """
-    if "paramiko" in sys.modules or "invoke" in sys.modules:
-        return
-    sys.modules["invoke"] = None  # type: ignore[assignment]
-    try:
-        import paramiko  # noqa: F401
-    finally:
-        del sys.modules["invoke"]
-
-
-_import_paramiko()
-
-from tryssh.client.job import (  # noqa: E402
+from tryssh.client.job import (
     TryRequest,
     build_job,
     dry_run_dict,
@@ -44,23 +18,31 @@ from tryssh.client.job import (  # noqa: E402
     parse_properties,
     summary_lines,
 )
-from tryssh.client.sshoptions import (  # noqa: E402
+from tryssh.client.sshoptions import (
     DEFAULT_TIMEOUT,
     OPTION_NAMES,
     SshOptions,
     enable_debug_log,
     parse_ssh_option,
 )
-from tryssh.client.transport import (  # noqa: E402
+from tryssh.client.transport import (
     DEFAULT_TRYSERVER_CMD,
     Destination,
     MaybeDelivered,
     deliver,
     open_connection,
 )
-from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
-from tryssh.core.jobview import status_lines  # noqa: E402
-from tryssh.core.records import ACTIVE_STATES  # noqa: E402
+from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for
+from tryssh.core.jobview import status_lines
+from tryssh.core.records import ACTIVE_STATES
+from tryssh.errors import EX_OK, TempFail, UsageError
+
+# paramiko is imported only when a connection is made (tryssh.client.sshclient): building
+# a job, --dry-run and local queries (--config) never pay for it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.sshclient import Connection
+
 
 CONNECT_CHOICES = ("ssh", "scp", "local", "pb")
 PB_EXPLAINED = (

@@ -29,9 +29,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import paramiko
 
-from tryssh.client.sshoptions import (
+def _import_paramiko() -> None:
+    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
+
+    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
+    it hidden such a line is reported as an error instead. Other users of invoke in this
+    process are unaffected: the block is lifted as soon as paramiko is loaded.
+    """
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
+# This module is imported only when a connection is made (tryssh.client.sshoptions holds
+# what the command line needs), so that local commands never pay for paramiko.
+_import_paramiko()
+import paramiko  # noqa: E402
+
+from tryssh.client.sshoptions import (  # noqa: E402
     DEFAULT_TIMEOUT,
     GLOBAL_KNOWN_HOSTS,
     OPTION_NAMES,
@@ -40,8 +60,8 @@ from tryssh.client.sshoptions import (
     parse_destination,
     parse_ssh_option,
 )
-from tryssh.core.sshkeys import blob_fingerprint
-from tryssh.errors import PermissionDenied, TempFail, UsageError
+from tryssh.core.sshkeys import blob_fingerprint  # noqa: E402
+from tryssh.errors import PermissionDenied, TempFail, UsageError  # noqa: E402
 
 # The receive window only matters for what the server sends us, but a large one costs nothing
 # and avoids window-adjust round trips on bigger answers. The upload rate is bounded by the
