@@ -109,7 +109,7 @@ quiet = false
 accept_new_host_key = true
 known_hosts = "~/kh"
 timeout = 12
-ssh_options = ["ServerAliveInterval=5"]
+ssh_options = ["ConnectTimeout=5"]
 ssh_config = "ssh/config"
 proxy_jump = "jump@bastion:2222"
 topdir = "/src/project"
@@ -149,6 +149,7 @@ topdir = "/src/project"
         ("[try]\ntryserver_cmd = 'tryserver'\nbuildbotbin = 'buildbot'\n",
          "buildbotbin: set twice"),
         ("[try]\nhost = \n", "invalid TOML"),
+        ("[try]\nssh_options = ['Ciphers=none']\n", "tryssh does not support 'Ciphers'"),
     ],
 )
 def test_bad_files_name_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:

@@ -192,6 +192,18 @@ def _strings(value: object) -> list[str]:
     return [_string(item) for item in value]
 
 
+def _ssh_options(value: object) -> list[str]:
+    from tryssh.client.sshoptions import parse_ssh_option
+
+    items = _strings(value)
+    for item in items:
+        try:
+            parse_ssh_option(item)
+        except UsageError as err:
+            raise _Bad(err.message) from None
+    return items
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"must be a number of seconds, not {_show(value)}")
@@ -264,7 +276,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "accept_new_host_key": _bool,
     "known_hosts": _string,
     "timeout": _seconds,
-    "ssh_options": _strings,
+    "ssh_options": _ssh_options,
     "ssh_config": _string,
     "proxy_jump": _name,
     "topdir": _string,
