@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from sshd import Sshd
-from test_client_interrupts import RELAY
-from test_client_ssh import World, ok
+from test_client_ssh import RELAY, World, ok
 
 pytestmark = pytest.mark.timeout(180)
 

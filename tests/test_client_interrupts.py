@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import venv_bin, wait_until
 from sshd import Sshd
-from test_client_ssh import World
+from test_client_ssh import RELAY, World
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,17 +103,6 @@ def test_ctrl_c_through_a_proxy_command_is_130_and_one_line(world: World) -> Non
     assert "Traceback" not in text and len(lines) == 1, text
 
 
-RELAY = """\
-import socket, sys, threading
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-def up():
-    while data := sys.stdin.buffer.read1(65536):
-        s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-threading.Thread(target=up, daemon=True).start()
-while data := s.recv(65536):
-    sys.stdout.buffer.write(data); sys.stdout.buffer.flush()
-"""
 
 
 def test_ctrl_c_after_upload_through_a_proxy_command(world: World) -> None:

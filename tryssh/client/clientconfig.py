@@ -395,19 +395,28 @@ def _from_buildbot(
             continue
         if key == "":
             continue
-        if project and key in PROJECT_FORBIDDEN:
-            warnings.append(
-                f"{opts.path}: try_{name} ignored: a project's options file may not set it "
-                f"({PROJECT_FORBIDDEN[key]}); set it in ~/.buildbot/options"
-            )
-            continue
-        try:
-            values[key] = _CHECKS[key](value)
-        except _Bad as bad:
-            warnings.append(f"{opts.path}: {name} {bad}; ignored")
+        _take_buildbot_value(key, value, f"try_{name}", opts.path, project, values, warnings)
     if isinstance(opts.values.get("ssh"), str) and opts.path is not None:
         _from_try_ssh(str(opts.values["ssh"]), opts.path, project, values, warnings)
     return values, opts.path, warnings
+
+
+def _take_buildbot_value(
+    key: str, value: object, label: str, path: str | None, project: bool,
+    values: dict[str, object], warnings: list[str],
+) -> None:
+    """Check one value from Buildbot's options file into *values*; a bad or (in a project's
+    file) forbidden one is a warning, never an error: the file is Buildbot's, not ours."""
+    if project and key in PROJECT_FORBIDDEN:
+        warnings.append(
+            f"{path}: {label} ignored: a project's options file may not set it "
+            f"({PROJECT_FORBIDDEN[key]}); set it in ~/.buildbot/options"
+        )
+        return
+    try:
+        values[key] = _CHECKS[key](value)
+    except _Bad as bad:
+        warnings.append(f"{path}: {label} {bad}; ignored")
 
 
 def _from_try_ssh(
@@ -431,18 +440,9 @@ def _from_try_ssh(
     found["ssh_options"] = cmd.options or None
     found["proxy_jump"] = cmd.jump
     for key, value in found.items():
-        if value is None or key in values:
-            continue
-        if project and key in PROJECT_FORBIDDEN:
-            warnings.append(
-                f"{path}: try_ssh's {key.replace('_', ' ')} ignored: a project's options file "
-                f"may not set it ({PROJECT_FORBIDDEN[key]})"
-            )
-            continue
-        try:
-            values[key] = _CHECKS[key](value)
-        except _Bad as bad:
-            warnings.append(f"{path}: try_ssh {key}: {bad}; ignored")
+        if value is not None and key not in values:
+            label = f"try_ssh's {key.replace('_', ' ')}"
+            _take_buildbot_value(key, value, label, path, project, values, warnings)
     if cmd.ignored:
         warnings.append(
             f"{path}: try_ssh: {' '.join(cmd.ignored)} not used (tryssh speaks SSH itself; "
