@@ -122,6 +122,18 @@ def test_proxy_command_from_dash_o(world: World) -> None:
     assert len(world.delivered()) == 1
 
 
+def test_batch_mode_never_asks_for_a_passphrase(world: World) -> None:
+    from sshd import make_user_key
+
+    server = world.sshd()
+    world.known_hosts(server)
+    locked = make_user_key(world.tmp, "locked", passphrase="secret phrase")
+    result = world.tryssh("try", *world.to(server, key=False), "-i", locked.private_path,
+                          "-o", "BatchMode=yes")
+    ok(result, 77)
+    assert "BatchMode forbids asking for its passphrase" in result.stderr.decode()
+
+
 def test_strict_host_key_checking_accept_new_from_dash_o(world: World) -> None:
     server = world.sshd()
     ok(world.tryssh("try", *world.to(server), "-o", "StrictHostKeyChecking=accept-new"))

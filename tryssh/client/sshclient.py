@@ -159,6 +159,7 @@ class Target:
     global_known_hosts: list[str] = field(default_factory=lambda: [GLOBAL_KNOWN_HOSTS])
     accept_new: bool = False  # StrictHostKeyChecking=accept-new in the config or -o
     connect_timeout: float | None = None
+    batch_mode: bool = False  # BatchMode yes: never ask for a passphrase
 
     @property
     def host_key_name(self) -> str:
@@ -263,6 +264,7 @@ def resolve_target(opts: SshOptions, config: paramiko.SSHConfig | None = None) -
         # "no" is not honoured as such: tryssh never accepts a changed key.
         accept_new=strict in ("accept-new", "no", "off"),
         connect_timeout=connect_timeout,
+        batch_mode=entry.get("batchmode", "no").lower() == "yes",
     )
 
 
@@ -466,7 +468,7 @@ def _public_blob(path: str) -> str | None:
     return words[1] if len(words) >= 2 else None
 
 
-def load_private_key(path: str) -> paramiko.PKey:
+def load_private_key(path: str, batch_mode: bool = False) -> paramiko.PKey:
     """Load an identity file, asking for its passphrase on a terminal if it is encrypted."""
     try:
         return paramiko.PKey.from_path(path)
@@ -480,10 +482,11 @@ def load_private_key(path: str) -> paramiko.PKey:
         raise UsageError(f"identity file {path} does not exist") from None
     except (OSError, paramiko.SSHException, ValueError) as err:
         raise UsageError(f"cannot load identity file {path}: {err}") from None
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if batch_mode or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        why = "BatchMode forbids asking" if batch_mode else "there is no terminal to ask"
         raise PermissionDenied(
-            f"identity file {path} is encrypted and there is no terminal to ask for its "
-            "passphrase; add it to ssh-agent (ssh-add) first"
+            f"identity file {path} is encrypted and {why} for its passphrase; add it to "
+            "ssh-agent (ssh-add) first"
         )
     for _ in range(3):
         passphrase = getpass.getpass(f"Enter passphrase for key '{path}': ")
@@ -548,7 +551,10 @@ def authenticate(transport: paramiko.Transport, target: Target, opts: SshOptions
     """Public-key authentication with the agent and identity files; raise PermissionDenied."""
     tried: list[str] = []
     for label, candidate in _candidates(target, opts):
-        key = load_private_key(candidate) if isinstance(candidate, str) else candidate
+        key = (
+            load_private_key(candidate, target.batch_mode)
+            if isinstance(candidate, str) else candidate
+        )
         tried.append(label)
         try:
             transport.auth_publickey(target.user, key)  # type: ignore[arg-type]
