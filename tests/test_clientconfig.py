@@ -113,10 +113,13 @@ ssh_options = ["ConnectTimeout=5"]
 ssh_config = "ssh/config"
 proxy_jump = "jump@bastion:2222"
 topdir = "/src/project"
+follow = true
+tail_lines = 50
 """,
     )
     values = load_config_file(str(path))
     assert set(values) == set(KEYS)
+    assert values["follow"] is True and values["tail_lines"] == 50
     assert values["tryserver_cmd"] == "/usr/bin/tryserver"
     assert values["jobdir"] == "~/jobs"  # a remote path: not expanded here
     assert values["known_hosts"] == os.path.expanduser("~/kh")

@@ -49,6 +49,8 @@ KEYS: tuple[str, ...] = (
     "ssh_config",
     "proxy_jump",
     "topdir",
+    "follow",
+    "tail_lines",
 )
 ALIASES = {"buildbotbin": "tryserver_cmd"}
 
@@ -280,6 +282,8 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "ssh_config": _string,
     "proxy_jump": _name,
     "topdir": _string,
+    "follow": _bool,
+    "tail_lines": _int_in(0, 100000),
 }
 _PATH_KEYS = ("identity", "known_hosts", "ssh_config", "topdir")
 
