@@ -70,15 +70,15 @@ def test_project_buildbot_options_cannot_set_buildbotbin(world: World) -> None:
     "buildbot tryserver extra", "/bin/sh", "-oProxyCommand=tryserver", "tryserver|id",
 ])
 def test_user_file_and_command_line_only_name_a_program(world: World, value: str) -> None:
-    server = open_server(world)
-    result = world.tryssh("try", *world.to(server), "--tryserver-cmd", value)
+    # Refused before any connection: no server needed (port 9 on loopback would refuse).
+    result = world.tryssh("try", "--host", "127.0.0.1:9", "--tryserver-cmd", value)
     ok(result, 64)
     assert "not allowed" in result.stderr.decode()
     xdg = world.home / ".config" / "tryssh"
     xdg.mkdir(parents=True, exist_ok=True)
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     (xdg / "config.toml").write_text(f'[try]\ntryserver_cmd = "{escaped}"\n')
-    result = world.tryssh("try", *world.to(server))
+    result = world.tryssh("try", "--host", "127.0.0.1:9")
     ok(result, 78)
     assert "not allowed" in result.stderr.decode()
 
@@ -98,13 +98,11 @@ def test_accepted_program_names() -> None:
     'identity = "/tmp/their_key"',
 ])
 def test_project_toml_cannot_choose_programs_keys_or_paths(world: World, line: str) -> None:
-    server = open_server(world)
-    marker = world.tmp / "pwned-proxy"
+    marker = world.tmp / "pwned-proxy"  # a ProxyCommand runs locally: no server needed
     (world.repo / "evil_config").write_text(f"Host *\n  ProxyCommand touch {marker}\n")
     (world.repo / ".tryssh.toml").write_text(
-        f'[try]\nhost = "{server.host}"\nport = {server.port}\n'
-        + line.format(marker=marker) + "\n")
-    result = world.tryssh("try", "-u", server.user, "-i", world.key.private_path)
+        '[try]\nhost = "127.0.0.1"\nport = 9\n' + line.format(marker=marker) + "\n")
+    result = world.tryssh("try", "-i", world.key.private_path)
     ok(result, 78)
     assert "not allowed in a project file" in result.stderr.decode()
     assert not marker.exists()
