@@ -7,7 +7,8 @@ exactly as Buildbot's ``createJobfile`` writes them: v5, or v6 when the patch is
 
 :func:`transcode` is the one reader. It takes the netstrings one by one and can pass the
 job through to a writer as it goes, pinning ``who`` on the way, so the forced command
-never holds a v1-v4 patch in memory.
+never holds a patch in memory: v1-v4 netstrings pass through as they come, and the JSON
+of a v5/v6 job is spliced (:mod:`tryssh.core.jobsplice`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tryssh.errors import BadJob
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
+
+    from tryssh.core.jobsplice import Output
 
 # Fields other than the patch are short; a bigger one is garbage, and the cap keeps the
 # forced command's memory flat whatever a v1-v4 job holds.
@@ -42,6 +45,17 @@ JSON_KEY_ORDER = (
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
 OPTIONAL_TEXT = ("repository", "project", "who", "comment")
+# Fields a Buildbot master crashes on when they are null (trysched asserts "repository
+# cannot be None", and the job is lost): delivered as "" instead. The one definition.
+NULL_AS_EMPTY = ("repository",)
+
+
+def buildbot_safe(obj: dict[str, Any]) -> dict[str, Any]:
+    """Make *obj* (a v5/v6 job's JSON object) safe for a Buildbot master, in place."""
+    for key in NULL_AS_EMPTY:
+        if key in obj and obj[key] is None:
+            obj[key] = ""
+    return obj
 
 
 class Job:
@@ -159,25 +173,35 @@ def parse_job_file(path: str, *, limit: int | None = None) -> Job:
 def transcode(
     stream: BinaryIO,
     *,
-    emit: Callable[[bytes], object] | None = None,
+    emit: Callable[[bytes], object] | Output | None = None,
     pin_who: str | None = None,
     limit: int | None = None,
     keep_patch: bool = False,
     allow_truncated_tail: bool = False,
+    stream_json: bool = True,
+    chunk: int = netstring.CHUNK,
 ) -> Job:
     """Read and check one job from *stream*; pass it on to *emit* as it goes.
 
     With *pin_who*, the job handed to *emit* carries that ``who`` whatever the client
     sent; a v1 or v2 job becomes v3 to have a place for it. What reaches *emit* is a
-    job Buildbot's master reads: a v1-v4 patch must then be UTF-8. The patch of a v1-v4
-    job is returned only with *keep_patch*, so that it need not be held in memory.
+    job Buildbot's master reads: a v1-v4 patch must then be UTF-8, and a v5/v6 job's
+    fields that crash Buildbot are made safe (:func:`buildbot_safe`). The patch of a
+    v1-v4 job is returned only with *keep_patch*, so that it need not be held in memory.
+
+    A v5/v6 job is spliced as it streams; *emit* is then best an
+    :class:`~tryssh.core.jobsplice.Output` (``write`` and ``rewrite_head``), or it gets the
+    whole job in one call. ``stream_json=False`` takes the whole-job path instead (decode,
+    fix, ``json.dumps``): the reference the splice is tested against.
     """
-    reader = netstring.NetstringReader(stream, limit=limit)
+    reader = netstring.NetstringReader(stream, limit=limit, chunk=chunk)
     version = _read_version(reader)
     if version <= 4:
         return _transcode_netstrings(
             reader, version, emit, pin_who, keep_patch, allow_truncated_tail
         )
+    if emit is not None and stream_json:
+        return _splice_json(reader, version, emit, pin_who, allow_truncated_tail)
     return _transcode_json(reader, version, emit, pin_who, allow_truncated_tail)
 
 
@@ -220,6 +244,7 @@ def _transcode_netstrings(
 ) -> Job:
     out_version = max(version, 3) if pin_who is not None else version
     if emit:
+        emit = _writer(emit)
         emit(netstring.encode(b"%d" % out_version))
 
     def pass_text(name: str, value: str) -> None:
@@ -313,17 +338,41 @@ def _transcode_netstrings(
     )
 
 
-def _transcode_json(
+def _writer(emit: Callable[[bytes], object] | Output) -> Callable[[bytes], object]:
+    write = getattr(emit, "write", None)
+    return write if write is not None else emit  # type: ignore[return-value]
+
+
+def _fix_fields(pin_who: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def fix(obj: dict[str, Any]) -> dict[str, Any]:
+        if pin_who is not None:
+            obj["who"] = pin_who
+        return buildbot_safe(obj)
+
+    return fix
+
+
+def _splice_json(
     reader: netstring.NetstringReader,
     version: int,
-    emit: Callable[[bytes], object] | None,
+    emit: Callable[[bytes], object] | Output,
     pin_who: str | None,
     allow_truncated_tail: bool,
 ) -> Job:
-    length = reader.next_length()
-    if length is None:
-        raise BadJob(f"version {version} job has no JSON netstring")
-    raw = reader.read_payload(length)
+    from tryssh.core.jobsplice import MemoryOutput, splice
+
+    out = emit if hasattr(emit, "rewrite_head") else MemoryOutput()
+    read, written = splice(reader, version, out, _fix_fields(pin_who))  # type: ignore[arg-type]
+    _skip_trailing(reader, allow_truncated_tail)
+    job_from_json(read, version)  # what the client sent must be valid, pinned or not
+    job = job_from_json(written, version)
+    job.patch_body = None  # streamed, not held
+    if out is not emit:
+        emit(bytes(out.data))  # type: ignore[operator,union-attr]
+    return job
+
+
+def _skip_trailing(reader: netstring.NetstringReader, allow_truncated_tail: bool) -> None:
     # Buildbot ignores netstrings after the JSON; we check their framing and drop them.
     # Its client never writes any: a flood of tiny ones would only burn CPU, so few are taken.
     try:
@@ -337,6 +386,20 @@ def _transcode_json(
     except netstring.TruncatedNetstring:
         if not allow_truncated_tail:
             raise
+
+
+def _transcode_json(
+    reader: netstring.NetstringReader,
+    version: int,
+    emit: Callable[[bytes], object] | Output | None,
+    pin_who: str | None,
+    allow_truncated_tail: bool,
+) -> Job:
+    length = reader.next_length()
+    if length is None:
+        raise BadJob(f"version {version} job has no JSON netstring")
+    raw = reader.read_payload(length)
+    _skip_trailing(reader, allow_truncated_tail)
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -345,14 +408,15 @@ def _transcode_json(
         raise BadJob(f"unable to parse JSON: {err}") from None
     job = job_from_json(obj, version)
     if emit:
-        if pin_who is not None:
-            obj["who"] = pin_who
-            job.who = pin_who
+        before = dict(obj)
+        _fix_fields(pin_who)(obj)
+        if obj != before or list(obj) != list(before):
+            job = job_from_json(obj, version)
             try:
                 raw = json.dumps(obj).encode("ascii")
             except RecursionError:  # defensive: loads took it, but dumps runs a frame deeper
                 raise BadJob("unable to write the JSON back: nested too deeply") from None
-        emit(netstring.encode(b"%d" % version) + netstring.encode(raw))
+        _writer(emit)(netstring.encode(b"%d" % version) + netstring.encode(raw))
     return job
 
 
@@ -386,6 +450,8 @@ def job_from_json(obj: object, version: int) -> Job:
         not isinstance(builders, list) or not all(isinstance(b, str) for b in builders)
     ):
         raise BadJob("builderNames must be a list of strings or null")
+    if builders is not None and len(builders) > MAX_BUILDERS:
+        raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
     properties = obj.get("properties", {})
     if not isinstance(properties, dict):
         raise BadJob(f"properties must be an object, not {type(properties).__name__}")

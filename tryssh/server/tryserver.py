@@ -182,39 +182,81 @@ class Server:
         """Read, check and deliver the job on *stdin*; return the receipt."""
         from tryssh.core.jobfile import transcode
 
-        head: list[bytes] = []  # the job so far, while it is small and not hashed yet
-        digest: _Hash | None = None
-        size = 0
+        def write(fd: int) -> tuple[int, str]:
+            writer = JobWriter(fd)
+            transcode(stdin, emit=writer, pin_who=self.opts.user, limit=self.max_size)
+            return writer.size, writer.hexdigest()
 
-        def write(fd: int) -> object:
-            started = 0  # bytes handed to the kernel's writeback so far
+        name, (size, sha256) = self.jobdir.deliver(write)
+        return {"job": name, "size": size, "sha256": sha256}
 
-            def emit(data: bytes) -> None:
-                nonlocal digest, size, started
-                write_all(fd, data)
-                size += len(data)
-                if digest is not None:
-                    digest.update(data)
-                else:
-                    head.append(data)
-                    if size > SMALL_JOB:
-                        import hashlib  # a big job: OpenSSL's SHA-256 is worth loading
 
-                        digest = hashlib.sha256(b"".join(head))
-                        head.clear()
-                if size - started >= WRITEBACK_STEP and _fadvise:
-                    # Start writing back what we have while we read and hash the rest, so
-                    # that the final fsync has little left to wait for (and a big job does
-                    # not linger in the page cache).
-                    _fadvise(fd, started, size - started, os.POSIX_FADV_DONTNEED)
-                    started = size
+class JobWriter:
+    """Writes a job to the open tmp file *fd* as it streams, hashing it on the way.
 
-            return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+    The splice of a v5/v6 job may rewrite the head once at the end (its netstring length
+    was a guess); the bytes after it then move, and the hash is taken again from the file.
+    """
 
-        name, _job = self.jobdir.deliver(write)
-        if digest is None:
-            digest = light_sha256(b"".join(head))
-        return {"job": name, "size": size, "sha256": digest.hexdigest()}
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.head: list[bytes] = []  # the job so far, while it is small and not hashed yet
+        self.digest: _Hash | None = None
+        self.rewritten = False
+        self.started = 0  # bytes handed to the kernel's writeback so far
+
+    def write(self, data: bytes) -> None:
+        write_all(self.fd, data)
+        self.size += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        else:
+            self.head.append(data)
+            if self.size > SMALL_JOB:
+                import hashlib  # a big job: OpenSSL's SHA-256 is worth loading
+
+                self.digest = hashlib.sha256(b"".join(self.head))
+                self.head.clear()
+        if self.size - self.started >= WRITEBACK_STEP and _fadvise:
+            # Start writing back what we have while we read and hash the rest, so that the
+            # final fsync has little left to wait for (and a big job does not linger in the
+            # page cache).
+            _fadvise(self.fd, self.started, self.size - self.started, os.POSIX_FADV_DONTNEED)
+            self.started = self.size
+
+    def rewrite_head(self, old_length: int, head: bytes) -> None:
+        """Replace the first *old_length* bytes by *head*, moving the rest if need be."""
+        fd, shift = self.fd, len(head) - old_length
+        step = 1 << 20
+        if shift > 0:  # move right: from the end backwards
+            end = self.size
+            while end > old_length:
+                start = max(old_length, end - step)
+                os.pwrite(fd, os.pread(fd, end - start, start), start + shift)
+                end = start
+        elif shift < 0:  # move left: from the start forwards
+            for start in range(old_length, self.size, step):
+                chunk = os.pread(fd, min(step, self.size - start), start)
+                os.pwrite(fd, chunk, start + shift)
+            os.ftruncate(fd, self.size + shift)
+        os.pwrite(fd, head, 0)
+        self.size += shift
+        os.lseek(fd, self.size, os.SEEK_SET)
+        self.rewritten = True
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of the job as written (while the file is open)."""
+        if self.rewritten:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for start in range(0, self.size, 1 << 20):
+                digest.update(os.pread(self.fd, min(1 << 20, self.size - start), start))
+            return digest.hexdigest()
+        if self.digest is None:
+            return light_sha256(b"".join(self.head)).hexdigest()
+        return self.digest.hexdigest()
 
 
 def handle(
