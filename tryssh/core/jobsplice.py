@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 MAX_FIELD = 1 << 20  # any one member other than the patch
 MAX_SMALL_TOTAL = 4 << 20  # all members other than the patch together
+MAX_MEMBERS = 1000  # top-level members (Buildbot's client writes 11)
 _WS = re.compile(rb"[ \t\n\r]*")
 _HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -305,6 +306,8 @@ class Splicer:
                 if self._peek() != b'"':
                     self._expect(b'"', "a property name in double quotes")
                 key = self._small("a property name")
+                if len(members) >= MAX_MEMBERS and key not in members:
+                    raise BadJob(f"the JSON has more than {MAX_MEMBERS} fields")
                 self._expect(b":", "':'")
                 if key == self.patch_key and (patch_at is not None or key in members):
                     raise BadJob(f"the JSON has {key!r} twice")
