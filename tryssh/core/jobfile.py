@@ -170,6 +170,29 @@ def parse_job_file(path: str, *, limit: int | None = None) -> Job:
         return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
 
 
+STATUS_FIELDS = ("who", "branch", "baserev", "project", "repository", "comment")
+
+
+def job_fields(path: str) -> dict[str, Any]:
+    """The text fields of the job file at *path* (``who``, ``branch``...) without reading
+    its patch: what ``status`` shows of a job not yet recorded. A v1-v4 patch is skipped
+    with a seek; a v5/v6 file is read up to its patch when ``who`` comes before it, as
+    tryserver delivers it, and otherwise streamed past the patch in fixed memory."""
+    with open(path, "rb") as f:
+        reader = netstring.NetstringReader(f, chunk=64 * 1024)
+        version = _read_version(reader)
+        if version <= 4:
+            job = _transcode_netstrings(reader, version, None, None, False, True, skip=True)
+            return {k: getattr(job, k) for k in STATUS_FIELDS}
+        from tryssh.core.jobsplice import splice
+
+        read, _ = splice(reader, version, None, None, stop_when=("who",))
+    fields = {k: read.get(k) for k in STATUS_FIELDS}
+    for key in ("branch", "baserev"):
+        fields[key] = fields[key] or None
+    return {k: (v if isinstance(v, str) or v is None else None) for k, v in fields.items()}
+
+
 def transcode(
     stream: BinaryIO,
     *,
@@ -241,6 +264,7 @@ def _transcode_netstrings(
     pin_who: str | None,
     keep_patch: bool,
     allow_truncated_tail: bool,
+    skip: bool = False,
 ) -> Job:
     out_version = max(version, 3) if pin_who is not None else version
     if emit:
@@ -265,10 +289,12 @@ def _transcode_netstrings(
         raise BadJob("job ends before the patch_body field")
     if emit:
         emit(netstring.header(length))
+    if skip:
+        reader.skip_payload(length)
     decoder = codecs.getincrementaldecoder("utf-8")()
     utf8 = True
     kept: list[bytes] = []
-    for chunk in reader.iter_payload(length):
+    for chunk in () if skip else reader.iter_payload(length):
         # ASCII needs no decoding; only look closer at other bytes or a split sequence.
         if utf8 and (not chunk.isascii() or decoder.getstate()[0]):
             try:

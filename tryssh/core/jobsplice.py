@@ -48,6 +48,16 @@ _NOT_OBJECTS = {b"[": "list", b'"': "str", b"t": "bool", b"f": "bool", b"n": "No
                 **{bytes([c]): "number" for c in b"-0123456789"}}  # fmt: skip
 
 
+class _Discard:
+    """An :class:`Output` that drops the job: for reading fields only."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def rewrite_head(self, old_length: int, head: bytes) -> None:
+        pass
+
+
 class MemoryOutput:
     """An :class:`Output` that keeps the job in memory (tests, small callers)."""
 
@@ -129,8 +139,9 @@ class Splicer:
         reader: netstring.NetstringReader,
         length: int,
         version: int,
-        out: Output,
+        out: Output | None,
         fix: Any,
+        stop_when: tuple[str, ...] | None = None,
     ) -> None:
         self.source: Iterator[bytes] = reader.iter_payload(length)
         self.total_length = length
@@ -141,8 +152,9 @@ class Splicer:
         self.buf = b""
         self.pos = 0
         self.version = version
-        self.out = out
-        self.fix = fix
+        self.out: Output = _Discard() if out is None else out
+        self.fix = fix if fix is not None else (lambda members: members)
+        self.stop_when = stop_when  # stop at the patch if these fields came before it
         self.patch_key = "patch_body" if version == 5 else "patch_body_base64"
         self.small_total = 0
 
@@ -315,6 +327,8 @@ class Splicer:
                     self.pos += 1
                     patch_at = len(members)
                     members[key] = ""
+                    if self.stop_when is not None and all(k in members for k in self.stop_when):
+                        return members, members
                     head_written = self._head(members, patch_at)
                     self.out.write(head_written)
                     patch_size = self._stream_patch()
@@ -381,12 +395,17 @@ def _suffix(items: list[tuple[str, Any]]) -> bytes:
 
 
 def splice(
-    reader: netstring.NetstringReader, version: int, out: Output, fix: Any
+    reader: netstring.NetstringReader,
+    version: int,
+    out: Output | None,
+    fix: Any,
+    stop_when: tuple[str, ...] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read the JSON netstring of a v5/v6 job from *reader*, write the spliced job to
     *out*; return the members as read and as written (the patch replaced by an empty
-    placeholder)."""
+    placeholder). Without *out* only the members are read; with *stop_when*, reading
+    stops at the patch if those members came before it (the rest is not checked)."""
     length = reader.next_length()
     if length is None:
         raise BadJob(f"version {version} job has no JSON netstring")
-    return Splicer(reader, length, version, out, fix).run()
+    return Splicer(reader, length, version, out, fix, stop_when).run()

@@ -102,28 +102,24 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
 
 
 def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
-    """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
-    from tryssh.core.jobfile import parse_job_file
+    """A stand-in record for a job still in new/ (or in cur/ before its record exists).
+
+    Only the job's text fields are read, never its patch (:func:`job_fields`): a client
+    polling a queued 64 MiB job costs a few kilobytes per poll.
+    """
+    from tryssh.core.jobfile import job_fields
     from tryssh.core.records import new_record
     from tryssh.errors import BadJob
 
     for sub in ("new", "cur"):
         path = os.path.join(jobdir, sub, job)
         try:
-            parsed = parse_job_file(path)
+            fields = job_fields(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(
-            job,
-            who=parsed.who,
-            branch=parsed.branch,
-            baserev=parsed.baserev,
-            project=parsed.project,
-            repository=parsed.repository,
-            comment=parsed.comment,
-        )
+        return new_record(job, **fields)
     return None
 
 
