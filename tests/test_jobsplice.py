@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from test_jobfile import BASE_JSON, jobs, netstrings, texts
 
 from tryssh.core.jobdir import Jobdir
-from tryssh.core.jobfile import encode_job, job_fields, parse_job, transcode
+from tryssh.core.jobfile import EncodedJob, encode_job, job_fields, parse_job, transcode
 from tryssh.core.jobsplice import MemoryOutput, _safe_cut
 from tryssh.errors import BadJob
 from tryssh.server.tryserver import JobWriter
@@ -270,3 +270,26 @@ def test_job_fields_stops_at_a_v5_patch_once_who_is_known(tmp_path):
     assert job_fields(str(tmp_path / "k")) == {"who": "bob", "branch": None, "baserev": "r",
                                                "project": None, "repository": None,
                                                "comment": None}  # fmt: skip
+
+
+# -- EncodedJob: the client's job, encoded as it is sent ----------------------------------------
+
+ascii_patches = st.binary(max_size=300).map(lambda b: bytes(c & 0x7F for c in b))
+
+
+@settings(max_examples=150)
+@given(jobs(), st.none() | ascii_patches | st.binary(max_size=300), st.integers(1, 9))
+def test_encoded_job_equals_encode_job(job, patch, step):
+    import tryssh.core.jobfile as jobfile
+
+    job.patch_body = patch
+    old = jobfile.ENCODE_CHUNK
+    jobfile.ENCODE_CHUNK = step * 3  # many chunks, split anywhere
+    try:
+        encoded = EncodedJob(job)
+        chunks = list(encoded.chunks())
+    finally:
+        jobfile.ENCODE_CHUNK = old
+    assert b"".join(chunks) == encode_job(job)
+    assert encoded.size == len(encode_job(job))
+    assert bytes(encoded) == encode_job(job)

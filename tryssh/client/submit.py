@@ -32,6 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tryssh.client.sshclient import Connection, SshOptions
     from tryssh.client.vcs import PatchStats, SourceChange
+    from tryssh.core.jobfile import EncodedJob
 
 TRANSPORTS = ("ssh", "scp", "local")
 WAIT_INTERVAL = 1.0
@@ -189,19 +190,20 @@ def open_connection(dest: Destination) -> Connection:
     return connect(dest.ssh)
 
 
-def deliver(data: bytes, dest: Destination, conn: Connection | None) -> Receipt:
-    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp)."""
+def deliver(data: bytes | EncodedJob, dest: Destination, conn: Connection | None) -> Receipt:
+    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp). Over ssh
+    an :class:`EncodedJob` is encoded as it is sent."""
     from tryssh.client import transport
 
     if dest.connect == "local":
         if not dest.jobdir:
             raise UsageError("-c local needs --jobdir (the jobdir on this machine)")
-        return transport.deliver_local(data, dest.jobdir)
+        return transport.deliver_local(bytes(data), dest.jobdir)
     assert conn is not None
     if dest.connect == "scp":
         if not dest.jobdir:
             raise UsageError("-c scp needs --jobdir (the jobdir on the server)")
-        return transport.deliver_scp(conn, data, dest.jobdir, show_progress=dest.progress)
+        return transport.deliver_scp(conn, bytes(data), dest.jobdir, show_progress=dest.progress)
     if dest.connect == "ssh":
         return transport.deliver_ssh(
             conn, data, dest.jobdir, dest.tryserver_cmd, show_progress=dest.progress

@@ -24,6 +24,7 @@ from tryssh.errors import BadJob
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, BinaryIO
 
     from tryssh.core.jobsplice import Output
@@ -130,7 +131,98 @@ class Job:
 
 def encode_job(job: Job) -> bytes:
     """The job file bytes, exactly as Buildbot's ``createJobfile`` writes them."""
-    body: dict[str, Any] = {
+    body = _json_fields(job)
+    version = 5
+    try:
+        body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
+    except UnicodeDecodeError:
+        version = 6
+        import base64  # only for binary patches: kept off the forced command's start-up
+
+        body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
+    return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
+
+
+ENCODE_CHUNK = 1 << 20
+# The bytes json.dumps writes as a two-character escape, and those it writes as \u00XX.
+_SHORT_ESCAPES = b'"\\\n\r\t\b\f'
+_LONG_ESCAPES = bytes(c for c in range(0x20) if bytes([c]) not in _SHORT_ESCAPES) + b"\x7f"
+_ALL_BUT_SHORT = bytes(c for c in range(256) if bytes([c]) not in _SHORT_ESCAPES)
+_ALL_BUT_LONG = bytes(c for c in range(256) if bytes([c]) not in _LONG_ESCAPES)
+
+
+class EncodedJob:
+    """A job file as :func:`encode_job` writes it, produced chunk by chunk as it is sent.
+
+    Its size is known before the first chunk (the escaped length of an ASCII patch is
+    counted, base64's is computed), so the client can start the upload at once and
+    encode while it sends, instead of building the whole file first.
+    """
+
+    def __init__(self, job: Job) -> None:
+        patch = job.patch_body
+        self.version = 5
+        self._patch = patch
+        self._whole: bytes | None = None
+        if patch is not None and not patch.isascii():
+            try:
+                patch.decode("utf-8")
+            except UnicodeDecodeError:
+                self.version = 6
+            else:  # non-ASCII text: \uXXXX escapes, not worth counting; encoded at once
+                self._whole = encode_job(job)
+        if self._whole is not None:
+            self.size = len(self._whole)
+            return
+        key = "patch_body" if self.version == 5 else "patch_body_base64"
+        body = _json_fields(job)
+        body[key] = "" if patch is not None or self.version == 6 else None
+        text = json.dumps(body).encode("ascii")
+        if body[key] is None:  # no patch: nothing to stream
+            self._prefix, self._suffix, patch_len = text, b"", 0
+            self._patch = None
+        else:
+            self._prefix, self._suffix = text[:-2], text[-2:]  # '..."patch_body": "' and '"}'
+            assert patch is not None
+            if self.version == 6:
+                patch_len = (len(patch) + 2) // 3 * 4
+            else:
+                patch_len = (len(patch) + len(patch.translate(None, _ALL_BUT_SHORT))
+                             + 5 * len(patch.translate(None, _ALL_BUT_LONG)))  # fmt: skip
+        self._json_len = len(self._prefix) + patch_len + len(self._suffix)
+        self._head = netstring.encode(b"%d" % self.version) + netstring.header(self._json_len)
+        self.size = len(self._head) + self._json_len + 1
+
+    def chunks(self) -> Iterator[bytes]:
+        """The job file's bytes, in order."""
+        if self._whole is not None:
+            yield self._whole
+            return
+        yield self._head + self._prefix
+        patch = self._patch
+        if patch is not None:
+            view = memoryview(patch)
+            if self.version == 6:
+                import binascii
+
+                step = max(3, ENCODE_CHUNK // 4 * 3)
+                for start in range(0, len(patch), step):
+                    yield binascii.b2a_base64(view[start : start + step], newline=False)
+            else:
+                from json.encoder import encode_basestring_ascii
+
+                for start in range(0, len(patch), ENCODE_CHUNK):
+                    text = patch[start : start + ENCODE_CHUNK].decode("ascii")
+                    yield encode_basestring_ascii(text)[1:-1].encode("ascii")
+        yield self._suffix + b","
+
+    def __bytes__(self) -> bytes:
+        return self._whole if self._whole is not None else b"".join(self.chunks())
+
+
+def _json_fields(job: Job) -> dict[str, Any]:
+    """The JSON object's fields before the patch, in createJobfile's order."""
+    return {
         "jobid": job.jobid,
         "branch": job.branch,
         "baserev": job.baserev,
@@ -142,15 +234,6 @@ def encode_job(job: Job) -> bytes:
         "builderNames": job.builder_names,
         "properties": job.properties,
     }
-    version = 5
-    try:
-        body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
-    except UnicodeDecodeError:
-        version = 6
-        import base64  # only for binary patches: kept off the forced command's start-up
-
-        body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
-    return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
 
 
 def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
