@@ -4,40 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from tryssh.errors import EX_OK, TempFail, UsageError
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from tryssh.client.sshclient import Connection
-
-
-def _import_paramiko() -> None:
-    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
-
-    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
-    it hidden such a line is reported as an error instead. Other users of invoke in this
-    process are unaffected: the block is lifted as soon as paramiko is loaded.
-    """
-    if "paramiko" in sys.modules or "invoke" in sys.modules:
-        return
-    sys.modules["invoke"] = None  # type: ignore[assignment]
-    try:
-        import paramiko  # noqa: F401
-    finally:
-        del sys.modules["invoke"]
-
-
-_import_paramiko()
-
-from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
-from tryssh.client.submit import (  # noqa: E402
+from tryssh.client.sshoptions import DEFAULT_TIMEOUT, SshOptions
+from tryssh.client.submit import (
     TRANSPORTS,
     Destination,
     TryRequest,
@@ -54,7 +28,14 @@ from tryssh.client.submit import (  # noqa: E402
     summary_lines,
     wait_for,
 )
-from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+from tryssh.client.transport import DEFAULT_TRYSERVER_CMD
+from tryssh.errors import EX_OK, TempFail, UsageError
+
+# paramiko is imported only when a connection is made (tryssh.client.sshclient): building
+# a job, --dry-run and local queries (--config) never pay for it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.sshclient import Connection
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which

@@ -21,12 +21,33 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import paramiko
-
+from tryssh.client.sshoptions import DEFAULT_TIMEOUT, SshOptions
 from tryssh.core.sshkeys import blob_fingerprint
 from tryssh.errors import PermissionDenied, TempFail, UsageError
 
-DEFAULT_TIMEOUT = 30.0
+
+def _import_paramiko() -> None:
+    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
+
+    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
+    it hidden such a line is reported as an error instead. Other users of invoke in this
+    process are unaffected: the block is lifted as soon as paramiko is loaded.
+    """
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
+# This module is imported only when a connection is made (tryssh.client.sshoptions holds
+# what the command line needs), so that local commands never pay for paramiko.
+_import_paramiko()
+import paramiko  # noqa: E402
+
+__all__ = ["DEFAULT_TIMEOUT", "SshOptions"]  # re-exported: their old home
 # The receive window only matters for what the server sends us, but a large one costs nothing
 # and avoids window-adjust round trips on bigger answers. The upload rate is bounded by the
 # server's window and packet size (OpenSSH: 2 MiB / 32 KiB), not ours.
@@ -89,22 +110,6 @@ class AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
                 f"to {self.path}",
                 file=sys.stderr,
             )
-
-
-@dataclass
-class SshOptions:
-    """What the user asked for on the command line (None: take it from ~/.ssh/config)."""
-
-    host: str
-    port: int | None = None
-    user: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    accept_new_host_key: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-    ssh_config: str | None = None  # default ~/.ssh/config
-    agent: bool | None = None  # None: on, unless an identity is pinned
-    quiet: bool = False
 
 
 @dataclass

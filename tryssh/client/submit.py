@@ -30,7 +30,8 @@ from tryssh.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tryssh.client.sshclient import Connection, SshOptions
+    from tryssh.client.sshclient import Connection
+    from tryssh.client.sshoptions import SshOptions
     from tryssh.client.vcs import PatchStats, SourceChange
     from tryssh.core.jobfile import EncodedJob
 
