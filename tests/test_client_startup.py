@@ -28,7 +28,8 @@ def loaded_modules(argv: list[str], cwd) -> set[str]:
 
 
 def heavy_in(loaded: set[str]) -> set[str]:
-    return {m for m in loaded if m in HEAVY or m.partition(".")[0] in HEAVY - {"importlib.metadata"}}
+    packages = HEAVY - {"importlib.metadata"}
+    return {m for m in loaded if m in HEAVY or m.partition(".")[0] in packages}
 
 
 def test_try_dry_run_does_not_import_paramiko(tmp_path):
