@@ -404,8 +404,9 @@ def main() -> int:
     tryserver_cmd = [str(BIN / "tryserver")]
     if args.tryserver_tree:
         tree = os.path.abspath(args.tryserver_tree)
-        tryserver_cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-                         "from tryssh.server.tryserver import main; sys.exit(main())", tree]  # fmt: skip
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from tryssh.server.tryserver import main; sys.exit(main())")  # fmt: skip
+        tryserver_cmd = [sys.executable, "-c", code, tree]
 
     env = child_env()
     tmp = Path(tempfile.mkdtemp(prefix="tryssh-bench-"))

@@ -128,6 +128,11 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     from tryssh.core.records import RecordStore
 
     store = RecordStore(state_dir)
+    if user is not None:
+        # The user's own index: the cost follows the user's jobs, not the whole history.
+        indexed = store.user_jobs(user, limit)
+        if indexed is not None:
+            return indexed
     found = []
     # Job names start with the delivery time, so the name order is the age order and
     # only as many records as needed are read.
