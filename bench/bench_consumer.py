@@ -266,7 +266,7 @@ def main() -> None:
             # does not decide the figure.
             runs = sorted(in_child(throughput, backlog, mode)
                           for _ in range(5 if backlog <= 1000 else 1))  # fmt: skip
-            (rate, elapsed), rss = runs[len(runs) // 2]
+            (rate, elapsed), _ = runs[len(runs) // 2]
             base_rate.setdefault(backlog, rate)
             label = {"no-op": "no-op builder", "command": "/bin/true builder",
                      "forward": "forward builder"}[mode]  # fmt: skip
