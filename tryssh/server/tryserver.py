@@ -42,6 +42,9 @@ DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
 REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
+# The splice holds a few copies of one chunk: small enough that tryssh serve, with many
+# uploads at once, stays small; big enough that per-chunk costs do not show.
+READ_CHUNK = 256 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
 SMALL_JOB = 256 * 1024
@@ -184,7 +187,8 @@ class Server:
 
         def write(fd: int) -> tuple[int, str]:
             writer = JobWriter(fd)
-            transcode(stdin, emit=writer, pin_who=self.opts.user, limit=self.max_size)
+            transcode(stdin, emit=writer, pin_who=self.opts.user, limit=self.max_size,
+                      chunk=READ_CHUNK)  # fmt: skip
             return writer.size, writer.hexdigest()
 
         name, (size, sha256) = self.jobdir.deliver(write)
