@@ -692,3 +692,24 @@ def test_redact_url() -> None:
     assert redact_url("ssh://git@h.example/x") == "ssh://git@h.example/x"
     assert redact_url("git@github.com:org/r.git") == "git@github.com:org/r.git"
     assert redact_url("/srv/repos/x") == "/srv/repos/x"
+
+
+def test_git_extraction_runs_few_git_processes(tmp_path: Path, monkeypatch) -> None:
+    """Each git start costs milliseconds: a branch with an upstream takes six (top level,
+    rev-parse, for-each-ref, remote URL, merge-base, diff), not nine."""
+    origin, work, base = git_origin_and_clone(tmp_path)
+    git_mutate(work)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "git.log"
+    real = shutil.which("git")
+    (shim / "git").write_text(f'#!/bin/sh\necho "$1" >> "{log}"\nexec "{real}" "$@"\n')
+    (shim / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    vcs_name, top = detect_vcs(str(work))
+    change = extract(vcs_name, top)
+    assert change.baserev == base
+    assert change.patch
+    assert log.read_text().split() == [
+        "rev-parse", "rev-parse", "for-each-ref", "config", "merge-base", "-c",
+    ]  # fmt: skip

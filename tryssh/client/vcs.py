@@ -318,15 +318,25 @@ def _git(
 
 def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> SourceChange:
     notes: list[str] = []
-    head = _git(topdir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", ok=(0, 1))
-    if head.returncode != 0:
-        raise UsageError(
-            f"the git repository {topdir} has no commits yet: commit a base first, or use --diff"
-        )
-    head_id = _text(head.stdout)
-
-    sym = _git(topdir, "symbolic-ref", "--quiet", "HEAD", ok=(0, 1))
-    ref = os.fsdecode(sym.stdout.strip()) if sym.returncode == 0 else ""
+    # One rev-parse for three answers (each git start costs a few ms): the index's path,
+    # HEAD's commit and HEAD's full ref name ("HEAD" itself when detached).
+    info = _git(
+        topdir, "rev-parse", "--git-path", "index", "HEAD^{commit}",
+        "--symbolic-full-name", "HEAD", ok=(0, 128),
+    )  # fmt: skip
+    lines = info.stdout.split(b"\n")
+    if info.returncode != 0 or len(lines) < 3:
+        if b"unknown revision" in info.stderr or b"ambiguous argument" in info.stderr:
+            raise UsageError(
+                f"the git repository {topdir} has no commits yet: commit a base first, or "
+                "use --diff"
+            )
+        detail = _first_line(info.stderr) or "no message"
+        raise TrysshError(f"git rev-parse failed (exit {info.returncode}): {detail}",
+                          EX_UNAVAILABLE)  # fmt: skip
+    index_path = os.path.join(topdir, os.fsdecode(lines[0]))
+    head_id = _text(lines[1])
+    ref = os.fsdecode(lines[2].strip())
     current = ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else None
 
     # Upstream of the current branch: full ref, remote name and the branch's name there.
@@ -356,7 +366,7 @@ def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> S
     else:
         base = _git_merge_base(topdir, head_id, current, upstream, notes)
 
-    patch = _git_diff(topdir, base, include_untracked)
+    patch = _git_diff(topdir, base, include_untracked, index_path)
     return SourceChange(
         vcs="git",
         baserev=base,
@@ -391,25 +401,24 @@ def _git_merge_base(
             "in the patch (set one with 'git branch --set-upstream-to', or use --baserev)"
         )
         return head_id
-    exists = _git(topdir, "rev-parse", "--verify", "--quiet", f"{upstream}^{{commit}}", ok=(0, 1))
-    if exists.returncode != 0:
+    # One merge-base: exit 128 when the upstream ref is missing, 1 when no common ancestor.
+    mb = _git(topdir, "merge-base", "HEAD", upstream, ok=(0, 1, 128))
+    if mb.returncode == 128:
         notes.append(f"upstream {upstream} does not exist locally (fetch it?): the base is HEAD")
         return head_id
-    mb = _git(topdir, "merge-base", "HEAD", upstream, ok=(0, 1))
     if mb.returncode != 0:
         notes.append(f"HEAD and {upstream} have no common ancestor: the base is HEAD")
         return head_id
     return _text(mb.stdout)
 
 
-def _git_diff(topdir: str, base: str, include_untracked: bool) -> bytes:
-    """Diff ``base`` against the work tree, without ever writing the user's index.
+def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) -> bytes:
+    """Diff ``base`` against the work tree, without ever writing the user's index (at
+    *index_path*).
 
     git may refresh an index's stat data while diffing, and untracked files must be
     marked intent-to-add to show up; both happen on a private copy of the index.
     """
-    index_path = os.fsdecode(_git(topdir, "rev-parse", "--git-path", "index").stdout.strip())
-    index_path = os.path.join(topdir, index_path)
     with tempfile.TemporaryDirectory(prefix="tryssh-git-") as tmp:
         tmp_index = os.path.join(tmp, "index")
         if os.path.exists(index_path):
