@@ -293,3 +293,42 @@ def test_encoded_job_equals_encode_job(job, patch, step):
     assert b"".join(chunks) == encode_job(job)
     assert encoded.size == len(encode_job(job))
     assert bytes(encoded) == encode_job(job)
+
+
+def test_job_writer_thread_for_big_jobs_rewrite_and_abort(tmp_path):
+    # Past SMALL_JOB the writer hashes and writes in a thread: the head rewrite waits for
+    # it, and a bad job stops it before the tmp file is closed and removed.
+    data = head_changing_job(3 << 20, "mallory")
+    jobdir = Jobdir(str(tmp_path / "jd")).create()
+
+    def write(fd: int) -> tuple[int, str]:
+        writer = JobWriter(fd)
+        try:
+            transcode(io.BytesIO(data), emit=writer, pin_who="a" * 300, chunk=65536)
+        except BaseException:
+            writer.abort()
+            raise
+        assert writer.rewritten
+        return writer.size, writer.hexdigest()
+
+    name, (size, sha) = jobdir.deliver(write)
+    delivered = (tmp_path / "jd" / "new" / name).read_bytes()
+    assert delivered == whole(data, pin_who="a" * 300)
+    assert sha == hashlib.sha256(delivered).hexdigest() and size == len(delivered)
+    at = data.rindex(b'", "who"') - 2
+    bad = data[:at] + b"\\q" + data[at + 2 :]  # an invalid escape at the patch's end
+    with pytest.raises(BadJob, match="Invalid"):
+        jobdir.deliver(write_bad(bad))
+    assert os.listdir(tmp_path / "jd" / "tmp") == []
+
+
+def write_bad(data: bytes):
+    def write(fd: int) -> None:
+        writer = JobWriter(fd)
+        try:
+            transcode(io.BytesIO(data), emit=writer, pin_who="x", chunk=65536)
+        except BaseException:
+            writer.abort()
+            raise
+
+    return write

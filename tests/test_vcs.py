@@ -697,7 +697,7 @@ def test_redact_url() -> None:
 def test_git_extraction_runs_few_git_processes(tmp_path: Path, monkeypatch) -> None:
     """Each git start costs milliseconds: a branch with an upstream takes six (top level,
     rev-parse, for-each-ref, remote URL, merge-base, diff), not nine."""
-    origin, work, base = git_origin_and_clone(tmp_path)
+    _origin, work, base = git_origin_and_clone(tmp_path)
     git_mutate(work)
     shim = tmp_path / "shim"
     shim.mkdir()

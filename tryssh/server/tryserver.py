@@ -34,7 +34,7 @@ from tryssh.server.audit import AuditLog, ssh_key_fingerprint, ssh_peer
 TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
 if TYPE_CHECKING:
     from hashlib import _Hash
-    from typing import BinaryIO, TextIO
+    from typing import Any, BinaryIO, TextIO
 
     from tryssh.server.config import Config
 
@@ -187,8 +187,12 @@ class Server:
 
         def write(fd: int) -> tuple[int, str]:
             writer = JobWriter(fd)
-            transcode(stdin, emit=writer, pin_who=self.opts.user, limit=self.max_size,
-                      chunk=READ_CHUNK)  # fmt: skip
+            try:
+                transcode(stdin, emit=writer, pin_who=self.opts.user, limit=self.max_size,
+                          chunk=READ_CHUNK)  # fmt: skip
+            except BaseException:
+                writer.abort()  # before the caller closes fd: no write may follow it
+                raise
             return writer.size, writer.hexdigest()
 
         name, (size, sha256) = self.jobdir.deliver(write)
@@ -198,8 +202,11 @@ class Server:
 class JobWriter:
     """Writes a job to the open tmp file *fd* as it streams, hashing it on the way.
 
-    The splice of a v5/v6 job may rewrite the head once at the end (its netstring length
-    was a guess); the bytes after it then move, and the hash is taken again from the file.
+    Once a job is big (past SMALL_JOB), writing and hashing move to a thread: both release
+    the GIL, so they overlap with reading and checking the rest (a bounded queue keeps
+    memory flat). The splice of a v5/v6 job may rewrite the head once at the end (its
+    netstring length was a guess); the bytes after it then move, and the hash is taken
+    again from the file.
     """
 
     def __init__(self, fd: int) -> None:
@@ -209,8 +216,17 @@ class JobWriter:
         self.digest: _Hash | None = None
         self.rewritten = False
         self.started = 0  # bytes handed to the kernel's writeback so far
+        self._queue: Any = None  # queue.Queue of chunks for the writer thread, when running
+        self._thread: Any = None
+        self._error: BaseException | None = None
 
     def write(self, data: bytes) -> None:
+        if self._thread is not None:
+            if self._error is not None:
+                self._stop()
+            self._queue.put(data)
+            self.size += len(data)
+            return
         write_all(self.fd, data)
         self.size += len(data)
         if self.digest is not None:
@@ -222,15 +238,59 @@ class JobWriter:
 
                 self.digest = hashlib.sha256(b"".join(self.head))
                 self.head.clear()
-        if self.size - self.started >= WRITEBACK_STEP and _fadvise:
+                if not self.rewritten:
+                    self._start()
+        self._writeback(self.size)
+
+    def _writeback(self, size: int) -> None:
+        if size - self.started >= WRITEBACK_STEP and _fadvise:
             # Start writing back what we have while we read and hash the rest, so that the
             # final fsync has little left to wait for (and a big job does not linger in the
             # page cache).
-            _fadvise(self.fd, self.started, self.size - self.started, os.POSIX_FADV_DONTNEED)
-            self.started = self.size
+            _fadvise(self.fd, self.started, size - self.started, os.POSIX_FADV_DONTNEED)
+            self.started = size
+
+    def _start(self) -> None:
+        import queue
+        import threading
+
+        self._queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, args=(self.size,), daemon=True)
+        self._thread.start()
+
+    def _run(self, written: int) -> None:
+        assert self.digest is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking chunks, so that the reader never blocks on a dead queue
+            try:
+                write_all(self.fd, data)
+                self.digest.update(data)
+                written += len(data)
+                self._writeback(written)
+            except BaseException as err:  # reported by the reading thread: _stop()
+                self._error = err
+
+    def abort(self) -> None:
+        """Stop the writer thread without writing what is still queued."""
+        if self._thread is not None:
+            self._error = self._error or TempFail("delivery aborted")
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _stop(self) -> None:
+        """Wait until everything queued is written; raise what the writer hit."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
 
     def rewrite_head(self, old_length: int, head: bytes) -> None:
         """Replace the first *old_length* bytes by *head*, moving the rest if need be."""
+        self._stop()
         fd, shift = self.fd, len(head) - old_length
         step = 1 << 20
         if shift > 0:  # move right: from the end backwards
@@ -251,6 +311,7 @@ class JobWriter:
 
     def hexdigest(self) -> str:
         """The SHA-256 of the job as written (while the file is open)."""
+        self._stop()
         if self.rewritten:
             import hashlib
 
