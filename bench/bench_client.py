@@ -137,6 +137,34 @@ def server_install(where: Path) -> str:
     return str(script)
 
 
+def forced_command_sshd(
+    tmp: Path, key_line: str, jobdir: Jobdir, args: list[str], extra_config: list[str] = ()
+) -> Sshd:
+    """A started sshd whose key runs ``tryserver --jobdir J ARGS``, logging in to
+    :func:`login_account` when run as root (tryserver then installed for it)."""
+    account = login_account()
+    tryserver_bin = str(BIN / "tryserver")
+    if account is not None:
+        import pwd
+
+        user = pwd.getpwnam(account)
+        os.chmod(tmp, 0o755)  # noqa: S103 (the login account reads the key files)
+        # The venv's interpreter may live where that account cannot run it (~root): the
+        # server side is installed as an admin would, for the system's python3.
+        tryserver_bin = server_install(tmp / "server-install")
+        for sub in ("", "tmp", "new", "cur"):
+            os.chown(os.path.join(jobdir.path, sub), user.pw_uid, user.pw_gid)
+    forced = shlex.join([tryserver_bin, "--jobdir", jobdir.path, *args])
+    server = Sshd([f'restrict,command="{forced}" {key_line}'], directory=tmp / "sshd",
+                  extra_config=list(extra_config))  # fmt: skip
+    if account is not None:
+        server.user = account
+        # sshd reads authorized_keys as the user who logs in.
+        os.chmod(server.dir, 0o755)  # noqa: S103 (sshd reads it as that account)
+        os.chmod(server.authorized_keys_path, 0o644)
+    return server.start()
+
+
 def median_of(runs: int, argv: list[str], stdin_path: Path | None, env: dict[str, str],
               cwd: Path, jobdir: Jobdir) -> float:
     times = []
@@ -166,29 +194,8 @@ def main() -> int:
         jobdir = Jobdir(str(tmp / "jobdir")).create()
         key = make_user_key(tmp, "key")
         max_size = (args.big_mb + 16) << 20
-        forced = None  # set below, once the account (and so the install) is known
-        account = login_account()
-        tryserver_bin = str(BIN / "tryserver")
-        if account is not None:
-            import pwd
-
-            user = pwd.getpwnam(account)
-            os.chmod(tmp, 0o755)  # noqa: S103 (the login account reads the key files)
-            # The venv's interpreter may live where that account cannot run it (~root):
-            # the server side is installed as an admin would, for the system's python3.
-            tryserver_bin = server_install(tmp / "server")
-            for sub in ("", "tmp", "new", "cur"):
-                os.chown(os.path.join(jobdir.path, sub), user.pw_uid, user.pw_gid)
-        forced = shlex.join([tryserver_bin, "--jobdir", jobdir.path, "--user", "alice",
-                             "--max-size", str(max_size)])  # fmt: skip
-        server = Sshd([f'restrict,command="{forced}" {key.public_line}'],
-                      directory=tmp / "sshd")
-        if account is not None:
-            server.user = account
-            # sshd reads authorized_keys as the user who logs in.
-            os.chmod(server.dir, 0o755)  # noqa: S103 (sshd reads it as that account)
-            os.chmod(server.authorized_keys_path, 0o644)
-        server.start()
+        server = forced_command_sshd(tmp, key.public_line, jobdir,
+                                     ["--user", "alice", "--max-size", str(max_size)])  # fmt: skip
         known = write_known_hosts(home / ".ssh" / "known_hosts", server)
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         env["HOME"] = str(home)

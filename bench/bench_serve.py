@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import login_account, server_install  # noqa: E402
+from bench_client import forced_command_sshd  # noqa: E402
 from bench_tryserver import big_json_job  # noqa: E402
-from sshd import Sshd, client_options, make_user_key, write_known_hosts  # noqa: E402
+from sshd import client_options, make_user_key, write_known_hosts  # noqa: E402
 
 from tryssh.core.jobdir import Jobdir  # noqa: E402
 from tryssh.core.jobfile import Job, encode_job  # noqa: E402
@@ -143,29 +142,14 @@ def clean(jobdir: Jobdir) -> None:
         os.unlink(os.path.join(jobdir.new, name))
 
 
-def concurrency(levels: list[int], tmp: Path, key, account: str | None) -> list[dict]:  # type: ignore[no-untyped-def]
+def concurrency(levels: list[int], tmp: Path, key) -> list[dict]:  # type: ignore[no-untyped-def]
     job = tmp / "small.job"
     job.write_bytes(encode_job(Job("1-1", "main", "abc", 1, b"--- a/f\n+++ b/f\n" * 40, ["unit"])))
     serve = Serve(tmp / "serve", key.public_line, 64 * MIB)
     # sshd + tryserver, the baseline
     jobdir = Jobdir(str(tmp / "sshd-jobdir")).create()
-    tryserver_bin = str(BIN / "tryserver")
-    if account is not None:
-        import pwd
-
-        user = pwd.getpwnam(account)
-        os.chmod(tmp, 0o755)  # noqa: S103 (the login account reads the key files)
-        tryserver_bin = server_install(tmp / "server-install")
-        for sub in ("", "tmp", "new", "cur"):
-            os.chown(os.path.join(jobdir.path, sub), user.pw_uid, user.pw_gid)
-    forced = shlex.join([tryserver_bin, "--jobdir", jobdir.path, "--user", "alice"])
-    sshd = Sshd([f'restrict,command="{forced}" {key.public_line}'], directory=tmp / "sshd",
-                extra_config=["MaxStartups 400", "MaxSessions 400"])  # fmt: skip
-    if account is not None:
-        sshd.user = account
-        os.chmod(sshd.dir, 0o755)  # noqa: S103 (sshd reads it as that account)
-        os.chmod(sshd.authorized_keys_path, 0o644)
-    sshd.start()
+    sshd = forced_command_sshd(tmp, key.public_line, jobdir, ["--user", "alice"],
+                               ["MaxStartups 400", "MaxSessions 400"])  # fmt: skip
     known = write_known_hosts(tmp / "sshd_known_hosts", sshd)
     doors = {
         "tryssh serve": (ssh_argv(serve.port, "alice", key.private_path, serve.known_hosts),
@@ -230,8 +214,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         key = make_user_key(tmp, "key")
-        account = login_account()
-        rows = concurrency(levels, tmp, key, account)
+        rows = concurrency(levels, tmp, key)
         big = big_uploads(tmp, key, 8, big_mb)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

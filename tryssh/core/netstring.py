@@ -134,12 +134,7 @@ class NetstringReader:
                 raise TruncatedNetstring(f"input ends inside netstring {self.index + 1}")
             remaining -= len(data)
             yield data
-        comma = self._take(1)
-        if not comma:
-            raise TruncatedNetstring(f"input ends before the comma of netstring {self.index + 1}")
-        if comma != b",":
-            raise NetstringError(f"netstring {self.index + 1}: missing comma after payload")
-        self.index += 1
+        self._end_payload()
 
     def skip_payload(self, length: int) -> None:
         """Pass over a payload of *length* bytes without reading it (a seekable stream),
@@ -155,6 +150,10 @@ class NetstringReader:
                 raise TruncatedNetstring(f"input ends inside netstring {self.index + 1}")
             self.consumed += rest
             self._buf, self._pos = b"", 0
+        self._end_payload()
+
+    def _end_payload(self) -> None:
+        """Check the comma after a payload; count the netstring."""
         comma = self._take(1)
         if not comma:
             raise TruncatedNetstring(f"input ends before the comma of netstring {self.index + 1}")
