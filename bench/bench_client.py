@@ -137,6 +137,20 @@ def server_install(where: Path) -> str:
     return str(script)
 
 
+def one_line_change(tmp: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A git working copy at *tmp*/repo with a one-line change; the env to run git in it."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    genv = {**env, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+            "GIT_COMMITTER_EMAIL": "a@b", "GIT_CONFIG_NOSYSTEM": "1"}  # fmt: skip
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "base"]):
+        if argv[0] == "add":
+            (repo / "hello.c").write_text("int main(void) { return 0; }\n" * 50)
+        subprocess.run(["git", *argv], cwd=repo, env=genv, check=True)
+    (repo / "hello.c").write_text("int main(void) { return 1; }\n" + "int x;\n" * 49)
+    return repo, genv
+
+
 def forced_command_sshd(
     tmp: Path, key_line: str, jobdir: Jobdir, args: list[str], extra_config: list[str] = ()
 ) -> Sshd:
@@ -249,15 +263,7 @@ def main() -> int:
         }
         big = {k: big_size / v / 1e6 for k, v in big_t.items()}  # MB/s
         # The whole command for a one-line change in a git working copy, and its split.
-        repo = tmp / "repo"
-        repo.mkdir()
-        genv = {**env, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
-                "GIT_COMMITTER_EMAIL": "a@b", "GIT_CONFIG_NOSYSTEM": "1"}  # fmt: skip
-        for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "base"]):
-            if argv[0] == "add":
-                (repo / "hello.c").write_text("int main(void) { return 0; }\n" * 50)
-            subprocess.run(["git", *argv], cwd=repo, env=genv, check=True)
-        (repo / "hello.c").write_text("int main(void) { return 1; }\n" + "int x;\n" * 49)
+        repo, genv = one_line_change(tmp, env)
         one_line = [a for a in tryssh if a != "--baserev" and a != "abc"]
         small["tryssh, one-line git change"] = median_of(args.runs, one_line, None, genv, repo,
                                                          jobdir)  # fmt: skip

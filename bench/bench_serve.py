@@ -7,7 +7,10 @@
    listener's, its per-connection processes come and go) and the server's CPU time per job
    (serve's user+system; sshd's listener with its reaped children: the per-connection
    sshd and tryserver processes). The baseline for each C is sshd + tryserver.
-2. *Big uploads*: 8 concurrent 64 MiB v5 jobs into a fresh serve: its peak RSS. Target
+2. *One-line change*: the whole ``tryssh try`` of a one-line change in a git working copy
+   into serve, against OpenSSH's ``ssh host tryserver < job`` into sshd. Target (issue 15):
+   at most 3x.
+3. *Big uploads*: 8 concurrent 64 MiB v5 jobs into a fresh serve: its peak RSS. Target
    (issue 15): at most 100 MB.
 
 As in bench_client, sshd logs in to the /bin/sh account ``tryssh-bench`` when run as root.
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import forced_command_sshd  # noqa: E402
+from bench_client import forced_command_sshd, one_line_change  # noqa: E402
 from bench_tryserver import big_json_job  # noqa: E402
 from sshd import client_options, make_user_key, write_known_hosts  # noqa: E402
 
@@ -163,6 +167,7 @@ def concurrency(levels: list[int], tmp: Path, key) -> list[dict]:  # type: ignor
         for argv, _pid, _children, jd in doors.values():  # warm up
             storm(argv, job, 2, 2)
             clean(jd)
+        one_line(tmp, key, serve, doors["sshd + tryserver"][0], job, rows)
         for clients in levels:
             per_client = max(2, 60 // clients)
             for door, (argv, pid, children, jd) in doors.items():
@@ -182,6 +187,29 @@ def concurrency(levels: list[int], tmp: Path, key) -> list[dict]:  # type: ignor
         serve.stop()
         sshd.stop()
     return rows
+
+
+def one_line(tmp: Path, key, serve: Serve, openssh: list[str], job: Path, rows: list) -> None:  # type: ignore[no-untyped-def]
+    """The whole ``tryssh try`` of a one-line change into serve, against OpenSSH's ``ssh
+    host tryserver < job`` into sshd (issue 15's target: at most 3x)."""
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["HOME"] = str(tmp)
+    repo, genv = one_line_change(tmp, env)
+    tryssh = [str(BIN / "tryssh"), "try", "-c", "ssh", "--host", "127.0.0.1", "--port",
+              str(serve.port), "-u", "alice", "-i", key.private_path, "--known-hosts",
+              str(serve.known_hosts), "-b", "unit", "-q"]  # fmt: skip
+    times: dict[str, list[float]] = {"tryssh try into serve": [], "ssh into sshd": []}
+    for attempt in range(8):
+        for label, argv, stdin in (("tryssh try into serve", tryssh, None),
+                                   ("ssh into sshd", openssh, job)):  # fmt: skip
+            with open(stdin or os.devnull, "rb") as f:
+                start = time.perf_counter()
+                subprocess.run(argv, stdin=f, cwd=repo, env=genv, check=True, capture_output=True,
+                               timeout=120)  # fmt: skip
+                if attempt:  # the first round warms the caches
+                    times[label].append(time.perf_counter() - start)
+    for label, values in times.items():
+        rows.append({"door": label, "clients": "1-line", "seconds": statistics.median(values)})
 
 
 def big_uploads(tmp: Path, key, count: int, size_mb: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -220,8 +248,13 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     targets = {f"serve, 8 concurrent {big_mb} MiB v5 uploads: peak RSS <= 100 MB":
                big["peak_rss_mb"] <= 100}  # fmt: skip
+    one = {r["door"]: r["seconds"] for r in rows if r["clients"] == "1-line"}
+    rows = [r for r in rows if r["clients"] != "1-line"]
+    one_ratio = one["tryssh try into serve"] / one["ssh into sshd"]
+    targets["one-line change into serve <= 3x ssh host tryserver < job"] = one_ratio <= 3
     if args.json:
-        print(json.dumps({"concurrency": rows, "big_uploads": big, "targets": targets}, indent=2))
+        print(json.dumps({"concurrency": rows, "one_line": one, "big_uploads": big,
+                          "targets": targets}, indent=2))  # fmt: skip
         return 0 if all(targets.values()) else 1
     print(f"serve benchmark: {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s; "
           "baseline: sshd + tryserver at the same concurrency")  # fmt: skip
@@ -233,6 +266,9 @@ def main() -> int:
         print(f"  {r['door']:<18} {r['clients']:>7} {r['jobs']:>5} {r['jobs_per_s']:7.1f} "
               f"x{ratio:5.2f} {r['p50_ms']:6.0f} ms {r['p99_ms']:6.0f} ms "
               f"{r['peak_rss_mb']:6.1f} MB {r['cpu_ms_per_job']:6.1f} ms")  # fmt: skip
+    print(f"  one-line change, whole command: tryssh try into serve "
+          f"{one['tryssh try into serve'] * 1000:.0f} ms, ssh host tryserver < job into sshd "
+          f"{one['ssh into sshd'] * 1000:.0f} ms: x{one_ratio:.2f}")  # fmt: skip
     print(f"  8 concurrent {big['job_mb']:.0f} MB v5 uploads into serve: {big['seconds']:.1f} s, "
           f"peak RSS {big['peak_rss_mb']:.1f} MB")  # fmt: skip
     print("Targets")
