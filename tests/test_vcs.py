@@ -713,3 +713,39 @@ def test_git_extraction_runs_few_git_processes(tmp_path: Path, monkeypatch) -> N
     assert log.read_text().split() == [
         "rev-parse", "rev-parse", "for-each-ref", "config", "merge-base", "-c",
     ]  # fmt: skip
+
+
+def test_git_stale_index_is_refreshed_once_in_the_users_cache(tmp_path: Path, monkeypatch) -> None:
+    """A stale index (every file's stat data changed) is refreshed in the private copy,
+    which is kept and used again while the user's index is the same; the user's index
+    itself is never written."""
+    _origin, work, _base = git_origin_and_clone(tmp_path)
+    git_mutate(work)
+    for p in work.rglob("*"):
+        if p.is_file() and ".git" not in p.parts:
+            os.utime(p, (1_000_000_000, 1_000_000_000))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    index = work / ".git" / "index"
+    before = index.read_bytes()
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    stale = subprocess.run(["git", "diff-files", "--quiet"], cwd=work, env=env, check=False)
+    assert stale.returncode == 1  # stat-dirty: git would hash every file to compare
+    first = extract("git", str(work))
+    kept = list((cache / "tryssh" / "git-index").iterdir())
+    assert len(kept) == 1
+    refreshed = tmp_path / "refreshed-index"
+    refreshed.write_bytes(kept[0].read_bytes().split(b"\n", 1)[1])
+    env_cached = {**os.environ, "GIT_INDEX_FILE": str(refreshed)}
+    fresh = subprocess.run(["git", "diff-files", "--name-only"], cwd=work, env=env_cached,
+                           capture_output=True, check=True)  # fmt: skip
+    changed = set(fresh.stdout.decode().split())
+    assert changed and all(name.encode() in first.patch for name in changed)  # only real edits
+    assert extract("git", str(work)).patch == first.patch  # from the cached copy
+    assert index.read_bytes() == before
+    # The user's index changes (git add): the copy is made again from it, for its new state.
+    git(work, "add", "-u")
+    assert extract("git", str(work)).patch == first.patch
+    st = os.stat(index)
+    key = f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    assert kept[0].read_bytes().split(b"\n", 1)[0].decode() == key

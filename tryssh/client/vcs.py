@@ -417,12 +417,17 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
     *index_path*).
 
     git may refresh an index's stat data while diffing, and untracked files must be
-    marked intent-to-add to show up; both happen on a private copy of the index.
+    marked intent-to-add to show up; both happen on a private copy of the index. git diff
+    refreshes that copy (as git status would the user's): it is kept in the user's cache
+    and used again while the user's index stays the same, so that an index whose stat data
+    went stale (a checkout, a touch of every file) is hashed through once, not at every try.
     """
+    cache = None if include_untracked else _IndexCache(index_path)
     with tempfile.TemporaryDirectory(prefix="tryssh-git-") as tmp:
         tmp_index = os.path.join(tmp, "index")
-        if os.path.exists(index_path):
-            shutil.copyfile(index_path, tmp_index)
+        if cache is None or not cache.copy_to(tmp_index):
+            if os.path.exists(index_path):
+                shutil.copyfile(index_path, tmp_index)
         env = _env({"GIT_INDEX_FILE": tmp_index})
         # Writing a split index would add a shared-index file to the user's .git.
         cfg = ["-c", "core.splitIndex=false"]
@@ -443,7 +448,7 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
                     env=add_env,
                     stdin=listing,
                 )
-        return _git(
+        patch = _git(
             topdir,
             *cfg,
             "diff",
@@ -458,6 +463,61 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
             "--",
             env=env,
         ).stdout
+        if cache is not None:
+            cache.keep(tmp_index)
+        return patch
+
+
+class _IndexCache:
+    """A refreshed private copy of the git index at *index_path*, in the user's cache
+    (``$XDG_CACHE_HOME/tryssh/git-index/``), valid while that index is unchanged."""
+
+    def __init__(self, index_path: str) -> None:
+        self.index_path = os.path.abspath(index_path)
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        import hashlib
+
+        name = hashlib.sha256(os.fsencode(self.index_path)).hexdigest()[:32]
+        self.path = os.path.join(base, "tryssh", "git-index", name)
+        self.key = self._key()
+
+    def _key(self) -> str | None:
+        try:
+            st = os.stat(self.index_path)
+        except OSError:
+            return None
+        return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+    def copy_to(self, target: str) -> bool:
+        """Copy the cached index to *target* if it belongs to the index as it is now."""
+        if self.key is None:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                if f.readline().decode("ascii", "replace").rstrip("\n") != self.key:
+                    return False
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(f, out)
+        except OSError:
+            return False
+        return True
+
+    def keep(self, refreshed: str) -> None:
+        """Store *refreshed* (the private copy git diff refreshed); best effort."""
+        if self.key is None or self._key() != self.key:
+            return  # the user's index changed meanwhile: the copy may not match it
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with open(refreshed, "rb") as f, open(tmp, "wb") as out:
+                out.write(f"{self.key}\n".encode("ascii"))
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _hg(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
