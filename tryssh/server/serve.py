@@ -517,7 +517,7 @@ class Connection(paramiko.ServerInterface):
             # as the forced command does, instead of a bare "exec request failed".
             worker = threading.Thread(
                 target=self._run_exec,
-                args=(channel, command),
+                args=(channel, command, _packets_sent(channel)),
                 name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
                 daemon=True,
             )
@@ -526,7 +526,8 @@ class Connection(paramiko.ServerInterface):
         worker.start()
         return True
 
-    def _run_exec(self, channel: paramiko.Channel, command: bytes) -> None:
+    def _run_exec(self, channel: paramiko.Channel, command: bytes, sent: int | None) -> None:
+        _await_reply(channel, sent)
         user = self.user
         assert user is not None
         fields: dict[str, object] = {
@@ -706,6 +707,26 @@ class Connection(paramiko.ServerInterface):
 
 
 # -- the server -------------------------------------------------------------------------------
+
+
+def _packets_sent(channel: paramiko.Channel) -> int | None:
+    """How many packets the connection has sent so far (None if paramiko does not say)."""
+    packetizer = getattr(channel.get_transport(), "packetizer", None)
+    return getattr(packetizer, "_Packetizer__sequence_number_out", None)
+
+
+def _await_reply(channel: paramiko.Channel, sent: int | None) -> None:
+    """Wait (briefly) until paramiko has sent its reply to the exec request.
+
+    paramiko replies after check_channel_exec_request returns, in its own thread; a worker
+    that answers at once (a refused command) could otherwise send exit status and close
+    first, and OpenSSH then prints "channel_by_id: 0: bad id: channel free" at the user.
+    """
+    if sent is None:
+        return
+    deadline = time.monotonic() + 2.0
+    while _packets_sent(channel) == sent and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 class EmbeddedServer:
