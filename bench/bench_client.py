@@ -55,8 +55,9 @@ def timed(argv: list[str], stdin_path: Path | None, env: dict[str, str], cwd: Pa
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
         start = time.perf_counter()
-        result = subprocess.run(argv, stdin=stdin, capture_output=True, env=env, cwd=cwd,
-                                timeout=600, check=False)
+        result = subprocess.run(
+            argv, stdin=stdin, capture_output=True, env=env, cwd=cwd, timeout=600, check=False
+        )
         elapsed = time.perf_counter() - start
     finally:
         if stdin_path:
@@ -74,7 +75,7 @@ SPLIT = """
 import json, sys, time
 t0 = time.perf_counter()
 import tryssh.cli.try_  # noqa: F401  (click, the client modules: what start-up imports)
-from tryssh.client.submit import TryRequest, build_job, gather_change
+from tryssh.client.job import TryRequest, build_job, gather_change
 from tryssh.client.sshoptions import SshOptions
 from tryssh.core.jobfile import EncodedJob
 t1 = time.perf_counter()
@@ -179,8 +180,14 @@ def forced_command_sshd(
     return server.start()
 
 
-def median_of(runs: int, argv: list[str], stdin_path: Path | None, env: dict[str, str],
-              cwd: Path, jobdir: Jobdir) -> float:
+def median_of(
+    runs: int,
+    argv: list[str],
+    stdin_path: Path | None,
+    env: dict[str, str],
+    cwd: Path,
+    jobdir: Jobdir,
+) -> float:
     times = []
     for _ in range(runs):
         times.append(timed(argv, stdin_path, env, cwd))
@@ -228,21 +235,68 @@ def main() -> int:
         big_diff = work / "big.diff"
         big_diff.write_bytes(diff_of(args.big_mb << 20))
         big_job = work / "big.job"
-        big_job.write_bytes(encode_job(Job("1-2", "main", "abc", 1, big_diff.read_bytes(),
-                                           ["unit"])))
+        big_job.write_bytes(
+            encode_job(Job("1-2", "main", "abc", 1, big_diff.read_bytes(), ["unit"]))
+        )
         big_size = big_job.stat().st_size
 
         ssh_opts = client_options(server, key.private_path, known)
-        openssh = ["/usr/bin/ssh", *ssh_opts, "-p", str(server.port), server.host,
-                   "tryserver", "--jobdir", jobdir.path]
-        tryssh = [str(BIN / "tryssh"), "try", "-c", "ssh", "--host", server.host,
-                  "--port", str(server.port), "-u", server.user, "-i", key.private_path,
-                  "--known-hosts", str(known), "--jobdir", jobdir.path, "--baserev", "abc",
-                  "-b", "unit", "-q"]
-        buildbot = [str(BIN / "buildbot"), "try", "--connect=ssh", "--host", server.host,
-                    "--port", str(server.port), "-u", server.user, "--jobdir", jobdir.path,
-                    "--ssh", shlex.join(["/usr/bin/ssh", *ssh_opts]), "--diff", str(small_diff),
-                    "--baserev", "abc", "-b", "unit", "--buildbotbin", "buildbot"]
+        openssh = [
+            "/usr/bin/ssh",
+            *ssh_opts,
+            "-p",
+            str(server.port),
+            server.host,
+            "tryserver",
+            "--jobdir",
+            jobdir.path,
+        ]
+        tryssh = [
+            str(BIN / "tryssh"),
+            "try",
+            "-c",
+            "ssh",
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "-u",
+            server.user,
+            "-i",
+            key.private_path,
+            "--known-hosts",
+            str(known),
+            "--jobdir",
+            jobdir.path,
+            "--baserev",
+            "abc",
+            "-b",
+            "unit",
+            "-q",
+        ]
+        buildbot = [
+            str(BIN / "buildbot"),
+            "try",
+            "--connect=ssh",
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "-u",
+            server.user,
+            "--jobdir",
+            jobdir.path,
+            "--ssh",
+            shlex.join(["/usr/bin/ssh", *ssh_opts]),
+            "--diff",
+            str(small_diff),
+            "--baserev",
+            "abc",
+            "-b",
+            "unit",
+            "--buildbotbin",
+            "buildbot",
+        ]
         if shutil.which("buildbot", path=str(BIN)) is None:
             raise SystemExit("bench: buildbot is not installed in the venv")
 
@@ -251,14 +305,16 @@ def main() -> int:
         timed(openssh, small_job, env, work)
         timed(buildbot, None, env, work)
         small = {
-            "tryssh": median_of(args.runs, [*tryssh, "--diff", str(small_diff)], None, env,
-                                work, jobdir),
+            "tryssh": median_of(
+                args.runs, [*tryssh, "--diff", str(small_diff)], None, env, work, jobdir
+            ),
             "openssh": median_of(args.runs, openssh, small_job, env, work, jobdir),
             "buildbot_try": median_of(args.runs, buildbot, None, env, work, jobdir),
         }
         big_t = {
-            "tryssh": median_of(args.big_runs, [*tryssh, "--diff", str(big_diff)], None, env,
-                                work, jobdir),
+            "tryssh": median_of(
+                args.big_runs, [*tryssh, "--diff", str(big_diff)], None, env, work, jobdir
+            ),
             "openssh": median_of(args.big_runs, openssh, big_job, env, work, jobdir),
         }
         big = {k: big_size / v / 1e6 for k, v in big_t.items()}  # MB/s

@@ -23,7 +23,7 @@ def loaded_modules(argv: list[str], cwd) -> set[str]:
         for line in result.stderr.decode().splitlines()
         if line.startswith("import time:")
     }
-    assert "tryssh.client.submit" in loaded  # the report was read right
+    assert "tryssh.client.job" in loaded  # the report was read right
     return loaded
 
 

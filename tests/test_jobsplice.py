@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from test_jobfile import BASE_JSON, jobs, netstrings, texts
 
 from tryssh.core.jobdir import Jobdir
-from tryssh.core.jobfile import EncodedJob, encode_job, job_fields, parse_job, transcode
+from tryssh.core.jobfile import EncodedJob, encode_job, parse_job, read_job_head, transcode
 from tryssh.core.jobsplice import MemoryOutput, _safe_cut
+from tryssh.core.records import job_fields
 from tryssh.errors import BadJob
 from tryssh.server.tryserver import JobWriter
 
@@ -231,7 +232,7 @@ def test_large_random_binary_v6_round_trip():
     assert parse_job(out).patch_body == patch
 
 
-# -- job_fields: what `status` reads of a job not yet recorded ----------------------------------
+# -- read_job_head: what `status` reads of a job not yet recorded ------------------------------
 
 
 def sparse_job(path, head: bytes, patch_size: int, tail: bytes) -> None:
@@ -242,34 +243,36 @@ def sparse_job(path, head: bytes, patch_size: int, tail: bytes) -> None:
         f.write(tail)
 
 
-def test_job_fields_skips_a_v1_to_v4_patch(tmp_path):
+def test_read_job_head_skips_a_v1_to_v4_patch(tmp_path):
     size = 64 << 20
     head = netstrings("4", "id", "main", "abc", "1") + b"%d:" % size
     sparse_job(tmp_path / "j", head, size, b"," + netstrings("repo", "proj", "alice", "c", "b1"))
-    fields = job_fields(str(tmp_path / "j"))
+    fields = job_fields(read_job_head(str(tmp_path / "j")))
     assert fields == {"who": "alice", "branch": "main", "baserev": "abc", "project": "proj",
                       "repository": "repo", "comment": "c"}  # fmt: skip
     with open(tmp_path / "j", "r+b") as f:
         f.truncate(len(head) + 100)
     with pytest.raises(BadJob, match="ends"):
-        job_fields(str(tmp_path / "j"))
+        read_job_head(str(tmp_path / "j"))
 
 
-def test_job_fields_stops_at_a_v5_patch_once_who_is_known(tmp_path):
+def test_read_job_head_stops_at_a_v5_patch_once_who_is_known(tmp_path):
     size = 64 << 20
     prefix = json.dumps({**BASE_JSON, "who": "alice", "patch_body": ""})[:-2]
     json_len = len(prefix) + size + 2
     head = netstrings("5") + b"%d:" % json_len + prefix.encode()
     sparse_job(tmp_path / "j", head, size, b'"},')
-    assert job_fields(str(tmp_path / "j"))["who"] == "alice"
+    assert read_job_head(str(tmp_path / "j")).who == "alice"
     # A valid job with who after the patch is streamed through, and still answered.
     data = netstrings("5", json.dumps({"jobid": "i", "branch": "", "baserev": "r",
                                        "patch_level": 1, "builderNames": None,
                                        "patch_body": "x\n" * 1000, "who": "bob"}))  # fmt: skip
     (tmp_path / "k").write_bytes(data)
-    assert job_fields(str(tmp_path / "k")) == {"who": "bob", "branch": None, "baserev": "r",
-                                               "project": None, "repository": None,
-                                               "comment": None}  # fmt: skip
+    # Missing fields read as Buildbot reads them: "" for repository, project, comment.
+    assert job_fields(read_job_head(str(tmp_path / "k"))) == {
+        "who": "bob", "branch": None, "baserev": "r", "project": "", "repository": "",
+        "comment": "",
+    }  # fmt: skip
 
 
 # -- EncodedJob: the client's job, encoded as it is sent ----------------------------------------

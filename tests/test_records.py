@@ -202,3 +202,18 @@ def test_final_record_mtime_is_its_finished_time(tmp_path):
     _final(store, "1700000000.M0P1Q1Rx.h", "bob", finished="2000-01-01T00:00:00.000000Z")
     mtime = os.stat(store.final_path("1700000000.M0P1Q1Rx.h")).st_mtime
     assert mtime == parse_iso("2000-01-01T00:00:00.000000Z")
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_iso_time_is_datetimes_utc_iso_and_reads_back(stamp: float) -> None:
+    import datetime
+
+    from tryssh.core.logfmt import iso_time
+
+    micros = round(stamp * 1_000_000)
+    when = datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.UTC).replace(
+        microsecond=micros % 1_000_000
+    )
+    assert iso_time(stamp, micros=True) == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert iso_time(stamp) == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert abs(parse_iso(iso_time(stamp, micros=True)) - micros / 1_000_000) < 1e-6

@@ -45,7 +45,6 @@ JSON_KEY_ORDER = (
     "jobid", "branch", "baserev", "patch_level", "repository", "project",
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
-OPTIONAL_TEXT = ("repository", "project", "who", "comment")
 # Fields a Buildbot master crashes on when they are null (trysched asserts "repository
 # cannot be None", and the job is lost): delivered as "" instead. The one definition.
 NULL_AS_EMPTY = ("repository",)
@@ -242,9 +241,7 @@ def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
     A truncated last netstring is dropped, as Buildbot does, unless
     *allow_truncated_tail* is false.
     """
-    return transcode(
-        io.BytesIO(data), keep_patch=True, allow_truncated_tail=allow_truncated_tail
-    )
+    return transcode(io.BytesIO(data), keep_patch=True, allow_truncated_tail=allow_truncated_tail)
 
 
 def parse_job_file(path: str, *, limit: int | None = None) -> Job:
@@ -253,27 +250,39 @@ def parse_job_file(path: str, *, limit: int | None = None) -> Job:
         return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
 
 
-STATUS_FIELDS = ("who", "branch", "baserev", "project", "repository", "comment")
-
-
-def job_fields(path: str) -> dict[str, Any]:
-    """The text fields of the job file at *path* (``who``, ``branch``...) without reading
-    its patch: what ``status`` shows of a job not yet recorded. A v1-v4 patch is skipped
-    with a seek; a v5/v6 file is read up to its patch when ``who`` comes before it, as
-    tryserver delivers it, and otherwise streamed past the patch in fixed memory."""
+def read_job_head(path: str) -> Job:
+    """The job file at *path* without its patch (``patch_body`` None): what ``status``
+    shows of a job not yet recorded. A v1-v4 patch is skipped with a seek; a v5/v6 file is
+    read up to its patch when ``who`` comes before it, as tryserver delivers it, and
+    otherwise streamed past the patch in fixed memory. Fields of the wrong type read as
+    None: the consumer, which reads the whole job, says what is wrong with it."""
     with open(path, "rb") as f:
         reader = netstring.NetstringReader(f, chunk=64 * 1024)
         version = _read_version(reader)
         if version <= 4:
-            job = _transcode_netstrings(reader, version, None, None, False, True, skip=True)
-            return {k: getattr(job, k) for k in STATUS_FIELDS}
+            return _transcode_netstrings(reader, version, None, None, False, True, skip=True)
         from tryssh.core.jobsplice import splice
 
         read, _ = splice(reader, version, None, None, stop_when=("who",))
-    fields = {k: read.get(k) for k in STATUS_FIELDS}
-    for key in ("branch", "baserev"):
-        fields[key] = fields[key] or None
-    return {k: (v if isinstance(v, str) or v is None else None) for k, v in fields.items()}
+
+    def text(key: str, default: str | None = None) -> str | None:
+        value = read.get(key, default)
+        return value if isinstance(value, str) else None
+
+    level = read.get("patch_level")
+    return Job(
+        jobid=text("jobid"),
+        branch=text("branch") or None,
+        baserev=text("baserev") or None,
+        patch_level=level if isinstance(level, int) else 0,
+        patch_body=None,
+        builder_names=None,
+        repository=text("repository", ""),
+        project=text("project", ""),
+        who=text("who", ""),
+        comment=text("comment", ""),
+        version=version,
+    )
 
 
 def transcode(
