@@ -560,10 +560,11 @@ def test_encode_parse_round_trip(job):
     got = parse_job(data)
     # Buildbot's reader turns '' into None for branch and baserev; the strategy has no ''.
     assert got == job
-    # Canonical: passed through byte for byte, but for a null repository (Buildbot's master
-    # crashes on it), which is delivered as "".
+    # Canonical: passed through byte for byte, but for a null repository or project
+    # (Buildbot's master crashes on them), which are delivered as "".
     safe = Job(**{f: getattr(job, f) for f in Job.FIELDS})
     safe.repository = "" if job.repository is None else job.repository
+    safe.project = "" if job.project is None else job.project
     assert passthrough(data)[1] == encode_job(safe)
 
 
@@ -585,4 +586,6 @@ def test_pin_changes_only_who(case, who):
         job.version = 3
     if job.repository is None:  # made safe for Buildbot's master
         job.repository = ""
+    if job.project is None:
+        job.project = ""
     assert got == job

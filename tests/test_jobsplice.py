@@ -155,11 +155,11 @@ def test_who_after_the_patch_and_missing_who():
     assert out.endswith(b'"x\\ny", "who": "al"},')
 
 
-def test_null_repository_is_delivered_as_empty():
-    data = netstrings("5", json.dumps({**BASE_JSON, "repository": None}))
+def test_null_repository_and_project_are_delivered_as_empty():
+    data = netstrings("5", json.dumps({**BASE_JSON, "repository": None, "project": None}))
     out = spliced(data)
-    assert b'"repository": ""' in out
-    assert parse_job(out).repository == ""
+    assert b'"repository": ""' in out and b'"project": ""' in out
+    assert parse_job(out).repository == "" and parse_job(out).project == ""
     assert out == whole(data)
 
 

@@ -45,17 +45,22 @@ JSON_KEY_ORDER = (
     "jobid", "branch", "baserev", "patch_level", "repository", "project",
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
-# Fields a Buildbot master crashes on when they are null (trysched asserts "repository
-# cannot be None", and the job is lost): delivered as "" instead. The one definition.
-NULL_AS_EMPTY = ("repository",)
+# Fields Buildbot's master stores in NOT NULL columns: a JSON null there fails an assertion
+# ("repository cannot be None") after the job has left new/, and the job is lost.
+NOT_NULL_TEXT = ("repository", "project")
 
 
-def buildbot_safe(obj: dict[str, Any]) -> dict[str, Any]:
-    """Make *obj* (a v5/v6 job's JSON object) safe for a Buildbot master, in place."""
-    for key in NULL_AS_EMPTY:
+def normalise_for_buildbot(obj: dict[str, Any]) -> bool:
+    """Rewrite, in the v5/v6 JSON *obj*, the values that break Buildbot at delivery: a null
+    ``repository`` or ``project`` becomes ``""`` (what Buildbot defaults a missing one to).
+    True when something changed. The one definition: the whole-job path and the streaming
+    splice both call it."""
+    changed = False
+    for key in NOT_NULL_TEXT:
         if key in obj and obj[key] is None:
             obj[key] = ""
-    return obj
+            changed = True
+    return changed
 
 
 class Job:
@@ -301,7 +306,7 @@ def transcode(
     With *pin_who*, the job handed to *emit* carries that ``who`` whatever the client
     sent; a v1 or v2 job becomes v3 to have a place for it. What reaches *emit* is a
     job Buildbot's master reads: a v1-v4 patch must then be UTF-8, and a v5/v6 job's
-    fields that crash Buildbot are made safe (:func:`buildbot_safe`). The patch of a
+    fields that crash Buildbot are made safe (:func:`normalise_for_buildbot`). The patch of a
     v1-v4 job is returned only with *keep_patch*, so that it need not be held in memory.
 
     A v5/v6 job is spliced as it streams; *emit* is then best an
@@ -465,7 +470,8 @@ def _fix_fields(pin_who: str | None) -> Callable[[dict[str, Any]], dict[str, Any
     def fix(obj: dict[str, Any]) -> dict[str, Any]:
         if pin_who is not None:
             obj["who"] = pin_who
-        return buildbot_safe(obj)
+        normalise_for_buildbot(obj)
+        return obj
 
     return fix
 
