@@ -261,7 +261,7 @@ class JobWriter:
         import queue
         import threading
 
-        self._queue = queue.Queue(maxsize=16)
+        self._queue = queue.Queue(maxsize=4)  # 1 MiB in flight: serve runs many at once
         self._thread = threading.Thread(target=self._run, args=(self.size,), daemon=True)
         self._thread.start()
 
