@@ -425,7 +425,10 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
         tmp_index = os.path.join(tmp, "index")
         if cache is None or not cache.copy_to(tmp_index):
             if os.path.exists(index_path):
-                shutil.copyfile(index_path, tmp_index)
+                # copy2 keeps the mtime: git compares it with its entries' to find files
+                # changed right after they were staged ("racily clean"); a new mtime would
+                # hide such a change from the diff.
+                shutil.copy2(index_path, tmp_index)
         env = _env({"GIT_INDEX_FILE": tmp_index})
         # Writing a split index would add a shared-index file to the user's .git.
         cfg = ["-c", "core.splitIndex=false"]
@@ -487,15 +490,18 @@ class _IndexCache:
         return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
 
     def copy_to(self, target: str) -> bool:
-        """Copy the cached index to *target* if it belongs to the index as it is now."""
+        """Copy the cached index to *target* if it belongs to the index as it is now, with
+        the mtime git gave it (see _git_diff: git's racy-entry check reads it)."""
         if self.key is None:
             return False
         try:
             with open(self.path, "rb") as f:
-                if f.readline().decode("ascii", "replace").rstrip("\n") != self.key:
+                key, _, mtime = f.readline().decode("ascii", "replace").rstrip("\n").rpartition(" ")
+                if key != self.key or not mtime.isdigit():
                     return False
                 with open(target, "wb") as out:
                     shutil.copyfileobj(f, out)
+            os.utime(target, ns=(int(mtime), int(mtime)))
         except OSError:
             return False
         return True
@@ -507,8 +513,9 @@ class _IndexCache:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            mtime = os.stat(refreshed).st_mtime_ns
             with open(refreshed, "rb") as f, open(tmp, "wb") as out:
-                out.write(f"{self.key}\n".encode("ascii"))
+                out.write(f"{self.key} {mtime}\n".encode("ascii"))
                 shutil.copyfileobj(f, out)
             os.replace(tmp, self.path)
         except OSError:
