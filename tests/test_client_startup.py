@@ -17,7 +17,8 @@ def loaded_modules(argv: list[str], cwd) -> set[str]:
     code = "import sys\nfrom tryssh.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
     env = {**os.environ, **GIT_ENV, "HOME": str(cwd)}
     result = run([sys.executable, "-X", "importtime", "-c", code, *argv], env=env, cwd=cwd)
-    messages = [ln for ln in result.stderr.decode().splitlines() if not ln.startswith("import time")]
+    lines = result.stderr.decode().splitlines()
+    messages = [line for line in lines if not line.startswith("import time")]
     assert result.returncode == 0, "\n".join(messages)[-2000:]
     loaded = {
         line.rpartition("|")[2].strip()
