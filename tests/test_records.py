@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tryssh.core.records import (
@@ -122,6 +122,7 @@ def test_overall_state():
     assert overall_state(rec(err, intr, bad)) == "interrupted"
 
 
+@settings(deadline=None)  # each example makes a state directory: disk time, not CPU
 @given(st.sampled_from(["..", "../outside", "a/b", ".hidden", "", "x\0y"]), st.text(max_size=10))
 def test_read_never_leaves_the_state_dir(tmp_path_factory, bad, suffix):
     root = tmp_path_factory.mktemp("records")

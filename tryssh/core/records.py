@@ -210,6 +210,9 @@ class RecordStore:
         existed), in a temporary directory renamed into place when complete."""
         import shutil
 
+        if not self.final_jobs():  # a new state directory: nothing to index
+            os.makedirs(self.by_user, mode=0o2770, exist_ok=True)
+            return
         tmp = os.path.join(self.path, f".by-user.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o2770)
