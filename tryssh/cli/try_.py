@@ -382,18 +382,18 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     )
     change = gather_change(req, cwd)
     job = build_job(change, req)
-    from tryssh.core.jobfile import encode_job
+    from tryssh.core.jobfile import EncodedJob
 
-    data = encode_job(job)
+    encoded = EncodedJob(job)  # its size is known; over ssh it is encoded as it is sent
     if v["dry_run"]:
         stats = change.stats
         lines = summary_lines(job, change, stats)
         if v["as_json"]:
-            click.echo(json.dumps(dry_run_dict(job, change, stats, data)))
+            click.echo(json.dumps(dry_run_dict(job, change, stats, bytes(encoded))))
         else:
             click.echo("\n".join(lines))
-            version = data[2:3].decode()
-            click.echo(f"job:        {len(data)} bytes (version {version}); not sent (--dry-run)")
+            click.echo(f"job:        {encoded.size} bytes (version {encoded.version}); "
+                       "not sent (--dry-run)")  # fmt: skip
         ctx.exit(EX_OK)
     dest = _destination(v, quiet)
     if not quiet:  # the stats cost a pass over the patch: only when someone reads them
@@ -406,7 +406,7 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     conn = None if dest.connect == "local" else open_connection(dest)
     try:
         try:
-            receipt = deliver(data, dest, conn)
+            receipt = deliver(encoded, dest, conn)
         except MaybeDelivered as err:
             raise MaybeDelivered(f"{err.message} (look for jobid {job.jobid})") from None
         if not quiet and not v["as_json"]:

@@ -14,7 +14,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from tryssh.errors import (
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from tryssh.client.sshclient import Connection
     from tryssh.client.sshoptions import SshOptions
+    from tryssh.core.jobfile import EncodedJob
 
 CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
@@ -188,7 +189,7 @@ class _Drain(threading.Thread):
 def run_remote(
     conn: Connection,
     command: str,
-    stdin: bytes | None = None,
+    stdin: bytes | Iterable[bytes] | None = None,
     progress: Progress | None = None,
     what: str = "remote tryserver",
 ) -> tuple[bytes, bytes]:
@@ -299,21 +300,27 @@ def _why(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _send(chan: paramiko.Channel, data: bytes, progress: Progress | None) -> BaseException | None:
-    """Send *data* in large writes; return the error that stopped it, if any.
+def _send(
+    chan: paramiko.Channel, data: bytes | Iterable[bytes], progress: Progress | None
+) -> BaseException | None:
+    """Send *data* (bytes, or chunks made as they are sent) in large writes; return the
+    error that stopped it, if any.
 
     A server that refuses the job closes the channel while we send: that is not our error to
     report, its exit status and message are, so the caller carries on and reads them.
     """
-    view = memoryview(data)
     sent = 0
     try:
-        while sent < len(view):
-            chunk = view[sent : sent + CHUNK]
-            chan.sendall(chunk)  # type: ignore[arg-type]
-            sent += len(chunk)
-            if progress is not None:
-                progress.update(sent)
+        for piece in (data,) if isinstance(data, bytes | bytearray) else data:
+            view = memoryview(piece)
+            done = 0
+            while done < len(view):
+                chunk = view[done : done + CHUNK]
+                chan.sendall(chunk)  # type: ignore[arg-type]
+                done += len(chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress.update(sent)
     except (OSError, EOFError) as err:
         return err
     finally:
@@ -324,19 +331,31 @@ def _send(chan: paramiko.Channel, data: bytes, progress: Progress | None) -> Bas
 
 def deliver_ssh(
     conn: Connection,
-    data: bytes,
+    data: bytes | EncodedJob,
     jobdir: str | None,
     tryserver_cmd: str = DEFAULT_TRYSERVER_CMD,
     show_progress: bool = True,
 ) -> Receipt:
-    """Send the job to ``tryserver`` on stdin; the receipt names the job if the server did."""
+    """Send the job to ``tryserver`` on stdin; the receipt names the job if the server did.
+
+    An :class:`~tryssh.core.jobfile.EncodedJob` is encoded while it is sent, so that the
+    upload starts at once and the encoding overlaps it.
+    """
     command = tryserver_command(tryserver_cmd, jobdir)
-    progress = Progress(len(data), "sending", show_progress)
-    stdout, _stderr = run_remote(conn, command, data, progress)
+    size = len(data) if isinstance(data, bytes) else data.size
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in (data,) if isinstance(data, bytes) else data.chunks():
+            digest.update(chunk)
+            yield chunk
+
+    progress = Progress(size, "sending", show_progress)
+    stdout, _stderr = run_remote(conn, command, chunks(), progress)
     # tryssh's tryserver prints the job name; Buildbot's prints nothing.
     lines = stdout.decode("utf-8", "replace").split()
     name = lines[0] if lines else None
-    return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "ssh", str(conn.target))
+    return Receipt(name, size, digest.hexdigest(), "ssh", str(conn.target))
 
 
 # -- sftp -----------------------------------------------------------------------------------
@@ -454,17 +473,18 @@ def open_connection(dest: Destination) -> Connection:
     return connect(dest.ssh)
 
 
-def deliver(data: bytes, dest: Destination, conn: Connection | None) -> Receipt:
-    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp)."""
+def deliver(data: bytes | EncodedJob, dest: Destination, conn: Connection | None) -> Receipt:
+    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp). Over ssh
+    an :class:`EncodedJob` is encoded as it is sent."""
     if dest.connect == "local":
         if not dest.jobdir:
             raise UsageError("-c local needs --jobdir (the jobdir on this machine)")
-        return deliver_local(data, dest.jobdir)
+        return deliver_local(bytes(data), dest.jobdir)
     assert conn is not None
     if dest.connect == "scp":
         if not dest.jobdir:
             raise UsageError("-c scp needs --jobdir (the jobdir on the server)")
-        return deliver_scp(conn, data, dest.jobdir, show_progress=dest.progress)
+        return deliver_scp(conn, bytes(data), dest.jobdir, show_progress=dest.progress)
     if dest.connect == "ssh":
         return deliver_ssh(conn, data, dest.jobdir, dest.tryserver_cmd, show_progress=dest.progress)
     raise UsageError(f"unknown transport {dest.connect!r} (use ssh, scp or local)")
