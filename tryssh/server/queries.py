@@ -135,22 +135,26 @@ NO_BUILDSET_GRACE = 30.0
 
 def _unrecorded(jobdir: str, job: str) -> tuple[JobRecord, os.stat_result] | None:
     """A stand-in record for a job still in new/ (``queued``) or in cur/ without a record
-    (``claimed``), and the job file's stat."""
+    (``claimed``), and the job file's stat.
+
+    Only the job's fields are read, never its patch (:func:`read_job_head`): a client
+    polling a queued 64 MiB job costs a few kilobytes per poll.
+    """
     from tryssh.core.jobdir import Jobdir
-    from tryssh.core.jobfile import parse_job_file
+    from tryssh.core.jobfile import read_job_head
     from tryssh.core.records import job_fields, new_record
     from tryssh.errors import BadJob
 
     where = Jobdir(jobdir)
     for path, state in ((where.new_path(job), "queued"), (where.cur_path(job), "claimed")):
         try:
-            parsed = parse_job_file(path)
+            head = read_job_head(path)
             info = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(job, state=state, **job_fields(parsed)), info
+        return new_record(job, state=state, **job_fields(head)), info
     return None
 
 
@@ -200,6 +204,11 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     from tryssh.core.records import RecordStore
 
     store = RecordStore(state_dir)
+    if user is not None:
+        # The user's own index: the cost follows the user's jobs, not the whole history.
+        indexed = store.user_jobs(user, limit)
+        if indexed is not None:
+            return indexed
     found = []
     # Job names start with the delivery time, so the name order is the age order and
     # only as many records as needed are read.
