@@ -23,7 +23,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         130: "interrupted",
     },
     "status": {
-        0: "succeeded (or, without --wait, still going)",
+        0: "succeeded (or, without --wait, still going: queued, claimed, running)",
         1: "a build failed",
         64: "usage",
         66: "no such job (or not yours)",
