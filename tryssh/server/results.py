@@ -147,7 +147,7 @@ class LogStream:
         record = self.record()
         follow = self.request.follow
         waiter = (
-            Waiter([self.state_dir, os.path.join(self.state_dir, "active")]) if follow else None
+            Waiter([self.state_dir, RecordStore(self.state_dir).active]) if follow else None
         )
         try:
             while True:
