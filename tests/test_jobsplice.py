@@ -248,8 +248,8 @@ def test_read_job_head_skips_a_v1_to_v4_patch(tmp_path):
     head = netstrings("4", "id", "main", "abc", "1") + b"%d:" % size
     sparse_job(tmp_path / "j", head, size, b"," + netstrings("repo", "proj", "alice", "c", "b1"))
     fields = job_fields(read_job_head(str(tmp_path / "j")))
-    assert fields == {"who": "alice", "branch": "main", "baserev": "abc", "project": "proj",
-                      "repository": "repo", "comment": "c"}  # fmt: skip
+    assert fields == {"jobid": "id", "who": "alice", "branch": "main", "baserev": "abc",
+                      "project": "proj", "repository": "repo", "comment": "c"}  # fmt: skip
     with open(tmp_path / "j", "r+b") as f:
         f.truncate(len(head) + 100)
     with pytest.raises(BadJob, match="ends"):
