@@ -270,7 +270,7 @@ def test_read_job_head_stops_at_a_v5_patch_once_who_is_known(tmp_path):
     (tmp_path / "k").write_bytes(data)
     # Missing fields read as Buildbot reads them: "" for repository, project, comment.
     assert job_fields(read_job_head(str(tmp_path / "k"))) == {
-        "who": "bob", "branch": None, "baserev": "r", "project": "", "repository": "",
+        "jobid": "i", "who": "bob", "branch": None, "baserev": "r", "project": "", "repository": "",
         "comment": "",
     }  # fmt: skip
 
