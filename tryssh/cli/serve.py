@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tryssh.errors import EX_OK, TrysshError, UsageError
+from tryssh.errors import EX_OK, ConfigError, TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
     from tryssh.server.consumer import Consumer
+    from tryssh.server.pb import PBDoor
+    from tryssh.server.serve import EmbeddedServer
 
 
 @click.command("serve")
@@ -51,6 +53,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             f"tryssh serve: generated host key {server.settings.host_key} ({server.fingerprint})"
         )
     address = server.bind()
+    door = _pb_door(config, server) if config.pb is not None else None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -63,6 +66,12 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     try:
         if consume:
             consumer, consumer_thread = _start_consumer(config, stop)
+        if door is not None:
+            click.echo(
+                f"tryssh serve: PB door (buildbot try --connect=pb) listening on "
+                f"{door.address}; its wire is plaintext"
+            )
+            door.start()
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -71,12 +80,27 @@ def serve_cmd(config_path: str, consume: bool) -> int:
         server.serve(stop)
     finally:
         stop.set()
+        if door is not None:
+            door.stop()
         if consumer is not None and consumer_thread is not None:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
     click.echo("tryssh serve: stopped", err=True)
     return EX_OK
+
+
+def _pb_door(config: Config, server: EmbeddedServer) -> PBDoor:
+    """The PB door of ``[pb]``, bound; Twisted is only imported here."""
+    try:
+        from tryssh.server.pb import start_door
+    except ImportError as err:
+        raise ConfigError(
+            f"{config.path}: [pb] needs Twisted ({err.name} is missing): "
+            "pip install 'tryssh[pb]'"
+        ) from None
+    settings = server.settings
+    return start_door(config, server.log, server.limiter, settings.max_auth_tries)
 
 
 def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
@@ -101,11 +125,23 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
 
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
-def passwd_cmd(from_stdin: bool) -> int:
+@click.option(
+    "--pb", "for_pb", is_flag=True,
+    help="print the PB door's secret (for pb_secret_file) instead of the SSH door's hash",
+)  # fmt: skip
+def passwd_cmd(from_stdin: bool, for_pb: bool) -> int:
     """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
     (the first line) from stdin.
+
+    With --pb it prints the PB door's secret instead: ``pb-md5:`` and the MD5 of the
+    password. Buildbot's PB login needs exactly that on the server, so the line is as good
+    as the password for logging in to the PB door: keep it in a file of mode 0600 named by
+    ``pb_secret_file`` in ``[users.NAME]``, e.g.
+    ``(umask 077; tryssh passwd --pb > /etc/tryssh/alice.pb)``.
+
+    Exit codes: 0 ok, 64 usage (empty or differing passwords, stdin not a terminal).
     """
     import getpass
 
@@ -123,6 +159,14 @@ def passwd_cmd(from_stdin: bool) -> int:
             raise UsageError("the passwords differ")
     if not password:
         raise UsageError("empty password refused")
+    if for_pb:
+        from tryssh.server.passwords import pb_secret
+
+        click.echo(pb_secret(password))
+        if not from_stdin:
+            click.echo('save it to a file of mode 0600; in the user\'s table: '
+                       'pb_secret_file = "<that file>"', err=True)  # fmt: skip
+        return EX_OK
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)

@@ -34,6 +34,7 @@ TOP_KEYS: dict[str, Any] = {
     "users": dict,
     "serve": dict,
     "consume": dict,
+    "pb": dict,
 }
 BUILDER_KEYS: dict[str, Any] = {
     "command": list,
@@ -57,6 +58,7 @@ USER_KEYS: dict[str, Any] = {
     "max_job_size": int,
     "keys": list,
     "password_hash": str,
+    "pb_secret_file": str,
 }
 SERVE_KEYS: dict[str, Any] = {
     "listen": str,
@@ -67,6 +69,14 @@ SERVE_KEYS: dict[str, Any] = {
     "max_connections": int,
     "idle_timeout": (int, float),
     "banner": str,
+}
+# The PB door (Buildbot's Try_Userpass), checked further in tryssh.server.pb.
+PB_KEYS: dict[str, Any] = {
+    "listen": str,
+    "insecure_network": bool,
+    "max_connections": int,
+    "max_tries_per_connection": int,
+    "login_timeout": (int, float),
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),
@@ -99,6 +109,7 @@ class UserPolicy:
     max_job_size: int | None = None
     keys: list[str] = field(default_factory=list)
     password_hash: str | None = None
+    pb_secret_file: str | None = None  # the PB door's password-equivalent (tryssh passwd --pb)
 
 
 @dataclass
@@ -114,6 +125,7 @@ class Config:
     users: dict[str, UserPolicy] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
     consume: dict[str, Any] = field(default_factory=dict)
+    pb: dict[str, Any] | None = None  # the [pb] table; None: no PB door
 
     def user(self, name: str) -> UserPolicy | None:
         """The policy for *name*: its own table, else ``[users."*"]``, else None (refused)."""
@@ -229,6 +241,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
             _positive(path, where + key, table.get(key))
             setattr(user, key, table.get(key))
         user.password_hash = table.get("password_hash")
+        if "pb_secret_file" in table:
+            user.pb_secret_file = resolve(table["pb_secret_file"])
         config.users[name] = user
 
     serve = data.get("serve", {})
@@ -239,4 +253,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     consume = data.get("consume", {})
     _check_table(path, "consume.", consume, CONSUME_KEYS)
     config.consume = consume
+    if "pb" in data:
+        _check_table(path, "pb.", data["pb"], PB_KEYS)
+        config.pb = data["pb"]
     return config
