@@ -6,6 +6,7 @@ read back from the ready line); the SSH door runs next to it, as in production.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -45,7 +46,7 @@ class PBServe:
             f.write(pb_secret(PASSWORD) + "\n")
         table = {"listen": "127.0.0.1:0"}
         table.update(pb or {})
-        pb_lines = [f"{k} = {v!r}".replace("'", '"').replace("True", "true") for k, v in table.items()]
+        pb_lines = [f"{k} = {json.dumps(v)}" for k, v in table.items()]
         self.config = root / "tryssh.toml"
         self.config.write_text(
             "\n".join([

@@ -77,6 +77,7 @@ PB_KEYS: dict[str, Any] = {
     "max_connections": int,
     "max_tries_per_connection": int,
     "login_timeout": (int, float),
+    "idle_timeout": (int, float),
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),

@@ -76,7 +76,9 @@ class Settings:
         self.max_connections = int(table.get("max_connections", 32))
         self.max_tries_per_connection = int(table.get("max_tries_per_connection", 16))
         self.login_timeout = float(table.get("login_timeout", AUTH_TIMEOUT))
-        for key in ("max_connections", "max_tries_per_connection", "login_timeout"):
+        self.idle_timeout = float(table.get("idle_timeout", 300))
+        for key in ("max_connections", "max_tries_per_connection", "login_timeout",
+                    "idle_timeout"):  # fmt: skip
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}{key}: must be greater than 0")
         if not self.insecure_network and not _is_loopback(self.host):
@@ -124,6 +126,10 @@ def _peer(broker: pb.Broker) -> str:
 
 class CallRefused(pb.Error):
     """A remote call the door does not take; the message reaches the client."""
+
+
+class LoginRefused(error.UnauthorizedLogin, pb.Error):
+    """A failed login: a pb.Error, so that PB answers it without logging a traceback."""
 
 
 def _guarded_call(
@@ -414,7 +420,7 @@ class SecretChecker:
             door.log.record(event="auth", outcome="locked out", method="pb", user=name,
                             **{"from": broker.peer})  # fmt: skip
             broker.close_soon("locked out")
-            return defer.fail(error.UnauthorizedLogin("locked out after too many failed logins"))
+            return defer.fail(LoginRefused("locked out after too many failed logins"))
         broker.login_tries += 1
         secret = door.accounts.get(name)
         import hashlib
@@ -435,7 +441,7 @@ class SecretChecker:
                             **{"from": broker.peer})  # fmt: skip
         if broker.login_tries >= door.max_auth_tries:
             broker.close_soon("too many authentication attempts")
-        return defer.fail(error.UnauthorizedLogin("wrong user name or password"))
+        return defer.fail(LoginRefused("wrong user name or password"))
 
 
 @implementer(portal.IRealm)
@@ -514,7 +520,7 @@ class DoorBroker(pb.Broker):
         self.login_tries = 0
         self.limit = PRE_LOGIN_MESSAGE
         self.pending_bytes = 0
-        self.started = time.monotonic()
+        self.started = self.last_activity = time.monotonic()
         self.outcome = "closed"
         self.watches: list[BuildSet] = []
         self.door.brokers.add(self)
@@ -532,6 +538,7 @@ class DoorBroker(pb.Broker):
     def dataReceived(self, chunk: bytes) -> None:
         # Banana keeps a message's parts until the whole message is in; count the bytes of
         # the message being read and drop the connection before it outgrows the limit.
+        self.last_activity = time.monotonic()
         self.pending_bytes += len(chunk)
         if self.pending_bytes > self.limit:
             self.door.log.say(f"{self.peer} {self.user or '-'}: PB message over "
@@ -614,6 +621,7 @@ class PBDoor:
         self.brokers: set[DoorBroker] = set()
         self.watched: list[BuildSet] = []
         self.poller = task.LoopingCall(self._poll)
+        self.sweeper = task.LoopingCall(self._sweep)
         cred_portal = portal.Portal(Realm(self), [SecretChecker(self)])
         self.factory = DoorFactory(self, Root(self, cred_portal))
         self.port: Any = None
@@ -639,6 +647,11 @@ class PBDoor:
 
     def start(self) -> None:
         """Run the reactor in its own thread (signals stay with serve's main thread)."""
+        from twisted.logger import globalLogBeginner
+
+        # Twisted's own errors as one line each on serve's stderr, never a bare traceback.
+        globalLogBeginner.beginLoggingTo([self._twisted_event], redirectStandardIO=False)
+        self.sweeper.start(min(5.0, self.settings.idle_timeout), now=False)
         self.thread = threading.Thread(
             target=_reactor.run, kwargs={"installSignalHandlers": False},
             name="tryssh-pb", daemon=True,
@@ -749,6 +762,24 @@ class PBDoor:
     def unwatch(self, build_set: BuildSet) -> None:
         if build_set in self.watched:
             self.watched.remove(build_set)
+
+    def _twisted_event(self, event: dict[str, Any]) -> None:
+        from twisted.logger import LogLevel, formatEvent
+
+        if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            failure = event.get("log_failure")
+            text = formatEvent(event) or ""
+            if failure is not None:
+                text = f"{text} {failure.type.__name__}: {failure.getErrorMessage()}"
+            self.log.say(f"PB door: {text.strip()}"[:500])
+
+    def _sweep(self) -> None:
+        """Close connections idle for idle_timeout (a waiting client is never idle)."""
+        now = time.monotonic()
+        for broker in list(self.brokers):
+            waiting = any(not b.done for b in broker.watches)
+            if not waiting and now - broker.last_activity > self.settings.idle_timeout:
+                broker.close_soon("idle timeout")
 
     def _read(self, job: str) -> dict[str, Any] | None:
         try:
