@@ -63,9 +63,11 @@ class PBServe:
                 'command = ["false"]',
                 "[builders.secret]",
                 'command = ["true"]',
+                "[builders.gate]",  # runs until the test creates the file "go"
+                f'command = ["sh", "-c", "while [ ! -e {root}/go ]; do sleep 0.02; done"]',
                 "[users.alice]",
                 f'pb_secret_file = "{secret}"',
-                'builders = ["pass", "fail"]',
+                'builders = ["pass", "fail", "gate"]',
                 alice_toml,
             ]) + "\n"
         )  # fmt: skip

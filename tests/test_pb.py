@@ -18,6 +18,8 @@ import pytest
 from helpers import run, venv_bin, wait_until
 from pbserve import PASSWORD, PBServe, buildbot_try, git_tree
 
+from tryssh.core.records import FINAL_STATES, RecordStore
+
 ALICE_LIMIT = 4000  # alice's max_job_size: small, so that an over-limit diff is cheap
 
 
@@ -44,7 +46,7 @@ def test_get_builder_names_lists_the_users_builders(server: PBServe, work: Path)
     out = result.stdout.decode()
     assert result.returncode == 0, out + result.stderr.decode()
     names = out.split("available for the try scheduler:", 1)[1].split()
-    assert names == ["pass", "fail"]  # not "secret": alice may not use it
+    assert names == ["pass", "fail", "gate"]  # not "secret": alice may not use it
 
 
 def test_submit_delivers_a_job_with_who_pinned(server: PBServe, work: Path) -> None:
@@ -82,6 +84,30 @@ def test_wait_for_a_failing_build_exits_1(server: PBServe, work: Path) -> None:
     assert result.returncode == 1, out + result.stderr.decode()
     assert "fail: failure (failure: exit status 1 job " in out
     assert "pass: success" in out
+
+
+def test_client_gone_mid_wait_leaves_the_job_running(server: PBServe, work: Path) -> None:
+    before = server.jobs()
+    argv = [
+        venv_bin("buildbot"), "try", "--connect=pb", f"--master=127.0.0.1:{server.port}",
+        "--username=alice", f"--passwd={PASSWORD}", "--vc=git", "-b", "gate", "--wait",
+    ]  # fmt: skip
+    env = {"HOME": str(work), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        name = _new_job(server, before)
+        store = RecordStore(str(server.jobdir / "state"))
+        wait_until(lambda: (store.read(name) or {}).get("state") == "running", timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    wait_until(lambda: "event=connection door=pb user=alice" in server.audit().split(name)[-1],
+               timeout=10)  # fmt: skip
+    (server.root / "go").touch()
+    record = wait_until(lambda: (r := store.read(name)) and r["state"] in FINAL_STATES and r,
+                        timeout=20)  # fmt: skip
+    assert record["state"] == "success"
 
 
 def test_disallowed_builder_gets_buildbots_own_message(server: PBServe, work: Path) -> None:
