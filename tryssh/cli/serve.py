@@ -33,6 +33,10 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
 
+    With a ``[pb]`` table it also opens Buildbot's PB door, for unchanged
+    ``buildbot try --connect=pb`` clients (needs ``pip install 'tryssh[pb]'``; plaintext,
+    loopback unless ``insecure_network = true``; see the README).
+
     \b
     Examples:
       tryssh serve --config /etc/tryssh/config.toml
@@ -42,6 +46,10 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
+      buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
+    \b
+    Exit codes: 0 stopped by a signal, 75 cannot listen (address in use),
+    78 config error (including [pb] without Twisted, or on a non-loopback address).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
