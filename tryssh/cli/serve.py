@@ -48,7 +48,8 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       tryssh try --host host --port 2222 -u alice -b unit --wait
       buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
     \b
-    Exit codes: 0 stopped by a signal, 75 cannot listen (address in use),
+    Exit codes: 0 stopped by a signal, 64 usage, 73 cannot create a file it needs,
+    75 cannot listen (address in use), 77 permission denied,
     78 config error (including [pb] without Twisted, or on a non-loopback address).
     """
     from tryssh.server.config import load_config
