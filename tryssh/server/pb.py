@@ -56,7 +56,7 @@ assert IReactorTCP.providedBy(_reactor) and IReactorCore.providedBy(_reactor)
 DEFAULT_LISTEN = "127.0.0.1:8031"  # Buildbot's Try_Userpass examples use 8031
 PRE_LOGIN_MESSAGE = 16 * 1024  # bytes of one PB message before login (a name, a response)
 MESSAGE_OVERHEAD = 64 * 1024  # the other try arguments next to the patch
-POLL = 0.1  # seconds between looks at the records of jobs somebody waits for
+POLL = 0.05  # seconds between looks at the records of jobs somebody waits for
 # Buildbot's result codes (buildbot.process.results).
 SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
 RESULT_CODES = {"success": SUCCESS, "failure": FAILURE, "error": EXCEPTION,
