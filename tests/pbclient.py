@@ -31,6 +31,7 @@ def try_args(**changes: Any) -> tuple[Any, ...]:
 def scenario_calls(name: str, size: int) -> list[tuple[str, tuple[Any, ...]]]:
     calls = {
         "names": [("getAvailableBuilderNames", ())],
+        "refusal_flood": [("frobnicate", ())] * size,
         "unknown_method": [("frobnicate", ()), ("getAvailableBuilderNames", ())],
         "private_method": [("__init__", ()), ("getAvailableBuilderNames", ())],
         "too_few_args": [("try", (b"main",))],
@@ -56,9 +57,10 @@ def report(**fields: Any) -> None:
 def main(port: int, password: str, name: str, size: int) -> Any:
     factory = pb.PBClientFactory()
     reactor.connectTCP("127.0.0.1", port, factory)
-    if name in ("root_unknown", "big_login"):
+    if name in ("root_unknown", "big_login", "login_flood"):
         root = yield factory.getRootObject()
-        calls = [("frobnicate", ())] if name == "root_unknown" else [("login", (b"a" * size,))]
+        calls = {"root_unknown": [("frobnicate", ())], "big_login": [("login", (b"a" * size,))],
+                 "login_flood": [("login", (b"alice",))] * size}[name]  # fmt: skip
         for method, args in calls:
             yield call(root, method, args)
         return

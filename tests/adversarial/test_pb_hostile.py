@@ -45,7 +45,7 @@ def attack(server: PBServe, scenario: str, size: int = 1, password: str = PASSWO
 
 def still_serving(server: PBServe) -> None:
     (answer,) = attack(server, "names")
-    assert answer == {"ok": "['pass', 'fail']"}, answer
+    assert answer == {"ok": "['pass', 'fail', 'gate']"}, answer
 
 
 @pytest.mark.parametrize(
@@ -72,10 +72,29 @@ def test_bad_try_arguments_are_refused(server: PBServe, scenario: str, message: 
 def test_unknown_and_private_methods_are_refused(server: PBServe) -> None:
     unknown, after = attack(server, "unknown_method")
     assert "unknown remote method 'frobnicate'" in unknown["error"]
-    assert after == {"ok": "['pass', 'fail']"}  # the connection survives a refused call
+    assert after == {"ok": "['pass', 'fail', 'gate']"}  # the connection survives a refused call
     private, _ = attack(server, "private_method")
     assert "unknown remote method '__init__'" in private["error"]
     assert "what=\"unknown remote method 'frobnicate'\"" in server.audit()
+
+
+def test_a_flood_of_refused_calls_closes_the_connection(server: PBServe) -> None:
+    before = server.audit().count("unknown remote method")
+    answers = attack(server, "refusal_flood", size=30)
+    assert all("error" in a for a in answers)
+    assert "too many refused calls: closing" in answers[10]["error"]
+    assert "closing" not in answers[9]["error"]
+    # At most 10 audit lines, however many calls: the client cannot flood the log.
+    assert server.audit().count("unknown remote method") - before == 10
+    assert answers[-1]["type"] in ("PBConnectionLost", "DeadReferenceError"), answers[-1]
+    still_serving(server)
+
+
+def test_a_flood_of_logins_on_one_connection_is_cut(server: PBServe) -> None:
+    answers = attack(server, "login_flood", size=10)
+    assert all("ok" in a for a in answers[:6])
+    assert "too many attempts on one connection" in answers[6]["error"]
+    assert all("error" in a for a in answers[7:])
 
 
 def test_unknown_method_before_login_is_refused(server: PBServe) -> None:
@@ -160,7 +179,7 @@ def test_flood_of_connections_is_refused_over_the_limit(server: PBServe) -> None
 
 def _serves(server: PBServe) -> bool:
     answers = attack(server, "names")
-    return answers == [{"ok": "['pass', 'fail']"}]
+    return answers == [{"ok": "['pass', 'fail', 'gate']"}]
 
 
 def test_wrong_passwords_lock_the_address_out(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ assert IReactorTCP.providedBy(_reactor) and IReactorCore.providedBy(_reactor)
 DEFAULT_LISTEN = "127.0.0.1:8031"  # Buildbot's Try_Userpass examples use 8031
 PRE_LOGIN_MESSAGE = 16 * 1024  # bytes of one PB message before login (a name, a response)
 MESSAGE_OVERHEAD = 64 * 1024  # the other try arguments next to the patch
+MAX_REFUSALS = 10  # refused calls on one connection before it is closed (audit log flood)
 POLL = 0.05  # seconds between looks at the records of jobs somebody waits for
 # Buildbot's result codes (buildbot.process.results).
 SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
@@ -216,8 +217,9 @@ class BuildRequest(Guarded):
 
     REMOTE = ("subscribe", "unsubscribe")
 
-    def __init__(self, door: PBDoor, name: str) -> None:
+    def __init__(self, door: PBDoor, broker: DoorBroker, name: str) -> None:
         super().__init__(door)
+        self.broker = broker
         self.name = name
         self.build: Build | None = None
         self.subscribers: list[Any] = []
@@ -235,7 +237,7 @@ class BuildRequest(Guarded):
 
     def remote_subscribe(self, subscriber: Any) -> None:
         if not isinstance(subscriber, pb.RemoteReference):
-            self.door.refuse(None, "subscribe: the subscriber is not a remote object")
+            self.door.refuse(self.broker, "subscribe: the subscriber is not a remote object")
         if len(self.subscribers) < 8:
             self.subscribers.append(subscriber)
         if self.build is not None:
@@ -255,7 +257,7 @@ class BuildSet(Guarded):
         super().__init__(door)
         self.broker = broker
         self.job = job
-        self.requests = {name: BuildRequest(door, name) for name in builders}
+        self.requests = {name: BuildRequest(door, broker, name) for name in builders}
         self.done = False
 
     def remote_getBuildRequests(self) -> list[tuple[str, BuildRequest]]:
@@ -471,8 +473,13 @@ class LoginRoot(pb._PortalWrapper):
         return _guarded_call(self.door, broker, self, "remote_", message, args, kw)
 
     def remote_login(self, username: Any) -> tuple[bytes, Challenger]:
+        broker = self.broker
+        broker.logins += 1
+        if broker.logins > self.door.max_auth_tries:
+            broker.close_soon("too many authentication attempts")
+            self.door.refuse(broker, "login: too many attempts on one connection")
         if not isinstance(username, (bytes, str)) or len(username) > 256:
-            self.door.refuse(self.broker, "login: the user name must be a short string")
+            self.door.refuse(broker, "login: the user name must be a short string")
         if isinstance(username, str):
             username = username.encode("utf-8")
         # Twisted's own challenge comes from the random module; this one from the OS.
@@ -517,7 +524,9 @@ class DoorBroker(pb.Broker):
         self.address = self.peer.rsplit(":", 1)[0]
         self.user: str | None = None
         self.perspective_obj: TryPerspective | None = None
-        self.login_tries = 0
+        self.login_tries = 0  # responses checked
+        self.logins = 0  # challenges asked for
+        self.refusals = 0
         self.limit = PRE_LOGIN_MESSAGE
         self.pending_bytes = 0
         self.started = self.last_activity = time.monotonic()
@@ -683,6 +692,12 @@ class PBDoor:
         """Audit a refused call and raise the PB error the client sees."""
         peer = broker.peer if broker is not None else None
         user = user or (broker.user if broker is not None else None)
+        if broker is not None:
+            broker.refusals += 1
+            if broker.refusals > MAX_REFUSALS:
+                # A client that only sends refused calls would fill the audit log.
+                broker.close_soon("too many refused calls")
+                raise CallRefused(f"{what} (and too many refused calls: closing)")
         self.log.say(f"{peer or '-'} {user or '-'}: PB refused {what}")
         self.log.record(event="refused", door="pb", user=user, what=what, **{"from": peer})
         raise CallRefused(what)
