@@ -62,8 +62,6 @@ POLL = 0.05  # seconds between looks at the records of jobs somebody waits for
 SUCCESS, WARNINGS, FAILURE, SKIPPED, EXCEPTION, RETRY, CANCELLED = range(7)
 RESULT_CODES = {"success": SUCCESS, "failure": FAILURE, "error": EXCEPTION,
                 "cancelled": CANCELLED, "interrupted": EXCEPTION}  # fmt: skip
-TRY_ARGS = ("branch", "revision", "patch", "repository", "project", "builderNames", "who",
-            "comment", "properties")  # fmt: skip
 
 
 class Settings:
@@ -523,7 +521,6 @@ class DoorBroker(pb.Broker):
         self.peer = _peer(self)
         self.address = self.peer.rsplit(":", 1)[0]
         self.user: str | None = None
-        self.perspective_obj: TryPerspective | None = None
         self.login_tries = 0  # responses checked
         self.logins = 0  # challenges asked for
         self.refusals = 0
@@ -556,13 +553,11 @@ class DoorBroker(pb.Broker):
                                  what=f"PB message over {self.limit} bytes",
                                  **{"from": self.peer})  # fmt: skip
             self.outcome = "message too large"
-            self.buffer = b""
-            self.listStack = []
             self.transport.abortConnection()
             return
         try:
             super().dataReceived(chunk)
-        except (banana.BananaError, NotImplementedError, KeyError, IndexError) as err:
+        except Exception as err:  # Banana's and Jelly's errors for data that is not PB
             self.door.log.record(event="refused", user=self.user, door="pb",
                                  what=f"malformed PB data: {err}"[:200],
                                  **{"from": self.peer})  # fmt: skip
@@ -636,7 +631,6 @@ class PBDoor:
         self.port: Any = None
         self.thread: threading.Thread | None = None
         self.address = ""
-        self._deliveries = 0
 
     # -- life --------------------------------------------------------------------------------
 
@@ -679,7 +673,6 @@ class PBDoor:
     def logged_in(self, perspective: TryPerspective) -> None:
         broker = perspective.broker
         broker.user = perspective.user
-        broker.perspective_obj = perspective
         broker.outcome = "ok"
         policy = self.config.user(perspective.user)
         limit = (policy.max_job_size if policy else None) or self.config.max_job_size
