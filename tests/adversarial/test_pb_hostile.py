@@ -206,3 +206,15 @@ def test_wrong_passwords_lock_the_address_out(tmp_path: Path) -> None:
         assert "event=lockout address=127.0.0.1" in audit
     finally:
         serve.stop()
+
+
+def test_a_silent_connection_is_closed_at_the_login_deadline(tmp_path: Path) -> None:
+    serve = PBServe(tmp_path, consume=False, pb={"login_timeout": 1}).start()
+    try:
+        with socket.create_connection(("127.0.0.1", serve.port), timeout=30) as sock:
+            sock.settimeout(30)
+            while sock.recv(4096):  # the dialect list, then EOF at the deadline
+                pass
+        wait_until(lambda: 'outcome="login timeout"' in serve.audit(), timeout=10)
+    finally:
+        serve.stop()
