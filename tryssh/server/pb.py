@@ -668,6 +668,23 @@ class PBDoor:
         _reactor.callFromThread(_reactor.stop)
         self.thread.join(timeout=10)
 
+    def reload(self, config: Config) -> None:
+        """Take a new reading of the config (serve's SIGHUP): secrets and policy change for
+        the next login or call; the listen address and limits of [pb] take a restart.
+        Safe from any thread: the swap happens in the reactor's."""
+        try:
+            Settings(config)
+            accounts = pb_accounts(config)
+        except ConfigError as err:
+            self.log.say(f"PB door: reload refused, the config in use stays: {err.message}")
+            return
+
+        def swap() -> None:
+            self.config, self.accounts = config, accounts
+            self.store = RecordStore(config.state_dir)
+
+        _reactor.callFromThread(swap)
+
     # -- calls from the perspective ----------------------------------------------------------
 
     def logged_in(self, perspective: TryPerspective) -> None:
