@@ -129,3 +129,46 @@ def test_pb_secret_is_md5_of_the_password(tmp_path: Path) -> None:
         load_pb_secret(str(path))
     with pytest.raises(ConfigError, match="No such file"):
         load_pb_secret(str(tmp_path / "missing"))
+
+
+# -- following a job's record -----------------------------------------------------------------
+
+
+def test_build_set_follows_the_record() -> None:
+    from tryssh.server.pb import EXCEPTION, FAILURE, SUCCESS, BuildSet
+
+    bs = BuildSet(None, None, "J", ["a", "b"])  # type: ignore[arg-type]
+    a, b = bs.requests["a"], bs.requests["b"]
+    bs.update(None)  # not claimed yet
+    assert a.build is None and b.build is None and not bs.done
+    bs.update({"state": "running", "builders": {"a": {"state": "running"}, "b": {}}})
+    assert a.build is not None and a.build.results is None and b.build is None
+    finished: list[object] = []
+    a.build.remote_waitUntilFinished().addCallback(finished.append)  # type: ignore[union-attr]
+    bs.update({"state": "failure", "builders": {
+        "a": {"state": "done", "result": "success", "exit": 0},
+        "b": {"state": "done", "result": "failure", "exit": 2, "reason": "exit status 2"},
+    }})  # fmt: skip
+    assert finished == [a.build]  # waitUntilFinished answers with the build itself
+    assert a.build.remote_getResults() == SUCCESS
+    assert a.build.remote_getText() == ["build successful", "job J"]
+    assert b.build is not None and b.build.remote_getResults() == FAILURE
+    assert b.build.remote_getText() == ["failure: exit status 2", "job J"]
+    assert b.build.remote_waitUntilFinished() is b.build  # already finished: at once
+    assert bs.done
+    rejected = BuildSet(None, None, "K", ["a"])  # type: ignore[arg-type]
+    rejected.update({"state": "rejected", "reason": "branch 'x' is not allowed", "builders": {}})
+    build = rejected.requests["a"].build
+    assert build is not None and build.remote_getResults() == EXCEPTION
+    assert build.remote_getText() == ["rejected: branch 'x' is not allowed", "job K"]
+
+
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [("success", 0), ("failure", 2), ("error", 4), ("cancelled", 6), ("interrupted", 4),
+     (None, 4), ("something new", 4)],
+)  # fmt: skip
+def test_results_map_to_buildbot_codes(result: str | None, code: int) -> None:
+    from tryssh.server.pb import _results
+
+    assert _results({"state": "done", "result": result}, "J")[0] == code
