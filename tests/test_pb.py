@@ -166,7 +166,7 @@ def test_sigterm_stops_both_doors(tmp_path: Path) -> None:
     serve = PBServe(tmp_path, consume=False).start()
     serve.stop()
     assert serve.proc is not None and serve.proc.returncode == 0, serve.output()
-    assert "tryssh serve: stopped" in serve.output()
+    assert "event=serve-stopped" in serve.output()
 
 
 # -- configuration --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_loopback_listen_is_accepted(listen: str) -> None:
 @pytest.mark.parametrize("listen", ["0.0.0.0:8031", "[::]:1", "10.0.0.1:1", "example.org:1"])
 def test_network_listen_needs_insecure_network(listen: str) -> None:
     with pytest.raises(ConfigError, match="not a loopback address"):
-        Settings(_config({"listen": listen}))  # type: ignore[arg-type]
+        _config({"listen": listen})
     Settings(_config({"listen": listen, "insecure_network": True}))  # type: ignore[arg-type]
 
 
@@ -106,7 +106,9 @@ def test_pb_table_keys_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"pb\.insecure_network: must be true or false"):
         _config({"insecure_network": "yes"})
     with pytest.raises(ConfigError, match=r"pb\.max_connections: must be greater than 0"):
-        Settings(_config({"max_connections": 0}))  # type: ignore[arg-type]
+        _config({"max_connections": 0})
+    with pytest.raises(ConfigError, match=r"pb\.listen: expected HOST:PORT"):
+        _config({"listen": "nowhere"})
 
 
 def test_pb_secret_is_md5_of_the_password(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tryssh.errors import EX_OK, ConfigError, TrysshError, UsageError
+from tryssh.core.logfmt import ERR, INFO, EventLog
+from tryssh.errors import ConfigError, TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
-def serve_cmd(config_path: str, consume: bool) -> int:
+def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
     ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
 
     With a ``[pb]`` table it also opens Buildbot's PB door, for unchanged
     ``buildbot try --connect=pb`` clients (needs ``pip install 'tryssh[pb]'``; plaintext,
@@ -47,10 +49,10 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
       buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
-    \b
-    Exit codes: 0 stopped by a signal, 64 usage, 73 cannot create a file it needs,
-    75 cannot listen (address in use), 77 permission denied,
-    78 config error (including [pb] without Twisted, or on a non-loopback address).
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 75 cannot listen, 78 config error (a weak or
+    malformed key, a bad [serve] or [pb] value, no [users.NAME] account, a host key or a
+    pb_secret_file others can read, [pb] without Twisted or on a non-loopback address).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -74,7 +76,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     consumer = consumer_thread = None
     try:
         if consume:
-            consumer, consumer_thread = _start_consumer(config, stop)
+            consumer, consumer_thread = _start_consumer(config, stop, server.log.events)
         if door is not None:
             click.echo(
                 f"tryssh serve: PB door (buildbot try --connect=pb) listening on "
@@ -95,8 +97,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
-    click.echo("tryssh serve: stopped", err=True)
-    return EX_OK
+    server.log.events(INFO, event="serve-stopped")
 
 
 def _pb_door(config: Config, server: EmbeddedServer) -> PBDoor:
@@ -112,10 +113,12 @@ def _pb_door(config: Config, server: EmbeddedServer) -> PBDoor:
     return start_door(config, server.log, server.limiter, settings.max_auth_tries)
 
 
-def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
+def _start_consumer(
+    config: Config, stop: threading.Event, events: EventLog
+) -> tuple[Consumer, threading.Thread]:
     from tryssh.server.consumer import Consumer
 
-    consumer = Consumer(config)
+    consumer = Consumer(config, log=events)  # one stream, one format: the server's
     consumer.prepare()  # config and directory errors before the ready line, not in a thread
 
     def run() -> None:
@@ -123,7 +126,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
             consumer.run()
         except Exception as err:
             message = err.message if isinstance(err, TrysshError) else repr(err)
-            click.echo(f"tryssh serve: the consumer stopped: {message}", err=True)
+            events(ERR, event="consumer-stopped", reason=message)
         finally:
             stop.set()  # a dead consumer must not leave a server taking jobs nobody runs
 
@@ -138,7 +141,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
     "--pb", "for_pb", is_flag=True,
     help="print the PB door's secret (for pb_secret_file) instead of the SSH door's hash",
 )  # fmt: skip
-def passwd_cmd(from_stdin: bool, for_pb: bool) -> int:
+def passwd_cmd(from_stdin: bool, for_pb: bool) -> None:
     """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
@@ -175,8 +178,7 @@ def passwd_cmd(from_stdin: bool, for_pb: bool) -> int:
         if not from_stdin:
             click.echo('save it to a file of mode 0600; in the user\'s table: '
                        'pb_secret_file = "<that file>"', err=True)  # fmt: skip
-        return EX_OK
+        return
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)
-    return EX_OK

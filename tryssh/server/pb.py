@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import inspect
 import io
-import ipaddress
 import json
 import os
 import threading
@@ -41,14 +40,14 @@ from twisted.spread import banana, pb
 from zope.interface import implementer
 
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.netaddr import format_address, parse_listen
 from tryssh.core.records import FINAL_STATES, RecordStore
-from tryssh.core.request import Request
 from tryssh.errors import ConfigError, TempFail, TrysshError
 from tryssh.server.config import Config
 from tryssh.server.passwords import load_pb_secret
-from tryssh.server.policy import Refused, allowed_builders, choose_builders
-from tryssh.server.serve import AUTH_TIMEOUT, AuthLimiter, Log, format_address, parse_listen
-from tryssh.server.tryserver import REFUSALS, Options, Server, handle
+from tryssh.server.policy import PolicyRefused, allowed_builders, choose_builders
+from tryssh.server.serve import AUTH_TIMEOUT, AuthLimiter, Log
+from tryssh.server.tryserver import Options, RequestContext, run_request
 
 _reactor: Any = reactor  # the global reactor, typed loosely (Twisted's stubs are partial)
 assert IReactorTCP.providedBy(_reactor) and IReactorCore.providedBy(_reactor)
@@ -65,35 +64,16 @@ RESULT_CODES = {"success": SUCCESS, "failure": FAILURE, "error": EXCEPTION,
 
 
 class Settings:
-    """The ``[pb]`` table with its defaults filled in."""
+    """The ``[pb]`` table (which :mod:`tryssh.server.config` checked) with its defaults."""
 
     def __init__(self, config: Config) -> None:
         table = config.pb or {}
-        where = f"{config.path}: pb."
-        self.host, self.port = parse_listen(table.get("listen", DEFAULT_LISTEN), where + "listen")
+        self.host, self.port = parse_listen(table.get("listen", DEFAULT_LISTEN))
         self.insecure_network = bool(table.get("insecure_network", False))
         self.max_connections = int(table.get("max_connections", 32))
         self.max_tries_per_connection = int(table.get("max_tries_per_connection", 16))
         self.login_timeout = float(table.get("login_timeout", AUTH_TIMEOUT))
         self.idle_timeout = float(table.get("idle_timeout", 300))
-        for key in ("max_connections", "max_tries_per_connection", "login_timeout",
-                    "idle_timeout"):  # fmt: skip
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{where}{key}: must be greater than 0")
-        if not self.insecure_network and not _is_loopback(self.host):
-            raise ConfigError(
-                f"{where}listen: {self.host} is not a loopback address and the PB wire is "
-                "plaintext; use 127.0.0.1 with an ssh -L tunnel, or set insecure_network = true"
-            )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it could resolve to anything
 
 
 def pb_accounts(config: Config) -> dict[str, bytes]:
@@ -732,7 +712,7 @@ class PBDoor:
         try:
             pending = self.store.pending_count(user) if os.path.isdir(self.store.active) else 0
             builders = choose_builders(config, user, requested, job.branch, len(data), pending)
-        except Refused as err:
+        except PolicyRefused as err:
             fields.update(verb="deliver", outcome="refused", reason=err.message,
                           exit=err.exit_code)  # fmt: skip
             self.log.record(**fields)
@@ -753,24 +733,21 @@ class PBDoor:
         return d
 
     def _deliver_blocking(self, user: str, data: bytes, fields: dict[str, object]) -> str:
-        """Deliver through tryserver's own ``handle`` (runs in a reactor pool thread)."""
+        """Deliver through tryserver's own ``run_request``, as both other doors do: the
+        same checks, outcome and audit line (runs in a reactor pool thread)."""
         config = self.config
-        opts = Options(jobdir=config.jobdir, user=user, config=config.path)
-        server: Server | None = None
-        code = 70
-        try:
-            server = Server(opts, env={}, config=config)
-            code = handle(server, Request("deliver"), io.BytesIO(data), io.StringIO(), fields)
-        except TrysshError as err:
-            code = err.exit_code
-            fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
-            fields.setdefault("reason", err.message)
-            raise
-        finally:
-            if server is not None:
-                server.close()
-            fields["exit"] = code
-            self.log.record(**fields)
+        said: list[str] = []
+
+        def open_request() -> RequestContext:
+            # No client command: the request is a delivery, the identity the login name.
+            opts = Options(jobdir=config.jobdir, user=user, config=config.path)
+            return RequestContext(opts, env={}, config=config, audit=self.log.audit)
+
+        code = run_request(open_request, io.BytesIO(data), io.StringIO(), fields,
+                           say=said.append, warn=self.log.say, audit=self.log.audit)  # fmt: skip
+        if code != 0:
+            message = said[-1].removeprefix("tryserver: ") if said else f"exit status {code}"
+            raise TrysshError(message, code)
         return str(fields["job"])
 
     # -- following jobs ----------------------------------------------------------------------
