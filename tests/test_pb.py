@@ -68,6 +68,7 @@ def test_submit_delivers_a_job_with_who_pinned(server: PBServe, work: Path) -> N
     assert job.version == 5
     line = next(x for x in server.audit().splitlines() if f"job={name}" in x)
     assert "auth=pb" in line and "user=alice" in line and "from=127.0.0.1:" in line
+    assert "cmd=deliver" in line and "outcome=ok" in line
 
 
 def test_wait_for_a_passing_build_exits_0(server: PBServe, work: Path) -> None:

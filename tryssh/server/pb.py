@@ -698,7 +698,7 @@ class PBDoor:
         allowed = allowed_builders(config, user)
         requested = job.builder_names
         fields: dict[str, object] = {"user": user, "from": broker.peer, "auth": "pb",
-                                     "cmd": "pb try"}  # fmt: skip
+                                     "cmd": "deliver"}  # fmt: skip
         unknown = [n for n in requested or () if n not in allowed]
         if not allowed or unknown:
             # Buildbot answers None and its client says the builder is not configured.
@@ -741,6 +741,7 @@ class PBDoor:
         def open_request() -> RequestContext:
             # No client command: the request is a delivery, the identity the login name.
             opts = Options(jobdir=config.jobdir, user=user, config=config.path)
+            opts.words = ["deliver"]  # what the audit line shows as the command
             return RequestContext(opts, env={}, config=config, audit=self.log.audit)
 
         code = run_request(open_request, io.BytesIO(data), io.StringIO(), fields,
