@@ -498,6 +498,8 @@ class DoorBroker(pb.Broker):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # PB is request/answer in small messages: Nagle plus delayed ACKs would stall each.
+        self.transport.setTcpNoDelay(True)
         self.peer = _peer(self)
         self.address = self.peer.rsplit(":", 1)[0]
         self.user: str | None = None
