@@ -30,7 +30,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
-    ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
+    'tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)'.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
     Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
@@ -50,9 +50,10 @@ def serve_cmd(config_path: str, consume: bool) -> None:
       tryssh try --host host --port 2222 -u alice -b unit --wait
       buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
 
-    Exit codes: 0 stopped by SIGTERM/SIGINT, 75 cannot listen, 78 config error (a weak or
-    malformed key, a bad [serve] or [pb] value, no [users.NAME] account, a host key or a
-    pb_secret_file others can read, [pb] without Twisted or on a non-loopback address).
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 73 cannot create the host key or
+    state, 75 cannot listen (address in use), 78 config error (a weak or malformed key, a
+    bad [serve] or [pb] value, no [users.NAME] account, a host key or a pb_secret_file
+    others can read, [pb] without Twisted or on a non-loopback address).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -142,7 +143,7 @@ def _start_consumer(
     help="print the PB door's secret (for pb_secret_file) instead of the SSH door's hash",
 )  # fmt: skip
 def passwd_cmd(from_stdin: bool, for_pb: bool) -> None:
-    """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
+    """Print a salted scrypt hash for password_hash in a [users.NAME] table.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
     (the first line) from stdin.
@@ -153,7 +154,7 @@ def passwd_cmd(from_stdin: bool, for_pb: bool) -> None:
     ``pb_secret_file`` in ``[users.NAME]``, e.g.
     ``(umask 077; tryssh passwd --pb > /etc/tryssh/alice.pb)``.
 
-    Exit codes: 0 ok, 64 usage (empty or differing passwords, stdin not a terminal).
+    Exit codes: 0 ok, 64 usage, or the passwords differ, 130 interrupted.
     """
     import getpass
 
