@@ -11,7 +11,7 @@ Both builders run one command that appends ``time.time()`` to a stamp file. From
 *submit-to-build-start* = stamp - the client's launch, *build-end-to-client-exit* = the
 client's exit - stamp (medians over --runs). Ratios are tryssh / Buildbot: lower is
 better. Targets: none judged (information), exit status 1 only if a run fails.
-Usage: ``.venv/bin/python bench/bench_pb.py [--runs N] [--json] [--tryssh-only]``.
+Usage: ``.venv/bin/python bench/bench_pb.py [--runs N] [--quick] [--json] [--tryssh-only]``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="submissions per server")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--tryssh-only", action="store_true", help="skip the Buildbot master")
+    parser.add_argument("--quick", action="store_true", help="3 submissions per server")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 3
     with tempfile.TemporaryDirectory(prefix="tryssh-bench-pb-") as tmp:
         base = Path(tmp)
         work = base / "work"
