@@ -35,9 +35,9 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
     Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
 
-    With a ``[pb]`` table it also opens Buildbot's PB door, for unchanged
-    ``buildbot try --connect=pb`` clients (needs ``pip install 'tryssh[pb]'``; plaintext,
-    loopback unless ``insecure_network = true``; see the README).
+    With a [pb] table it also opens Buildbot's PB door, for unchanged
+    "buildbot try --connect=pb" clients (needs pip install 'tryssh[pb]'; plaintext,
+    loopback unless insecure_network = true; see the README).
 
     \b
     Examples:
@@ -148,11 +148,11 @@ def passwd_cmd(from_stdin: bool, for_pb: bool) -> None:
     On a terminal the password is asked twice without echo; with --stdin it is read once
     (the first line) from stdin.
 
-    With --pb it prints the PB door's secret instead: ``pb-md5:`` and the MD5 of the
+    With --pb it prints the PB door's secret instead: "pb-md5:" and the MD5 of the
     password. Buildbot's PB login needs exactly that on the server, so the line is as good
     as the password for logging in to the PB door: keep it in a file of mode 0600 named by
-    ``pb_secret_file`` in ``[users.NAME]``, e.g.
-    ``(umask 077; tryssh passwd --pb > /etc/tryssh/alice.pb)``.
+    pb_secret_file in [users.NAME], e.g.
+    (umask 077; tryssh passwd --pb > /etc/tryssh/alice.pb).
 
     Exit codes: 0 ok, 64 usage, or the passwords differ, 130 interrupted.
     """
