@@ -361,7 +361,7 @@ class Connection(paramiko.ServerInterface):
         self.last_activity = self.started
         self.wake = threading.Event()
         self.workers: dict[int, threading.Thread] = {}
-        self.sessions = 0
+        self.channels: dict[int, paramiko.Channel] = {}
         self._lock = threading.Lock()
         self.transport: paramiko.Transport | None = None
 
@@ -465,12 +465,25 @@ class Connection(paramiko.ServerInterface):
         if kind != "session":
             self._refuse(f"channel type {kind}")
             return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        # Decide under the lock, log outside it: _refuse takes the lock too (not reentrant).
         with self._lock:
-            if self.sessions >= MAX_SESSIONS or self.server.stopping.is_set():
-                self._refuse("session (too many sessions)")
-                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
-            self.sessions += 1
+            full = self._open_sessions() >= MAX_SESSIONS
+        if full or self.server.stopping.is_set():
+            self._refuse("session (too many sessions)" if full else "session (server stopping)")
+            return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
         return paramiko.OPEN_SUCCEEDED
+
+    def _open_sessions(self) -> int:
+        """Channels still open or still running a request (call with the lock held).
+
+        paramiko queues every opened channel for ``accept()``; taking them here keeps that
+        queue empty and lets a channel closed without a request stop counting.
+        """
+        transport = self.transport
+        while transport is not None and (channel := transport.accept(0)) is not None:
+            self.channels[channel.get_id()] = channel
+        self.channels = {i: c for i, c in self.channels.items() if not c.closed}
+        return len(self.channels.keys() | self.workers.keys())
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: Any, destination: Any) -> int:
         self._refuse(f"port forwarding to {destination[0]}:{destination[1]}")
@@ -591,7 +604,6 @@ class Connection(paramiko.ServerInterface):
                 pass
             with self._lock:
                 self.workers.pop(channel.get_id(), None)
-                self.sessions -= 1
             self.touch()
             self.wake.set()
 
