@@ -67,6 +67,11 @@ SERVE_KEYS: dict[str, Any] = {
     "max_connections": int,
     "idle_timeout": (int, float),
     "banner": str,
+    "login_grace_time": (int, float),
+    "max_request_time": (int, float),
+    "max_auth_failures": int,
+    "per_source_max_startups": int,
+    "max_startups": str,
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),

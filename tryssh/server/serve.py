@@ -14,6 +14,7 @@ import base64
 import binascii
 import logging
 import os
+import random
 import socket
 import sys
 import threading
@@ -42,8 +43,11 @@ from tryssh.server.tryserver import REFUSALS, Options, Server, handle
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
-AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
+# Password checks at once: each scrypt costs ~32 MiB, so a burst of guesses must queue
+# instead of adding up (a burst of 32 took the server to 964 MB before this bound).
+HASH_SLOTS = 2
+HASH_WAIT = 10.0  # seconds an attempt waits for a slot before it fails (not counted as a guess)
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -62,6 +66,11 @@ class Settings:
     max_connections: int = 32
     idle_timeout: float = 300.0
     banner: str | None = None
+    login_grace_time: float = 60.0  # accept to authenticated, however the bytes trickle in
+    max_request_time: float = 3600.0  # one request, however the bytes trickle in
+    max_auth_failures: int = 60  # failed passwords from all addresses per penalty window
+    per_source_max_startups: int = 8  # unauthenticated connections from one address
+    max_startups: tuple[int, int, int] = (10, 30, 20)  # like sshd's MaxStartups start:rate:full
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -80,12 +89,34 @@ class Settings:
             "auth_penalty_seconds",
             "max_connections",
             "idle_timeout",
+            "login_grace_time",
+            "max_request_time",
+            "max_auth_failures",
+            "per_source_max_startups",
         ):
             if key in serve:
-                if serve[key] <= 0:
-                    raise ConfigError(f"{where}{key}: must be greater than 0")
+                # "not > 0" also refuses nan; inf would disable the limit.
+                if not serve[key] > 0 or serve[key] == float("inf"):
+                    raise ConfigError(f"{where}{key}: must be a number greater than 0")
                 setattr(settings, key, serve[key])
+        if "max_startups" in serve:
+            settings.max_startups = parse_max_startups(
+                serve["max_startups"], where + "max_startups"
+            )
         return settings
+
+
+def parse_max_startups(text: str, where: str = "max_startups") -> tuple[int, int, int]:
+    """sshd's ``start:rate:full`` (or one number, ``full``) → (start, rate %, full)."""
+    words = text.split(":")
+    if len(words) == 1:
+        words = [words[0], "100", words[0]]
+    if len(words) != 3 or not all(w.isdigit() for w in words):
+        raise ConfigError(f"{where}: expected START:RATE:FULL (e.g. 10:30:20), got {text!r}")
+    start, rate, full = (int(w) for w in words)
+    if not 0 < start <= full or not 0 < rate <= 100:
+        raise ConfigError(f"{where}: expected 0 < START <= FULL and 0 < RATE <= 100, got {text!r}")
+    return start, rate, full
 
 
 def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
@@ -241,34 +272,84 @@ class Log:
 
 
 class AuthLimiter:
-    """Failed authentications per source address, and the lockout after too many."""
+    """Failed password checks: per source address (with a lockout) and for all addresses.
+
+    An attempt is reserved with :meth:`begin` before its hash is computed and settled with
+    :meth:`end`: attempts in flight count against the limits, so parallel connections cannot
+    get more guesses evaluated than the limit (32 at once got 40 past a limit of 10 when only
+    finished failures counted).
+    """
 
     SWEEP_AT = 1024  # addresses tracked before forgiven ones are swept out
 
     def __init__(
-        self, max_failures: int, penalty: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_failures: int,
+        penalty: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_global_failures: int = 0,
     ) -> None:
         self.max_failures = max_failures
         self.penalty = penalty
         self.clock = clock
+        self.max_global_failures = max_global_failures  # 0: no global limit
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
+        self._global: deque[float] = deque()
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def locked(self, address: str) -> float:
         """Seconds the address stays locked out (0 if it may try)."""
         with self._lock:
-            until = self._locked_until.get(address, 0.0)
-            left = until - self.clock()
-            if left <= 0:
-                self._locked_until.pop(address, None)
-                return 0.0
-            return left
+            return self._locked_left(address, self.clock())
+
+    def _locked_left(self, address: str, now: float) -> float:
+        left = self._locked_until.get(address, 0.0) - now
+        if left <= 0:
+            self._locked_until.pop(address, None)
+            return 0.0
+        return left
+
+    def begin(self, address: str) -> str | None:
+        """Reserve one password check for *address*; None if it may go on, else why not."""
+        now = self.clock()
+        with self._lock:
+            if self._locked_left(address, now):
+                return "address locked out"
+            recent = self._failures.get(address, ())
+            fresh = sum(1 for t in recent if t >= now - self.penalty)
+            in_flight = self._in_flight.get(address, 0)
+            if fresh + in_flight >= self.max_failures:
+                return "too many attempts in flight from this address"
+            if self.max_global_failures:
+                while self._global and self._global[0] < now - self.penalty:
+                    self._global.popleft()
+                if len(self._global) + sum(self._in_flight.values()) >= self.max_global_failures:
+                    return "too many failed logins from all addresses"
+            self._in_flight[address] = in_flight + 1
+            return None
+
+    def end(self, address: str, ok: bool | None) -> bool:
+        """Settle a reserved check (None: never evaluated); True if it just locked *address*."""
+        with self._lock:
+            left = self._in_flight.get(address, 0) - 1
+            if left > 0:
+                self._in_flight[address] = left
+            else:
+                self._in_flight.pop(address, None)
+        if ok is None:
+            return False
+        if ok:
+            self.success(address)
+            return False
+        return self.failure(address)
 
     def failure(self, address: str) -> bool:
         """Count one failure; True if it just locked the address out."""
         now = self.clock()
         with self._lock:
+            self._global.append(now)
             recent = self._failures.setdefault(address, deque())
             recent.append(now)
             # Failures older than the penalty window are forgiven.
@@ -294,13 +375,40 @@ class AuthLimiter:
 # -- channel adapters -------------------------------------------------------------------------
 
 
+class RequestClock:
+    """A request's two timeouts: idle (no traffic) and a hard deadline (``max_request_time``).
+
+    The idle timeout restarts on every byte; the deadline does not, so a client trickling a
+    byte now and then cannot hold a request (and its slot) for ever.
+    """
+
+    def __init__(self, channel: paramiko.Channel, idle: float, max_time: float) -> None:
+        self.channel = channel
+        self.idle = idle
+        self.max_time = max_time
+        self.deadline = time.monotonic() + max_time
+
+    def arm(self) -> None:
+        """Set the channel's timeout for the next read or write; TempFail once past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.expired()
+        self.channel.settimeout(min(self.idle, left))
+
+    def expired(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise TempFail(f"request took longer than {self.max_time:g} s; gave up")
+
+
 class ChannelStdin:
     """The channel's data as a binary stdin: ``read(n)`` returns b"" at EOF."""
 
-    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None], idle: float) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
+    ) -> None:
         self.channel = channel
         self.touch = touch
-        self.idle = idle
+        self.clock = clock
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -308,10 +416,12 @@ class ChannelStdin:
             while chunk := self.read(1 << 16):
                 chunks.append(chunk)
             return b"".join(chunks)
+        self.clock.arm()
         try:
             data = self.channel.recv(size)
         except TimeoutError:
-            raise TempFail(f"no input for {self.idle:g} s: idle timeout") from None
+            self.clock.expired()
+            raise TempFail(f"no input for {self.clock.idle:g} s: idle timeout") from None
         self.touch()
         return data
 
@@ -319,14 +429,19 @@ class ChannelStdin:
 class ChannelStdout:
     """The channel's data as a text stdout."""
 
-    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None]) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
+    ) -> None:
         self.channel = channel
         self.touch = touch
+        self.clock = clock
 
     def write(self, text: str) -> int:
+        self.clock.arm()
         try:
             self.channel.sendall(text.encode("utf-8"))
         except TimeoutError:
+            self.clock.expired()
             raise TempFail("client stopped reading: idle timeout") from None
         self.touch()
         return len(text)
@@ -373,6 +488,19 @@ class Connection(paramiko.ServerInterface):
     def close_soon(self, reason: str) -> None:
         self.close_reason = self.close_reason or reason
         self.wake.set()
+
+    @property
+    def authenticated(self) -> bool:
+        transport = self.transport
+        return self.user is not None or (transport is not None and transport.is_authenticated())
+
+    def expire(self, reason: str) -> None:
+        """Close at once, from another thread: paramiko's own timeouts restart on every byte."""
+        self.close_soon(reason)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # -- authentication ----------------------------------------------------------------------
 
@@ -425,20 +553,34 @@ class Connection(paramiko.ServerInterface):
     def check_auth_password(self, username: str, password: str) -> int:
         if self._locked_out() or not self._count_try():
             return paramiko.AUTH_FAILED
-        account = self.server.accounts.get(username)
-        encoded = account.password_hash if account else None
-        # Unknown users cost the same scrypt as known ones: timing must not name users.
-        ok = verify_password(password, encoded or self.server.dummy_hash) and encoded is not None
+        limiter = self.server.limiter
+        why = limiter.begin(self.address)
+        if why is not None:
+            # Refused before any hashing: a guess that is not evaluated cannot succeed.
+            self.failures += 1
+            self.outcome = "auth refused"
+            self.log.say(f"{self.peer}: password attempt for {username!r} refused: {why}")
+            self.log.record(
+                event="auth", outcome="refused", method="password", user=username,
+                reason=why, **{"from": self.peer},
+            )  # fmt: skip
+            return paramiko.AUTH_FAILED
+        ok: bool | None = None
+        try:
+            ok = self._check_password(username, password)
+        finally:
+            locked = limiter.end(self.address, ok)
+        if ok is None:
+            return paramiko.AUTH_FAILED
         if ok:
             self.method, self.key_fp = "password", None
-            self.server.limiter.success(self.address)
             return paramiko.AUTH_SUCCESSFUL
         self.failures += 1
         self.outcome = "auth failed"
         self.log.record(
             event="auth", outcome="failed", method="password", user=username, **{"from": self.peer}
         )
-        if self.server.limiter.failure(self.address):
+        if locked:
             self.log.say(
                 f"{self.peer}: {self.settings.max_auth_failures_per_address} failed logins from "
                 f"{self.address}: locked out for {self.settings.auth_penalty_seconds:g} s"
@@ -450,6 +592,20 @@ class Connection(paramiko.ServerInterface):
                 **{"from": self.peer},
             )
         return paramiko.AUTH_FAILED
+
+    def _check_password(self, username: str, password: str) -> bool | None:
+        """True/False once checked; None if no hashing slot freed up in time (not a guess)."""
+        if not self.server.hash_slots.acquire(timeout=HASH_WAIT):
+            self.log.say(f"{self.peer}: password check for {username!r} dropped: server busy")
+            return None
+        try:
+            account = self.server.accounts.get(username)
+            encoded = account.password_hash if account else None
+            # Unknown users cost the same scrypt as known ones: timing must not name users.
+            checked = verify_password(password, encoded or self.server.dummy_hash)
+            return checked and encoded is not None
+        finally:
+            self.server.hash_slots.release()
 
     # -- channels: only "session", and only exec on it -------------------------------------------
 
@@ -551,6 +707,7 @@ class Connection(paramiko.ServerInterface):
         }
         code = EX_SOFTWARE
         tryserver: Server | None = None
+        clock = RequestClock(channel, self.settings.idle_timeout, self.settings.max_request_time)
         channel.settimeout(self.settings.idle_timeout)
         try:
             try:
@@ -565,8 +722,8 @@ class Connection(paramiko.ServerInterface):
             code = handle(
                 tryserver,
                 request,
-                ChannelStdin(channel, self.touch, self.settings.idle_timeout),  # type: ignore[arg-type]
-                ChannelStdout(channel, self.touch),  # type: ignore[arg-type]
+                ChannelStdin(channel, self.touch, clock),  # type: ignore[arg-type]
+                ChannelStdout(channel, self.touch, clock),  # type: ignore[arg-type]
                 fields,
             )
         except TrysshError as err:
@@ -629,7 +786,7 @@ class Connection(paramiko.ServerInterface):
     @property
     def auth_timeout(self) -> float:
         # Like sshd's LoginGraceTime: an unauthenticated client holds a connection slot.
-        return min(self.settings.idle_timeout, AUTH_TIMEOUT)
+        return min(self.settings.idle_timeout, self.settings.login_grace_time)
 
     def _serve(self) -> None:
         settings = self.settings
@@ -641,8 +798,9 @@ class Connection(paramiko.ServerInterface):
         try:
             transport.start_server(server=self)
         except (paramiko.SSHException, EOFError, OSError) as err:
-            self.outcome = "handshake failed"
-            self.log.say(f"{self.peer}: handshake failed: {err or type(err).__name__}")
+            self.outcome = self.close_reason or "handshake failed"
+            why = self.close_reason or err or type(err).__name__
+            self.log.say(f"{self.peer}: handshake failed: {why}")
             transport.close()
             self._record_end()
             return
@@ -743,8 +901,12 @@ class EmbeddedServer:
         os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
         self.log = Log(AuditLog(config.audit_log), log_stream)
         self.limiter = AuthLimiter(
-            self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
+            self.settings.max_auth_failures_per_address,
+            self.settings.auth_penalty_seconds,
+            max_global_failures=self.settings.max_auth_failures,
         )
+        self.hash_slots = threading.BoundedSemaphore(HASH_SLOTS)
+        self.random = random.SystemRandom()
         self.stopping = threading.Event()
         self.connections: set[Connection] = set()
         self.threads: list[threading.Thread] = []
@@ -781,8 +943,12 @@ class EmbeddedServer:
     def serve(self, stop: threading.Event) -> None:
         """Accept until *stop* is set; then stop accepting and finish the connections."""
         assert self.sock is not None, "bind() first"
+        reaped = time.monotonic()
         try:
             while not stop.is_set():
+                if time.monotonic() - reaped >= POLL:
+                    self._reap()
+                    reaped = time.monotonic()
                 try:
                     client, addr = self.sock.accept()
                 except TimeoutError:
@@ -802,20 +968,55 @@ class EmbeddedServer:
             for thread in threads:
                 thread.join()
 
+    def _reap(self) -> None:
+        """Close connections still not logged in after ``login_grace_time``, from accept on."""
+        now = time.monotonic()
+        with self._lock:
+            late = [
+                c
+                for c in self.connections
+                if now - c.started > c.auth_timeout and not c.authenticated
+            ]
+        for conn in late:
+            conn.expire("authentication timeout")
+
+    def _refusal(self, address: str) -> str | None:
+        """Why a new connection from *address* is dropped at once, if it is (lock held).
+
+        Unauthenticated connections are capped per address (``per_source_max_startups``) and
+        in all (``max_startups``, with sshd's random early drop), so a flood from one address
+        cannot take every slot, and a flood from many gets only some.
+        """
+        settings = self.settings
+        if len(self.connections) >= settings.max_connections:
+            return f"{settings.max_connections} connections already open"
+        startups = [c for c in self.connections if not c.authenticated]
+        mine = sum(1 for c in startups if c.address == address)
+        if mine >= settings.per_source_max_startups:
+            return f"{mine} connections from {address} not logged in yet (per_source_max_startups)"
+        start, rate, full = settings.max_startups
+        if len(startups) >= full:
+            return f"{len(startups)} connections not logged in yet (max_startups)"
+        if len(startups) >= start:
+            # sshd's MaxStartups: drop with rate% at START, rising linearly to 100% at FULL.
+            chance = rate / 100 + (1 - rate / 100) * (len(startups) - start) / (full - start or 1)
+            if self.random.random() < chance:
+                return f"{len(startups)} connections not logged in yet (max_startups random drop)"
+        return None
+
     def _start_connection(self, client: socket.socket, addr: Any) -> None:
         peer = format_address(addr[0], addr[1])
+        address = peer.rsplit(":", 1)[0]
         client.settimeout(None)
         with self._lock:
             self.threads = [t for t in self.threads if t.is_alive()]
-            too_many = len(self.connections) >= self.settings.max_connections
-            if not too_many:
+            refusal = self._refusal(address)
+            if refusal is None:
                 conn = Connection(self, client, peer)
                 self.connections.add(conn)
-        if too_many:
-            self.log.say(
-                f"{peer}: refused: {self.settings.max_connections} connections already open"
-            )
-            self.log.record(event="connection", outcome="too many connections", **{"from": peer})
+        if refusal is not None:
+            self.log.say(f"{peer}: refused: {refusal}")
+            self.log.record(event="connection", outcome="dropped", reason=refusal, **{"from": peer})
             client.close()
             return
         thread = threading.Thread(target=conn.run, name=f"tryssh-conn-{peer}", daemon=True)
