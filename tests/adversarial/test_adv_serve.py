@@ -269,3 +269,27 @@ def test_max_startups_random_early_drop(tmp_path: object) -> None:
     assert 550 < drops < 800  # 5 of 4..8 not logged in: 50% + 50% * 1/4 = 62.5%
     server.connections |= {Half(f"10.0.1.{i}") for i in range(3)}  # type: ignore[misc]
     assert all(server._refusal("10.0.0.50") for _ in range(100))  # 8: full
+
+
+# -- a client that failed must not deliver ------------------------------------------------------
+
+
+def test_refused_pty_ends_the_session_before_anything_is_read(serve_factory: object) -> None:
+    server: Serve = serve_factory()  # type: ignore[operator]
+    # Before: ssh -tt exited 255 ("PTY allocation request failed") and the job was delivered.
+    for _ in range(5):
+        result = server.ssh("tryserver", input=make_job(), opts=["-tt"])
+        assert result.returncode == 255
+        assert b"PTY allocation request failed" in result.stderr
+    # The same with paramiko, which waits for each reply: the exec after the pty is refused.
+    transport = key_login(server)
+    try:
+        channel = transport.open_session(timeout=10)
+        with pytest.raises(paramiko.SSHException):
+            channel.get_pty()
+        with pytest.raises(paramiko.SSHException):
+            channel.exec_command("tryserver")
+    finally:
+        transport.close()
+    server.wait_log("exec after a refused pty")
+    assert server.delivered() == [] and server.leftovers() == []

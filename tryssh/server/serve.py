@@ -477,6 +477,7 @@ class Connection(paramiko.ServerInterface):
         self.wake = threading.Event()
         self.workers: dict[int, threading.Thread] = {}
         self.channels: dict[int, paramiko.Channel] = {}
+        self.pty_refused: set[int] = set()  # channels whose session ended with a refused pty
         self._lock = threading.Lock()
         self.transport: paramiko.Transport | None = None
 
@@ -654,6 +655,10 @@ class Connection(paramiko.ServerInterface):
 
     def check_channel_pty_request(self, channel: Any, *args: Any) -> bool:
         self._refuse("pty")
+        # The client failed (OpenSSH's ssh -tt exits 255): its session ends here, whatever it
+        # asks next, as with sshd. Before, the exec that follows delivered the job anyway.
+        with self._lock:
+            self.pty_refused.add(channel.get_id())
         return False
 
     def check_channel_shell_request(self, channel: Any) -> bool:
@@ -679,19 +684,24 @@ class Connection(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         self.touch()
+        worker = None
         with self._lock:
-            if channel.get_id() in self.workers or self.user is None:
-                return False
-            # Accept even a bad command: the worker answers it with a message and exit 64,
-            # as the forced command does, instead of a bare "exec request failed".
-            worker = threading.Thread(
-                target=self._run_exec,
-                args=(channel, command),
-                name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
-                daemon=True,
-            )
-            self.workers[channel.get_id()] = worker
-            self.requests += 1
+            refused = channel.get_id() in self.pty_refused
+            if not refused and channel.get_id() not in self.workers and self.user is not None:
+                # Accept even a bad command: the worker answers it with a message and exit 64,
+                # as the forced command does, instead of a bare "exec request failed".
+                worker = threading.Thread(
+                    target=self._run_exec,
+                    args=(channel, command),
+                    name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
+                    daemon=True,
+                )
+                self.workers[channel.get_id()] = worker
+                self.requests += 1
+        if refused:
+            self._refuse("exec after a refused pty")
+        if worker is None:
+            return False
         worker.start()
         return True
 
