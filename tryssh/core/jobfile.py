@@ -16,6 +16,7 @@ import binascii
 import codecs
 import io
 import json
+import os
 from collections.abc import Callable
 
 from tryssh.core import netstring
@@ -151,8 +152,10 @@ def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
 
 
 def parse_job_file(path: str, *, limit: int | None = None) -> Job:
-    """Read the job file at *path*."""
-    with open(path, "rb") as f:
+    """Read the job file at *path*: a regular file (NotAJobFile, a BadJob, otherwise)."""
+    from tryssh.core.jobdir import open_job
+
+    with os.fdopen(open_job(path), "rb") as f:
         return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
 
 

@@ -40,6 +40,7 @@ from tryssh.core.records import (
     ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
+    DamagedRecord,
     JobLock,
     RecordStore,
     builder_entry,
@@ -390,11 +391,15 @@ class Consumer:
         """Take over claimed, unfinished jobs no live consumer holds; returns how many."""
         count = 0
         for name in self.store.active_jobs():
-            final = self.store.read(name)
+            try:
+                final = self.store.read(name)
+            except DamagedRecord as err:
+                final = None  # its job is marked interrupted when processed (_process)
+                self.log(ERR, job=name, event="damaged-record", reason=err.message)
             if final is not None and final.get("state") in FINAL_STATES:
                 try:  # a stale active copy left by a crash just after the final write
                     os.unlink(self.store.active_path(name))
-                except FileNotFoundError:
+                except OSError:
                     pass
                 continue
             if self._resume_one(name):
@@ -430,8 +435,17 @@ class Consumer:
             except FileNotFoundError:
                 self._job_file_gone(name, path)
                 return
+            except (BadJob, OSError) as err:
+                # A FIFO, directory, symlink or unreadable file: never a job, but its
+                # submitter gets a record saying why (before, a FIFO hung a slot for ever).
+                self._not_a_job(name, path, err)
+                return
             # Read again under the lock: another consumer may have finished it meanwhile.
-            record = self.store.read(name)
+            try:
+                record = self.store.read(name)
+            except DamagedRecord as err:
+                self._damaged(name, path, err)
+                return
             if record is not None and record.get("state") in FINAL_STATES:
                 return
             if record is not None:
@@ -449,9 +463,38 @@ class Consumer:
             lock.release()
             self._finished_job()
 
+    def _not_a_job(self, name: str, path: str, err: Exception) -> None:
+        """A name in cur/ that cannot be opened as a job file: a ``rejected`` record."""
+        reason = err.message if isinstance(err, TrysshError) else (err.strerror or str(err))
+        if self.store.read_or_skip(name) is not None:
+            return  # recorded already (by us before a restart, or by another consumer)
+        self._reject(_JobRun(name, path, new_record(name, consumer=self.ident)),
+                     f"bad job: {reason}")  # fmt: skip
+
+    def _damaged(self, name: str, path: str, err: DamagedRecord) -> None:
+        """The job's record is damaged: it may have run already, so never build it again.
+
+        A truncated active record after a crash would otherwise make the job look new and
+        build it twice, the second time recorded as a plain success.
+        """
+        self.log(ERR, job=name, event="damaged-record", reason=err.message)
+        if os.path.dirname(err.path) != self.store.active:
+            return  # a damaged final record: the job is finished; the record is left alone
+        record = new_record(name, consumer=self.ident)
+        reason = f"{INTERRUPTED}: its record was damaged ({err.why}); not built again"
+        record.update(state="interrupted", finished=now_iso(), reason=reason)
+        try:
+            if os.path.isdir(err.path) and not os.path.islink(err.path):
+                os.rmdir(err.path)  # the final write removes a damaged file, not a directory
+        except OSError:
+            pass
+        self._write(_JobRun(name, path, record))
+        self.processed += 1
+        self.log(NOTICE, job=name, state="interrupted", reason=reason)
+
     def _job_file_gone(self, name: str, path: str) -> None:
         """The job file vanished (removed by hand): finish its record, if any, as error."""
-        record = self.store.read(name)
+        record = self.store.read_or_skip(name)
         if record is None or record.get("state") in FINAL_STATES:
             self.log(WARNING, job=name, event="vanished")
             return
@@ -476,6 +519,10 @@ class Consumer:
                 + [u.max_job_size or 0 for u in self.config.users.values()]
             )
             record["size"] = size
+            if info.st_nlink > 1 and not self._delivering(name, info):
+                # A planted hard link to a file its planter cannot read (a consumer running
+                # as root would read it): refused unread, so nothing of it reaches a record.
+                raise BadJob(f"the file has {info.st_nlink} hard links: not a delivered job")
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
             data = _read_all(fd, size)
@@ -510,6 +557,14 @@ class Consumer:
             return None
         self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))
         return run
+
+    def _delivering(self, name: str, info: os.stat_result) -> bool:
+        """Whether tryserver's ``tmp/NAME`` is this very file (delivery links, then unlinks)."""
+        try:
+            twin = os.stat(os.path.join(self.jobdir.tmp, name), follow_symlinks=False)
+        except OSError:
+            return False
+        return (twin.st_dev, twin.st_ino) == (info.st_dev, info.st_ino)
 
     def _init_builders(self, run: _JobRun, names: list[str]) -> None:
         run.record["builders"] = {

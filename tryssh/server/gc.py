@@ -29,7 +29,7 @@ def collect(
     jobdir = Jobdir(config.jobdir)
     removed: list[str] = []
     for name in store.final_jobs():
-        record = store.read(name)
+        record = store.read_or_skip(name)  # a damaged record is kept for a human to look at
         if record is None or record.get("state") not in FINAL_STATES:
             continue
         when = parse_iso(record.get("finished")) or parse_iso(record.get("updated"))

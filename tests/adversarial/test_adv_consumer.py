@@ -1,0 +1,173 @@
+"""Hostile files in the jobdir and damaged state, against the real consumer (issue 14).
+
+Each test plants what a group member (or a crash, or a full disk) can leave, runs the consumer
+(``run(once=True)``, or the CLI under a deadline) and checks that it ends by itself, that
+every job name ends with a record saying why, and that nothing is built twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import venv_bin
+from test_consumer import consume_once, store_of, submit, write_config
+
+from tryssh.core.records import INTERRUPTED, new_record
+from tryssh.server.queries import job_status, recent_jobs
+
+NAME = "1700000000.M1P1Q1R1.planted"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    marker = tmp_path / "built"
+    return write_config(
+        tmp_path,
+        {"unit": {"command": [sys.executable, "-c",
+                              f"open({str(marker)!r}, 'a').write('x')"]}},  # fmt: skip
+        {"*": {"builders": ["unit"]}},
+    )
+
+
+def jobdir(config: Path) -> Path:
+    return config.parent / "jobdir"
+
+
+def builds(config: Path) -> int:
+    marker = config.parent / "built"
+    return len(marker.read_text()) if marker.exists() else 0
+
+
+def consume_bounded(config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``tryssh consume --once`` in a subprocess: a hang fails the test instead of blocking it."""
+    return subprocess.run(
+        [venv_bin("tryssh"), "consume", "--config", str(config), "--once"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+# -- odd files in new/ and cur/ -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["new", "cur"])
+def test_a_fifo_gets_a_rejected_record_and_blocks_nothing(config: Path, where: str) -> None:
+    os.mkfifo(jobdir(config) / where / NAME)
+    name = submit(config, ["unit"])
+    # Before: the FIFO blocked a slot for ever (and, in cur/, every restart).
+    result = consume_bounded(config)
+    assert result.returncode == 0, result.stderr
+    store = store_of(config)
+    assert store.read(name)["state"] == "success"
+    record = store.read(NAME)
+    assert record["state"] == "rejected"
+    assert "a FIFO" in record["reason"]
+    # tryserver status of it answers at once (from the record) and never hangs.
+    assert job_status(str(jobdir(config)), store.path, NAME)["state"] == "rejected"
+
+
+def test_status_of_an_unclaimed_fifo_does_not_hang(config: Path) -> None:
+    os.mkfifo(jobdir(config) / "new" / NAME)
+    result = subprocess.run(
+        [venv_bin("tryserver"), "--config", str(config), "--user", "alice", "status", NAME],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22",
+             "SSH_ORIGINAL_COMMAND": f"tryserver status {NAME}"},
+    )  # fmt: skip
+    assert result.returncode in (0, 66), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "unreadable"])
+def test_other_non_jobs_get_a_rejected_record(config: Path, kind: str, tmp_path: Path) -> None:
+    path = jobdir(config) / "new" / NAME
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "symlink":
+        secret = tmp_path / "secret"
+        secret.write_text("root:secret-hash\n")
+        path.symlink_to(secret)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        path.write_bytes(b"x")
+        path.chmod(0)
+    out = consume_once(config)
+    record = store_of(config).read(NAME)
+    assert record is not None and record["state"] == "rejected", out
+    assert "secret" not in json.dumps(record)
+    # Logged once, not at every scan.
+    out = consume_once(config) + consume_once(config)
+    assert NAME not in out
+
+
+def test_a_planted_hard_link_is_not_read(config: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("5:$6$secret-hash-bytes\n")
+    os.link(secret, jobdir(config) / "new" / NAME)
+    out = consume_once(config)
+    record = store_of(config).read(NAME)
+    assert record["state"] == "rejected", out
+    assert "hard link" in record["reason"]
+    # Before: the reason quoted the first bytes ("found b'root:$6$secr'").
+    assert "secret-hash" not in json.dumps(record) and "secret-hash" not in out
+
+
+# -- damaged records -------------------------------------------------------------------------------
+
+
+DAMAGED = {
+    "truncated": b'{"job": "x", "state": "run',
+    "wrong shape": b"[1, 2, 3]\n",
+    "finished is a number": None,  # filled in below: a whole record with "finished": 12345
+    "no builders": b'{"job": "x", "state": "success"}\n',
+}
+
+
+def _damage(path: Path, how: str, name: str) -> None:
+    if how == "directory":
+        path.mkdir()
+    elif how == "finished is a number":
+        record = new_record(name, state="success", finished=12345)
+        path.write_text(json.dumps(record))
+    else:
+        path.write_bytes(DAMAGED[how])
+
+
+@pytest.mark.parametrize("how", [*DAMAGED, "directory"])
+def test_damaged_final_records_do_not_break_readers(config: Path, how: str) -> None:
+    good = submit(config, ["unit"])
+    consume_once(config)
+    store = store_of(config)
+    bad = submit(config, ["unit"], where="cur")
+    _damage(Path(store.final_path(bad)), how, bad)
+    # The consumer (start-up gc and resume) neither crashes nor builds the job again.
+    config.write_text(config.read_text().replace("[builders", "keep_days = 1\n[builders", 1))
+    result = consume_bounded(config)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert builds(config) == 1
+    # status names the damage without a server path; jobs skips it and lists the rest.
+    with pytest.raises(Exception) as caught:
+        job_status(str(jobdir(config)), store.path, bad)
+    assert getattr(caught.value, "exit_code", None) == 65
+    assert "damaged" in str(caught.value) and str(config.parent) not in str(caught.value)
+    assert [r["job"] for r in recent_jobs(store.path, None)] == [good]
+
+
+@pytest.mark.parametrize("how", ["truncated", "wrong shape", "directory"])
+def test_resumed_job_with_a_damaged_active_record_is_interrupted(config: Path, how: str) -> None:
+    store = store_of(config)
+    store.create()
+    name = submit(config, ["unit"], where="cur")
+    _damage(Path(store.active_path(name)), how, name)
+    # Before: the job looked new and was built again, recorded as a plain success.
+    result = consume_bounded(config)
+    assert result.returncode == 0, result.stderr
+    assert builds(config) == 0
+    record = store.read(name)
+    assert record["state"] == "interrupted"
+    assert INTERRUPTED in record["reason"] and "damaged" in record["reason"]
