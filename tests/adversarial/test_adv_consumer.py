@@ -26,12 +26,8 @@ NAME = "1700000000.M1P1Q1R1.planted"
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     marker = tmp_path / "built"
-    return write_config(
-        tmp_path,
-        {"unit": {"command": [sys.executable, "-c",
-                              f"open({str(marker)!r}, 'a').write('x')"]}},  # fmt: skip
-        {"*": {"builders": ["unit"]}},
-    )
+    build = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    return write_config(tmp_path, {"unit": {"command": build}}, {"*": {"builders": ["unit"]}})
 
 
 def jobdir(config: Path) -> Path:

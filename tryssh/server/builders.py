@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job
+from tryssh.core.safetext import redact_in, redact_url
 from tryssh.server.config import Builder, Config
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
@@ -257,6 +258,7 @@ def run_webhook(
     retries = int(opts.get("retries", WEBHOOK_RETRIES))
     timeout = float(opts.get("timeout", WEBHOOK_TIMEOUT))
     url = ctx.builder.target
+    shown = redact_url(url)  # reasons and logs reach developers: no credentials in them
     problem = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -272,16 +274,16 @@ def run_webhook(
         except urllib.error.HTTPError as err:
             status, reply = err.code, err.read(4096) if err.fp else b""
         except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            problem = f"POST {url}: {reason}"
+            reason = redact_in(str(getattr(err, "reason", err)), url)
+            problem = f"POST {shown}: {reason}"
             _note(log, f"attempt {attempt + 1}: {problem}")
             continue
-        _note(log, f"attempt {attempt + 1}: POST {url}: HTTP {status}")
+        _note(log, f"attempt {attempt + 1}: POST {shown}: HTTP {status}")
         if reply:
             log.write(reply + b"\n")
         if 200 <= status < 300:
             return Outcome("success", exit=None, reason=f"HTTP {status}")
-        problem = f"POST {url}: HTTP {status}"
+        problem = f"POST {shown}: HTTP {status}"
         if status < 500 and status not in RETRY_STATUSES:
             break
     return Outcome("error", reason=problem)

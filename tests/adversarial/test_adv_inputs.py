@@ -1,0 +1,89 @@
+"""Hostile or unlucky values at the doors: URLs with credentials, odd names, bad config (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_consumer import consume_once, store_of, submit, write_config
+
+from tryssh.core.safetext import printable, redact_in, redact_url
+from tryssh.server.queries import format_status
+
+SECRETS = ("s3cr3t-pass", "tok-123")
+
+
+@pytest.fixture
+def failing_hook() -> Iterator[int]:
+    """A real HTTP server on loopback that answers every POST with 500; its port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("with_userinfo", [False, True])
+def test_webhook_credentials_never_reach_developers(
+    tmp_path: Path, failing_hook: int, with_userinfo: bool
+) -> None:
+    auth = "deploy:s3cr3t-pass@" if with_userinfo else ""
+    url = f"http://{auth}127.0.0.1:{failing_hook}/hook?token=tok-123"
+    config = write_config(
+        tmp_path, {"hook": {"webhook": url, "retries": 0}}, {"*": {"builders": ["hook"]}}
+    )
+    name = submit(config, ["hook"])
+    out = consume_once(config)
+    record = store_of(config).read(name)
+    assert record["state"] == "error"
+    # Before: the reason was "POST http://deploy:s3cr3t-pass@.../hook?token=...: ...".
+    log = Path(record["builders"]["hook"]["log"]).read_text()
+    for shown in (json.dumps(record), format_status(record), out, log):
+        for secret in SECRETS:
+            assert secret not in shown
+    assert "/hook?***" in record["builders"]["hook"]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@h/x?t=1", "http://***@h/x?***"),
+        ("https://h:8443/a#frag", "https://h:8443/a"),
+        ("http://a@b@h/", "http://***@h/"),
+        ("https://h/p", "https://h/p"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@given(st.text(alphabet="abc:@/?#=&x", max_size=30), st.text(alphabet="XYZ", min_size=3))
+def test_redacted_text_holds_no_userinfo_or_query(rest: str, secret: str) -> None:
+    url = f"https://user:{secret}@host/{rest}?q={secret}"
+    text = f"cannot POST {url}: nonnumeric port: '{secret}@host'"
+    assert secret not in redact_url(url)
+    assert secret not in redact_in(text, url)
+
+
+def test_printable_escapes_control_characters() -> None:
+    assert printable("main") == "main"
+    assert printable("x\x1b]0;owned\x07y\n") == "x\\x1b]0;owned\\x07y\\n"
+    assert printable("caf\u00e9") == "caf\u00e9"
