@@ -7,17 +7,22 @@ every job name ends with a record saying why, and that nothing is built twice.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import venv_bin
+from helpers import venv_bin, wait_until
 from test_consumer import consume_once, store_of, submit, write_config
 
-from tryssh.core.records import INTERRUPTED, new_record
+from tryssh.core.records import INTERRUPTED, RecordStore, new_record
+from tryssh.server.config import load_config
+from tryssh.server.consumer import Consumer, EventLog
 from tryssh.server.queries import job_status, recent_jobs
 
 NAME = "1700000000.M1P1Q1R1.planted"
@@ -167,3 +172,70 @@ def test_resumed_job_with_a_damaged_active_record_is_interrupted(config: Path, h
     record = store.read(name)
     assert record["state"] == "interrupted"
     assert INTERRUPTED in record["reason"] and "damaged" in record["reason"]
+
+
+# -- disk full ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only; the test is skipped elsewhere), unmounted at the end."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_job_claimed_on_a_full_disk_is_retried_when_space_returns(
+    tmp_path: Path, tiny_fs: Path
+) -> None:
+    state = tiny_fs / "state"
+    config = write_config(
+        tmp_path, {"unit": {"command": ["true"]}}, {"*": {"builders": ["unit"]}},
+        state_dir=str(state), log_dir=str(tmp_path / "logs"),
+    )  # fmt: skip
+    consumer = Consumer(load_config(str(config)), log=EventLog(io.StringIO(), verbose=True))
+    consumer.retry_interval = 0.2
+    consumer.prepare()
+    filler = _fill(tiny_fs)
+    name = submit(config, ["unit"])
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        out = consumer.log.stream  # type: ignore[attr-defined]
+        wait_until(lambda: "cannot-record" in out.getvalue(), timeout=20, message=out.getvalue)
+        store = RecordStore(str(state))
+        assert store.read(name) is None  # claimed, no record: the disk is full
+        filler.unlink()
+        # Before: it stayed in cur/ without a record ("queued" for good) until a restart.
+        record = wait_until(
+            lambda: (r := store.read(name)) and r["state"] == "success" and r,
+            timeout=20,
+            message=out.getvalue,
+        )
+        assert record["builders"]["unit"]["result"] == "success"
+    finally:
+        consumer.stop()
+        thread.join(timeout=30)
+        consumer.close()

@@ -1,4 +1,4 @@
-"""Hostile or unlucky values at the doors: URLs with credentials, odd names, bad config (issue 14)."""
+"""Hostile or unlucky values at the doors: URLs with credentials, odd names, bad config."""
 
 from __future__ import annotations
 

@@ -57,6 +57,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_PARALLEL = 16
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
+RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
 
 # syslog priorities, for the "<N>" prefix journald understands
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
@@ -241,6 +242,9 @@ class Consumer:
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="tryssh-job")
         self._extra_threads: list[threading.Thread] = []
         self._last_gc: float | None = None
+        self.retry_interval = RETRY_INTERVAL
+        self._retry: dict[str, float] = {}  # job -> when to try again (no record could be written)
+        self._retry_lock = threading.Lock()
         self.processed = 0  # jobs this consumer finished (any final state)
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
 
@@ -290,15 +294,18 @@ class Consumer:
             self.resume()
             self._maybe_gc()
             while not self._stop.is_set():
+                self._retry_due()
                 self._drain()
                 if once and self._idle_and_empty():
-                    break
+                    break  # a job left to retry stays in cur/: the next start resumes it
                 self._maybe_gc()
+                with self._retry_lock:
+                    soon = self.retry_interval if self._retry else None
                 if watcher is not None:
-                    self._wait([watcher.fd, self._wake_r], INOTIFY_RESCAN)
+                    self._wait([watcher.fd, self._wake_r], min(INOTIFY_RESCAN, soon or 1e9))
                     watcher.drain()
                 else:
-                    self._wait([self._wake_r], self.poll_interval)
+                    self._wait([self._wake_r], min(self.poll_interval, soon or 1e9))
         finally:
             self.log(INFO, event="stopping", in_flight=self._in_flight)
             self._pool.shutdown(wait=True)
@@ -367,6 +374,30 @@ class Consumer:
                 self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
                 continue
             self._submit(name, path, None)
+
+    def _retry_later(self, name: str, err: OSError) -> None:
+        """A job claimed but not recorded (ENOSPC, EIO): try it again soon, not at a restart.
+
+        Before, it stayed in cur/ with no record and its developer saw ``queued`` for good.
+        """
+        with self._retry_lock:
+            first = name not in self._retry
+            self._retry[name] = time.monotonic() + self.retry_interval
+        if first:
+            self.log(ERR, job=name, event="cannot-record", reason=err.strerror or str(err),
+                     retry=f"every {self.retry_interval:g}s")  # fmt: skip
+        self._wake()
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        with self._retry_lock:
+            due = [n for n, when in self._retry.items() if when <= now]
+            for name in due:
+                del self._retry[name]
+        for name in due:
+            if not self._take_slot():
+                return
+            self._submit(name, os.path.join(self.jobdir.cur, name), None)
 
     def _take_slot(self) -> bool:
         while not self._stop.is_set():
@@ -455,6 +486,10 @@ class Consumer:
                 run = self._fresh(name, path, lock.fd)
             if run is not None:
                 self._run_builders(run)
+        except OSError as err:
+            # Its record could not be written: processed again soon, from what is on disk
+            # (no record: fresh; queued: resumed; running: interrupted), never lost.
+            self._retry_later(name, err)
         except Exception as err:
             self.log(ERR, job=name, event="internal-error", reason=f"{type(err).__name__}: {err}")
             if run is not None:
@@ -624,9 +659,11 @@ class Consumer:
             )
             thread.start()
             threads.append(thread)
-        self._build(run, names[0])
-        for thread in threads:
-            thread.join()
+        try:
+            self._build(run, names[0])
+        finally:
+            for thread in threads:  # a failure here must not leave builds running unseen
+                thread.join()
 
     def _build_safely(self, run: _JobRun, bname: str) -> None:
         """_build in a thread of its own: an unexpected error ends the build as error."""
