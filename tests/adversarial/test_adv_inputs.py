@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,3 +88,41 @@ def test_printable_escapes_control_characters() -> None:
     assert printable("main") == "main"
     assert printable("x\x1b]0;owned\x07y\n") == "x\\x1b]0;owned\\x07y\\n"
     assert printable("caf\u00e9") == "caf\u00e9"
+
+
+# -- text that could never build is refused at the door -------------------------------------------
+
+
+def _v5(**fields: object) -> bytes:
+    from tryssh.core import netstring
+
+    obj = {"jobid": "j", "branch": "main", "baserev": "r", "patch_level": 1,
+           "builderNames": ["unit"], "patch_body": "p\n", **fields}  # fmt: skip
+    return netstring.encode(b"5") + netstring.encode(json.dumps(obj).encode())
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (None, "branch field holds a NUL"),  # v2 netstrings, filled in below
+        (_v5(branch="a\0b"), "branch field holds a NUL"),
+        (_v5(comment="\ud800"), "comment field holds a lone surrogate"),
+        (_v5(builderNames=["u"] * 10_001), "more than 10000 builders"),
+    ],
+)
+def test_unbuildable_text_is_refused_at_the_door(
+    tmp_path: Path, data: bytes | None, needle: str
+) -> None:
+    from test_tryserver import tryserver
+
+    from tryssh.core.jobdir import Jobdir
+    from tryssh.core.jobfile import Job, encode_job
+
+    if data is None:
+        data = encode_job(Job("j", "a\0b", "r", 1, b"p\n", ["unit"]))
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    # Before: accepted (exit 0), and the job could never build.
+    result = tryserver(jobdir, data)
+    assert result.returncode == 65, result.stderr
+    assert needle in result.stderr.decode()
+    assert os.listdir(jobdir.new) == [] and os.listdir(jobdir.tmp) == []
