@@ -7,7 +7,8 @@ What is measured, and how (a real ``tryssh serve`` subprocess on 127.0.0.1, defa
 * **Logins during a slowloris.** An attacker on 127.0.0.2 keeps ``--flood`` connections
   open (reconnecting each one the server drops), each sending one byte of its banner every
   second. Meanwhile ``--logins`` legitimate clients on 127.0.0.1 log in one after the other
-  with a key (paramiko) and open a session; each is timed from connect to the open session. The baseline is the same logins with no flood, measured first. Target: every
+  with a key (paramiko) and open a session; each is timed from connect to the open
+  session. The baseline is the same logins with no flood, measured first. Target: every
   login served, each within 2 s.
 * **Guesses per minute.** 30 addresses (127.0.0.2-31), 4 connections each, guess
   passwords as fast as the server answers for ``--burst-seconds``; the figure is the
@@ -36,9 +37,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import paramiko  # noqa: E402
+import paramiko
 
-from tryssh.server.passwords import hash_password  # noqa: E402
+from tryssh.server.passwords import hash_password
 
 READY = re.compile(r"listening on (\S+):(\d+), host key")
 BIN = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "tryssh")
@@ -189,8 +190,9 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=20, help="timed legitimate logins")
     parser.add_argument("--burst-seconds", type=float, default=20, help="password burst length")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
-    parser.add_argument("--against", metavar="DIR",
-                        help="run the tryssh package in DIR (e.g. an older checkout) instead")  # fmt: skip
+    parser.add_argument(
+        "--against", metavar="DIR", help="run the tryssh package in DIR (an older checkout)"
+    )
     args = parser.parse_args()
     import logging
 
@@ -250,7 +252,7 @@ def main() -> None:
             server.stop()
         per_minute = evaluated * 60 / args.burst_seconds
         allowed = limit * 60 / window
-        print(f"\nPassword guesses, 120 connections from 30 addresses for {args.burst_seconds:g} s:")
+        print(f"\nPassword guesses, 120 connections, 30 addresses, {args.burst_seconds:g} s:")
         print(f"  evaluated {evaluated} guesses: {per_minute:.0f}/min; configured limit "
               f"{limit} per {window:g} s = {allowed:.0f}/min ({per_minute / allowed:.2f}x)")
         ok = evaluated <= limit * (args.burst_seconds / window + 1)

@@ -239,3 +239,16 @@ def test_a_job_claimed_on_a_full_disk_is_retried_when_space_returns(
         consumer.stop()
         thread.join(timeout=30)
         consumer.close()
+
+
+def test_a_planted_name_too_long_for_a_record_still_gets_one(config: Path) -> None:
+    long_name = "1700000000.M1P1Q1R1." + "x" * 233  # 253 characters
+    (jobdir(config) / "new" / long_name).write_bytes(b"not a job")
+    out = consume_once(config)
+    # Before: the record could not be written (ENAMETOOLONG) and the job ended with none.
+    renamed = [line for line in out.splitlines() if "event=renamed" in line]
+    assert len(renamed) == 1 and long_name in renamed[0], out
+    new_name = renamed[0].split("job=", 1)[1].split()[0]
+    record = store_of(config).read(new_name)
+    assert record["state"] == "rejected"
+    assert os.listdir(jobdir(config) / "new") == []

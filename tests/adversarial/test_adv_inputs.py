@@ -126,3 +126,29 @@ def test_unbuildable_text_is_refused_at_the_door(
     assert result.returncode == 65, result.stderr
     assert needle in result.stderr.decode()
     assert os.listdir(jobdir.new) == [] and os.listdir(jobdir.tmp) == []
+
+
+def test_text_answers_escape_control_characters() -> None:
+    from tryssh.core.records import new_record
+    from tryssh.server.queries import format_jobs
+
+    record = new_record("j1", state="queued", branch="x\x1b]0;owned\x07\nfake\tline")
+    record["builders"] = {"u\x1b[2J": {"state": "pending"}}
+    # Before: an admin's `tryserver jobs` printed the escape sequences raw.
+    for text in (format_jobs([record]), format_status(record)):
+        assert "\x1b" not in text and "\x07" not in text
+        assert "fake\tline" not in text
+    assert format_jobs([record]).count("\n") == 1
+
+
+@pytest.mark.parametrize("length", [251, 255])
+def test_status_of_a_name_too_long_for_a_record(tmp_path: Path, length: int) -> None:
+    from tryssh.server.queries import NoSuchJob, job_status
+
+    state = tmp_path / "state"
+    state.mkdir()
+    for sub in ("new", "cur"):
+        (tmp_path / sub).mkdir()
+    # Before: ENAMETOOLONG escaped as a traceback (exit 1).
+    with pytest.raises(NoSuchJob):
+        job_status(str(tmp_path), str(state), "1" * length)

@@ -149,7 +149,8 @@ class RecordStore:
         directory = self.path if final else self.active
         target = self.final_path(job) if final else self.active_path(job)
         data = json.dumps(record, indent=1, sort_keys=False).encode("utf-8") + b"\n"
-        tmp = os.path.join(directory, f".{job}.{os.getpid()}.{id(record)}.tmp")
+        # The job's name shortened: the whole of it plus the suffix may not fit in NAME_MAX.
+        tmp = os.path.join(directory, f".{job[:100]}.{os.getpid()}.{id(record)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, RECORD_MODE)
         try:
             try:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
-from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name
+from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name, unique_name
 from tryssh.core.jobfile import Job, parse_job
 from tryssh.core.logfmt import format_value
 from tryssh.core.records import (
@@ -57,6 +57,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_PARALLEL = 16
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
+MAX_RECORDED_NAME = 250  # NAME_MAX (255) less ".json"
 RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
 
 # syslog priorities, for the "<N>" prefix journald understands
@@ -363,7 +364,10 @@ class Consumer:
             if not self._take_slot():
                 return
             try:
-                path = self.jobdir.claim(name)
+                if len(name) > MAX_RECORDED_NAME:
+                    name, path = self._claim_renamed(name)
+                else:
+                    path = self.jobdir.claim(name)
             except AlreadyTaken:
                 self._slots.release()
                 self.log(DEBUG, job=name, event="taken-by-another-consumer")
@@ -374,6 +378,22 @@ class Consumer:
                 self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
                 continue
             self._submit(name, path, None)
+
+    def _claim_renamed(self, name: str) -> tuple[str, str]:
+        """Claim a job whose name is too long for its record (``NAME.json``) under a new one.
+
+        tryserver never makes such names; one planted in new/ would otherwise end without
+        a record. The log ties the two names together.
+        """
+        new_name = unique_name()
+        target = os.path.join(self.jobdir.cur, new_name)
+        try:
+            os.rename(os.path.join(self.jobdir.new, name), target)
+        except FileNotFoundError:
+            raise AlreadyTaken(f"job {name} is already taken") from None
+        self.log(WARNING, job=new_name, event="renamed", reason="name too long for a record",
+                 was=name)  # fmt: skip
+        return new_name, target
 
     def _retry_later(self, name: str, err: OSError) -> None:
         """A job claimed but not recorded (ENOSPC, EIO): try it again soon, not at a restart.

@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tryssh.core.request import Request
+from tryssh.core.safetext import printable
 from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
 
 if TYPE_CHECKING:
@@ -145,24 +146,30 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     return found
 
 
+def _show(value: object) -> str:
+    # Branch names, comments and reasons come from clients: no escape sequence reaches a
+    # terminal, and no newline or tab can forge a line or a column.
+    return printable(str(value))
+
+
 def _builder_line(name: str, entry: dict[str, Any]) -> str:
     state = entry.get("state") or "pending"
     result = entry.get("result")
-    text = f"  {name}: {result if state == 'done' and result else state}"
+    text = f"  {_show(name)}: {_show(result if state == 'done' and result else state)}"
     if entry.get("reason"):
-        text += f" ({entry['reason']})"
+        text += f" ({_show(entry['reason'])})"
     if entry.get("log"):
-        text += f"  log: {entry['log']}"
+        text += f"  log: {_show(entry['log'])}"
     return text + "\n"
 
 
 def format_status(record: dict[str, Any]) -> str:
     """A short human-readable status."""
-    lines = [f"job {record['job']}: {record.get('state')}\n"]
+    lines = [f"job {_show(record['job'])}: {_show(record.get('state'))}\n"]
     if record.get("reason"):
-        lines.append(f"  reason: {record['reason']}\n")
+        lines.append(f"  reason: {_show(record['reason'])}\n")
     details = [
-        f"{key}: {record[key]}"
+        f"{key}: {_show(record[key])}"
         for key in ("who", "branch", "baserev", "received", "finished")
         if record.get(key)
     ]
@@ -178,12 +185,12 @@ def format_jobs(records: list[dict[str, Any]]) -> str:
     lines = []
     for record in records:
         results = ",".join(
-            f"{n}={e.get('result') or e.get('state')}"
+            f"{_show(n)}={_show(e.get('result') or e.get('state'))}"
             for n, e in (record.get("builders") or {}).items()
         )
         lines.append(
-            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\n"
+            f"{_show(record['job'])}\t{_show(record.get('state'))}\t"
+            f"{_show(record.get('branch') or '-')}\t{results or '-'}\n"
         )
     return "".join(lines)
 
