@@ -152,3 +152,18 @@ def test_status_of_a_name_too_long_for_a_record(tmp_path: Path, length: int) -> 
     # Before: ENAMETOOLONG escaped as a traceback (exit 1).
     with pytest.raises(NoSuchJob):
         job_status(str(tmp_path), str(state), "1" * length)
+
+
+def test_try_diff_from_an_endless_file_is_capped(tmp_path: Path) -> None:
+    import subprocess
+
+    from helpers import venv_bin
+
+    # Before: it read /dev/zero until memory ran out.
+    result = subprocess.run(
+        [venv_bin("tryssh"), "try", "--diff", "/dev/zero", "--baserev", "abc",
+         "--host", "127.0.0.1", "--port", "1", "-u", "alice", "-b", "unit"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 65, result.stderr
+    assert "larger than 64 MiB" in result.stderr
