@@ -5,10 +5,12 @@ Bounded: a few dozen connections at most, deadlines on every wait, loopback addr
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -293,3 +295,27 @@ def test_refused_pty_ends_the_session_before_anything_is_read(serve_factory: obj
         transport.close()
     server.wait_log("exec after a refused pty")
     assert server.delivered() == [] and server.leftovers() == []
+
+
+def test_umask_000_makes_nothing_world_writable(tmp_path: Path) -> None:
+    import stat
+
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    audit = tmp_path / "logs" / "serve" / "audit.log"
+    key = tmp_path / "keys" / "host_key"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'jobdir = "{tmp_path}"\naudit_log = "{audit}"\n[serve]\nhost_key = "{key}"\n'
+        '[users.alice]\nkeys = []\npassword_hash = "scrypt$1024$8$1$c2FsdHNhbHQ=$'
+        'aGFzaGhhc2hoYXNoaGFzaA=="\n'
+    )
+    old = os.umask(0)
+    try:
+        EmbeddedServer(load_config(str(config)))
+    finally:
+        os.umask(old)
+    # Before: the .pub was 0666 and the audit log's new parents 0777.
+    for path in (key.parent, Path(str(key) + ".pub"), audit.parent, audit.parent.parent):
+        assert not path.stat().st_mode & stat.S_IWOTH, (path, oct(path.stat().st_mode))

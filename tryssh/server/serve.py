@@ -181,16 +181,38 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
     pub = path + ".pub"
     if not os.path.exists(pub):
         # Scripts build known_hosts lines from it (the demo does).
-        with open(pub, "w") as f:
-            f.write(f"{key.get_name()} {key.get_base64()} tryssh-serve\n")
+        _write_public(pub, f"{key.get_name()} {key.get_base64()} tryssh-serve\n".encode())
     return key, created
+
+
+def _write_public(path: str, data: bytes) -> None:
+    """Write a public file with mode 0644 whatever the umask (000 would make it 0666)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o644)
+        f.write(data)
+
+
+def make_private_dirs(path: str, mode: int = 0o750) -> None:
+    """``mkdir -p`` whose new directories get *mode*, whatever the umask (000: 0777)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue
+        os.chmod(directory, mode)
 
 
 def _generate_host_key(path: str) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    make_private_dirs(os.path.dirname(os.path.abspath(path)), 0o700)
     private = Ed25519PrivateKey.generate()
     data = private.private_bytes(
         serialization.Encoding.PEM,
@@ -204,8 +226,7 @@ def _generate_host_key(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    with open(path + ".pub", "wb") as f:
-        f.write(public + b" tryssh-serve\n")
+    _write_public(path + ".pub", public + b" tryssh-serve\n")
 
 
 @dataclass
@@ -908,7 +929,7 @@ class EmbeddedServer:
         self.dummy_hash = hash_password(os.urandom(16).hex())
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
         self.fingerprint = fingerprint(self.host_key)
-        os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
+        make_private_dirs(os.path.dirname(config.audit_log) or ".")
         self.log = Log(AuditLog(config.audit_log), log_stream)
         self.limiter = AuthLimiter(
             self.settings.max_auth_failures_per_address,
