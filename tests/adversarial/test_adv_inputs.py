@@ -167,3 +167,51 @@ def test_try_diff_from_an_endless_file_is_capped(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 65, result.stderr
     assert "larger than 64 MiB" in result.stderr
+
+
+# -- configs that were tracebacks or silent nonsense -----------------------------------------------
+
+BAD_CONFIGS = {
+    "not UTF-8": (b'jobdir = "j"\n# \xff\xfe\n', "not UTF-8"),
+    "max_parallel = 0": (b'jobdir = "j"\n[consume]\nmax_parallel = 0\n', "max_parallel"),
+    "poll_interval = nan": (b'jobdir = "j"\n[consume]\npoll_interval = nan\n', "poll_interval"),
+    "timeout = inf": (
+        b'jobdir = "j"\n[builders.u]\ncommand = ["true"]\ntimeout = inf\n',
+        "timeout",
+    ),
+    "retries = -5": (
+        b'jobdir = "j"\n[builders.u]\nwebhook = "http://h/"\nretries = -5\n',
+        "retries",
+    ),
+    "builder ../../escape": (
+        b'jobdir = "j"\n[builders."../../escape"]\ncommand = ["true"]\n',
+        "builder name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_CONFIGS, "a directory"])
+def test_bad_configs_are_one_line_exit_78(tmp_path: Path, case: str) -> None:
+    import subprocess
+
+    from helpers import venv_bin
+
+    config = tmp_path / "tryssh.toml"
+    if case == "a directory":
+        config.mkdir()
+        needle = "is a directory"
+    else:
+        data, needle = BAD_CONFIGS[case]
+        config.write_bytes(data)
+    (tmp_path / "j").mkdir()
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / "j" / sub).mkdir()
+    # Before: tracebacks (exit 1), or a config taken with a limit that means nothing.
+    for argv in (["consume", "--once"], ["serve"]):
+        result = subprocess.run(
+            [venv_bin("tryssh"), *argv, "--config", str(config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 78, (argv, result.stderr)
+        assert needle in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 @click.command("serve")
 @click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    # Not dir_okay=False: a directory is the loader's one-line exit 78, not click's usage.
+    "--config", "config_path", required=True, type=click.Path(),
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")

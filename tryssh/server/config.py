@@ -150,8 +150,18 @@ def _str_list(path: str, where: str, value: list[Any]) -> list[str]:
 
 
 def _positive(path: str, where: str, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{path}: {where}: must be greater than 0")
+    # "not > 0" refuses nan too; inf would mean "never" where a limit was asked for.
+    if value is not None and (not value > 0 or value == float("inf")):
+        raise ConfigError(f"{path}: {where}: must be a finite number greater than 0")
+
+
+def _builder_name(path: str, name: str) -> None:
+    # The name becomes a directory under LOG_DIR/JOB/: "../../x" would write outside it.
+    if not name or name.startswith(".") or "/" in name or not name.isprintable():
+        raise ConfigError(
+            f"{path}: builders.{name!r}: a builder name may not be empty, start with '.', "
+            "or hold '/' or control characters"
+        )
 
 
 def load_config(path: str) -> Config:
@@ -163,6 +173,12 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: no such config file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     return config_from_dict(data, path)
@@ -193,6 +209,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
 
     for name, table in data.get("builders", {}).items():
         where = f"builders.{name}."
+        _builder_name(path, name)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: builders.{name}: must be a table")
         _check_table(path, where, table, BUILDER_KEYS)
@@ -216,6 +233,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                 table[key] = resolve(table[key])
         _positive(path, where + "timeout", table.get("timeout"))
         _positive(path, where + "concurrency", table.get("concurrency"))
+        if table.get("retries") is not None and table["retries"] < 0:
+            raise ConfigError(f"{path}: {where}retries: must be 0 or more")
         if "env" in table and not all(isinstance(v, str) for v in table["env"].values()):
             raise ConfigError(f"{path}: {where}env: values must be strings")
         options = {k: v for k, v in table.items() if k not in BUILDER_KINDS}
@@ -243,5 +262,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     config.serve = serve
     consume = data.get("consume", {})
     _check_table(path, "consume.", consume, CONSUME_KEYS)
+    for key in ("poll_interval", "max_parallel"):
+        _positive(path, "consume." + key, consume.get(key))
     config.consume = consume
     return config
