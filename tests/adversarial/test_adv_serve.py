@@ -319,3 +319,19 @@ def test_umask_000_makes_nothing_world_writable(tmp_path: Path) -> None:
     # Before: the .pub was 0666 and the audit log's new parents 0777.
     for path in (key.parent, Path(str(key) + ".pub"), audit.parent, audit.parent.parent):
         assert not path.stat().st_mode & stat.S_IWOTH, (path, oct(path.stat().st_mode))
+
+
+def test_the_host_key_must_live_where_only_the_server_writes(tmp_path: Path) -> None:
+    from tryssh.errors import ConfigError
+    from tryssh.server.serve import load_host_key
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o2770)
+    state.chmod(0o2770)  # the group-shared state directory
+    # The default place: a 0700 directory of its own, under the shared state directory.
+    key, created = load_host_key(str(state / "serve" / "ssh_host_ed25519_key"))
+    assert created and (state / "serve").stat().st_mode & 0o777 == 0o700
+    # Before: the key sat in state/ itself, where any group member could replace it.
+    with pytest.raises(ConfigError, match="writable by it alone"):
+        load_host_key(str(state / "ssh_host_ed25519_key"))
+    assert not (state / "ssh_host_ed25519_key").exists()

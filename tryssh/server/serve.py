@@ -42,6 +42,9 @@ from tryssh.server.tryserver import REFUSALS, Options, Server, handle
 
 DEFAULT_LISTEN = "127.0.0.1:2222"
 HOST_KEY_NAME = "ssh_host_ed25519_key"
+# The default host key's directory, under STATE_DIR (which the group may write): made 0700
+# and checked to be the service account's own, so that no group member can swap the key.
+HOST_KEY_DIR = "serve"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
 # Password checks at once: each scrypt costs ~32 MiB, so a burst of guesses must queue
@@ -80,7 +83,8 @@ class Settings:
         settings = cls(
             host=host,
             port=port,
-            host_key=serve.get("host_key") or os.path.join(config.state_dir, HOST_KEY_NAME),
+            host_key=serve.get("host_key")
+            or os.path.join(config.state_dir, HOST_KEY_DIR, HOST_KEY_NAME),
             banner=serve.get("banner"),
         )
         for key in (
@@ -167,6 +171,8 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
     """The host key at *path*, generated (ed25519, mode 0600) if missing; (key, created)."""
     created = False
     if not os.path.exists(path):
+        if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            check_key_place(path, None)  # never generate a key where others could swap it
         _generate_host_key(path)
         created = True
     st = os.stat(path)
@@ -174,6 +180,7 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
         raise ConfigError(
             f"host key {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it"
         )
+    check_key_place(path, st)
     try:
         key = paramiko.PKey.from_path(path)
     except (OSError, paramiko.SSHException, ValueError) as err:
@@ -183,6 +190,23 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
         # Scripts build known_hosts lines from it (the demo does).
         _write_public(pub, f"{key.get_name()} {key.get_base64()} tryssh-serve\n".encode())
     return key, created
+
+
+def check_key_place(path: str, st: os.stat_result | None) -> None:
+    """ConfigError unless the key and its directory are the service account's alone.
+
+    Anyone who can write the directory can replace the key (and so impersonate the server
+    to every developer): sshd's StrictModes, for the host key.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    dst = os.stat(directory)
+    me = os.geteuid()
+    if (st is not None and st.st_uid != me) or dst.st_uid != me or dst.st_mode & 0o022:
+        raise ConfigError(
+            f"host key {path}: it and its directory must belong to this account and its "
+            f"directory be writable by it alone (directory mode {dst.st_mode & 0o7777:o}): "
+            f"move it to a directory of mode 0700 and set [serve] host_key"
+        )
 
 
 def _write_public(path: str, data: bytes) -> None:
