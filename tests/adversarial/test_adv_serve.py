@@ -329,7 +329,7 @@ def test_the_host_key_must_live_where_only_the_server_writes(tmp_path: Path) -> 
     state.mkdir(mode=0o2770)
     state.chmod(0o2770)  # the group-shared state directory
     # The default place: a 0700 directory of its own, under the shared state directory.
-    key, created = load_host_key(str(state / "serve" / "ssh_host_ed25519_key"))
+    _key, created = load_host_key(str(state / "serve" / "ssh_host_ed25519_key"))
     assert created and (state / "serve").stat().st_mode & 0o777 == 0o700
     # Before: the key sat in state/ itself, where any group member could replace it.
     with pytest.raises(ConfigError, match="writable by it alone"):
