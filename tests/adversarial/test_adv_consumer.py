@@ -252,3 +252,61 @@ def test_a_planted_name_too_long_for_a_record_still_gets_one(config: Path) -> No
     record = store_of(config).read(new_name)
     assert record["state"] == "rejected"
     assert os.listdir(jobdir(config) / "new") == []
+
+
+# -- kill -9 of the consumer: its build must not keep running unseen ------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_an_orphaned_build_is_ended_on_resume(tmp_path: Path) -> None:
+    from test_consumer import blocking_builder, wait_file
+
+    config = write_config(
+        tmp_path,
+        {"slow": {"command": blocking_builder(tmp_path), "concurrency": 1}},
+        {"*": {}},
+    )
+    first = submit(config, ["slow"])
+    proc = subprocess.Popen(
+        [venv_bin("tryssh"), "consume", "--config", str(config)], stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_file(tmp_path / "started")
+    finally:
+        proc.kill()  # SIGKILL: its build, in a process group of its own, lives on
+        proc.wait()
+    orphan = int((tmp_path / "started").read_text().split()[1])
+    try:
+        assert _alive(orphan)
+        second = submit(config, ["slow"])
+        restarted = subprocess.Popen(
+            [venv_bin("tryssh"), "consume", "--config", str(config)], stderr=subprocess.PIPE
+        )
+        try:
+            # Before: the orphan kept running next to the resumed consumer's build of the
+            # second job, two builds at once under concurrency = 1.
+            wait_until(lambda: not _alive(orphan), timeout=30, message="the orphan still runs")
+            record = wait_until(
+                lambda: (r := store_of(config).read(first)) and r["state"] == "interrupted" and r,
+                timeout=30,
+            )
+            assert f"process group {orphan} was killed" in record["builders"]["slow"]["reason"]
+            wait_until(lambda: len((tmp_path / "started").read_text().splitlines()) == 2)
+            (tmp_path / "go").touch()
+            wait_until(
+                lambda: (r := store_of(config).read(second)) and r["state"] == "success",
+                timeout=30,
+            )
+        finally:
+            restarted.terminate()
+            restarted.wait(timeout=30)
+    finally:
+        if _alive(orphan):
+            os.killpg(orphan, 9)

@@ -104,7 +104,7 @@ def overall_state(record: dict[str, Any]) -> str:
     infrastructure failed), then ``failure`` (a build failed), else ``success``.
     """
     entries = list(record["builders"].values())
-    if any(e.get("reason") == INTERRUPTED for e in entries):
+    if any(str(e.get("reason") or "").startswith(INTERRUPTED) for e in entries):
         return "interrupted"
     results = [e.get("result") for e in entries]
     if "error" in results:

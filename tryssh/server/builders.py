@@ -181,6 +181,7 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
             )
         except OSError as err:
             return Outcome("error", reason=f"cannot run {argv[0]}: {err.strerror}")
+        note_group(ctx.log_path, proc.pid)
         try:
             status = proc.wait(timeout=ctx.builder.timeout)
         except subprocess.TimeoutExpired:
@@ -191,6 +192,7 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         finally:
             # Whatever the build left running in its group goes too.
             _signal_group(proc.pid, signal.SIGKILL)
+            forget_group(ctx.log_path)
         _note(log, f"exit status {status} after {time.monotonic() - start:.2f}s")
         if status == 0:
             return Outcome("success", exit=0)
@@ -199,6 +201,57 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         return Outcome("failure", exit=status, reason=f"exit status {status}")
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
+
+
+# -- a build's process group outlives a consumer killed with -9: found and ended on resume --
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (in clock ticks since boot), which tells a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def note_group(log_path: str, pgid: int) -> None:
+    """Remember the running build's process group next to its log (``LOG.pgid``)."""
+    try:
+        with open(log_path + ".pgid", "w") as f:
+            f.write(f"{pgid} {_start_time(pgid) or '-'}\n")
+    except OSError:
+        pass  # only a crash's leftovers go unseen
+
+
+def forget_group(log_path: str) -> None:
+    try:
+        os.unlink(log_path + ".pgid")
+    except OSError:
+        pass
+
+
+def end_leftover_group(log_path: str) -> int | None:
+    """Kill a build left running by a consumer that died; its process group, or None.
+
+    The group is the one noted by :func:`note_group`, and only if its leader is still the
+    same process (same start time): a reused pid is never signalled.
+    """
+    try:
+        with open(log_path + ".pgid") as f:
+            pid_text, started = f.read().split()
+        pgid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    forget_group(log_path)
+    if pgid <= 1 or started == "-" or _start_time(pgid) != started:
+        return None
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline and _start_time(pgid) == started:
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+    return pgid
 
 
 def _signal_group(pgid: int, sig: int) -> None:

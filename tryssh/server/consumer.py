@@ -640,7 +640,12 @@ class Consumer:
         now = now_iso()
         for bname, entry in record["builders"].items():
             if entry.get("state") == "running":
-                entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
+                reason = INTERRUPTED
+                # Its build may still run (the consumer died, not the build): end it, so
+                # that no build runs unseen and concurrency limits hold after a restart.
+                if entry.get("log") and (pgid := builders_mod.end_leftover_group(entry["log"])):
+                    reason += f"; its leftover process group {pgid} was killed"
+                entry.update(state="done", result="error", reason=reason, finished=now)
                 interrupted.append(bname)
         record["resumed"] = now
         record["resumed_from"] = record.get("consumer")
