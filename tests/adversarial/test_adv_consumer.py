@@ -310,3 +310,19 @@ def test_an_orphaned_build_is_ended_on_resume(tmp_path: Path) -> None:
     finally:
         if _alive(orphan):
             os.killpg(orphan, 9)
+
+
+def test_a_name_that_cannot_be_claimed_is_logged_once(config: Path) -> None:
+    (jobdir(config) / "new" / NAME).mkdir()
+    (jobdir(config) / "cur" / NAME).mkdir()
+    (jobdir(config) / "cur" / NAME / "x").write_text("x")  # rename onto it: ENOTEMPTY
+    consumer = Consumer(load_config(str(config)), log=EventLog(io.StringIO(), verbose=True))
+    consumer.prepare()
+    try:
+        for _ in range(3):
+            consumer._drain()  # three scans
+    finally:
+        consumer._pool.shutdown(wait=True)
+        consumer.close()
+    # Before: one error line per scan, for ever.
+    assert consumer.log.stream.getvalue().count("event=claim-failed") == 1  # type: ignore[attr-defined]

@@ -246,6 +246,7 @@ class Consumer:
         self.retry_interval = RETRY_INTERVAL
         self._retry: dict[str, float] = {}  # job -> when to try again (no record could be written)
         self._retry_lock = threading.Lock()
+        self._claim_failed: set[str] = set()  # names in new/ whose claim failed (logged once)
         self.processed = 0  # jobs this consumer finished (any final state)
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
 
@@ -373,10 +374,14 @@ class Consumer:
                 self.log(DEBUG, job=name, event="taken-by-another-consumer")
                 continue
             except OSError as err:
-                # Left in new/ and tried again at the next scan (Buildbot forgets it).
+                # Left in new/ and tried again at the next scan (Buildbot forgets it);
+                # logged once, not at every scan.
                 self._slots.release()
-                self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                if name not in self._claim_failed:
+                    self._claim_failed.add(name)
+                    self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
                 continue
+            self._claim_failed.discard(name)
             self._submit(name, path, None)
 
     def _claim_renamed(self, name: str) -> tuple[str, str]:
