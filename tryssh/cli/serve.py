@@ -30,7 +30,13 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     Prints a ready line on stdout once listening:
     ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
-    The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    The host key is generated on the first start (mode 0600) and its fingerprint printed;
+    it must live in a directory only this account writes (default STATE_DIR/serve/).
+    Logins must finish within [serve] login_grace_time; connections not logged in yet are
+    capped per address and in all (per_source_max_startups, max_startups).
+
+    Exit status: 0 stopped by a signal, 64 usage, 75 cannot listen on the address,
+    78 config error (including a host key others could replace).
 
     \b
     Examples:

@@ -46,6 +46,7 @@ HOST_KEY_NAME = "ssh_host_ed25519_key"
 # and checked to be the service account's own, so that no group member can swap the key.
 HOST_KEY_DIR = "serve"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
+DROP_LOG_EVERY = 10.0  # seconds between two "refused" lines for one address
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
 # Password checks at once: each scrypt costs ~32 MiB, so a burst of guesses must queue
 # instead of adding up (a burst of 32 took the server to 964 MB before this bound).
@@ -962,6 +963,7 @@ class EmbeddedServer:
         )
         self.hash_slots = threading.BoundedSemaphore(HASH_SLOTS)
         self.random = random.SystemRandom()
+        self._drops: dict[str, tuple[float, int]] = {}  # address -> (last logged, unlogged)
         self.stopping = threading.Event()
         self.connections: set[Connection] = set()
         self.threads: list[threading.Thread] = []
@@ -1059,6 +1061,25 @@ class EmbeddedServer:
                 return f"{len(startups)} connections not logged in yet (max_startups random drop)"
         return None
 
+    def _log_drop(self, address: str, peer: str, refusal: str) -> None:
+        """Log a dropped connection: at most one line per address every DROP_LOG_EVERY s.
+
+        A flood is hundreds of drops a second; logging each would flood the log (and the
+        disk) in turn. The next line says how many were dropped without a line.
+        """
+        now = time.monotonic()
+        last, unlogged = self._drops.get(address, (-DROP_LOG_EVERY, 0))
+        if now - last < DROP_LOG_EVERY:
+            self._drops[address] = (last, unlogged + 1)
+            return
+        if len(self._drops) > 4096:  # bounded: forget the addresses quiet for a while
+            self._drops = {a: v for a, v in self._drops.items() if now - v[0] < DROP_LOG_EVERY}
+        self._drops[address] = (now, 0)
+        more = f" (and {unlogged} more from {address} since the last line)" if unlogged else ""
+        self.log.say(f"{peer}: refused: {refusal}{more}")
+        self.log.record(event="connection", outcome="dropped", reason=refusal,
+                        unlogged=unlogged or None, **{"from": peer})  # fmt: skip
+
     def _start_connection(self, client: socket.socket, addr: Any) -> None:
         peer = format_address(addr[0], addr[1])
         address = peer.rsplit(":", 1)[0]
@@ -1070,9 +1091,8 @@ class EmbeddedServer:
                 conn = Connection(self, client, peer)
                 self.connections.add(conn)
         if refusal is not None:
-            self.log.say(f"{peer}: refused: {refusal}")
-            self.log.record(event="connection", outcome="dropped", reason=refusal, **{"from": peer})
             client.close()
+            self._log_drop(address, peer, refusal)
             return
         thread = threading.Thread(target=conn.run, name=f"tryssh-conn-{peer}", daemon=True)
         with self._lock:
