@@ -215,3 +215,11 @@ def test_bad_configs_are_one_line_exit_78(tmp_path: Path, case: str) -> None:
         assert result.returncode == 78, (argv, result.stderr)
         assert needle in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_client_escapes_what_the_server_says() -> None:
+    from tryssh.client.submit import status_lines
+
+    record = {"job": "j", "state": "failure", "reason": "\x1b]0;pwned\x07",
+              "builders": {"u\x1b[2J": {"state": "done", "result": "failure"}}}  # fmt: skip
+    assert not any("\x1b" in line or "\x07" in line for line in status_lines(record))

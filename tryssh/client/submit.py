@@ -17,6 +17,7 @@ from typing import Any
 
 from tryssh.client.transport import DEFAULT_TRYSERVER_CMD, Receipt, run_remote, tryserver_command
 from tryssh.core.jobfile import Job
+from tryssh.core.safetext import printable
 from tryssh.errors import (
     EX_NOINPUT,
     EX_NOPERM,
@@ -239,7 +240,9 @@ def status_lines(record: dict[str, Any]) -> list[str]:
     if record.get("reason"):
         head += f" ({record['reason']})"
     builders = record.get("builders") or {}
-    return [head] + [f"  {describe_builder(n, i or {})}" for n, i in builders.items()]
+    lines = [head] + [f"  {describe_builder(n, i or {})}" for n, i in builders.items()]
+    # The server's words (a branch name, a reason) must not drive the developer's terminal.
+    return [printable(line) for line in lines]
 
 
 def exit_code_for(record: dict[str, Any]) -> int:
@@ -293,4 +296,4 @@ def wait_for(
 
 
 def echo_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line), file=sys.stderr, flush=True)
