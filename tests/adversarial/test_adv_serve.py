@@ -335,3 +335,21 @@ def test_the_host_key_must_live_where_only_the_server_writes(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="writable by it alone"):
         load_host_key(str(state / "ssh_host_ed25519_key"))
     assert not (state / "ssh_host_ed25519_key").exists()
+
+
+def test_a_trickling_request_cannot_hold_the_shutdown(serve_factory: object) -> None:
+    server: Serve = serve_factory(serve={"stop_grace": 1})  # type: ignore[operator]
+    transport = key_login(server)
+    try:
+        channel = transport.open_session(timeout=10)
+        channel.exec_command("tryserver")
+        channel.sendall(make_job()[:10])  # and never the rest
+        wait_until(server.leftovers, timeout=10, message="the request never started")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        # Before: serve waited for the request: up to its idle timeout, again at every byte.
+        assert server.proc.wait(timeout=30) == 0, server.output()
+    finally:
+        transport.close()
+    assert server.delivered() == [] and server.leftovers() == []
+    assert "after stop_grace" in server.log()

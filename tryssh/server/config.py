@@ -72,6 +72,7 @@ SERVE_KEYS: dict[str, Any] = {
     "max_auth_failures": int,
     "per_source_max_startups": int,
     "max_startups": str,
+    "stop_grace": (int, float),
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),

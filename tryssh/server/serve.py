@@ -75,6 +75,7 @@ class Settings:
     max_auth_failures: int = 60  # failed passwords from all addresses per penalty window
     per_source_max_startups: int = 8  # unauthenticated connections from one address
     max_startups: tuple[int, int, int] = (10, 30, 20)  # like sshd's MaxStartups start:rate:full
+    stop_grace: float = 60.0  # seconds requests in flight get to finish after SIGTERM
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -98,6 +99,7 @@ class Settings:
             "max_request_time",
             "max_auth_failures",
             "per_source_max_startups",
+            "stop_grace",
         ):
             if key in serve:
                 # "not > 0" also refuses nan; inf would disable the limit.
@@ -876,6 +878,10 @@ class Connection(paramiko.ServerInterface):
             if self.server.stopping.is_set() and not busy:
                 self.close_reason = "server stopping"
                 break
+            if self.server.stopping.is_set() and now - self.server.stopped_at > settings.stop_grace:
+                # A request trickling in must not hold the shutdown for max_request_time.
+                self.close_reason = "server stopping: requests still running after stop_grace"
+                break
             if self.wake.wait(POLL):
                 self.wake.clear()
         if self.close_reason and self.close_reason != "server stopping":
@@ -965,6 +971,7 @@ class EmbeddedServer:
         self.random = random.SystemRandom()
         self._drops: dict[str, tuple[float, int]] = {}  # address -> (last logged, unlogged)
         self.stopping = threading.Event()
+        self.stopped_at = 0.0
         self.connections: set[Connection] = set()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -1016,6 +1023,7 @@ class EmbeddedServer:
                 self._start_connection(client, addr)
         finally:
             self.sock.close()
+            self.stopped_at = time.monotonic()
             self.stopping.set()
             with self._lock:
                 connections = list(self.connections)
