@@ -279,6 +279,8 @@ def test_an_orphaned_build_is_ended_on_resume(tmp_path: Path) -> None:
     )
     try:
         wait_file(tmp_path / "started")
+        # The consumer notes the build's process group right after starting it.
+        wait_until(lambda: list((config.parent / "jobdir" / "logs").rglob("*.pgid")))
     finally:
         proc.kill()  # SIGKILL: its build, in a process group of its own, lives on
         proc.wait()
@@ -305,6 +307,7 @@ def test_an_orphaned_build_is_ended_on_resume(tmp_path: Path) -> None:
                 timeout=30,
             )
         finally:
+            (tmp_path / "go").touch()  # a stopping consumer waits for its builds
             restarted.terminate()
             restarted.wait(timeout=30)
     finally:

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_consumer import consume_once, store_of, submit, write_config
 
+from tryssh.core.jobview import format_status
 from tryssh.core.safetext import printable, redact_in, redact_url
-from tryssh.server.queries import format_status
 
 SECRETS = ("s3cr3t-pass", "tok-123")
 
@@ -129,8 +129,8 @@ def test_unbuildable_text_is_refused_at_the_door(
 
 
 def test_text_answers_escape_control_characters() -> None:
+    from tryssh.core.jobview import format_jobs
     from tryssh.core.records import new_record
-    from tryssh.server.queries import format_jobs
 
     record = new_record("j1", state="queued", branch="x\x1b]0;owned\x07\nfake\tline")
     record["builders"] = {"u\x1b[2J": {"state": "pending"}}
@@ -218,7 +218,7 @@ def test_bad_configs_are_one_line_exit_78(tmp_path: Path, case: str) -> None:
 
 
 def test_the_client_escapes_what_the_server_says() -> None:
-    from tryssh.client.submit import status_lines
+    from tryssh.core.jobview import status_lines
 
     record = {"job": "j", "state": "failure", "reason": "\x1b]0;pwned\x07",
               "builders": {"u\x1b[2J": {"state": "done", "result": "failure"}}}  # fmt: skip

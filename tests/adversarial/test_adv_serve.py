@@ -338,7 +338,7 @@ def test_the_host_key_must_live_where_only_the_server_writes(tmp_path: Path) -> 
 
 
 def test_a_trickling_request_cannot_hold_the_shutdown(serve_factory: object) -> None:
-    server: Serve = serve_factory(serve={"stop_grace": 1})  # type: ignore[operator]
+    server: Serve = serve_factory(serve={"stop_timeout": 1})  # type: ignore[operator]
     transport = key_login(server)
     try:
         channel = transport.open_session(timeout=10)
@@ -352,4 +352,4 @@ def test_a_trickling_request_cannot_hold_the_shutdown(serve_factory: object) -> 
     finally:
         transport.close()
     assert server.delivered() == [] and server.leftovers() == []
-    assert "after stop_grace" in server.log()
+    assert "after stop_timeout" in server.log()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tryssh.errors import EX_OK, TrysshError, UsageError
+from tryssh.core.logfmt import ERR, INFO, EventLog
+from tryssh.errors import TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
-def serve_cmd(config_path: str, consume: bool) -> int:
+def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
@@ -32,11 +33,9 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     The host key is generated on the first start (mode 0600) and its fingerprint printed;
     it must live in a directory only this account writes (default STATE_DIR/serve/).
+    Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
     Logins must finish within [serve] login_grace_time; connections not logged in yet are
     capped per address and in all (per_source_max_startups, max_startups).
-
-    Exit status: 0 stopped by a signal, 64 usage, 75 cannot listen on the address,
-    78 config error (including a host key others could replace).
 
     \b
     Examples:
@@ -47,6 +46,10 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 75 cannot listen, 78 config error (a
+    weak or malformed key, a bad [serve] value, no [users.NAME] account, a host key others
+    can read or replace).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -69,7 +72,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     consumer = consumer_thread = None
     try:
         if consume:
-            consumer, consumer_thread = _start_consumer(config, stop)
+            consumer, consumer_thread = _start_consumer(config, stop, server.log.events)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -82,14 +85,15 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
-    click.echo("tryssh serve: stopped", err=True)
-    return EX_OK
+    server.log.events(INFO, event="serve-stopped")
 
 
-def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
+def _start_consumer(
+    config: Config, stop: threading.Event, events: EventLog
+) -> tuple[Consumer, threading.Thread]:
     from tryssh.server.consumer import Consumer
 
-    consumer = Consumer(config)
+    consumer = Consumer(config, log=events)  # one stream, one format: the server's
     consumer.prepare()  # config and directory errors before the ready line, not in a thread
 
     def run() -> None:
@@ -97,7 +101,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
             consumer.run()
         except Exception as err:
             message = err.message if isinstance(err, TrysshError) else repr(err)
-            click.echo(f"tryssh serve: the consumer stopped: {message}", err=True)
+            events(ERR, event="consumer-stopped", reason=message)
         finally:
             stop.set()  # a dead consumer must not leave a server taking jobs nobody runs
 
@@ -108,7 +112,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
 
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
-def passwd_cmd(from_stdin: bool) -> int:
+def passwd_cmd(from_stdin: bool) -> None:
     """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
@@ -133,4 +137,3 @@ def passwd_cmd(from_stdin: bool) -> int:
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)
-    return EX_OK

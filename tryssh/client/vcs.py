@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from tryssh.core.defaults import MAX_JOB_SIZE
 from tryssh.errors import (
     EX_DATAERR,
     EX_IOERR,
@@ -33,13 +34,12 @@ from tryssh.errors import (
     UsageError,
 )
 
-SUPPORTED_VCS = ("git", "hg", "svn")
 # The servers' default job size limit: a bigger diff would be refused there anyway, and
 # reading one without a bound (``--diff /dev/zero``) would never end.
-MAX_DIFF = 64 * 1024 * 1024
+MAX_DIFF = MAX_JOB_SIZE
 
-# The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
-_MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
+#: The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
+MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
 
 # Commands that print the top directory of the working copy around the current directory.
 _TOP_COMMANDS = {
@@ -249,7 +249,7 @@ def detect_vcs(start: str) -> tuple[str, str]:
         raise UsageError(f"not a directory: {start}")
     d = start
     while True:
-        found = [vcs for vcs, marker in _MARKERS.items() if os.path.exists(os.path.join(d, marker))]
+        found = [vcs for vcs, marker in MARKERS.items() if os.path.exists(os.path.join(d, marker))]
         if found:
             break
         parent = os.path.dirname(d)

@@ -18,9 +18,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from tryssh.core import defaults
+from tryssh.core.netaddr import parse_listen
 from tryssh.errors import ConfigError
-
-DEFAULT_MAX_JOB_SIZE = 64 * 1024 * 1024
 
 # Each table's keys and their types. A tuple means "any of these types".
 TOP_KEYS: dict[str, Any] = {
@@ -72,12 +72,26 @@ SERVE_KEYS: dict[str, Any] = {
     "max_auth_failures": int,
     "per_source_max_startups": int,
     "max_startups": str,
-    "stop_grace": (int, float),
+    "stop_timeout": (int, float),
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),
     "max_parallel": int,
 }
+#: The numbers of [serve] and [consume] that must be greater than 0.
+SERVE_POSITIVE = (
+    "max_auth_tries",
+    "max_auth_failures_per_address",
+    "auth_penalty_seconds",
+    "max_connections",
+    "idle_timeout",
+    "login_grace_time",
+    "max_request_time",
+    "max_auth_failures",
+    "per_source_max_startups",
+    "stop_timeout",
+)
+CONSUME_POSITIVE = ("poll_interval", "max_parallel")
 
 
 @dataclass
@@ -114,7 +128,7 @@ class Config:
     state_dir: str
     log_dir: str
     audit_log: str
-    max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    max_job_size: int = defaults.MAX_JOB_SIZE
     keep_days: float | None = None
     builders: dict[str, Builder] = field(default_factory=dict)
     users: dict[str, UserPolicy] = field(default_factory=dict)
@@ -153,7 +167,20 @@ def _str_list(path: str, where: str, value: list[Any]) -> list[str]:
 def _positive(path: str, where: str, value: Any) -> None:
     # "not > 0" refuses nan too; inf would mean "never" where a limit was asked for.
     if value is not None and (not value > 0 or value == float("inf")):
-        raise ConfigError(f"{path}: {where}: must be a finite number greater than 0")
+        raise ConfigError(f"{path}: {where}: must be greater than 0 and finite")
+
+
+def parse_max_startups(text: str, where: str = "max_startups") -> tuple[int, int, int]:
+    """sshd's ``START:RATE:FULL`` (or one number, FULL) → (start, rate %, full)."""
+    words = text.split(":")
+    if len(words) == 1:
+        words = [words[0], "100", words[0]]
+    if len(words) != 3 or not all(w.isdigit() for w in words):
+        raise ConfigError(f"{where}: expected START:RATE:FULL (e.g. 10:30:20), got {text!r}")
+    start, rate, full = (int(w) for w in words)
+    if not 0 < start <= full or not 0 < rate <= 100:
+        raise ConfigError(f"{where}: expected 0 < START <= FULL and 0 < RATE <= 100, got {text!r}")
+    return start, rate, full
 
 
 def _builder_name(path: str, name: str) -> None:
@@ -199,10 +226,10 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     config = Config(
         path=path,
         jobdir=jobdir,
-        state_dir=resolve(data.get("state_dir", os.path.join(jobdir, "state"))),
-        log_dir=resolve(data.get("log_dir", os.path.join(jobdir, "logs"))),
-        audit_log=resolve(data.get("audit_log", os.path.join(jobdir, "audit.log"))),
-        max_job_size=data.get("max_job_size", DEFAULT_MAX_JOB_SIZE),
+        state_dir=resolve(data.get("state_dir", os.path.join(jobdir, defaults.STATE_DIR))),
+        log_dir=resolve(data.get("log_dir", os.path.join(jobdir, defaults.LOG_DIR))),
+        audit_log=resolve(data.get("audit_log", os.path.join(jobdir, defaults.AUDIT_LOG))),
+        max_job_size=data.get("max_job_size", defaults.MAX_JOB_SIZE),
         keep_days=data.get("keep_days"),
     )
     _positive(path, "max_job_size", config.max_job_size)
@@ -258,12 +285,18 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
 
     serve = data.get("serve", {})
     _check_table(path, "serve.", serve, SERVE_KEYS)
+    if "listen" in serve:
+        parse_listen(serve["listen"], f"{path}: serve.listen")
+    for key in SERVE_POSITIVE:
+        _positive(path, "serve." + key, serve.get(key))
+    if "max_startups" in serve:
+        parse_max_startups(serve["max_startups"], f"{path}: serve.max_startups")
     if "host_key" in serve:
         serve["host_key"] = resolve(serve["host_key"])
     config.serve = serve
     consume = data.get("consume", {})
     _check_table(path, "consume.", consume, CONSUME_KEYS)
-    for key in ("poll_interval", "max_parallel"):
+    for key in CONSUME_POSITIVE:
         _positive(path, "consume." + key, consume.get(key))
     config.consume = consume
     return config

@@ -11,9 +11,11 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
-from typing import NamedTuple
 
+from tryssh.core import defaults
+from tryssh.core.jobdir import Jobdir
 from tryssh.errors import TrysshError
+from tryssh.server.checks import Finding, config_findings
 from tryssh.server.config import Config, load_config
 from tryssh.server.policy import allowed_builders
 
@@ -26,12 +28,6 @@ SSHD_WANTED = {
     "exposeauthinfo": "yes",
     "passwordauthentication": "no",
 }
-
-
-class Finding(NamedTuple):
-    level: str  # "ok", "warn" or "problem"
-    area: str
-    message: str
 
 
 def _dir_findings(path: str, what: str) -> Iterator[Finding]:
@@ -57,7 +53,8 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
 
 
 def check_jobdir(config: Config) -> Iterator[Finding]:
-    subs = {name: os.path.join(config.jobdir, name) for name in ("tmp", "new", "cur")}
+    jobdir = Jobdir(config.jobdir)
+    subs = {"tmp": jobdir.tmp, "new": jobdir.new, "cur": jobdir.cur}
     found = False
     for name, path in subs.items():
         bad = list(_dir_findings(path, f"{name}/"))
@@ -87,28 +84,7 @@ def check_jobdir(config: Config) -> Iterator[Finding]:
 def check_builders(config: Config) -> Iterator[Finding]:
     if not config.builders:
         yield Finding("problem", "builders", "no [builders.NAME] table: nothing would be built")
-    for builder in config.builders.values():
-        where = f"builders.{builder.name}"
-        if builder.kind == "command":
-            program = builder.target[0]
-            found = program if os.path.isabs(program) else shutil.which(program)
-            if not found or not os.access(found, os.X_OK):
-                yield Finding("problem", "builders", f"{where}: program {program!r} not found")
-                continue
-        elif builder.kind == "webhook":
-            secret = builder.options.get("secret_file")
-            if not secret:
-                yield Finding("warn", "builders", f"{where}: webhook without secret_file: unsigned")
-            elif not os.access(secret, os.R_OK):
-                yield Finding("problem", "builders", f"{where}: cannot read {secret}")
-                continue
-        elif not builder.target.startswith("ssh://") and not os.path.isdir(
-            os.path.join(builder.target, "new")
-        ):
-            yield Finding("problem", "builders", f"{where}: forward target {builder.target} "
-                          "is not a jobdir")  # fmt: skip
-            continue
-        yield Finding("ok", "builders", f"{where}: {builder.kind} {builder.target}")
+    yield from config_findings(config)
 
 
 def check_users(config: Config) -> Iterator[Finding]:
@@ -141,7 +117,7 @@ def check_authorized_keys(path: str, config: Config | None) -> Iterator[Finding]
         if "restrict" not in options:
             yield Finding("problem", "keys", f"{entry.user}'s key {entry.fingerprint}: no restrict")
         command = next((o for o in options if o.startswith("command=")), "")
-        words = command[len("command="):].strip('"').split()
+        words = command[len("command=") :].strip('"').split()
         if not words or not os.access(words[0], os.X_OK):
             yield Finding("problem", "keys", f"key {entry.fingerprint} of {entry.user}: "
                           f"forced command {words[:1]} is not an executable")  # fmt: skip
@@ -198,7 +174,7 @@ def check_serve(config: Config) -> Iterator[Finding]:
     with_auth = [u.name for u in config.users.values() if u.keys or u.password_hash]
     if not with_auth:
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")
-    yield Finding("ok", "serve", f"listen {config.serve.get('listen', '127.0.0.1:2222')}")
+    yield Finding("ok", "serve", f"listen {config.serve.get('listen', defaults.SERVE_LISTEN)}")
 
 
 def diagnose(

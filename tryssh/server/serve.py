@@ -10,41 +10,34 @@ one-line message and exit status 64, like the forced command.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import paramiko
 
-from tryssh.core.request import Refused, parse_ssh_command
-from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.core import defaults
+from tryssh.core.logfmt import INFO, EventLog
+from tryssh.core.netaddr import format_address, parse_listen
+from tryssh.core.request import CommandRefused
+from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
-    EX_TEMPFAIL,
     ConfigError,
     TempFail,
-    TrysshError,
 )
 from tryssh.server.audit import AuditLog
-from tryssh.server.config import Config
+from tryssh.server.config import SERVE_POSITIVE, Config, parse_max_startups
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
-from tryssh.server.tryserver import REFUSALS, Options, Server, handle
+from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 
-DEFAULT_LISTEN = "127.0.0.1:2222"
-HOST_KEY_NAME = "ssh_host_ed25519_key"
-# The default host key's directory, under STATE_DIR (which the group may write): made 0700
-# and checked to be the service account's own, so that no group member can swap the key.
-HOST_KEY_DIR = "serve"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
 DROP_LOG_EVERY = 10.0  # seconds between two "refused" lines for one address
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
@@ -52,6 +45,7 @@ POLL = 0.25  # how often the accept loop and the connection watchdogs look at th
 # instead of adding up (a burst of 32 took the server to 964 MB before this bound).
 HASH_SLOTS = 2
 HASH_WAIT = 10.0  # seconds an attempt waits for a slot before it fails (not counted as a guess)
+STOP_GRACE = 2.0  # seconds a client has to hang up after its last request when we stop
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -61,8 +55,8 @@ HASH_WAIT = 10.0  # seconds an attempt waits for a slot before it fails (not cou
 class Settings:
     """The ``[serve]`` table with its defaults filled in."""
 
-    host: str = "127.0.0.1"
-    port: int = 2222
+    host: str = defaults.SERVE_HOST
+    port: int = defaults.SERVE_PORT
     host_key: str = ""
     max_auth_tries: int = 6
     max_auth_failures_per_address: int = 10
@@ -75,99 +69,29 @@ class Settings:
     max_auth_failures: int = 60  # failed passwords from all addresses per penalty window
     per_source_max_startups: int = 8  # unauthenticated connections from one address
     max_startups: tuple[int, int, int] = (10, 30, 20)  # like sshd's MaxStartups start:rate:full
-    stop_grace: float = 60.0  # seconds requests in flight get to finish after SIGTERM
+    stop_timeout: float = 60.0  # seconds requests in flight get to finish after SIGTERM
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
+        """The settings of a config (which :mod:`tryssh.server.config` checked already)."""
         serve = config.serve
-        where = f"{config.path}: serve."
-        host, port = parse_listen(serve.get("listen", DEFAULT_LISTEN), where + "listen")
+        host, port = parse_listen(serve.get("listen", defaults.SERVE_LISTEN))
         settings = cls(
             host=host,
             port=port,
             host_key=serve.get("host_key")
-            or os.path.join(config.state_dir, HOST_KEY_DIR, HOST_KEY_NAME),
+            or os.path.join(config.state_dir, defaults.SERVE_HOST_KEY),
             banner=serve.get("banner"),
         )
-        for key in (
-            "max_auth_tries",
-            "max_auth_failures_per_address",
-            "auth_penalty_seconds",
-            "max_connections",
-            "idle_timeout",
-            "login_grace_time",
-            "max_request_time",
-            "max_auth_failures",
-            "per_source_max_startups",
-            "stop_grace",
-        ):
+        for key in SERVE_POSITIVE:
             if key in serve:
-                # "not > 0" also refuses nan; inf would disable the limit.
-                if not serve[key] > 0 or serve[key] == float("inf"):
-                    raise ConfigError(f"{where}{key}: must be a number greater than 0")
                 setattr(settings, key, serve[key])
         if "max_startups" in serve:
-            settings.max_startups = parse_max_startups(
-                serve["max_startups"], where + "max_startups"
-            )
+            settings.max_startups = parse_max_startups(serve["max_startups"])
         return settings
 
 
-def parse_max_startups(text: str, where: str = "max_startups") -> tuple[int, int, int]:
-    """sshd's ``start:rate:full`` (or one number, ``full``) → (start, rate %, full)."""
-    words = text.split(":")
-    if len(words) == 1:
-        words = [words[0], "100", words[0]]
-    if len(words) != 3 or not all(w.isdigit() for w in words):
-        raise ConfigError(f"{where}: expected START:RATE:FULL (e.g. 10:30:20), got {text!r}")
-    start, rate, full = (int(w) for w in words)
-    if not 0 < start <= full or not 0 < rate <= 100:
-        raise ConfigError(f"{where}: expected 0 < START <= FULL and 0 < RATE <= 100, got {text!r}")
-    return start, rate, full
-
-
-def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); port 0 means any free port."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(f"{where}: expected [ADDRESS]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"{where}: expected HOST:PORT with a port 0-65535, got {text!r}")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # -- keys -------------------------------------------------------------------------------------
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """``SHA256:...`` as ssh-keygen -l prints it."""
-    return blob_fingerprint(key.asbytes())
-
-
-def parse_public_key(line: str) -> bytes:
-    """The key blob of an ``ssh-ed25519 AAAA... [comment]`` line; ValueError if malformed."""
-    words = line.split()
-    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise ValueError("expected 'TYPE BASE64 [COMMENT]' (no options)")
-    try:
-        blob = base64.b64decode(words[1], validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("the key is not valid base64") from None
-    # The blob starts with its own type name: a line whose two disagree is forged or broken.
-    name_len = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + name_len] != words[0].encode():
-        raise ValueError(f"the key data is not a {words[0]} key")
-    return blob
 
 
 def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
@@ -274,10 +198,10 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
         keys: dict[bytes, str] = {}
         for i, line in enumerate(policy.keys):
             try:
-                blob = parse_public_key(line)
-            except ValueError as err:
-                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err}") from None
-            keys[blob] = blob_fingerprint(blob)
+                key = parse_public_key(line)
+            except BadPublicKey as err:
+                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err.message}") from None
+            keys[key.blob] = key.fingerprint
         if policy.password_hash is not None:
             try:
                 parse_hash(policy.password_hash)
@@ -293,22 +217,15 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
 
 
 class Log:
-    """One-line messages on stderr (thread-safe), plus the audit log."""
+    """Messages on stderr, as the consumer's events (one logfmt writer), plus the audit log."""
 
-    def __init__(self, audit: AuditLog | None, stream: TextIO | None = None) -> None:
+    def __init__(self, audit: AuditLog | None, events: EventLog | None = None) -> None:
         self.audit = audit
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
+        self.events = events or EventLog()
 
-    def say(self, message: str) -> None:
-        # No control characters from clients reach the terminal.
-        clean = "".join(c if c.isprintable() else "?" for c in message)
-        with self._lock:
-            try:
-                self.stream.write(f"tryssh serve: {clean}\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+    def say(self, message: str, priority: int = INFO) -> None:
+        # format_value quotes the message: no client's control character reaches a terminal.
+        self.events(priority, msg=message)
 
     def record(self, **fields: object) -> None:
         if self.audit is None:
@@ -501,8 +418,8 @@ class ChannelStdout:
 # -- one connection ---------------------------------------------------------------------------
 
 
-class Connection(paramiko.ServerInterface):
-    """One client: its authentication, its channels and their worker threads."""
+class ClientHandler(paramiko.ServerInterface):
+    """One client connection: its authentication, its channels and their worker threads."""
 
     def __init__(self, server: EmbeddedServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -761,50 +678,37 @@ class Connection(paramiko.ServerInterface):
             "from": self.peer,
             "auth": self.method,
             "key": self.key_fp,
-            "cmd": command.decode("utf-8", "replace"),
+            "cmd": clip(command.decode("utf-8", "replace")),
         }
-        code = EX_SOFTWARE
-        tryserver: Server | None = None
-        clock = RequestClock(channel, self.settings.idle_timeout, self.settings.max_request_time)
-        channel.settimeout(self.settings.idle_timeout)
-        try:
+        config = self.server.config
+        audit = self.log.audit
+
+        def open_request() -> RequestContext:
             try:
                 text = command.decode("utf-8")
             except UnicodeDecodeError:
-                raise Refused("command refused: not UTF-8") from None
-            request = parse_ssh_command(text)
-            config = self.server.config
+                raise CommandRefused("command refused: not UTF-8") from None
             # The identity is the authenticated user; the jobdir and limits are the config's.
+            # The command is parsed exactly as sshd's forced command parses it.
             opts = Options(jobdir=config.jobdir, user=user, config=config.path)
-            tryserver = Server(opts, env={}, config=config)
-            code = handle(
-                tryserver,
-                request,
+            env = {"SSH_ORIGINAL_COMMAND": text}
+            return RequestContext(opts, env=env, config=config, audit=audit)
+
+        clock = RequestClock(channel, self.settings.idle_timeout, self.settings.max_request_time)
+        channel.settimeout(self.settings.idle_timeout)
+        code = EX_SOFTWARE
+        try:
+            code = run_request(
+                open_request,
                 ChannelStdin(channel, self.touch, clock),  # type: ignore[arg-type]
                 ChannelStdout(channel, self.touch, clock),  # type: ignore[arg-type]
                 fields,
+                say=lambda line: self._send_stderr(channel, line + "\n"),
+                warn=self.log.say,
+                audit=audit,
+                gone=(OSError, EOFError, paramiko.SSHException),
             )
-        except TrysshError as err:
-            code = err.exit_code
-            fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
-            fields.setdefault("reason", err.message)
-            self._send_stderr(channel, f"tryserver: {err.message}\n")
-        except (OSError, EOFError, paramiko.SSHException) as err:
-            code = EX_TEMPFAIL
-            fields["outcome"] = "client gone"
-            fields["reason"] = str(err) or type(err).__name__
-        except Exception as err:  # a bug: log it, answer, keep the server up
-            import traceback
-
-            traceback.print_exc()
-            fields["outcome"] = "failed"
-            fields["reason"] = f"internal error: {type(err).__name__}"
-            self._send_stderr(channel, "tryserver: internal error\n")
         finally:
-            if tryserver is not None:
-                tryserver.close()  # a Server is made per request; serve is long-lived
-            fields["exit"] = code
-            self.log.record(**fields)
             self.log.say(
                 f"{self.peer} {user}: {fields.get('verb', 'request')} "
                 f"{fields.get('outcome')} exit={code}"
@@ -875,12 +779,19 @@ class Connection(paramiko.ServerInterface):
             if not busy and now - self.last_activity > settings.idle_timeout:
                 self.close_reason = "idle timeout"
                 break
-            if self.server.stopping.is_set() and not busy:
+            if (
+                self.server.stopping.is_set()
+                and not busy
+                and (not self.requests or now - self.last_activity > STOP_GRACE)
+            ):
+                # A client whose request just ended gets a moment to hang up first: closing
+                # under it makes ssh exit 255 for a job that was delivered.
                 self.close_reason = "server stopping"
                 break
-            if self.server.stopping.is_set() and now - self.server.stopped_at > settings.stop_grace:
+            stopping_for = now - self.server.stopped_at if self.server.stopping.is_set() else 0
+            if stopping_for > settings.stop_timeout:
                 # A request trickling in must not hold the shutdown for max_request_time.
-                self.close_reason = "server stopping: requests still running after stop_grace"
+                self.close_reason = "server stopping: requests still running after stop_timeout"
                 break
             if self.wake.wait(POLL):
                 self.wake.clear()
@@ -941,9 +852,9 @@ class Connection(paramiko.ServerInterface):
 
 
 class EmbeddedServer:
-    """Listens, accepts, and runs one thread per connection (see :class:`Connection`)."""
+    """Listens, accepts, and runs one thread per connection (see :class:`ClientHandler`)."""
 
-    def __init__(self, config: Config, log_stream: TextIO | None = None) -> None:
+    def __init__(self, config: Config, events: EventLog | None = None) -> None:
         self.config = config
         self.settings = Settings.from_config(config)
         self.accounts = accounts_from_config(config)
@@ -959,9 +870,9 @@ class EmbeddedServer:
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
-        self.fingerprint = fingerprint(self.host_key)
+        self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         make_private_dirs(os.path.dirname(config.audit_log) or ".")
-        self.log = Log(AuditLog(config.audit_log), log_stream)
+        self.log = Log(AuditLog(config.audit_log), events)
         self.limiter = AuthLimiter(
             self.settings.max_auth_failures_per_address,
             self.settings.auth_penalty_seconds,
@@ -972,7 +883,7 @@ class EmbeddedServer:
         self._drops: dict[str, tuple[float, int]] = {}  # address -> (last logged, unlogged)
         self.stopping = threading.Event()
         self.stopped_at = 0.0
-        self.connections: set[Connection] = set()
+        self.connections: set[ClientHandler] = set()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.sock: socket.socket | None = None
@@ -1096,7 +1007,7 @@ class EmbeddedServer:
             self.threads = [t for t in self.threads if t.is_alive()]
             refusal = self._refusal(address)
             if refusal is None:
-                conn = Connection(self, client, peer)
+                conn = ClientHandler(self, client, peer)
                 self.connections.add(conn)
         if refusal is not None:
             client.close()
@@ -1107,6 +1018,6 @@ class EmbeddedServer:
             self.threads.append(thread)
         thread.start()
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: ClientHandler) -> None:
         with self._lock:
             self.connections.discard(conn)
