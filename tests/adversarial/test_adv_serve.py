@@ -353,3 +353,17 @@ def test_a_trickling_request_cannot_hold_the_shutdown(serve_factory: object) -> 
         transport.close()
     assert server.delivered() == [] and server.leftovers() == []
     assert "after stop_timeout" in server.log()
+
+
+def test_doctor_names_a_host_key_directory_others_can_write(tmp_path: Path) -> None:
+    from tryssh.server.config import config_from_dict
+    from tryssh.server.doctor import check_serve
+
+    shared = tmp_path / "state"
+    shared.mkdir()
+    shared.chmod(0o2770)
+    (shared / "hk").write_text("x")
+    (shared / "hk").chmod(0o600)
+    config = config_from_dict({"jobdir": str(tmp_path), "serve": {"host_key": str(shared / "hk")}})
+    problems = [f.message for f in check_serve(config) if f.level == "problem"]
+    assert any("writable by group or others" in m for m in problems), problems
