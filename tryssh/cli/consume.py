@@ -31,7 +31,8 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
       tryssh consume --config /etc/tryssh/config.toml --once   drain the queue (cron, tests)
       tryssh status JOB --config /etc/tryssh/config.toml       read a job's record here
 
-    Exit codes: 0 stopped cleanly, 78 config error (file, key and problem named).
+    Exit codes: 0 stopped cleanly, 64 usage, 73 cannot create the jobdir's records or
+    logs, 78 config error (file, key and problem named).
     """
     from tryssh.core.logfmt import EventLog
     from tryssh.server.config import load_config
@@ -68,6 +69,8 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
     Examples:
       tryssh gc --config /etc/tryssh/config.toml --older-than 30 --dry-run
       tryssh gc --config /etc/tryssh/config.toml --older-than 30
+
+    Exit codes: 0 ok, 64 usage, 78 config error.
     """
     from tryssh.server.config import load_config
     from tryssh.server.gc import collect
