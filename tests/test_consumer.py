@@ -312,7 +312,8 @@ def test_sigkill_mid_build_then_restart_loses_nothing(tmp_path):
     assert record["state"] == "interrupted"
     assert record["builders"]["fast"]["result"] == "success"  # kept
     slow = record["builders"]["slow"]
-    assert (slow["state"], slow["result"], slow["reason"]) == ("done", "error", INTERRUPTED)
+    assert (slow["state"], slow["result"]) == ("done", "error")
+    assert slow["reason"].startswith(INTERRUPTED)  # (maybe: its leftover group was killed)
     assert "slow was running and was not run again" in record["reason"]
     assert record["resumed"]
     assert record["resumed_from"] == f"{os.uname().nodename}:{proc.pid}"

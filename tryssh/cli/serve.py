@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @click.command("serve")
 @click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    # Not dir_okay=False: a directory is the loader's one-line exit 78, not click's usage.
+    "--config", "config_path", required=True, type=click.Path(),
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
@@ -32,8 +33,11 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     Prints a ready line on stdout once listening:
     'tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)'.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
-    The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    The host key is generated on the first start (mode 0600) and its fingerprint printed;
+    it must live in a directory only this account writes (default STATE_DIR/serve/).
     Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
+    Logins must finish within [serve] login_grace_time; connections not logged in yet are
+    capped per address and in all (per_source_max_startups, max_startups).
 
     With a [pb] table it also opens Buildbot's PB door, for unchanged
     "buildbot try --connect=pb" clients (needs pip install 'tryssh[pb]'; plaintext,
@@ -53,7 +57,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 73 cannot create the host key or
     state, 75 cannot listen (address in use), 78 config error (a weak or malformed key, a
     bad [serve] or [pb] value, no [users.NAME] account, a host key or a pb_secret_file
-    others can read, [pb] without Twisted or on a non-loopback address).
+    others can read or replace, [pb] without Twisted or on a non-loopback address).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer

@@ -14,10 +14,11 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 import time
 from collections.abc import Callable
 
-from tryssh.errors import CannotCreate, TrysshError, exit_code_for_oserror
+from tryssh.errors import BadJob, CannotCreate, TrysshError, exit_code_for_oserror
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
@@ -33,6 +34,46 @@ _counter = itertools.count(1)
 
 class AlreadyTaken(TrysshError):
     """Another consumer claimed the job first."""
+
+
+class NotAJobFile(BadJob):
+    """A name in the jobdir that is not a regular file (FIFO, directory, symlink, ...)."""
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def open_job(path: str) -> int:
+    """A read-only fd of the job file at *path*, which must be a regular file.
+
+    Anything else raises :class:`NotAJobFile` saying what it is, without blocking (a FIFO
+    opened plainly waits for a writer for ever) and without following a symlink.
+    FileNotFoundError and other OSErrors (EACCES) pass through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotAJobFile("a symbolic link, not a job file") from None
+        if err.errno == errno.ENXIO:
+            raise NotAJobFile("a socket, not a job file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAJobFile(f"{_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a job file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _escaped_hostname() -> str:

@@ -12,6 +12,8 @@ view never fails on a record, it shows ``?`` instead.
 
 from __future__ import annotations
 
+from tryssh.core.safetext import printable
+
 TYPE_CHECKING = False  # typing is not imported at run time: tryserver status uses this
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -61,7 +63,9 @@ def status_lines(record: JobRecord | Mapping[str, Any], show_log: bool = True) -
         lines.append(details)
     builders = record.get("builders") or {}
     lines.extend(builder_line(name, entry or {}, show_log) for name, entry in builders.items())
-    return lines
+    # Branch names, reasons and builder names come from clients (or a server): no escape
+    # sequence may reach a terminal, and no newline may forge a line.
+    return [printable(line) for line in lines]
 
 
 def format_status(record: JobRecord | Mapping[str, Any]) -> str:
@@ -75,12 +79,14 @@ def format_jobs(records: list[JobRecord]) -> str:
     lines = []
     for record in records:
         results = ",".join(
-            f"{n}={e.get('result') or e.get('state')}"
+            f"{printable(str(n))}={printable(str(e.get('result') or e.get('state')))}"
             for n, e in (record.get("builders") or {}).items()
         )
         comment = " ".join(str(record.get("comment") or "").split())[:60]
+        fields = (record["job"], record.get("state"), record.get("branch") or "-")
+        # Each field escaped on its own: a tab or newline in a branch cannot forge a column.
         lines.append(
-            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\t{comment or '-'}\n"
+            "\t".join(printable(str(f)) for f in fields)
+            + f"\t{results or '-'}\t{printable(comment) or '-'}\n"
         )
     return "".join(lines)

@@ -69,6 +69,12 @@ SERVE_KEYS: dict[str, Any] = {
     "max_connections": int,
     "idle_timeout": (int, float),
     "banner": str,
+    "login_grace_time": (int, float),
+    "max_request_time": (int, float),
+    "max_auth_failures": int,
+    "per_source_max_startups": int,
+    "max_startups": str,
+    "stop_timeout": (int, float),
 }
 # The PB door (Buildbot's Try_Userpass), checked further in tryssh.server.pb.
 PB_KEYS: dict[str, Any] = {
@@ -90,6 +96,11 @@ SERVE_POSITIVE = (
     "auth_penalty_seconds",
     "max_connections",
     "idle_timeout",
+    "login_grace_time",
+    "max_request_time",
+    "max_auth_failures",
+    "per_source_max_startups",
+    "stop_timeout",
 )
 CONSUME_POSITIVE = ("poll_interval", "max_parallel")
 PB_POSITIVE = ("max_connections", "max_tries_per_connection", "login_timeout", "idle_timeout")
@@ -168,8 +179,31 @@ def _str_list(path: str, where: str, value: list[Any]) -> list[str]:
 
 
 def _positive(path: str, where: str, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{path}: {where}: must be greater than 0")
+    # "not > 0" refuses nan too; inf would mean "never" where a limit was asked for.
+    if value is not None and (not value > 0 or value == float("inf")):
+        raise ConfigError(f"{path}: {where}: must be greater than 0 and finite")
+
+
+def parse_max_startups(text: str, where: str = "max_startups") -> tuple[int, int, int]:
+    """sshd's ``START:RATE:FULL`` (or one number, FULL) → (start, rate %, full)."""
+    words = text.split(":")
+    if len(words) == 1:
+        words = [words[0], "100", words[0]]
+    if len(words) != 3 or not all(w.isdigit() for w in words):
+        raise ConfigError(f"{where}: expected START:RATE:FULL (e.g. 10:30:20), got {text!r}")
+    start, rate, full = (int(w) for w in words)
+    if not 0 < start <= full or not 0 < rate <= 100:
+        raise ConfigError(f"{where}: expected 0 < START <= FULL and 0 < RATE <= 100, got {text!r}")
+    return start, rate, full
+
+
+def _builder_name(path: str, name: str) -> None:
+    # The name becomes a directory under LOG_DIR/JOB/: "../../x" would write outside it.
+    if not name or name.startswith(".") or "/" in name or not name.isprintable():
+        raise ConfigError(
+            f"{path}: builders.{name!r}: a builder name may not be empty, start with '.', "
+            "or hold '/' or control characters"
+        )
 
 
 def load_config(path: str) -> Config:
@@ -181,6 +215,12 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: no such config file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     return config_from_dict(data, path)
@@ -211,6 +251,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
 
     for name, table in data.get("builders", {}).items():
         where = f"builders.{name}."
+        _builder_name(path, name)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: builders.{name}: must be a table")
         _check_table(path, where, table, BUILDER_KEYS)
@@ -234,6 +275,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                 table[key] = resolve(table[key])
         _positive(path, where + "timeout", table.get("timeout"))
         _positive(path, where + "concurrency", table.get("concurrency"))
+        if table.get("retries") is not None and table["retries"] < 0:
+            raise ConfigError(f"{path}: {where}retries: must be 0 or more")
         if "env" in table and not all(isinstance(v, str) for v in table["env"].values()):
             raise ConfigError(f"{path}: {where}env: values must be strings")
         options = {k: v for k, v in table.items() if k not in BUILDER_KINDS}
@@ -262,6 +305,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         parse_listen(serve["listen"], f"{path}: serve.listen")
     for key in SERVE_POSITIVE:
         _positive(path, "serve." + key, serve.get(key))
+    if "max_startups" in serve:
+        parse_max_startups(serve["max_startups"], f"{path}: serve.max_startups")
     if "host_key" in serve:
         serve["host_key"] = resolve(serve["host_key"])
     config.serve = serve

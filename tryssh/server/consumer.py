@@ -32,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tryssh.core import defaults
-from tryssh.core.jobdir import AlreadyTaken, Jobdir
+from tryssh.core.jobdir import AlreadyTaken, Jobdir, unique_name
 from tryssh.core.jobfile import Job, parse_job
 from tryssh.core.logfmt import DEBUG, ERR, INFO, NOTICE, WARNING, EventLog, iso_time
 from tryssh.core.records import (
     FINAL_STATES,
     INTERRUPTED,
+    DamagedRecord,
     JobLock,
     RecordStore,
     builder_entry,
@@ -55,6 +56,8 @@ from tryssh.server.policy import PolicyRefused, choose_builders
 
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
+MAX_RECORDED_NAME = 250  # NAME_MAX (255) less ".json"
+RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -116,6 +119,10 @@ class Consumer:
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="tryssh-job")
         self._extra_threads: list[threading.Thread] = []
         self._last_gc: float | None = None
+        self.retry_interval = RETRY_INTERVAL
+        self._retry: dict[str, float] = {}  # job -> when to try again (no record could be written)
+        self._retry_lock = threading.Lock()
+        self._claim_failed: set[str] = set()  # names in new/ whose claim failed (logged once)
         self.processed = 0  # jobs this consumer finished (any final state)
         self._runs: dict[str, _JobRun] = {}  # jobs whose builders run here, for cancel
         self._runs_lock = threading.Lock()
@@ -169,15 +176,18 @@ class Consumer:
             self._maybe_gc()
             while not self._stop.is_set():
                 self._check_cancels()
+                self._retry_due()
                 self._drain()
                 if once and self._idle_and_empty():
-                    break
+                    break  # a job left to retry stays in cur/: the next start resumes it
                 self._maybe_gc()
+                with self._retry_lock:
+                    soon = self.retry_interval if self._retry else None
                 if watcher is not None:
-                    self._wait([watcher.fd, self._wake_r], INOTIFY_RESCAN)
+                    self._wait([watcher.fd, self._wake_r], min(INOTIFY_RESCAN, soon or 1e9))
                     watcher.drain()
                 else:
-                    self._wait([self._wake_r], self.poll_interval)
+                    self._wait([self._wake_r], min(self.poll_interval, soon or 1e9))
         finally:
             self.log(INFO, event="stopping", in_flight=self._in_flight)
             self._pool.shutdown(wait=True)
@@ -245,17 +255,64 @@ class Consumer:
             if not self._take_slot():
                 return
             try:
-                path = self.jobdir.claim(name)
+                if len(name) > MAX_RECORDED_NAME:
+                    name, path = self._claim_renamed(name)
+                else:
+                    path = self.jobdir.claim(name)
             except AlreadyTaken:
                 self._slots.release()
                 self.log(DEBUG, job=name, event="taken-by-another-consumer")
                 continue
             except OSError as err:
-                # Left in new/ and tried again at the next scan (Buildbot forgets it).
+                # Left in new/ and tried again at the next scan (Buildbot forgets it);
+                # logged once, not at every scan.
                 self._slots.release()
-                self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                if name not in self._claim_failed:
+                    self._claim_failed.add(name)
+                    self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
                 continue
+            self._claim_failed.discard(name)
             self._submit(name, path, None)
+
+    def _claim_renamed(self, name: str) -> tuple[str, str]:
+        """Claim a job whose name is too long for its record (``NAME.json``) under a new one.
+
+        tryserver never makes such names; one planted in new/ would otherwise end without
+        a record. The log ties the two names together.
+        """
+        new_name = unique_name()
+        target = os.path.join(self.jobdir.cur, new_name)
+        try:
+            os.rename(os.path.join(self.jobdir.new, name), target)
+        except FileNotFoundError:
+            raise AlreadyTaken(f"job {name} is already taken") from None
+        self.log(WARNING, job=new_name, event="renamed", reason="name too long for a record",
+                 was=name)  # fmt: skip
+        return new_name, target
+
+    def _retry_later(self, name: str, err: OSError) -> None:
+        """A job claimed but not recorded (ENOSPC, EIO): try it again soon, not at a restart.
+
+        Before, it stayed in cur/ with no record and its developer saw ``queued`` for good.
+        """
+        with self._retry_lock:
+            first = name not in self._retry
+            self._retry[name] = time.monotonic() + self.retry_interval
+        if first:
+            self.log(ERR, job=name, event="cannot-record", reason=err.strerror or str(err),
+                     retry=f"every {self.retry_interval:g}s")  # fmt: skip
+        self._wake()
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        with self._retry_lock:
+            due = [n for n, when in self._retry.items() if when <= now]
+            for name in due:
+                del self._retry[name]
+        for name in due:
+            if not self._take_slot():
+                return
+            self._submit(name, os.path.join(self.jobdir.cur, name), None)
 
     def _take_slot(self) -> bool:
         while not self._stop.is_set():
@@ -277,7 +334,7 @@ class Consumer:
                 if request is not None:
                     self._cancel(run, request)
                 continue
-            record = self.store.read(name)
+            record = self.store.read_or_skip(name)
             if record is not None and record.get("state") in FINAL_STATES:
                 self.store.forget_cancel(name)
 
@@ -326,11 +383,15 @@ class Consumer:
         """Take over claimed, unfinished jobs no live consumer holds; returns how many."""
         count = 0
         for name in self.store.active_jobs():
-            final = self.store.read(name)
+            try:
+                final = self.store.read(name)
+            except DamagedRecord as err:
+                final = None  # its job is marked interrupted when processed (_process)
+                self.log(ERR, job=name, event="damaged-record", reason=err.message)
             if final is not None and final.get("state") in FINAL_STATES:
                 try:  # a stale active copy left by a crash just after the final write
                     os.unlink(self.store.active_path(name))
-                except FileNotFoundError:
+                except OSError:
                     pass
                 continue
             if self._resume_one(name):
@@ -363,8 +424,17 @@ class Consumer:
             except FileNotFoundError:
                 self._job_file_gone(name, path)
                 return
+            except (BadJob, OSError) as err:
+                # A FIFO, directory, symlink or unreadable file: never a job, but its
+                # submitter gets a record saying why (before, a FIFO hung a slot for ever).
+                self._not_a_job(name, path, err)
+                return
             # Read again under the lock: another consumer may have finished it meanwhile.
-            record = self.store.read(name)
+            try:
+                record = self.store.read(name)
+            except DamagedRecord as err:
+                self._damaged(name, path, err)
+                return
             if record is not None and record.get("state") in FINAL_STATES:
                 return
             if record is not None:
@@ -375,6 +445,10 @@ class Consumer:
             if run is not None:
                 self._register(run)
                 self._run_builders(run)
+        except OSError as err:
+            # Its record could not be written: processed again soon, from what is on disk
+            # (no record: fresh; queued: resumed; running: interrupted), never lost.
+            self._retry_later(name, err)
         except Exception as err:
             self.log(ERR, job=name, event="internal-error", reason=f"{type(err).__name__}: {err}")
             if run is not None:
@@ -385,9 +459,38 @@ class Consumer:
             lock.release()
             self._finished_job()
 
+    def _not_a_job(self, name: str, path: str, err: Exception) -> None:
+        """A name in cur/ that cannot be opened as a job file: a ``rejected`` record."""
+        reason = err.message if isinstance(err, TrysshError) else (err.strerror or str(err))
+        if self.store.read_or_skip(name) is not None:
+            return  # recorded already (by us before a restart, or by another consumer)
+        self._reject(_JobRun(name, path, new_record(name, consumer=self.ident)),
+                     f"bad job: {reason}")  # fmt: skip
+
+    def _damaged(self, name: str, path: str, err: DamagedRecord) -> None:
+        """The job's record is damaged: it may have run already, so never build it again.
+
+        A truncated active record after a crash would otherwise make the job look new and
+        build it twice, the second time recorded as a plain success.
+        """
+        self.log(ERR, job=name, event="damaged-record", reason=err.message)
+        if os.path.dirname(err.path) != self.store.active:
+            return  # a damaged final record: the job is finished; the record is left alone
+        record = new_record(name, consumer=self.ident)
+        reason = f"{INTERRUPTED}: its record was damaged ({err.why}); not built again"
+        record.update(state="interrupted", finished=now_iso(), reason=reason)
+        try:
+            if os.path.isdir(err.path) and not os.path.islink(err.path):
+                os.rmdir(err.path)  # the final write removes a damaged file, not a directory
+        except OSError:
+            pass
+        self._write(_JobRun(name, path, record))
+        self.processed += 1
+        self.log(NOTICE, job=name, state="interrupted", reason=reason)
+
     def _job_file_gone(self, name: str, path: str) -> None:
         """The job file vanished (removed by hand): finish its record, if any, as error."""
-        record = self.store.read(name)
+        record = self.store.read_or_skip(name)
         if record is None or record.get("state") in FINAL_STATES:
             self.log(WARNING, job=name, event="vanished")
             return
@@ -412,6 +515,10 @@ class Consumer:
                 + [u.max_job_size or 0 for u in self.config.users.values()]
             )
             record["size"] = size
+            if info.st_nlink > 1 and not self._delivering(name, info):
+                # A planted hard link to a file its planter cannot read (a consumer running
+                # as root would read it): refused unread, so nothing of it reaches a record.
+                raise BadJob(f"the file has {info.st_nlink} hard links: not a delivered job")
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
             data = _read_all(fd, size)
@@ -444,6 +551,14 @@ class Consumer:
         self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))
         return run
 
+    def _delivering(self, name: str, info: os.stat_result) -> bool:
+        """Whether tryserver's ``tmp/NAME`` is this very file (delivery links, then unlinks)."""
+        try:
+            twin = os.stat(os.path.join(self.jobdir.tmp, name), follow_symlinks=False)
+        except OSError:
+            return False
+        return (twin.st_dev, twin.st_ino) == (info.st_dev, info.st_ino)
+
     def _init_builders(self, run: _JobRun, names: list[str]) -> None:
         run.record["builders"] = {
             n: builder_entry(log=builders_mod.log_path(self.config, run.name, n)) for n in names
@@ -463,7 +578,12 @@ class Consumer:
         now = now_iso()
         for bname, entry in record["builders"].items():
             if entry.get("state") == "running":
-                entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
+                reason = INTERRUPTED
+                # Its build may still run (the consumer died, not the build): end it, so
+                # that no build runs unseen and concurrency limits hold after a restart.
+                if entry.get("log") and (pgid := builders_mod.end_leftover_group(entry["log"])):
+                    reason += f"; its leftover process group {pgid} was killed"
+                entry.update(state="done", result="error", reason=reason, finished=now)
                 interrupted.append(bname)
         record["resumed"] = now
         record["resumed_from"] = record.get("consumer")
@@ -502,9 +622,11 @@ class Consumer:
             )
             thread.start()
             threads.append(thread)
-        self._build(run, names[0])
-        for thread in threads:
-            thread.join()
+        try:
+            self._build(run, names[0])
+        finally:
+            for thread in threads:  # a failure here must not leave builds running unseen
+                thread.join()
 
     def _build_safely(self, run: _JobRun, bname: str) -> None:
         """_build in a thread of its own: an unexpected error ends the build as error."""

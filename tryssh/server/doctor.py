@@ -171,6 +171,13 @@ def check_serve(config: Config) -> Iterator[Finding]:
         mode = stat.S_IMODE(os.stat(key).st_mode)
         if mode & 0o077:
             yield Finding("problem", "serve", f"host key {key} is readable by others ({mode:o})")
+        where = os.path.dirname(os.path.abspath(key))
+        dmode = stat.S_IMODE(os.stat(where).st_mode)
+        if dmode & 0o022:
+            # tryssh serve refuses to start: a group member could swap the key there.
+            yield Finding("problem", "serve", f"host key directory {where} is writable by "
+                          f"group or others ({dmode:o}): keep the key where only the "
+                          "service account writes")  # fmt: skip
     with_auth = [u.name for u in config.users.values() if u.keys or u.password_hash]
     if not with_auth:
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")

@@ -149,7 +149,7 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     # Job names start with the delivery time, so the name order is the age order and
     # only as many records as needed are read.
     for name in reversed(store.all_jobs()):
-        record = store.read(name)
+        record = store.read_or_skip(name)  # a damaged record must not break everyone's list
         if record is None or (user is not None and record.get("who") != user):
             continue
         found.append(record)
