@@ -46,7 +46,8 @@ from tryssh.errors import ConfigError, TempFail, TrysshError
 from tryssh.server.config import Config
 from tryssh.server.passwords import load_pb_secret
 from tryssh.server.policy import PolicyRefused, allowed_builders, choose_builders
-from tryssh.server.serve import AUTH_TIMEOUT, AuthLimiter, Log
+from tryssh.server.serve import AuthLimiter, Log
+from tryssh.server.serve import Settings as ServeSettings
 from tryssh.server.tryserver import Options, RequestContext, run_request
 
 _reactor: Any = reactor  # the global reactor, typed loosely (Twisted's stubs are partial)
@@ -72,7 +73,7 @@ class Settings:
         self.insecure_network = bool(table.get("insecure_network", False))
         self.max_connections = int(table.get("max_connections", 32))
         self.max_tries_per_connection = int(table.get("max_tries_per_connection", 16))
-        self.login_timeout = float(table.get("login_timeout", AUTH_TIMEOUT))
+        self.login_timeout = float(table.get("login_timeout", ServeSettings.login_grace_time))
         self.idle_timeout = float(table.get("idle_timeout", 300))
 
 
