@@ -29,7 +29,9 @@ text_or_bytes = st.one_of(st.none(), text, text.map(lambda t: t.encode("utf-8"))
     body=st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=200)),
     builders=st.one_of(st.none(), st.lists(st.text(chars, min_size=1, max_size=20), max_size=4)),
     comment=text_or_bytes,
-    properties=st.dictionaries(st.text(chars, max_size=10), st.one_of(st.integers(), st.text(chars))),
+    properties=st.dictionaries(
+        st.text(chars, max_size=10), st.one_of(st.integers(), st.text(chars))
+    ),
 )
 def test_try_call_becomes_the_job_buildbot_reads(
     branch, revision, level, body, builders, comment, properties
