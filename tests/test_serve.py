@@ -292,6 +292,16 @@ def test_key_auth_delivers_with_the_authenticated_user_as_who(shared: Serve) -> 
     assert f"alice: deliver ok exit=0 job={name}" in shared.wait_log(name)
 
 
+def test_policy_is_checked_at_the_door(shared: Serve) -> None:
+    """serve runs the same request code as tryserver: an unknown builder is refused now."""
+    before = shared.delivered()
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["nosuch"], who="alice"))
+    result = shared.ssh("tryserver", input=job)
+    assert result.returncode == 77, err(result)
+    assert err(result) == "tryserver: unknown builder 'nosuch'\n"
+    assert shared.delivered() == before and shared.leftovers() == []
+
+
 def test_json_receipt_and_builders(shared: Serve) -> None:
     result = shared.ssh("tryserver", "--json", input=make_job())
     assert result.returncode == 0, err(result)

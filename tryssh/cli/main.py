@@ -1,7 +1,8 @@
 """The ``tryssh`` command line: one group, subcommands loaded only when used.
 
-Each command family lives in its own module of ``tryssh.cli`` so that ``tryssh tryserver`` (the forced
-command's other name) and the small commands never pay for paramiko or click's whole tree.
+Each command family lives in its own module of ``tryssh.cli`` so that ``tryssh tryserver``
+(the forced command's other name) and the small commands never pay for paramiko or click's
+whole tree.
 """
 
 from __future__ import annotations

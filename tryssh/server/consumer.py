@@ -471,10 +471,7 @@ class Consumer:
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
             record["received"] = _iso(info.st_mtime)
             size = info.st_size
-            hard_limit = max(
-                [self.config.max_job_size]
-                + [u.max_job_size or 0 for u in self.config.users.values()]
-            )
+            hard_limit = self.config.hard_size_limit()
             record["size"] = size
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")

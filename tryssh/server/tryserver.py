@@ -209,7 +209,14 @@ class Server:
                     _fadvise(fd, started, size - started, os.POSIX_FADV_DONTNEED)
                     started = size
 
-            return transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+            job = transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+            if self.config is not None:
+                # The consumer's check at the door: raising here removes the tmp/ file,
+                # so a job the consumer would refuse is never written to new/.
+                from tryssh.server.policy import check_at_door
+
+                check_at_door(self.config, job.who or "", job.builder_names, job.branch, size)
+            return job
 
         name, _job = self.jobdir.deliver(write)
         if digest is None:
