@@ -752,3 +752,27 @@ def test_consume_runs_the_builders_in_the_same_process(
     assert '"alice"' in record
     assert marker.read_text() == "built\n"
     assert server.stop() == 0, server.output()
+
+
+def test_sighup_reloads_users_and_builders_and_refuses_a_broken_config(serve_factory) -> None:
+    server = serve_factory()
+    assert server.ssh("tryserver", "builders").stdout == b"unit\n"
+    text = server.config.read_text()
+    server.config.write_text(
+        text.replace('builders = ["unit"]', 'builders = ["unit", "lint"]', 1)
+        + '\n[builders.lint]\ncommand = ["true"]\ndescription = "style"\n'
+    )
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("reloaded")
+    result = server.ssh("tryserver", "builders")
+    assert result.stdout == b"unit\nlint\tstyle\n", err(result)
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["lint"], who="alice"))
+    assert server.ssh("tryserver", input=job).returncode == 0
+
+    server.config.write_text(server.config.read_text() + "\nnonsense = 1\n")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("reload refused, the config in use stays")
+    assert "nonsense: unknown key" in server.log()
+    assert server.ssh("tryserver", "builders").stdout == b"unit\nlint\tstyle\n"
+    assert server.proc.poll() is None
+    assert "event=reload outcome=refused" in server.audit()

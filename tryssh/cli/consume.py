@@ -22,7 +22,10 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
     """Claim jobs from the jobdir, check the policy and run the builders.
 
     Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
-    claiming, lets the running builds finish and exits 0. A job the policy refuses is kept
+    claiming, lets the running builds finish and exits 0. SIGHUP (systemctl reload) reads
+    the config again: jobs claimed afterwards use it, running jobs finish under theirs, and
+    a config that fails to check is refused (reload-failed line) and the old one stays.
+    A job the policy refuses is kept
     in cur/ with its reason in its record; nothing is dropped silently.
 
     \b

@@ -15,6 +15,7 @@ from tryssh.errors import EX_OK, TrysshError, UsageError
 if TYPE_CHECKING:
     from tryssh.server.config import Config
     from tryssh.server.consumer import Consumer
+    from tryssh.server.serve import EmbeddedServer
 
 
 @click.command("serve")
@@ -29,6 +30,9 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     Prints a ready line on stdout once listening:
     ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
+    SIGHUP (systemctl reload) reads the config again: users, keys, builders and policy
+    change for the next login or request; a config that fails to check is refused with a
+    log line and the old one stays; listen, host_key, jobdir and audit_log take a restart.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
 
     \b
@@ -56,13 +60,20 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    reload_wanted = threading.Event()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_wanted.set()  # the reload runs in a thread: a handler must not take locks
+
     # Kept until exit: a second signal during the shutdown must not kill in-flight requests.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     consumer = consumer_thread = None
     try:
         if consume:
             consumer, consumer_thread = _start_consumer(config, stop)
+        _start_reloader(server, consumer, reload_wanted, stop)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -77,6 +88,23 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer.close()
     click.echo("tryssh serve: stopped", err=True)
     return EX_OK
+
+
+def _start_reloader(
+    server: EmbeddedServer, consumer: Consumer | None, wanted: threading.Event,
+    stop: threading.Event,
+) -> None:
+    """A thread that reloads the server (and the consumer) each time SIGHUP sets *wanted*."""
+
+    def run() -> None:
+        while not stop.is_set():
+            if wanted.wait(0.25):
+                wanted.clear()
+                server.reload()
+                if consumer is not None:
+                    consumer.request_reload()
+
+    threading.Thread(target=run, name="tryssh-reload", daemon=True).start()
 
 
 def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:

@@ -16,6 +16,11 @@ Builders that had finished keep their result; builders that had not started run 
 a builder that was running when the consumer died is **not** run again: its result is
 ``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
 ``interrupted``. Nothing is lost, and nothing runs twice.
+
+Reload: SIGHUP (``systemctl reload``) reads the config file again. A config that fails to
+load or check is refused with a ``reload-failed`` line and the old one stays. Jobs claimed
+from then on use the new config; a job already being processed finishes under the config
+it started with. ``jobdir``, ``state_dir`` and ``max_parallel`` take a restart.
 """
 
 from __future__ import annotations
@@ -195,10 +200,13 @@ def check_config(config: Config) -> None:
 class _JobRun:
     """The in-memory side of one job being processed: record, its lock, pending builders."""
 
-    def __init__(self, name: str, path: str, record: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, path: str, record: dict[str, Any], config: Config | None = None
+    ) -> None:
         self.name = name
         self.path = path
         self.record = record
+        self.config = config  # the config the job started under: a reload does not change it
         self.lock = threading.Lock()  # guards record and its writes
         self.written = False
         self.job: Job | None = None
@@ -242,6 +250,7 @@ class Consumer:
         self._last_gc: float | None = None
         self.processed = 0  # jobs this consumer finished (any final state)
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
+        self._reload_wanted = threading.Event()
 
     # -- life cycle --
 
@@ -262,6 +271,45 @@ class Consumer:
         self._stop.set()
         self._wake()
 
+    def request_reload(self) -> None:
+        """Ask the main loop to read the config again (safe from a signal handler)."""
+        self._reload_wanted.set()
+        self._wake()
+
+    def reload(self, path: str | None = None) -> bool:
+        """Read and check the config again; keep the old one if the new one fails.
+
+        Returns whether the new config is now in use. Jobs being processed keep theirs.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            check_config(config)
+            for key in ("jobdir", "state_dir"):
+                if getattr(config, key) != getattr(self.config, key):
+                    raise ConfigError(f"{path}: {key}: changed; a change of {key} takes a restart")
+        except TrysshError as err:
+            self.log(ERR, event="reload-failed", config=path, reason=err.message,
+                     kept="the config in use")  # fmt: skip
+            return False
+        max_parallel = int(config.consume.get("max_parallel", DEFAULT_MAX_PARALLEL))
+        if max_parallel != self.max_parallel:
+            self.log(WARNING, event="reload-partial", reason="max_parallel takes a restart",
+                     max_parallel=self.max_parallel)  # fmt: skip
+        slots = dict(self._builder_slots)
+        for name, builder in config.builders.items():
+            old = self.config.builders.get(name)
+            if name not in slots or old is None or old.concurrency != builder.concurrency:
+                # A build running now releases the semaphore it took, the old one.
+                slots[name] = threading.BoundedSemaphore(builder.concurrency)
+        self._builder_slots = slots
+        self.poll_interval = float(config.consume.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        self.config = config
+        self.log(NOTICE, event="reloaded", config=path, builders=",".join(config.builders))
+        return True
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
@@ -275,6 +323,7 @@ class Consumer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         watcher = None
         if self.use_inotify:
             try:
@@ -289,6 +338,9 @@ class Consumer:
             self.resume()
             self._maybe_gc()
             while not self._stop.is_set():
+                if self._reload_wanted.is_set():
+                    self._reload_wanted.clear()
+                    self.reload()
                 self._drain()
                 if once and self._idle_and_empty():
                     break
@@ -420,6 +472,7 @@ class Consumer:
     # -- one job --
 
     def _process(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
+        config = self.config  # this job's config, whatever a reload does meanwhile
         run: _JobRun | None = None
         lock = JobLock(path)
         try:
@@ -435,10 +488,10 @@ class Consumer:
             if record is not None and record.get("state") in FINAL_STATES:
                 return
             if record is not None:
-                run = self._resumed(name, path, record)
+                run = self._resumed(name, path, record, config)
             else:
                 assert lock.fd is not None
-                run = self._fresh(name, path, lock.fd)
+                run = self._fresh(name, path, lock.fd, config)
             if run is not None:
                 self._run_builders(run)
         except Exception as err:
@@ -463,15 +516,15 @@ class Consumer:
         record["reason"] = "the job file is gone from cur/"
         self._finish(_JobRun(name, path, record))
 
-    def _fresh(self, name: str, path: str, fd: int) -> _JobRun | None:
+    def _fresh(self, name: str, path: str, fd: int, config: Config) -> _JobRun | None:
         record = new_record(name, consumer=self.ident)
-        run = _JobRun(name, path, record)
+        run = _JobRun(name, path, record, config)
         try:
             info = os.fstat(fd)
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
             record["received"] = _iso(info.st_mtime)
             size = info.st_size
-            hard_limit = self.config.hard_size_limit()
+            hard_limit = config.hard_size_limit()
             record["size"] = size
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
@@ -488,19 +541,19 @@ class Consumer:
             repository=job.repository, comment=job.comment,
         )  # fmt: skip
         who = job.who or ""
-        policy = self.config.user(who)
+        policy = config.user(who)
         try:
             if policy is not None and policy.max_pending is not None:
                 with self._pending_lock:
                     # Check and record as one step, so two jobs cannot both take the last place.
                     pending = self.store.pending_count(who)
                     names = choose_builders(
-                        self.config, who, job.builder_names, job.branch, size, pending
+                        config, who, job.builder_names, job.branch, size, pending
                     )
                     self._init_builders(run, names)
                     self._write(run)
             else:
-                names = choose_builders(self.config, who, job.builder_names, job.branch, size)
+                names = choose_builders(config, who, job.builder_names, job.branch, size)
                 self._init_builders(run, names)
         except Refused as err:
             self._reject(run, err.message)
@@ -510,7 +563,8 @@ class Consumer:
 
     def _init_builders(self, run: _JobRun, names: list[str]) -> None:
         run.record["builders"] = {
-            n: builder_entry(log=builders_mod.log_path(self.config, run.name, n)) for n in names
+            n: builder_entry(log=builders_mod.log_path(run.config or self.config, run.name, n))
+            for n in names
         }
 
     def _reject(self, run: _JobRun, reason: str) -> None:
@@ -520,8 +574,10 @@ class Consumer:
         self.processed += 1
         self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
 
-    def _resumed(self, name: str, path: str, record: dict[str, Any]) -> _JobRun | None:
-        run = _JobRun(name, path, record)
+    def _resumed(
+        self, name: str, path: str, record: dict[str, Any], config: Config
+    ) -> _JobRun | None:
+        run = _JobRun(name, path, record, config)
         run.written = True
         interrupted = []
         now = now_iso()
@@ -584,13 +640,14 @@ class Consumer:
                     pass
 
     def _build(self, run: _JobRun, bname: str) -> None:
-        builder = self.config.builders.get(bname)
+        config = run.config or self.config
+        builder = config.builders.get(bname)
         entry = run.record["builders"][bname]
         if builder is None:  # the config changed while the job waited
             self._builder_done(run, bname, builders_mod.Outcome(
                 "error", reason=f"builder {bname!r} is no longer configured"))  # fmt: skip
             return
-        slots = self._builder_slots[bname]
+        slots = self._builder_slots.get(bname) or threading.BoundedSemaphore(builder.concurrency)
         if not slots.acquire(blocking=False):
             with run.lock:
                 if not run.written:
@@ -608,7 +665,7 @@ class Consumer:
                      builder=bname, attempt=entry.get("attempt"))  # fmt: skip
             assert run.job is not None
             ctx = builders_mod.BuildContext(
-                self.config, run.name, run.job, run.path, builder, entry["log"],
+                config, run.name, run.job, run.path, builder, entry["log"],
                 attempt=int(entry.get("attempt") or 1),
             )  # fmt: skip
             try:

@@ -740,6 +740,53 @@ class EmbeddedServer:
         self.sock: socket.socket | None = None
         self.address = ""
 
+    def reload(self, path: str | None = None) -> bool:
+        """Read the config again (SIGHUP); keep the old one if the new one fails to check.
+
+        Users, keys, passwords, builders and policy change for the next login or request;
+        a request already running finishes under the config it started with. The listen
+        address, host key, jobdir and audit log take a restart. Returns whether the new
+        config is in use.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            settings = Settings.from_config(config)
+            accounts = accounts_from_config(config)
+            if not accounts:
+                raise ConfigError(f"{path}: no [users.NAME] entries: nobody could log in")
+        except TrysshError as err:
+            self.log.say(f"reload refused, the config in use stays: {err.message}")
+            self.log.record(event="reload", outcome="refused", reason=err.message)
+            return False
+        kept = [
+            key
+            for key, old, new in (
+                ("serve.listen", (self.settings.host, self.settings.port),
+                 (settings.host, settings.port)),
+                ("serve.host_key", self.settings.host_key, settings.host_key),
+                ("jobdir", self.config.jobdir, config.jobdir),
+                ("audit_log", self.config.audit_log, config.audit_log),
+            )
+            if old != new
+        ]  # fmt: skip
+        settings.host, settings.port = self.settings.host, self.settings.port
+        settings.host_key = self.settings.host_key
+        config.jobdir, config.audit_log = self.config.jobdir, self.config.audit_log
+        with self._lock:
+            self.settings = settings
+            self.accounts = accounts
+            self.any_password = any(a.password_hash for a in accounts.values())
+            self.config = config
+        self.log.say(
+            f"reloaded {path}: {len(accounts)} users, {len(config.builders)} builders"
+            + (f" ({', '.join(kept)} unchanged until a restart)" if kept else "")
+        )
+        self.log.record(event="reload", outcome="ok")
+        return True
+
     def bind(self) -> str:
         """Bind and listen; return the address actually bound (port 0 resolved)."""
         host, port = self.settings.host, self.settings.port
