@@ -103,3 +103,17 @@ def git(cwd: StrPath, *args: str) -> str:
         ["git", *args], cwd=cwd, env=env, capture_output=True, check=True, timeout=60
     )
     return out.stdout.decode().strip()
+
+
+def unprivileged(argv: Sequence[str]) -> list[str]:
+    """*argv* run without the power to ignore file modes (root keeps its uid, loses the cap)."""
+    if os.geteuid() != 0:
+        return list(argv)
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.fail("setpriv (util-linux) is needed to test permissions as root")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    if run([*prefix, "true"]).returncode != 0:  # e.g. a container without CAP_SETPCAP
+        pytest.skip("cannot drop capabilities here (the errno mapping is tested directly)")
+    return [*prefix, *argv]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import venv_bin, wait_until
+from helpers import unprivileged, venv_bin, wait_until
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
@@ -411,3 +411,41 @@ def test_stale_active_copy_is_cleaned_at_start(tmp_path):
     assert store.active_jobs() == []
     assert store.read(name)["state"] == "success"
     time.sleep(0)  # nothing else to wait for
+
+
+# --- permissions: named paths, no endless loop -----------------------------------------
+
+
+def test_once_exits_when_cur_is_not_writable(tmp_path):
+    """--once must end (a cron job would hang) and the log must name the path."""
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    name = submit(config, builders=["unit"])
+    cur = tmp_path / "jobdir" / "cur"
+    cur.chmod(0o555)
+    try:
+        argv = unprivileged([venv_bin("tryssh"), "consume", "--config", str(config), "--once"])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    finally:
+        cur.chmod(0o2770)
+    assert result.returncode == 77, result.stderr
+    claim = next(x for x in result.stderr.splitlines() if "event=claim-failed" in x)
+    assert f"rename {tmp_path}/jobdir/new/{name} -> {cur}/{name}: Permission denied" in claim
+    assert result.stderr.endswith(
+        f"tryssh: 1 jobs left in new/, cannot claim: rename {tmp_path}/jobdir/new/{name} -> "
+        f"{cur}/{name}: Permission denied\n"
+    )
+    assert Jobdir(str(tmp_path / "jobdir")).pending() == [name]  # nothing lost
+
+
+def test_unreadable_jobdir_says_permission_denied_not_missing(tmp_path):
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    jobdir = tmp_path / "jobdir"
+    jobdir.chmod(0o600)  # no search permission: as for an account outside the group
+    try:
+        argv = unprivileged([venv_bin("tryssh"), "consume", "--config", str(config), "--once"])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    finally:
+        jobdir.chmod(0o2770)
+    assert result.returncode == 77, result.stderr
+    assert "is missing" not in result.stderr
+    assert f"permission denied: stat {jobdir}/tmp: Permission denied" in result.stderr

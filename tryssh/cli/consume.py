@@ -34,7 +34,12 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
       tryssh consume --config /etc/tryssh/config.toml --once   drain the queue (cron, tests)
       tryssh status JOB --config /etc/tryssh/config.toml       read a job's record here
 
-    Exit codes: 0 stopped cleanly, 78 config error (file, key and problem named).
+    With --once, jobs that cannot be claimed (cur/ not writable) end the run with the
+    error rather than a wait for ever.
+
+    Exit codes: 0 stopped cleanly, 73 cannot create (state or log directory, jobdir not
+    set up), 75 temporary failure, 77 permission denied (the message names the path and
+    the operation), 78 config error (file, key and problem named).
     """
     from tryssh.server.config import load_config
     from tryssh.server.consumer import Consumer, EventLog

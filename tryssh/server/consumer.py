@@ -52,7 +52,13 @@ from tryssh.core.records import (
     now_iso,
     overall_state,
 )
-from tryssh.errors import BadJob, CannotCreate, TrysshError
+from tryssh.errors import (
+    BadJob,
+    CannotCreate,
+    TrysshError,
+    describe_oserror,
+    exit_code_for_oserror,
+)
 from tryssh.server import builders as builders_mod
 from tryssh.server.config import Config, ConfigError
 from tryssh.server.policy import Refused, choose_builders
@@ -251,6 +257,9 @@ class Consumer:
         self.processed = 0  # jobs this consumer finished (any final state)
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
         self._reload_wanted = threading.Event()
+        # Jobs left in new/ because the claim failed (e.g. cur/ not writable): --once must
+        # not wait for them for ever.
+        self._claim_failures: dict[str, tuple[str, int]] = {}
 
     # -- life cycle --
 
@@ -263,7 +272,7 @@ class Consumer:
             os.makedirs(self.config.log_dir, mode=0o2750, exist_ok=True)
         except OSError as err:
             raise CannotCreate(
-                f"cannot create log directory {self.config.log_dir}: {err.strerror}"
+                f"cannot create log directory: {describe_oserror(err, 'mkdir')}"
             ) from None
 
     def stop(self) -> None:
@@ -344,6 +353,10 @@ class Consumer:
                 self._drain()
                 if once and self._idle_and_empty():
                     break
+                if once and self._only_unclaimable_left():
+                    count = len(self._claim_failures)
+                    reason, code = next(iter(self._claim_failures.values()))
+                    raise TrysshError(f"{count} jobs left in new/, cannot claim: {reason}", code)
                 self._maybe_gc()
                 if watcher is not None:
                     self._wait([watcher.fd, self._wake_r], INOTIFY_RESCAN)
@@ -366,6 +379,13 @@ class Consumer:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _only_unclaimable_left(self) -> bool:
+        with self._in_flight_lock:
+            busy = self._in_flight
+        if busy or not self._claim_failures:
+            return False
+        return set(self.jobdir.pending()) <= set(self._claim_failures)
 
     def _idle_and_empty(self) -> bool:
         with self._in_flight_lock:
@@ -415,8 +435,11 @@ class Consumer:
             except OSError as err:
                 # Left in new/ and tried again at the next scan (Buildbot forgets it).
                 self._slots.release()
-                self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                reason = describe_oserror(err, "rename")
+                self.log(ERR, job=name, event="claim-failed", reason=reason)
+                self._claim_failures[name] = (reason, exit_code_for_oserror(err))
                 continue
+            self._claim_failures.pop(name, None)
             self._submit(name, path, None)
 
     def _take_slot(self) -> bool:
@@ -532,7 +555,9 @@ class Consumer:
             record["sha256"] = hashlib.sha256(data).hexdigest()
             job = parse_job(data)
         except (BadJob, OSError) as err:
-            reason = err.message if isinstance(err, TrysshError) else err.strerror
+            reason = (
+                err.message if isinstance(err, TrysshError) else describe_oserror(err, "read", path)
+            )
             self._reject(run, f"bad job: {reason}")
             return None
         run.job = job
@@ -600,7 +625,9 @@ class Consumer:
                 with open(path, "rb") as f:
                     run.job = parse_job(f.read())
             except (OSError, BadJob) as err:
-                reason = err.message if isinstance(err, TrysshError) else err.strerror
+                reason = err.message if isinstance(err, TrysshError) else describe_oserror(
+                    err, "read"
+                )
                 for n in pending:
                     record["builders"][n].update(
                         state="done", result="error", reason=f"cannot read job: {reason}",
