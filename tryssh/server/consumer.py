@@ -67,6 +67,8 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_PARALLEL = 16
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
+HEARTBEAT_FILE = "consumer.heartbeat"  # in state_dir; its mtime says the consumer is alive
+HEARTBEAT_INTERVAL = 10.0  # touched at most this often, and at least every INOTIFY_RESCAN
 
 # syslog priorities, for the "<N>" prefix journald understands
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
@@ -257,6 +259,7 @@ class Consumer:
         self.processed = 0  # jobs this consumer finished (any final state)
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
         self._reload_wanted = threading.Event()
+        self._last_heartbeat: float | None = None
         # Jobs left in new/ because the claim failed (e.g. cur/ not writable): --once must
         # not wait for them for ever.
         self._claim_failures: dict[str, tuple[str, int]] = {}
@@ -279,6 +282,22 @@ class Consumer:
         """Stop claiming; in-flight jobs finish (safe from a signal handler or a thread)."""
         self._stop.set()
         self._wake()
+
+    def _heartbeat(self) -> None:
+        """Touch state_dir/consumer.heartbeat so that ``tryssh doctor`` can see us alive."""
+        now = time.monotonic()
+        if self._last_heartbeat is not None and now - self._last_heartbeat < HEARTBEAT_INTERVAL:
+            return
+        self._last_heartbeat = now
+        path = os.path.join(self.config.state_dir, HEARTBEAT_FILE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o660)
+            try:
+                os.write(fd, f"{self.ident}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self.log(WARNING, event="heartbeat-failed", reason=describe_oserror(err, "write"))
 
     def request_reload(self) -> None:
         """Ask the main loop to read the config again (safe from a signal handler)."""
@@ -351,6 +370,7 @@ class Consumer:
                     self._reload_wanted.clear()
                     self.reload()
                 self._drain()
+                self._heartbeat()
                 if once and self._idle_and_empty():
                     break
                 if once and self._only_unclaimable_left():
@@ -446,6 +466,7 @@ class Consumer:
         while not self._stop.is_set():
             if self._slots.acquire(timeout=0.2):
                 return True
+            self._heartbeat()  # every slot busy with long builds: still alive
         return False
 
     def _submit(self, name: str, path: str, record: dict[str, Any] | None) -> None:

@@ -50,6 +50,7 @@ USAGE = """\
 usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
                  [--audit-log FILE] [--max-time SECONDS]
                  [deliver | status JOB | builders | jobs] [--json]
+       tryserver --version | --help
 
 Receive a try job on stdin and deliver it into the jobdir (tmp/, then new/).
 Meant to be an OpenSSH forced command:
@@ -64,6 +65,7 @@ options:
   --audit-log FILE   where to append the audit line (default DIR/audit.log)
   --max-time SECONDS give up on a request after this long (default 86400, as qmail)
   --json             answer as JSON
+  --version          print "tryserver VERSION" and exit
 requests:
   deliver (default)  read a job from stdin and deliver it; print its name
   status JOB         the state of one of your jobs
@@ -119,6 +121,11 @@ def parse_argv(argv: list[str]) -> Options:
                 setattr(opts, attr, value)
         elif word in ("-h", "--help"):
             raise SystemExit(sys.stdout.write(USAGE) and EX_OK)
+        elif word == "--version":
+            # tryssh doctor runs this as the key's account: can it execute us at all?
+            from tryssh import __version__
+
+            raise SystemExit(sys.stdout.write(f"tryserver {__version__}\n") and EX_OK)
         else:
             opts.words.append(word)
         i += 1
