@@ -776,3 +776,14 @@ def test_sighup_reloads_users_and_builders_and_refuses_a_broken_config(serve_fac
     assert server.ssh("tryserver", "builders").stdout == b"unit\nlint\tstyle\n"
     assert server.proc.poll() is None
     assert "event=reload outcome=refused" in server.audit()
+
+
+def test_hostkey_output_is_the_known_hosts_developers_need(serve_factory) -> None:
+    server = serve_factory()
+    result = run([venv_bin("tryssh"), "hostkey", "--config", str(server.config), "--no-openssh",
+                  "--host", "127.0.0.1", "--serve-port", str(server.port)])  # fmt: skip
+    assert result.returncode == 0, err(result)
+    server.known_hosts.write_bytes(result.stdout)  # replaces the fixture's own line
+    assert server.fingerprint in result.stdout.decode()
+    login = server.ssh("tryserver", "builders")
+    assert login.returncode == 0 and login.stdout == b"unit\n", err(login)

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "passwd": ("tryssh.cli.serve", "passwd_cmd"),
     "keys": ("tryssh.cli.keys", "keys"),
     "doctor": ("tryssh.cli.doctor", "doctor_cmd"),
+    "jobdir-setup": ("tryssh.cli.contrib", "jobdir_setup_cmd"),
+    "contrib": ("tryssh.cli.contrib", "contrib_cmd"),
+    "hostkey": ("tryssh.cli.hostkey", "hostkey_cmd"),
 }
 
 HELP = """\
@@ -39,6 +42,9 @@ Master side:
   tryssh serve --config FILE      an embedded SSH server (no system accounts)
   tryssh keys add USER KEY        manage the try account's authorized_keys
   tryssh doctor --config FILE     check the whole setup
+  tryssh jobdir-setup DIR         create (or --check) the jobdir
+  tryssh contrib [NAME]           print a shipped file: units, sshd block, scripts
+  tryssh hostkey                  the host keys as known_hosts lines, for developers
 
 \b
 Exit codes: 0 ok, 1 a build failed, 64 usage or refused command, 65 bad job data,

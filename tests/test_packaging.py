@@ -1,0 +1,100 @@
+"""The wheel alone is enough: built from the tree, installed into a throwaway venv with no
+index and no source tree next to it, it provides every command the README's guide uses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from helpers import run, venv_bin
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv holding only the wheel's tryssh; its dependencies come from the test venv."""
+    base = tmp_path_factory.mktemp("wheel")
+    source = base / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("tryssh", "contrib"):
+        shutil.copytree(ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                 "--no-index", str(source), "-w", str(base / "dist")], timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr.decode()
+    (wheel,) = (base / "dist").glob("tryssh-*.whl")
+    venv = base / "venv"
+    made = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
+    target = venv / "bin" / "python"
+    pip = run([sys.executable, "-m", "pip", "--python", str(target), "install", "-q",
+               "--no-deps", "--no-index", str(wheel)], timeout=300)  # fmt: skip
+    assert pip.returncode == 0, pip.stderr.decode()
+    # click and paramiko from the test venv (offline): a path entry after the venv's own.
+    purelib = run([str(target), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    deps = Path(purelib.stdout.decode().strip()) / "zz-deps.pth"
+    deps.write_text(sysconfig.get_path("purelib") + "\n")
+    shutil.rmtree(source)  # nothing of the tree left to fall back on
+    return venv
+
+
+def tool(venv: Path, name: str, *args: str, cwd: Path | None = None):
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(venv)}
+    return subprocess.run([str(venv / "bin" / name), *args], capture_output=True, text=True,
+                          env=env, cwd=cwd or venv, timeout=60)  # fmt: skip
+
+
+def test_the_wheels_tryssh_is_the_one_running(installed):
+    result = tool(installed, "python", "-c", "import tryssh; print(tryssh.__file__)")
+    assert result.stdout.startswith(str(installed)), result.stdout
+
+
+def test_every_contrib_file_is_shipped_and_printed(installed):
+    listing = tool(installed, "tryssh", "contrib")
+    assert listing.returncode == 0, listing.stderr
+    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert names == sorted(p.name for p in (ROOT / "contrib").iterdir() if p.is_file())
+    for name in names:
+        printed = tool(installed, "tryssh", "contrib", name)
+        assert printed.stdout == (ROOT / "contrib" / name).read_text(), name
+
+
+def test_unknown_or_escaping_names_are_66(installed):
+    for name in ("nope", "../__init__.py", "/etc/passwd"):
+        result = tool(installed, "tryssh", "contrib", name)
+        assert result.returncode == 66 and result.stdout == ""
+        assert result.stderr.startswith(f"tryssh: no contrib file {name!r}")
+
+
+def test_jobdir_setup_command(installed, tmp_path):
+    jobdir = tmp_path / "jobdir"
+    result = tool(installed, "tryssh", "jobdir-setup", str(jobdir))
+    assert result.returncode == 0, result.stderr
+    assert all((jobdir / sub).is_dir() for sub in ("tmp", "new", "cur", "state", "logs"))
+    check = tool(installed, "tryssh", "jobdir-setup", "--check", str(jobdir))
+    assert check.returncode == 0 and check.stdout.startswith("ok: ")
+    usage = tool(installed, "tryssh", "jobdir-setup", "--help")
+    assert usage.stdout.startswith("Usage: tryssh jobdir-setup [--group GROUP]")
+
+
+def test_the_guides_commands_are_there(installed):
+    assert tool(installed, "tryserver", "--version").stdout.startswith("tryserver ")
+    for command in ("keys", "consume", "serve", "doctor", "hostkey", "contrib", "jobdir-setup"):
+        result = tool(installed, "tryssh", command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+
+
+def test_source_tree_wrapper_and_the_command_agree(tmp_path):
+    """bin/tryssh-jobdir-setup is a thin wrapper over the same shipped script."""
+    a = run([str(ROOT / "bin" / "tryssh-jobdir-setup"), "--help"]).stdout.decode()
+    b = run([venv_bin("tryssh"), "jobdir-setup", "--help"]).stdout.decode()
+    assert a.replace("tryssh-jobdir-setup", "tryssh jobdir-setup") == b
+    assert os.access(ROOT / "bin" / "tryssh-jobdir-setup", os.X_OK)
