@@ -98,3 +98,32 @@ def test_source_tree_wrapper_and_the_command_agree(tmp_path):
     b = run([venv_bin("tryssh"), "jobdir-setup", "--help"]).stdout.decode()
     assert a.replace("tryssh-jobdir-setup", "tryssh jobdir-setup") == b
     assert os.access(ROOT / "bin" / "tryssh-jobdir-setup", os.X_OK)
+
+
+def test_man_pages_are_the_help_texts(tmp_path):
+    result = run([venv_bin("tryssh"), "manpages", str(tmp_path / "man1")])
+    assert result.returncode == 0, result.stderr.decode()
+    pages = sorted(p.name for p in (tmp_path / "man1").iterdir())
+    from tryssh.cli.main import COMMANDS
+
+    assert pages == sorted(["tryssh.1", "tryserver.1", *(f"tryssh-{c}.1" for c in COMMANDS)])
+    text = (tmp_path / "man1" / "tryssh-consume.1").read_text()
+    assert text.startswith('.TH "TRYSSH-CONSUME" "1"')
+    helptext = run([venv_bin("tryssh"), "consume", "--help"]).stdout.decode()
+    assert "SIGHUP" in helptext and "SIGHUP" in text and "-h, --help" in text
+    if shutil.which("groff"):
+        page = str(tmp_path / "man1" / "tryssh.1")
+        rendered = run(["groff", "-man", "-Tutf8", "-ww", "-z", page])
+        assert rendered.returncode == 0 and rendered.stderr == b"", rendered.stderr
+
+
+def test_shell_completion_as_the_readme_says():
+    env = {**os.environ, "_TRYSSH_COMPLETE": "bash_source"}
+    script = subprocess.run([venv_bin("tryssh")], env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert "_tryssh_completion()" in script.stdout
+    env = {**os.environ, "_TRYSSH_COMPLETE": "bash_complete", "COMP_WORDS": "tryssh con",
+           "COMP_CWORD": "1"}  # fmt: skip
+    words = subprocess.run([venv_bin("tryssh")], env=env, capture_output=True, text=True,
+                           timeout=60).stdout.split()  # fmt: skip
+    assert words == ["plain,consume", "plain,contrib"]

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobdir-setup": ("tryssh.cli.contrib", "jobdir_setup_cmd"),
     "contrib": ("tryssh.cli.contrib", "contrib_cmd"),
     "hostkey": ("tryssh.cli.hostkey", "hostkey_cmd"),
+    "manpages": ("tryssh.cli.manpages", "manpages_cmd"),
 }
 
 HELP = """\
