@@ -42,6 +42,12 @@ SYSEXITS = {EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPE
 DEFAULT_TRYSERVER_CMD = "buildbot"
 
 
+SENT_NOTE = (
+    "the bytes sent; the server's audit line and the job's record describe the job as "
+    "delivered, whose who the server sets"
+)
+
+
 @dataclass
 class Receipt:
     """What a delivery did: the job name (None if the server did not say) and the bytes sent."""
@@ -53,10 +59,15 @@ class Receipt:
     host: str | None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "job": self.job, "size": self.size, "sha256": self.sha256,
             "transport": self.transport, "host": self.host,
-        }
+        }  # fmt: skip
+        if self.transport == "ssh":
+            # The server pins who, so the job it writes (and hashes in its audit line and
+            # the job's record) may differ from what was sent: say which one this is.
+            out["size_and_sha256_of"] = SENT_NOTE
+        return out
 
 
 class RemoteFailure(TrysshError):

@@ -49,7 +49,7 @@ def answer(server: Server, request: Request) -> str:
         records = recent_jobs(state_dir, user, JOBS_LIMIT)
         if request.json:
             return json.dumps({"user": user, "jobs": records}) + "\n"
-        return format_jobs(records)
+        return format_jobs(records, show_who=user is None)
     raise UsageError(f"{request.verb} is not available on this server")
 
 
@@ -173,16 +173,18 @@ def format_status(record: dict[str, Any]) -> str:
     return "".join(lines)
 
 
-def format_jobs(records: list[dict[str, Any]]) -> str:
-    """One line per job: name, state, branch, builders with results."""
+def format_jobs(records: list[dict[str, Any]], show_who: bool = False) -> str:
+    """One line per job: name, state, branch, builders with results; with *show_who* (the
+    admin's view of everyone's jobs) the user comes after the name."""
     lines = []
     for record in records:
         results = ",".join(
             f"{n}={e.get('result') or e.get('state')}"
             for n, e in (record.get("builders") or {}).items()
         )
+        who = f"{record.get('who') or '-'}\t" if show_who else ""
         lines.append(
-            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
+            f"{record['job']}\t{who}{record.get('state')}\t{record.get('branch') or '-'}\t"
             f"{results or '-'}\n"
         )
     return "".join(lines)

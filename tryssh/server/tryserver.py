@@ -273,6 +273,14 @@ def clip(text: str) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters]"
 
 
+def _client_command(env: dict[str, str] | os._Environ[str], argv: list[str]) -> str:
+    """What the client asked for: its command under sshd (empty for an interactive login,
+    never the forced command's own options), else our arguments (a local run)."""
+    if "SSH_ORIGINAL_COMMAND" in env:
+        return env["SSH_ORIGINAL_COMMAND"]
+    return "" if "SSH_CONNECTION" in env else " ".join(argv)
+
+
 def _give_up(signum: int, frame: object) -> None:
     raise TempFail("request took longer than --max-time; gave up")
 
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "user": None,
         "from": ssh_peer(env),
         "key": ssh_key_fingerprint(env),
-        "cmd": clip(env.get("SSH_ORIGINAL_COMMAND", " ".join(argv))),
+        "cmd": clip(_client_command(env, argv)),
     }
     server: Server | None = None
     code = EX_SOFTWARE
