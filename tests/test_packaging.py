@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin
+from helpers import build_wheel, install_wheel, run, venv_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,30 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv holding only the wheel's tryssh; its dependencies come from the test venv."""
     base = tmp_path_factory.mktemp("wheel")
-    source = base / "src"
-    source.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.rst", "LICENSE"):
-        shutil.copy(ROOT / name, source / name)
-    for name in ("tryssh", "contrib"):
-        shutil.copytree(ROOT / name, source / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                 "--no-index", str(source), "-w", str(base / "dist")], timeout=300)  # fmt: skip
-    assert built.returncode == 0, built.stderr.decode()
-    (wheel,) = (base / "dist").glob("tryssh-*.whl")
-    venv = base / "venv"
-    made = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
-    assert made.returncode == 0, made.stderr.decode()
-    target = venv / "bin" / "python"
-    pip = run([sys.executable, "-m", "pip", "--python", str(target), "install", "-q",
-               "--no-deps", "--no-index", str(wheel)], timeout=300)  # fmt: skip
-    assert pip.returncode == 0, pip.stderr.decode()
-    # click and paramiko from the test venv (offline): a path entry after the venv's own.
-    purelib = run([str(target), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
-    deps = Path(purelib.stdout.decode().strip()) / "zz-deps.pth"
-    deps.write_text(sysconfig.get_path("purelib") + "\n")
-    shutil.rmtree(source)  # nothing of the tree left to fall back on
-    return venv
+    return install_wheel(build_wheel(base / "dist"), base / "venv", sys.executable)
 
 
 def tool(venv: Path, name: str, *args: str, cwd: Path | None = None):
