@@ -40,7 +40,8 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
 @pytest.mark.parametrize(
     "command",
     [["try"], ["status"], ["builders"], ["consume"], ["gc"], ["serve"], ["passwd"],
-     ["keys"], ["keys", "add"], ["doctor"]],
+     ["keys"], ["keys", "add"], ["doctor"], ["hostkey"], ["contrib"], ["manpages"],
+     ["jobdir-setup"]],
 )
 def test_every_command_has_help_with_text(command: list[str]) -> None:
     result = run([venv_bin("tryssh"), *command, "--help"])

@@ -231,6 +231,7 @@ def check_consumer(config: Config, account: str | None, now: float | None = None
     from tryssh.server.consumer import HEARTBEAT_FILE, INOTIFY_RESCAN
 
     needs = [
+        (config.path, "r", "the config"),
         (os.path.join(config.jobdir, "new"), "rwx", "the jobdir"),
         (os.path.join(config.jobdir, "cur"), "rwx", "the jobdir"),
     ]
