@@ -33,6 +33,7 @@ from tryssh.errors import (
     ConfigError,
     TempFail,
     TrysshError,
+    describe_oserror,
 )
 from tryssh.server.audit import AuditLog
 from tryssh.server.config import Config
@@ -237,7 +238,7 @@ class Log:
         try:
             self.audit.write(**fields)
         except OSError as err:
-            self.say(f"cannot write the audit log: {err.strerror}")
+            self.say(f"cannot {describe_oserror(err, 'write audit log', self.audit.path)}")
 
 
 class AuthLimiter:

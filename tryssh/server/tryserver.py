@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as err:
                 # The job (if any) is already delivered: a failure code now would make the
                 # client retry and deliver it twice. Say so on stderr, keep the outcome.
-                print(f"tryserver: cannot write audit log: {err.strerror}", file=sys.stderr)
+                print(f"tryserver: cannot write audit log {server.audit.path}: {err.strerror}",
+                      file=sys.stderr)  # fmt: skip
     return code
 
 
