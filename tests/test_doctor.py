@@ -241,3 +241,17 @@ def test_sshd_config_file_of_a_second_sshd(tmp_path) -> None:
     assert str(locked) in sshd[0]["message"]
     _, findings = doctor("--ssh-user", "try", "--sshd-config", str(plain))
     assert any(f["level"] == "warn" and "permittty" in f["message"] for f in findings)
+
+
+@needs_root
+def test_a_python_the_consumer_cannot_run_is_a_problem(site) -> None:
+    """This venv's python lives under root's 0700 home here (pyenv), or it does not:
+    either way doctor's answer for 'nobody' must match what nobody can actually do."""
+    import sys
+
+    can = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          sys.executable, "-c", "import tryssh"], capture_output=True,
+                         cwd="/", check=False).returncode == 0  # fmt: skip
+    _, findings = doctor("--config", str(site["config"]), "--consumer-user", "nobody")
+    python = [f for f in findings if f["area"] == "consumer" and "cannot run" in f["message"]]
+    assert bool(python) != can, (can, python)

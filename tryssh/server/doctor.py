@@ -219,6 +219,20 @@ def check_builders(config: Config, account: str | None = None) -> Iterator[Findi
             yield Finding("ok", "builders", f"{where}: {builder.kind} {builder.target}")
 
 
+def check_python(account: str | None) -> Iterator[Finding]:
+    """This tryssh's Python, run as *account* (the consumer runs ``tryssh consume`` so)."""
+    import sys
+
+    try:
+        result = run_as(account, [sys.executable, "-c", "import tryssh"])
+    except (KeyError, CannotSwitch):
+        return  # already reported by access_findings
+    if result.returncode != 0:
+        who = account or "this account"
+        yield Finding("problem", "consumer", f"{who} cannot run {sys.executable} with "
+                      f"tryssh: {first_line(result)} ({VENV_HINT})")  # fmt: skip
+
+
 def consumer_account(config: Config) -> str | None:
     """Who runs the consumer: the owner of state_dir (jobdir-setup --owner), else of new/."""
     return account_of(config.state_dir) or account_of(os.path.join(config.jobdir, "new"))
@@ -239,6 +253,7 @@ def check_consumer(config: Config, account: str | None, now: float | None = None
         target = path if os.path.isdir(path) else os.path.dirname(path)
         needs.append((target, "wx", what if target == path else f"the parent of {what}"))
     yield from access_findings(account, "consumer", needs)
+    yield from check_python(account)
     heartbeat = os.path.join(config.state_dir, HEARTBEAT_FILE)
     try:
         st = os.stat(heartbeat)
