@@ -51,3 +51,28 @@ def test_sighup_reloads_the_consumer_without_losing_a_build(tmp_path):
     failed = next(line for line in text.splitlines() if "event=reload-failed" in line)
     assert "builders.bad.command: must not be empty" in failed
     assert 'kept="the config in use"' in failed
+
+
+def test_reload_refuses_a_new_jobdir_and_keeps_the_old_config(tmp_path):
+    import io
+
+    from tryssh.server.config import load_config
+    from tryssh.server.consumer import Consumer, EventLog
+
+    config = write_config(tmp_path, builders={"unit": {"command": ["true"]}}, users={"*": {}})
+    out = io.StringIO()
+    consumer = Consumer(load_config(str(config)), log=EventLog(out))
+    try:
+        text = config.read_text()
+        config.write_text(text.replace(str(tmp_path / "jobdir"), str(tmp_path / "elsewhere")))
+        assert consumer.reload() is False
+        assert "jobdir: changed; a change of jobdir takes a restart" in out.getvalue()
+        assert consumer.config.jobdir == str(tmp_path / "jobdir")
+        config.write_text(text + '[builders.lint]\ncommand = ["true"]\nconcurrency = 3\n')
+        assert consumer.reload() is True
+        assert set(consumer.config.builders) == {"unit", "lint"}
+        slots = consumer._builder_slots["lint"]
+        assert all(slots.acquire(blocking=False) for _ in range(3))
+        assert not slots.acquire(blocking=False)  # concurrency 3, from the new config
+    finally:
+        consumer.close()
