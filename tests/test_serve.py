@@ -787,3 +787,25 @@ def test_hostkey_output_is_the_known_hosts_developers_need(serve_factory) -> Non
     assert server.fingerprint in result.stdout.decode()
     login = server.ssh("tryserver", "builders")
     assert login.returncode == 0 and login.stdout == b"unit\n", err(login)
+
+
+def test_sighup_reloads_the_embedded_consumer_too(serve_factory) -> None:
+    server = serve_factory(consume=True)
+    text = server.config.read_text()
+    server.config.write_text(
+        text.replace('builders = ["unit"]', 'builders = ["unit", "lint"]', 1)
+        + '\n[builders.lint]\ncommand = ["true"]\n'
+    )
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("event=reloaded")  # the consumer's line, after the server's
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["lint"], who="alice"))
+    result = server.ssh("tryserver", input=job)
+    assert result.returncode == 0, err(result)
+    name = result.stdout.decode().strip()
+
+    def finished() -> str:
+        text = server.ssh("tryserver", "status", name, "--json").stdout.decode()
+        return text if '"success"' in text else ""
+
+    assert '"lint"' in wait_until(finished, timeout=30, message=server.output)
+    assert server.stop() == 0, server.output()
