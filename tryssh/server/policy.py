@@ -12,6 +12,8 @@ from fnmatch import fnmatchcase
 from tryssh.errors import EX_DATAERR, PermissionDenied
 from tryssh.server.config import Config, UserPolicy
 
+MAX_SCAN = 100  # jobs of new/ the door reads, at most, to count a user's pending ones
+
 
 class Refused(PermissionDenied):
     """The job breaks the policy; the message says which rule."""
@@ -113,9 +115,9 @@ def count_pending(config: Config, who: str, stop_at: int | None = None) -> int:
         names = os.listdir(new)
     except OSError:
         return count
-    for name in names:
-        if name.startswith("."):
-            continue
+    # A running consumer empties new/ at once; a long backlog (no consumer) is read only in
+    # part, so that one submission never reads every waiting job: the consumer rechecks.
+    for name in sorted(n for n in names if not n.startswith("."))[-MAX_SCAN:]:
         try:
             job = parse_job_file(os.path.join(new, name), limit=config.hard_size_limit())
         except (OSError, TrysshError):
