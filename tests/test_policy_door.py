@@ -87,7 +87,7 @@ def test_over_the_users_size_is_65(site):
     """alice's max_job_size caps the stream itself: the job is never held or written whole."""
     result = tryserver(site, job_bytes(["unit"], patch=b"x" * 2100))
     assert result.returncode == 65, result.stderr
-    assert result.stderr == b"tryserver: job is larger than the limit of 2000 bytes\n"
+    assert result.stderr == b"tryserver: job is larger than the limit of 2000 bytes for 'alice'\n"
     assert listing(site) == {"tmp": [], "new": [], "cur": []}
 
 

@@ -45,6 +45,10 @@ class BadJob(TrysshError):
     exit_code = EX_DATAERR
 
 
+class JobTooLarge(BadJob):
+    """The job is over the size limit (found while reading it)."""
+
+
 class CannotCreate(TrysshError):
     exit_code = EX_CANTCREAT
 

@@ -24,6 +24,7 @@ from tryssh.errors import (
     EX_OK,
     EX_SOFTWARE,
     EX_TEMPFAIL,
+    JobTooLarge,
     PermissionDenied,
     TempFail,
     TrysshError,
@@ -216,7 +217,15 @@ class Server:
                     _fadvise(fd, started, size - started, os.POSIX_FADV_DONTNEED)
                     started = size
 
-            job = transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+            try:
+                job = transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
+            except JobTooLarge:
+                if not self.opts.user:
+                    raise
+                # In the consumer's words: whose limit it is.
+                raise JobTooLarge(
+                    f"job is larger than the limit of {self.max_size} bytes for {self.opts.user!r}"
+                ) from None
             if self.config is not None:
                 # The consumer's check at the door: raising here removes the tmp/ file,
                 # so a job the consumer would refuse is never written to new/.
