@@ -449,4 +449,5 @@ def diagnose(
         findings += check_authorized_keys(authorized_keys, config, ssh_user)
     if ssh_user:
         findings += check_sshd(ssh_user, sshd_config)
-    return findings
+    # "cannot act as X" (not root) would repeat once per builder: say each thing once.
+    return list(dict.fromkeys(findings))
