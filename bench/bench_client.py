@@ -47,8 +47,9 @@ def timed(argv: list[str], stdin_path: Path | None, env: dict[str, str], cwd: Pa
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
         start = time.perf_counter()
-        result = subprocess.run(argv, stdin=stdin, capture_output=True, env=env, cwd=cwd,
-                                timeout=600, check=False)
+        result = subprocess.run(
+            argv, stdin=stdin, capture_output=True, env=env, cwd=cwd, timeout=600, check=False
+        )
         elapsed = time.perf_counter() - start
     finally:
         if stdin_path:
@@ -61,8 +62,14 @@ def timed(argv: list[str], stdin_path: Path | None, env: dict[str, str], cwd: Pa
     return elapsed
 
 
-def median_of(runs: int, argv: list[str], stdin_path: Path | None, env: dict[str, str],
-              cwd: Path, jobdir: Jobdir) -> float:
+def median_of(
+    runs: int,
+    argv: list[str],
+    stdin_path: Path | None,
+    env: dict[str, str],
+    cwd: Path,
+    jobdir: Jobdir,
+) -> float:
     times = []
     for _ in range(runs):
         times.append(timed(argv, stdin_path, env, cwd))
@@ -87,10 +94,20 @@ def main() -> int:
         jobdir = Jobdir(str(tmp / "jobdir")).create()
         key = make_user_key(tmp, "key")
         max_size = (args.big_mb + 16) << 20
-        forced = shlex.join([str(BIN / "tryserver"), "--jobdir", jobdir.path, "--user", "alice",
-                             "--max-size", str(max_size)])
-        server = Sshd([f'restrict,command="{forced}" {key.public_line}'],
-                      directory=tmp / "sshd").start()
+        forced = shlex.join(
+            [
+                str(BIN / "tryserver"),
+                "--jobdir",
+                jobdir.path,
+                "--user",
+                "alice",
+                "--max-size",
+                str(max_size),
+            ]
+        )
+        server = Sshd(
+            [f'restrict,command="{forced}" {key.public_line}'], directory=tmp / "sshd"
+        ).start()
         known = write_known_hosts(home / ".ssh" / "known_hosts", server)
         env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         env["HOME"] = str(home)
@@ -109,21 +126,68 @@ def main() -> int:
         big_diff = work / "big.diff"
         big_diff.write_bytes(diff_of(args.big_mb << 20))
         big_job = work / "big.job"
-        big_job.write_bytes(encode_job(Job("1-2", "main", "abc", 1, big_diff.read_bytes(),
-                                           ["unit"])))
+        big_job.write_bytes(
+            encode_job(Job("1-2", "main", "abc", 1, big_diff.read_bytes(), ["unit"]))
+        )
         big_size = big_job.stat().st_size
 
         ssh_opts = client_options(server, key.private_path, known)
-        openssh = ["/usr/bin/ssh", *ssh_opts, "-p", str(server.port), server.host,
-                   "tryserver", "--jobdir", jobdir.path]
-        tryssh = [str(BIN / "tryssh"), "try", "-c", "ssh", "--host", server.host,
-                  "--port", str(server.port), "-u", server.user, "-i", key.private_path,
-                  "--known-hosts", str(known), "--jobdir", jobdir.path, "--baserev", "abc",
-                  "-b", "unit", "-q"]
-        buildbot = [str(BIN / "buildbot"), "try", "--connect=ssh", "--host", server.host,
-                    "--port", str(server.port), "-u", server.user, "--jobdir", jobdir.path,
-                    "--ssh", shlex.join(["/usr/bin/ssh", *ssh_opts]), "--diff", str(small_diff),
-                    "--baserev", "abc", "-b", "unit", "--buildbotbin", "buildbot"]
+        openssh = [
+            "/usr/bin/ssh",
+            *ssh_opts,
+            "-p",
+            str(server.port),
+            server.host,
+            "tryserver",
+            "--jobdir",
+            jobdir.path,
+        ]
+        tryssh = [
+            str(BIN / "tryssh"),
+            "try",
+            "-c",
+            "ssh",
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "-u",
+            server.user,
+            "-i",
+            key.private_path,
+            "--known-hosts",
+            str(known),
+            "--jobdir",
+            jobdir.path,
+            "--baserev",
+            "abc",
+            "-b",
+            "unit",
+            "-q",
+        ]
+        buildbot = [
+            str(BIN / "buildbot"),
+            "try",
+            "--connect=ssh",
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "-u",
+            server.user,
+            "--jobdir",
+            jobdir.path,
+            "--ssh",
+            shlex.join(["/usr/bin/ssh", *ssh_opts]),
+            "--diff",
+            str(small_diff),
+            "--baserev",
+            "abc",
+            "-b",
+            "unit",
+            "--buildbotbin",
+            "buildbot",
+        ]
         if shutil.which("buildbot", path=str(BIN)) is None:
             raise SystemExit("bench: buildbot is not installed in the venv")
 
@@ -132,14 +196,16 @@ def main() -> int:
         timed(openssh, small_job, env, work)
         timed(buildbot, None, env, work)
         small = {
-            "tryssh": median_of(args.runs, [*tryssh, "--diff", str(small_diff)], None, env,
-                                work, jobdir),
+            "tryssh": median_of(
+                args.runs, [*tryssh, "--diff", str(small_diff)], None, env, work, jobdir
+            ),
             "openssh": median_of(args.runs, openssh, small_job, env, work, jobdir),
             "buildbot_try": median_of(args.runs, buildbot, None, env, work, jobdir),
         }
         big_t = {
-            "tryssh": median_of(args.big_runs, [*tryssh, "--diff", str(big_diff)], None, env,
-                                work, jobdir),
+            "tryssh": median_of(
+                args.big_runs, [*tryssh, "--diff", str(big_diff)], None, env, work, jobdir
+            ),
             "openssh": median_of(args.big_runs, openssh, big_job, env, work, jobdir),
         }
         big = {k: big_size / v / 1e6 for k, v in big_t.items()}  # MB/s

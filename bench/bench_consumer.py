@@ -48,10 +48,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import RecordStore, parse_iso
 from tryssh.server.builders import Outcome
 from tryssh.server.config import config_from_dict
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 
 PATCH = b"diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n" * 20
 

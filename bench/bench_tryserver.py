@@ -216,8 +216,12 @@ def cold_start(tmp: Path, runs: int, bb_runs: int, env: dict[str, str]) -> dict[
             jd[4],
         ),
     ]
-    buildbot = Case("buildbot tryserver",
-                    [str(BIN / "buildbot"), "tryserver", "--jobdir", jd[2].path], job, jd[2])
+    buildbot = Case(
+        "buildbot tryserver",
+        [str(BIN / "buildbot"), "tryserver", "--jobdir", jd[2].path],
+        job,
+        jd[2],
+    )
     for case in [*cases, buildbot]:  # warm up: bytecode written, files cached
         case.once(env)
         case.once(env)

@@ -36,7 +36,7 @@ PROJECT_FILES = {
         def add(a, b):
             return a + b
         ''',
-    "test_calc.py": '''\
+    "test_calc.py": """\
         import unittest
 
         from calc import add
@@ -49,7 +49,7 @@ PROJECT_FILES = {
 
         if __name__ == "__main__":
             unittest.main()
-        ''',
+        """,
 }
 
 # The builder: clone the project at the job's base revision, apply the patch, run tests.
@@ -159,11 +159,18 @@ def copy_lines(proc: subprocess.Popen[str], path: Path) -> None:
             log.write(line)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(f"demo: stopped by signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the demo directory")
     args = parser.parse_args()
     started = time.monotonic()
+    # SIGTERM (a test's deadline, a supervisor) ends the demo like an error: the finally
+    # below stops the server and removes the directory, so nothing is left running.
+    signal.signal(signal.SIGTERM, _terminated)
     root = Path(tempfile.mkdtemp(prefix="tryssh-demo-"))
     server: subprocess.Popen[str] | None = None
     try:
@@ -235,8 +242,13 @@ def main() -> int:
         return 0
     finally:
         if server is not None:
-            server.kill()
-            server.wait()
+            # SIGTERM: the server lets a running build finish, so no builder outlives it.
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         if args.keep:
             print(f"kept {root}")
         else:

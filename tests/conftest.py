@@ -1,21 +1,15 @@
-"""Shared fixtures: real sshd servers, client keys and known_hosts files (logic in sshd.py)."""
+"""Shared fixtures: a jobdir, a master config, real sshd servers, client keys and known_hosts
+files (logic in helpers.py and sshd.py, which tests import as top-level modules: pyproject's
+``pythonpath``)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-
-# Test modules import the shared helpers as top-level modules (`from sshd import Sshd`);
-# make that independent of pytest's import mode.
-_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from sshd import (  # noqa: E402
+from helpers import write_master_config
+from sshd import (
     OpensshMissing,
     Sshd,
     UserKey,
@@ -23,6 +17,25 @@ from sshd import (  # noqa: E402
     make_user_key,
     write_known_hosts,
 )
+
+from tryssh.core.jobdir import Jobdir
+
+
+@pytest.fixture
+def jobdir(tmp_path: Path) -> Jobdir:
+    """An empty jobdir (tmp/, new/, cur/) at ``tmp_path/jobdir``."""
+    return Jobdir(str(tmp_path / "jobdir")).create()
+
+
+@pytest.fixture
+def master_config(tmp_path: Path) -> Callable[..., Path]:
+    """``write(builders={}, users={}, **top) -> tmp_path/tryssh.toml``, its jobdir
+    ``tmp_path/jobdir`` created (see :func:`helpers.write_master_config`)."""
+
+    def write(builders: dict | None = None, users: dict | None = None, **top: object) -> Path:
+        return write_master_config(tmp_path, builders or {}, users or {}, **top)
+
+    return write
 
 
 @pytest.fixture

@@ -181,3 +181,85 @@ def install_wheel(wheel: Path, venv: Path, python: str, copy_deps: bool = False)
         for info in here.glob(f"{dist}-*.dist-info"):
             shutil.copytree(info, site / info.name)
     return venv
+# -- the master side ------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without sshd's variables (outside sshd the command line
+    decides), plus *extra*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    env.update(extra)
+    return env
+
+
+def tryserver(
+    where: object,
+    data: bytes = b"",
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    user: str | None = "alice",
+    original: str | None = None,
+    umask: int = -1,
+    text: bool = False,
+) -> subprocess.CompletedProcess:
+    """Run the real ``tryserver`` with *data* on stdin, on a jobdir (a ``Jobdir`` or a
+    directory) or a master config (a ``.toml`` file), with ``--user`` *user* (None: none).
+
+    *env* is added to :func:`clean_env`; *original* is the client's SSH command
+    (``SSH_ORIGINAL_COMMAND``). *text* decodes the output.
+    """
+    path = str(getattr(where, "path", where))
+    argv = [venv_bin("tryserver"), "--config" if path.endswith(".toml") else "--jobdir", path]
+    if user is not None:
+        argv += ["--user", user]
+    environ = clean_env(**(env or {}))
+    if original is not None:
+        environ["SSH_ORIGINAL_COMMAND"] = original
+    return subprocess.run(
+        [*argv, *args],
+        input=data.decode() if text else data,
+        capture_output=True,
+        env=environ,
+        timeout=60,
+        umask=umask,
+        text=text,
+        check=False,
+    )
+
+
+def toml_value(value: object) -> str:
+    import json
+
+    return json.dumps(value)  # strings, numbers, lists and booleans read the same in TOML
+
+
+def write_master_config(
+    directory: StrPath, builders: Mapping[str, dict], users: Mapping[str, dict], **top: object
+) -> Path:
+    """``DIRECTORY/tryssh.toml`` with *builders*, *users* and top-level keys (a ``consume``
+    table too), its jobdir ``DIRECTORY/jobdir`` created; returns the config's path."""
+    from tryssh.core.jobdir import Jobdir
+
+    base = Path(directory)
+    lines = [f"jobdir = {toml_value(str(base / 'jobdir'))}"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if not isinstance(v, dict)]
+    for table in ("consume", "serve"):
+        content = top.get(table)
+        if isinstance(content, dict) and content:
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in content.items()]
+    for name, table in builders.items():
+        lines.append(f"[builders.{toml_value(name)}]")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+    for name, table in users.items():
+        lines.append(f"[users.{toml_value(name)}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    Jobdir(str(base / "jobdir")).create()
+    path = base / "tryssh.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -126,9 +126,9 @@ class Sshd:
         self.stderr_path = self.dir / "sshd.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         _keygen(self.host_key_path, comment="tryssh-test-host")
-        self.host_key_pub = self.host_key_path.with_name(
-            self.host_key_path.name + ".pub"
-        ).read_text().strip()
+        self.host_key_pub = (
+            self.host_key_path.with_name(self.host_key_path.name + ".pub").read_text().strip()
+        )
         self.set_authorized_keys(authorized_keys)
 
     # -- files -----------------------------------------------------------------------------
@@ -225,7 +225,10 @@ class Sshd:
     def _check_config(self) -> None:
         result = subprocess.run(
             [SSHD, "-t", "-f", str(self.config_path)],
-            stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=30,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=30,
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -250,8 +253,7 @@ class Sshd:
         outcome = wait_until(
             lambda: self._probe(log_start),
             timeout=30,
-            message=lambda: f"sshd did not come up on {self.host}:{self.port}:\n"
-            + self.log_text(),
+            message=lambda: f"sshd did not come up on {self.host}:{self.port}:\n" + self.log_text(),
         )
         if outcome == "up":
             return True
@@ -324,18 +326,29 @@ class Sshd:
 def client_options(sshd: Sshd, key_path: StrPath, known_hosts_path: StrPath) -> list[str]:
     """Options shared by ssh and sftp: no user config, only this key, strict host checking."""
     return [
-        "-F", "/dev/null",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "IdentityAgent=none",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={os.fspath(known_hosts_path)}",
+        "-F",
+        "/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={os.fspath(known_hosts_path)}",
         # The system file must not vouch for (or against) the test server.
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "UpdateHostKeys=no",
-        "-o", "ConnectTimeout=20",
-        "-o", f"User={sshd.user}",
-        "-i", os.fspath(key_path),
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "UpdateHostKeys=no",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        f"User={sshd.user}",
+        "-i",
+        os.fspath(key_path),
     ]
 
 
@@ -350,8 +363,10 @@ def ssh_argv(
     return [
         SSH,
         *client_options(sshd, key_path, known_hosts_path),
-        "-p", str(sshd.port),
-        "-l", sshd.user,
+        "-p",
+        str(sshd.port),
+        "-l",
+        sshd.user,
         *extra_opts,
         sshd.host,
         *remote_words,
@@ -369,8 +384,10 @@ def sftp_argv(
     return [
         SFTP,
         *client_options(sshd, key_path, known_hosts_path),
-        "-P", str(sshd.port),
-        "-b", os.fspath(batch_path),
+        "-P",
+        str(sshd.port),
+        "-b",
+        os.fspath(batch_path),
         *extra_opts,
         sshd.host,
     ]

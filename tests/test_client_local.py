@@ -15,17 +15,12 @@ from helpers import GIT_ENV, git, run, venv_bin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tryssh.client.submit import (
-    TryRequest,
-    build_job,
-    exit_code_for,
-    parse_properties,
-    status_lines,
-    wait_for,
-)
+from tryssh.client.job import TryRequest, build_job, parse_properties
 from tryssh.client.transport import quote_remote_path, tryserver_command
+from tryssh.client.wait import exit_code_for, wait_for
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import parse_job
+from tryssh.core.jobview import status_lines
 from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TempFail, TrysshError
 
 
@@ -43,11 +38,6 @@ def repo(tmp_path: Path) -> Path:
     git(tmp_path, "clone", "-q", str(tmp_path / "upstream.git"), str(work))
     (work / "a.txt").write_text("one\ntwo\n")
     return work
-
-
-@pytest.fixture
-def jobdir(tmp_path: Path) -> Jobdir:
-    return Jobdir(str(tmp_path / "jobdir")).create()
 
 
 def tryssh(cwd: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -73,8 +63,23 @@ def ok(result: subprocess.CompletedProcess[bytes], code: int = 0) -> str:
 def test_local_delivery_is_read_by_buildbot(repo: Path, jobdir: Jobdir) -> None:
     from buildbot.schedulers.trysched import Try_Jobdir
 
-    out = ok(tryssh(repo, "try", "-c", "local", "--jobdir", jobdir.path, "-b", "unit",
-                    "--who", "alice", "--project", "demo", "--json"))
+    out = ok(
+        tryssh(
+            repo,
+            "try",
+            "-c",
+            "local",
+            "--jobdir",
+            jobdir.path,
+            "-b",
+            "unit",
+            "--who",
+            "alice",
+            "--project",
+            "demo",
+            "--json",
+        )
+    )
     receipt = json.loads(out)
     [name] = jobdir.pending()
     assert receipt["job"] == name and receipt["transport"] == "local"
@@ -107,8 +112,12 @@ def test_dry_run_sends_nothing(repo: Path, jobdir: Jobdir) -> None:
     assert "1 file, +1 -0 lines" in out and "not sent" in out and "builders:   x" in out
     assert jobdir.pending() == []
     as_json = json.loads(ok(tryssh(repo, "try", "--dry-run", "--json", "-p", "3")))
-    assert as_json["patch"] == {"files": 1, "added": 1, "removed": 0,
-                                "bytes": as_json["patch"]["bytes"]}
+    assert as_json["patch"] == {
+        "files": 1,
+        "added": 1,
+        "removed": 0,
+        "bytes": as_json["patch"]["bytes"],
+    }
     assert as_json["patch_level"] == 3 and as_json["vcs"] == "git" and as_json["dry_run"]
 
 
@@ -135,8 +144,9 @@ def test_ssh_needs_a_host(repo: Path) -> None:
     assert "--host" in result.stderr.decode()
 
 
-def test_options_file_with_code_is_never_executed(repo: Path, jobdir: Jobdir,
-                                                  tmp_path: Path) -> None:
+def test_options_file_with_code_is_never_executed(
+    repo: Path, jobdir: Jobdir, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     (repo / ".buildbot").mkdir()
     (repo / ".buildbot" / "options").write_text(
@@ -169,8 +179,17 @@ def test_project_file_sets_defaults(repo: Path, jobdir: Jobdir) -> None:
 
 def test_help_has_examples() -> None:
     out = run([venv_bin("tryssh"), "try", "--help"]).stdout.decode()
-    for word in ("Examples:", "--accept-new-host-key", "--wait", "-c, --connect", "--dry-run",
-                 "--tryserver-cmd", "--buildbotbin", "--json", "--identity"):
+    for word in (
+        "Examples:",
+        "--accept-new-host-key",
+        "--wait",
+        "-c, --connect",
+        "--dry-run",
+        "--tryserver-cmd",
+        "--buildbotbin",
+        "--json",
+        "--identity",
+    ):
         assert word in out
 
 
@@ -186,8 +205,11 @@ def test_tryserver_command() -> None:
     assert quote_remote_path("~/x;rm -rf /") == "~/'x;rm -rf /'"
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
-               min_size=1))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1
+    )
+)
 def test_remote_command_words_survive_the_shell(jobdir: str) -> None:
     words = shlex.split(tryserver_command("buildbot", jobdir))
     assert words[:3] == ["buildbot", "tryserver", "--jobdir"]
@@ -205,9 +227,16 @@ def test_parse_properties() -> None:
 def test_build_job_like_buildbot() -> None:
     from tryssh.client.vcs import SourceChange
 
-    change = SourceChange(vcs="git", baserev="abc", patch=b"p", patch_level=1, branch="feature",
-                          repository="https://example.org/r.git", topdir="/x",
-                          upstream_branch="main")
+    change = SourceChange(
+        vcs="git",
+        baserev="abc",
+        patch=b"p",
+        patch_level=1,
+        branch="feature",
+        repository="https://example.org/r.git",
+        topdir="/x",
+        upstream_branch="main",
+    )
     job = build_job(change, TryRequest(builders=["a"], comment="c"))
     assert job.branch == "main" and job.baserev == "abc" and job.patch_level == 1
     assert job.builder_names == ["a"] and job.repository == "https://example.org/r.git"
@@ -229,8 +258,13 @@ def test_wait_for_shows_changes_and_stops_on_a_final_state() -> None:
     lines: list[str] = []
     record = wait_for(lambda: next(states), None, lines.append, sleep=lambda s: None)
     assert record["state"] == "failure" and exit_code_for(record) == 1
-    assert lines == ["job J: queued", "job J: running", "  u: running", "job J: failure",
-                     "  u: failure (log /l)"]
+    assert lines == [
+        "job J: queued",
+        "job J: running",
+        "  u: running",
+        "job J: failure",
+        "  u: failure (log /l)",
+    ]
 
 
 def test_wait_for_retries_transient_errors_and_stops_on_refusal() -> None:
@@ -263,6 +297,7 @@ def test_exit_codes_and_status_lines() -> None:
     assert exit_code_for({"state": "rejected"}) == EX_NOPERM
     assert exit_code_for({"state": "interrupted"}) == EX_TEMPFAIL
     assert exit_code_for({"state": "error"}) == EX_TEMPFAIL
-    lines = status_lines({"job": "J", "state": "rejected", "reason": "builder x not allowed",
-                          "builders": {}})
+    lines = status_lines(
+        {"job": "J", "state": "rejected", "reason": "builder x not allowed", "builders": {}}
+    )
     assert lines == ["job J: rejected (builder x not allowed)"]

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import GIT_ENV, git, run, venv_bin, wait_until
+from helpers import GIT_ENV, git, run, venv_bin, wait_until, write_master_config
 from sshd import Sshd, make_user_key
 
 from tryssh.core.jobdir import Jobdir
 
 pytestmark = pytest.mark.timeout(180)
-
 
 
 def buildbot_parse(path: Path) -> dict[str, object]:
@@ -81,10 +80,21 @@ class World:
         env.update(extra)
         return env
 
-    def tryssh(self, *args: str, input: bytes | None = None, timeout: float = 90,
-               cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
-        return run([venv_bin("tryssh"), *args], input=input, env=self.env(**env),
-                   timeout=timeout, cwd=cwd or self.repo)
+    def tryssh(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 90,
+        cwd: Path | None = None,
+        **env: str,
+    ) -> subprocess.CompletedProcess[bytes]:
+        return run(
+            [venv_bin("tryssh"), *args],
+            input=input,
+            env=self.env(**env),
+            timeout=timeout,
+            cwd=cwd or self.repo,
+        )
 
     def to(self, server: Sshd, *, key: bool = True) -> list[str]:
         """Connection options for *server* (known_hosts in HOME already)."""
@@ -126,8 +136,18 @@ def check_patch_applies(world: World, job: dict[str, object]) -> None:
 def test_ssh_submit_from_git_clone_is_read_by_buildbot(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)
-    result = world.tryssh("try", *world.to(server), "-b", "unit", "-b", "lint",
-                          "-C", "first try", "--property", "a=b=c")
+    result = world.tryssh(
+        "try",
+        *world.to(server),
+        "-b",
+        "unit",
+        "-b",
+        "lint",
+        "-C",
+        "first try",
+        "--property",
+        "a=b=c",
+    )
     name = ok(result).strip()
     err = result.stderr.decode()
     assert world.base in err and "2 files" in err and "+1 -0" in err.replace("  ", " ")
@@ -176,8 +196,18 @@ def test_diff_from_stdin_non_utf8_is_v6(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)
     patch = b"--- a/x\n+++ b/x\n@@ -1 +1 @@\n-\xff\n+\xfe\n"
-    result = world.tryssh("try", *world.to(server), "--diff", "-", "--baserev", "abc",
-                          "-p", "0", input=patch, cwd=world.tmp)
+    result = world.tryssh(
+        "try",
+        *world.to(server),
+        "--diff",
+        "-",
+        "--baserev",
+        "abc",
+        "-p",
+        "0",
+        input=patch,
+        cwd=world.tmp,
+    )
     ok(result)
     [path] = world.delivered()
     assert path.read_bytes().startswith(b"1:6,")
@@ -193,8 +223,12 @@ def test_unknown_host_key_refused_then_accepted_once(world: World) -> None:
     result = world.tryssh("try", *world.to(server))
     ok(result, 77)
     err = result.stderr.decode()
-    fp = subprocess.run(["ssh-keygen", "-lf", str(server.host_key_path) + ".pub"],
-                        capture_output=True, text=True, check=True).stdout.split()[1]
+    fp = subprocess.run(
+        ["ssh-keygen", "-lf", str(server.host_key_path) + ".pub"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[1]
     assert fp in err and "--accept-new-host-key" in err and len(err.strip().splitlines()) == 5
     assert world.delivered() == []
     ok(world.tryssh("try", *world.to(server), "--accept-new-host-key"))
@@ -240,13 +274,19 @@ def test_known_hosts_option(world: World) -> None:
 
 def start_agent(world: World, *keys: str) -> str:
     sock = str(world.tmp / "agent.sock")
-    agent = subprocess.run(["ssh-agent", "-a", sock], capture_output=True, text=True,
-                           check=True, timeout=30)
+    agent = subprocess.run(
+        ["ssh-agent", "-a", sock], capture_output=True, text=True, check=True, timeout=30
+    )
     pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
     world.agent_pid = pid  # type: ignore[attr-defined]
     for key in keys:
-        subprocess.run(["ssh-add", key], env={**os.environ, "SSH_AUTH_SOCK": sock},
-                       capture_output=True, check=True, timeout=30)
+        subprocess.run(
+            ["ssh-add", key],
+            env={**os.environ, "SSH_AUTH_SOCK": sock},
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
     return sock
 
 
@@ -291,14 +331,16 @@ def test_encrypted_key_without_terminal_is_a_clear_error(world: World) -> None:
 def test_ssh_config_alias(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)
-    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+    (world.home / ".ssh" / "config").write_text(
+        textwrap.dedent(f"""\
         Host ci
             HostName 127.0.0.1
             Port {server.port}
             User {server.user}
             IdentityFile {world.key.private_path}
             IdentitiesOnly yes
-        """))
+        """)
+    )
     name = ok(world.tryssh("try", "--host", "ci", "-q")).strip()
     assert [p.name for p in world.delivered()] == [name]
 
@@ -318,12 +360,14 @@ def test_ssh_config_proxy_command(world: World) -> None:
             sys.stdout.buffer.write(data); sys.stdout.buffer.flush()
         """)
     (world.tmp / "relay.py").write_text(relay)
-    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+    (world.home / ".ssh" / "config").write_text(
+        textwrap.dedent(f"""\
         Host ci
             HostName 127.0.0.1
             Port {server.port}
-            ProxyCommand {sys.executable} {world.tmp / 'relay.py'} %h %p
-        """))
+            ProxyCommand {sys.executable} {world.tmp / "relay.py"} %h %p
+        """)
+    )
     ok(world.tryssh("try", "--host", "ci", "-u", server.user, "-i", world.key.private_path))
     assert len(world.delivered()) == 1
 
@@ -340,8 +384,17 @@ def test_wrong_key_is_refused_with_77(world: World) -> None:
 def test_connection_refused_is_75(world: World) -> None:
     from helpers import free_port
 
-    result = world.tryssh("try", "--host", "127.0.0.1", "--port", str(free_port()),
-                          "-i", world.key.private_path, "--timeout", "5")
+    result = world.tryssh(
+        "try",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "-i",
+        world.key.private_path,
+        "--timeout",
+        "5",
+    )
     ok(result, 75)
     assert "cannot connect" in result.stderr.decode()
 
@@ -364,8 +417,17 @@ def test_no_hang_when_the_server_dies_mid_transfer(world: World) -> None:
     world.known_hosts(server)
     diff = big_diff(world, 20 << 20)
     started = time.monotonic()
-    result = world.tryssh("try", *world.to(server), "--diff", str(diff), "--baserev", "x",
-                          "--timeout", "10", timeout=60)
+    result = world.tryssh(
+        "try",
+        *world.to(server),
+        "--diff",
+        str(diff),
+        "--baserev",
+        "x",
+        "--timeout",
+        "10",
+        timeout=60,
+    )
     assert time.monotonic() - started < 40
     ok(result, 75)
     assert "exit status" in result.stderr.decode()
@@ -379,8 +441,17 @@ def test_no_hang_when_the_server_stops_reading(world: World) -> None:
     world.known_hosts(server)
     diff = big_diff(world, 20 << 20)
     started = time.monotonic()
-    result = world.tryssh("try", *world.to(server), "--diff", str(diff), "--baserev", "x",
-                          "--timeout", "3", timeout=60)
+    result = world.tryssh(
+        "try",
+        *world.to(server),
+        "--diff",
+        str(diff),
+        "--baserev",
+        "x",
+        "--timeout",
+        "3",
+        timeout=60,
+    )
     assert time.monotonic() - started < 20
     ok(result, 75)
     assert "stopped reading" in result.stderr.decode()
@@ -392,8 +463,9 @@ def test_no_hang_when_the_server_stops_reading(world: World) -> None:
 def test_scp_delivery(world: World) -> None:
     server = world.sshd(f"restrict {world.key.public_line}")
     world.known_hosts(server)
-    result = world.tryssh("try", "-c", "scp", *world.to(server), "--jobdir", world.jobdir.path,
-                          "-b", "unit", "--json")
+    result = world.tryssh(
+        "try", "-c", "scp", *world.to(server), "--jobdir", world.jobdir.path, "-b", "unit", "--json"
+    )
     receipt = json.loads(ok(result))
     [path] = world.delivered()
     assert receipt["job"] == path.name and receipt["transport"] == "scp"
@@ -410,8 +482,9 @@ def test_scp_delivery(world: World) -> None:
 def test_scp_into_a_missing_jobdir_fails_cleanly(world: World) -> None:
     server = world.sshd(f"restrict {world.key.public_line}")
     world.known_hosts(server)
-    result = world.tryssh("try", "-c", "scp", *world.to(server),
-                          "--jobdir", str(world.tmp / "nope"))
+    result = world.tryssh(
+        "try", "-c", "scp", *world.to(server), "--jobdir", str(world.tmp / "nope")
+    )
     ok(result, 73)
     assert "does not exist" in result.stderr.decode()
 
@@ -451,9 +524,15 @@ print(json.dumps({{"job": job, "state": state, "reason": None, "builders": build
 
 def fake_status_server(world: World, states: list[tuple[str, dict[str, object]]]) -> Sshd:
     script = world.tmp / "fake_status.py"
-    script.write_text(FAKE_STATUS.format(
-        python=sys.executable, tryserver=world.tryserver, jobdir=world.jobdir.path,
-        counter=str(world.tmp / "counter"), states=states))
+    script.write_text(
+        FAKE_STATUS.format(
+            python=sys.executable,
+            tryserver=world.tryserver,
+            jobdir=world.jobdir.path,
+            counter=str(world.tmp / "counter"),
+            states=states,
+        )
+    )
     script.chmod(0o755)
     server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
     world.known_hosts(server)
@@ -490,17 +569,9 @@ def test_wait_timeout_is_75(world: World) -> None:
 
 
 def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> None:
-    config = world.tmp / "tryssh.toml"
-    config.write_text(textwrap.dedent(f"""\
-        jobdir = "{world.jobdir.path}"
-        [builders.unit]
-        command = ["true"]
-        description = "unit tests"
-        [builders.lint]
-        command = ["true"]
-        [users.alice]
-        builders = ["unit"]
-        """))
+    builders = {"unit": {"command": ["true"], "description": "unit tests"},
+                "lint": {"command": ["true"]}}  # fmt: skip
+    config = write_master_config(world.tmp, builders, {"alice": {"builders": ["unit"]}})
     server = world.sshd(world.forced("--config", str(config)))
     world.known_hosts(server)
     assert ok(world.tryssh("builders", *world.to(server))) == "unit  unit tests\n"
@@ -520,8 +591,10 @@ def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> N
 
 def test_no_pty_requested(world: World) -> None:
     script = world.tmp / "tty.sh"
-    script.write_text("#!/bin/sh\ncat >/dev/null\nif [ -t 0 ] || [ -n \"$SSH_TTY\" ]; then "
-                      "echo tty >&2; exit 1; fi\necho fine-job\n")
+    script.write_text(
+        '#!/bin/sh\ncat >/dev/null\nif [ -t 0 ] || [ -n "$SSH_TTY" ]; then '
+        "echo tty >&2; exit 1; fi\necho fine-job\n"
+    )
     script.chmod(0o755)
     server = world.sshd(f'command="{script}" {world.key.public_line}')
     world.known_hosts(server)
@@ -546,7 +619,8 @@ def test_ssh_config_proxy_jump(world: World) -> None:
     server = world.sshd()
     jump = world.sshd_factory([world.key.public_line])  # a plain login that may forward
     world.known_hosts(server, jump)
-    (world.home / ".ssh" / "config").write_text(textwrap.dedent(f"""\
+    (world.home / ".ssh" / "config").write_text(
+        textwrap.dedent(f"""\
         Host jumphost
             HostName 127.0.0.1
             Port {jump.port}
@@ -555,7 +629,8 @@ def test_ssh_config_proxy_jump(world: World) -> None:
             HostName 127.0.0.1
             Port {server.port}
             ProxyJump {jump.user}@jumphost
-        """))
+        """)
+    )
     ok(world.tryssh("try", "--host", "ci", "-u", server.user, "-i", world.key.private_path))
     assert len(world.delivered()) == 1
     assert "direct-tcpip" in jump.log_text() or "Connection from" in jump.log_text()
@@ -571,8 +646,14 @@ def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # child: the terminal is its stdin/stdout/stderr
         os.chdir(world.repo)
-        argv = [venv_bin("tryssh"), "try", *world.to(server, key=False), "-i",
-                locked.private_path, "-q"]
+        argv = [
+            venv_bin("tryssh"),
+            "try",
+            *world.to(server, key=False),
+            "-i",
+            locked.private_path,
+            "-q",
+        ]
         os.execve(argv[0], argv, world.env())  # noqa: S606 (no shell: an argv list)
     output = b""
     answered = False
@@ -590,6 +671,7 @@ def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
             if not answered and b"passphrase" in output:
                 os.write(fd, b"secret phrase\n")
                 answered = True
+
     # The pty closes a moment before the process exits: poll for its status.
     def reaped() -> tuple[int, int] | None:
         done, status = os.waitpid(pid, os.WNOHANG)

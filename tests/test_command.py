@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tryssh.core.request import (
     MAX_COMMAND,
-    Refused,
+    CommandRefused,
     Request,
     parse_request_words,
     parse_ssh_command,
@@ -61,7 +61,7 @@ HOSTILE = HOSTILE_COMMANDS
 
 @pytest.mark.parametrize("text", HOSTILE, ids=lambda t: repr(t)[:40])
 def test_hostile_commands_are_refused(text):
-    with pytest.raises(Refused) as info:
+    with pytest.raises(CommandRefused) as info:
         parse_ssh_command(text)
     err = info.value
     assert isinstance(err, UsageError)
@@ -78,29 +78,29 @@ def test_command_of_the_maximum_length_is_accepted():
 
 
 def test_long_command_message_is_short():
-    with pytest.raises(Refused, match=f"longer than {MAX_COMMAND}"):
+    with pytest.raises(CommandRefused, match=f"longer than {MAX_COMMAND}"):
         parse_ssh_command("tryserver " + "x" * 100_000)
 
 
 def test_control_characters_are_named_not_echoed():
-    with pytest.raises(Refused, match="U\\+001B"):
+    with pytest.raises(CommandRefused, match="U\\+001B"):
         parse_ssh_command("tryserver\x1b]0;pwned\x07")
-    with pytest.raises(Refused, match="';'"):
+    with pytest.raises(CommandRefused, match="';'"):
         parse_ssh_command("tryserver; id")
 
 
 @pytest.mark.parametrize("char", [chr(c) for c in range(0x20)] + ["\x7f", "\x85", "\xa0"])
 def test_every_control_character_is_refused(char):
-    with pytest.raises(Refused):
+    with pytest.raises(CommandRefused):
         parse_ssh_command(f"tryserver{char}")
 
 
 @given(st.text(max_size=60))
 def test_anything_is_refused_or_a_known_request(text):
-    """Whatever the client sends, the answer is Refused or a request of the language."""
+    """Whatever the client sends, the answer is CommandRefused or a request of the language."""
     try:
         request = parse_ssh_command(text)
-    except Refused as err:
+    except CommandRefused as err:
         assert "\n" not in err.message
         return
     assert request.verb in ("deliver", "status", "builders", "jobs")
@@ -145,5 +145,5 @@ def test_parse_request_words():
     with pytest.raises(UsageError, match="builders takes no arguments"):
         parse_request_words(["builders", "x"])
     # The error class is the caller's: the forced command refuses, the CLI reports usage.
-    with pytest.raises(Refused):
-        parse_request_words(["rm"], Refused)
+    with pytest.raises(CommandRefused):
+        parse_request_words(["rm"], CommandRefused)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -14,40 +13,14 @@ from pathlib import Path
 
 import pytest
 from helpers import unprivileged, venv_bin, wait_until
+from helpers import write_master_config as write_config
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import INTERRUPTED, RecordStore, builder_entry, lock_job, new_record
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
-
-
-def toml_value(value: object) -> str:
-    return json.dumps(value)  # strings, numbers, lists and booleans read the same in TOML
-
-
-def write_config(tmp_path: Path, builders: dict, users: dict, **top: object) -> Path:
-    lines = [f"jobdir = {toml_value(str(tmp_path / 'jobdir'))}"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if not isinstance(v, dict)]
-    for table, content in [("consume", top.get("consume", {}))]:
-        if content:
-            lines.append(f"[{table}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in content.items()]
-    for name, table in builders.items():
-        lines.append(f"[builders.{json.dumps(name)}]")
-        for key, value in table.items():
-            if isinstance(value, dict):
-                inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
-            else:
-                lines.append(f"{key} = {toml_value(value)}")
-    for name, table in users.items():
-        lines.append(f"[users.{json.dumps(name)}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    Jobdir(str(tmp_path / "jobdir")).create()
-    path = tmp_path / "tryssh.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tryssh.server.consumer import Consumer
 
 
 def submit(config_path: Path, builders=None, who="alice", branch="main", patch=b"p\n",
@@ -78,9 +51,8 @@ def consume_once(config_path: Path) -> str:
 
 
 @pytest.fixture
-def policy_config(tmp_path):
-    return write_config(
-        tmp_path,
+def policy_config(master_config):
+    return master_config(
         builders={"unit": {"command": ["true"]}, "docs": {"command": ["true"]},
                   "other": {"command": ["true"]}},
         users={"alice": {"builders": ["unit", "docs"], "branches": ["main", "rel/*"],
@@ -390,8 +362,10 @@ def test_consumer_refuses_missing_jobdir(tmp_path):
 
 
 def test_module_imports_stay_lean():
-    code = ("import sys, tryssh.server.queries; "
-            "print('paramiko' in sys.modules, 'click' in sys.modules)")
+    code = (
+        "import sys, tryssh.server.queries; "
+        "print('paramiko' in sys.modules, 'click' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.split() == ["False", "False"]

@@ -175,8 +175,8 @@ def test_ssh_forward_with_missing_files_is_not_ok(site) -> None:
     config = forward_config(site, identity="/nonexistent/id", known_hosts="/nonexistent/kh")
     far = builder_findings(config)
     assert {f["level"] for f in far} == {"problem"}, far
-    assert any("identity /nonexistent/id does not exist" in f["message"] for f in far)
-    assert any("known_hosts /nonexistent/kh does not exist" in f["message"] for f in far)
+    assert any("identity: /nonexistent/id does not exist" in f["message"] for f in far)
+    assert any("known_hosts: /nonexistent/kh does not exist" in f["message"] for f in far)
 
 
 def test_ssh_forward_with_its_files_is_ok(site, tmp_path) -> None:

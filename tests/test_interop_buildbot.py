@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from buildbot.clients.tryclient import createJobfile
 from buildbot.schedulers.trysched import BadJobfile, Try_Jobdir
-from helpers import run, venv_bin
+from helpers import tryserver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_jobfile import BASE_JSON, UPSTREAM, V1, V2, V3, V4, jobs, netstring_jobs, netstrings, v5
@@ -45,29 +45,15 @@ def buildbot_parse_text(text: str) -> dict[str, object]:
     return SCHEDULER.parseJob(io.StringIO(text))
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without sshd's variables: outside sshd the command line decides."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-
-
-def tryserver(jobdir: Jobdir, data: bytes, *args: str) -> str:
+def through_tryserver(jobdir: Jobdir, data: bytes) -> bytes:
     """Deliver *data* with the real tryserver; the delivered file's bytes."""
-    result = run(
-        [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice", *args],
-        input=data,
-        env=clean_env(),
-    )
+    result = tryserver(jobdir, data)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     name = result.stdout.decode().strip()
     assert os.listdir(jobdir.new) == [name]
     delivered = Path(jobdir.new, name).read_bytes()
     os.unlink(os.path.join(jobdir.new, name))
     return delivered
-
-
-@pytest.fixture
-def jobdir(tmp_path: Path) -> Jobdir:
-    return Jobdir(str(tmp_path / "jobdir")).create()
 
 
 def create(job: Job) -> str:
@@ -92,7 +78,7 @@ def test_createjobfile_v5_through_tryserver(jobdir, tmp_path):
     )  # fmt: skip
     assert text.startswith("1:5,")
     before = buildbot_parse_text(text)
-    delivered = tryserver(jobdir, text.encode())
+    delivered = through_tryserver(jobdir, text.encode())
     after = buildbot_parse(delivered, tmp_path)
     assert before["who"] == "mallory"
     assert after["who"] == "alice"
@@ -110,7 +96,7 @@ def test_createjobfile_v6_binary_patch_through_tryserver(jobdir, tmp_path):
     assert text.startswith("1:6,")
     before = buildbot_parse_text(text)
     assert before["patch_body"] == patch
-    after = buildbot_parse(tryserver(jobdir, text.encode()), tmp_path)
+    after = buildbot_parse(through_tryserver(jobdir, text.encode()), tmp_path)
     assert after["patch_body"] == patch
     assert after["who"] == "alice"
     assert without_who(after) == without_who(before)
@@ -120,7 +106,7 @@ def test_large_v5_job_through_tryserver(jobdir, tmp_path):
     """Larger than twisted's 99,999 bytes: tryssh has no ceiling of its own."""
     patch = b"".join(b"+line %d\n" % i for i in range(60_000))
     text = createJobfile("id", "b", "r", 1, patch, "repo", "p", "w", "c", ["b1"], {})
-    after = buildbot_parse(tryserver(jobdir, text.encode()), tmp_path)
+    after = buildbot_parse(through_tryserver(jobdir, text.encode()), tmp_path)
     assert after["patch_body"] == patch
 
 
@@ -131,7 +117,7 @@ def test_large_v5_job_through_tryserver(jobdir, tmp_path):
 def test_any_createjobfile_job_through_tryserver(job, jobdir, tmp_path):
     text = create(job)
     before = buildbot_parse_text(text)
-    after = buildbot_parse(tryserver(jobdir, text.encode()), tmp_path)
+    after = buildbot_parse(through_tryserver(jobdir, text.encode()), tmp_path)
     assert after["who"] == "alice"
     assert without_who(after) == without_who(before)
 
@@ -139,7 +125,7 @@ def test_any_createjobfile_job_through_tryserver(job, jobdir, tmp_path):
 @pytest.mark.parametrize(("data", "version"), [(V1, "3"), (V2, "3"), (V3, "3"), (V4, "4")])
 def test_v1_to_v4_through_tryserver(jobdir, tmp_path, data, version):
     """v1 and v2 have no 'who': tryserver upgrades them to v3, which Buildbot still reads."""
-    delivered = tryserver(jobdir, data)
+    delivered = through_tryserver(jobdir, data)
     assert delivered.startswith(b"1:%s," % version.encode())
     before = buildbot_parse(data, tmp_path)
     after = buildbot_parse(delivered, tmp_path)
@@ -212,29 +198,40 @@ CRASHES = [
     pytest.param(netstrings("05", json.dumps(BASE_JSON)), IndexError, id="version-05"),
     pytest.param(netstrings("10", "x"), IndexError, id="version-10"),
     pytest.param(netstrings("1", "id", "b", "r", "1"), IndexError, id="v1-too-few"),
-    pytest.param(netstrings("4", "id", "b", "r", "1", "p", "repo", "proj"), IndexError,
-                 id="v4-too-few"),
+    pytest.param(
+        netstrings("4", "id", "b", "r", "1", "p", "repo", "proj"), IndexError, id="v4-too-few"
+    ),
     pytest.param(netstrings("5"), IndexError, id="v5-no-json"),
     pytest.param(netstrings(""), ValueError, id="version-empty"),
     pytest.param(netstrings("3.5"), ValueError, id="version-3.5"),
     pytest.param(netstrings("1", "id", "b", "r", "one", "p"), ValueError, id="level-text"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "patch_body"}), KeyError,
-                 id="v5-no-patch_body"),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "patch_body"}),
+        KeyError,
+        id="v5-no-patch_body",
+    ),
     pytest.param(v5(BASE_JSON, "6"), KeyError, id="v6-no-patch_body_base64"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "branch"}), KeyError,
-                 id="v5-no-branch"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "baserev"}), KeyError,
-                 id="v5-no-baserev"),
-    pytest.param(v5({k: v for k, v in BASE_JSON.items() if k != "patch_level"}), KeyError,
-                 id="v5-no-patch_level"),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "branch"}), KeyError, id="v5-no-branch"
+    ),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "baserev"}), KeyError, id="v5-no-baserev"
+    ),
+    pytest.param(
+        v5({k: v for k, v in BASE_JSON.items() if k != "patch_level"}),
+        KeyError,
+        id="v5-no-patch_level",
+    ),
     pytest.param(v5({**BASE_JSON, "patch_level": None}), TypeError, id="v5-level-null"),
     pytest.param(netstrings("5", "[]"), TypeError, id="json-list"),
     pytest.param(netstrings("5", "7"), TypeError, id="json-number"),
     pytest.param(netstrings("5", "[" * 100_000 + "]" * 100_000), RecursionError, id="json-deep"),
-    pytest.param(netstrings("1", "id", "b", "r", "1", b"p\xff"), UnicodeDecodeError,
-                 id="v1-binary-patch"),
-    pytest.param(netstrings("1", b"\xffid", "b", "r", "1", "p"), UnicodeDecodeError,
-                 id="v1-binary-jobid"),
+    pytest.param(
+        netstrings("1", "id", "b", "r", "1", b"p\xff"), UnicodeDecodeError, id="v1-binary-patch"
+    ),
+    pytest.param(
+        netstrings("1", b"\xffid", "b", "r", "1", "p"), UnicodeDecodeError, id="v1-binary-jobid"
+    ),
     pytest.param(netstrings("5", b'{"jobid": "\xff"}'), UnicodeDecodeError, id="v5-binary-json"),
 ]
 

@@ -31,13 +31,8 @@ from tryssh.errors import BadJob, CannotCreate, TrysshError
 NAME = re.compile(r"(\d+)\.M(\d{6})P(\d+)Q(\d+)R([0-9a-f]{8})\.(.+)")
 
 
-@pytest.fixture
-def jd(tmp_path: Path) -> Jobdir:
-    return Jobdir(str(tmp_path / "jobdir")).create()
-
-
-def listing(jd: Jobdir) -> dict[str, list[str]]:
-    return {sub: sorted(os.listdir(getattr(jd, sub))) for sub in ("tmp", "new", "cur")}
+def listing(jobdir: Jobdir) -> dict[str, list[str]]:
+    return {sub: sorted(os.listdir(getattr(jobdir, sub))) for sub in ("tmp", "new", "cur")}
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -91,69 +86,69 @@ def test_is_job_name(name, ok):
 
 
 def test_create_and_check(tmp_path):
-    jd = Jobdir(str(tmp_path / "a" / "b"))
+    jobdir = Jobdir(str(tmp_path / "a" / "b"))
     with pytest.raises(CannotCreate, match="tmp/ is missing") as info:
-        jd.check()
+        jobdir.check()
     assert info.value.exit_code == 73
-    jd.create()
-    jd.check()
+    jobdir.create()
+    jobdir.check()
     for sub in ("tmp", "new", "cur"):
-        assert os.path.isdir(os.path.join(jd.path, sub))
-    jd.create()  # idempotent
+        assert os.path.isdir(os.path.join(jobdir.path, sub))
+    jobdir.create()  # idempotent
 
 
 def test_path_is_absolute_and_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert Jobdir("~/jd").path == str(tmp_path / "jd")
+    assert Jobdir("~/jobdir").path == str(tmp_path / "jobdir")
     monkeypatch.chdir(tmp_path)
-    jd = Jobdir("rel")
-    assert jd.path == str(tmp_path / "rel")
-    assert jd.new == str(tmp_path / "rel" / "new")
+    jobdir = Jobdir("rel")
+    assert jobdir.path == str(tmp_path / "rel")
+    assert jobdir.new == str(tmp_path / "rel" / "new")
 
 
-def test_new_that_is_a_file_is_not_a_jobdir(jd):
-    os.rmdir(jd.new)
-    Path(jd.new).write_text("not a directory")
+def test_new_that_is_a_file_is_not_a_jobdir(jobdir):
+    os.rmdir(jobdir.new)
+    Path(jobdir.new).write_text("not a directory")
     with pytest.raises(CannotCreate, match="new/ is missing"):
-        jd.deliver_bytes(b"x")
-    assert os.listdir(jd.tmp) == []
+        jobdir.deliver_bytes(b"x")
+    assert os.listdir(jobdir.tmp) == []
 
 
 def test_create_failure_is_cannot_create(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(CannotCreate, match="cannot create jobdir"):
-        Jobdir(str(blocker / "jd")).create()
+        Jobdir(str(blocker / "jobdir")).create()
 
 
 # -- delivery ---------------------------------------------------------------------------------
 
 
-def test_deliver_bytes(jd):
-    name = jd.deliver_bytes(b"1:5,2:{},")
-    assert listing(jd) == {"tmp": [], "new": [name], "cur": []}
-    assert Path(jd.new, name).read_bytes() == b"1:5,2:{},"
+def test_deliver_bytes(jobdir):
+    name = jobdir.deliver_bytes(b"1:5,2:{},")
+    assert listing(jobdir) == {"tmp": [], "new": [name], "cur": []}
+    assert Path(jobdir.new, name).read_bytes() == b"1:5,2:{},"
     assert NAME.fullmatch(name)
 
 
-def test_deliver_streams_and_returns_the_writers_result(jd):
+def test_deliver_streams_and_returns_the_writers_result(jobdir):
     def write(fd: int) -> int:
         for i in range(100):
             write_all(fd, b"%d," % i)
         return 42
 
-    name, result = jd.deliver(write)
+    name, result = jobdir.deliver(write)
     assert result == 42
-    assert Path(jd.new, name).read_bytes() == b"".join(b"%d," % i for i in range(100))
+    assert Path(jobdir.new, name).read_bytes() == b"".join(b"%d," % i for i in range(100))
 
 
-def test_delivered_job_is_group_readable_whatever_the_umask(jd):
+def test_delivered_job_is_group_readable_whatever_the_umask(jobdir):
     old = os.umask(0o077)
     try:
-        name = jd.deliver_bytes(b"job")
+        name = jobdir.deliver_bytes(b"job")
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(os.path.join(jd.new, name)).st_mode) == JOB_MODE == 0o640
+    assert stat.S_IMODE(os.stat(os.path.join(jobdir.new, name)).st_mode) == JOB_MODE == 0o640
 
 
 @pytest.mark.parametrize(
@@ -170,47 +165,47 @@ def test_delivered_job_is_group_readable_whatever_the_umask(jd):
         (OSError(errno.EFBIG, "File too large"), TrysshError, 73),
     ],
 )
-def test_failed_delivery_leaves_nothing(jd, error, kind, code):
+def test_failed_delivery_leaves_nothing(jobdir, error, kind, code):
     def write(fd: int) -> None:
         write_all(fd, b"half a job")
-        assert os.listdir(jd.tmp)  # the tmp file exists while writing
+        assert os.listdir(jobdir.tmp)  # the tmp file exists while writing
         raise error
 
     with pytest.raises(kind) as info:
-        jd.deliver(write)
+        jobdir.deliver(write)
     if code is not None:
         assert info.value.exit_code == code
         assert "\n" not in info.value.message
-    assert listing(jd) == {"tmp": [], "new": [], "cur": []}
+    assert listing(jobdir) == {"tmp": [], "new": [], "cur": []}
 
 
-def test_link_never_replaces_a_job(jd, monkeypatch):
+def test_link_never_replaces_a_job(jobdir, monkeypatch):
     """A name clash (impossible with unique names) must fail, not overwrite a job."""
     monkeypatch.setattr(jobdir_mod, "unique_name", lambda: "fixed-name")
-    jd.deliver_bytes(b"first")
+    jobdir.deliver_bytes(b"first")
     with pytest.raises(TrysshError) as info:
-        jd.deliver_bytes(b"second")
+        jobdir.deliver_bytes(b"second")
     assert info.value.exit_code == 73
-    assert Path(jd.new, "fixed-name").read_bytes() == b"first"
-    assert listing(jd) == {"tmp": [], "new": ["fixed-name"], "cur": []}
+    assert Path(jobdir.new, "fixed-name").read_bytes() == b"first"
+    assert listing(jobdir) == {"tmp": [], "new": ["fixed-name"], "cur": []}
 
 
-def test_tmp_name_clash_is_refused(jd, monkeypatch):
+def test_tmp_name_clash_is_refused(jobdir, monkeypatch):
     """O_EXCL: a stale tmp file with the same name is never written through."""
     monkeypatch.setattr(jobdir_mod, "unique_name", lambda: "fixed-name")
-    Path(jd.tmp, "fixed-name").write_bytes(b"someone else's")
+    Path(jobdir.tmp, "fixed-name").write_bytes(b"someone else's")
     with pytest.raises(TrysshError, match="cannot create"):
-        jd.deliver_bytes(b"mine")
-    assert Path(jd.tmp, "fixed-name").read_bytes() == b"someone else's"
-    assert os.listdir(jd.new) == []
+        jobdir.deliver_bytes(b"mine")
+    assert Path(jobdir.tmp, "fixed-name").read_bytes() == b"someone else's"
+    assert os.listdir(jobdir.new) == []
 
 
-def test_tmp_symlink_is_not_followed(jd, monkeypatch, tmp_path):
+def test_tmp_symlink_is_not_followed(jobdir, monkeypatch, tmp_path):
     monkeypatch.setattr(jobdir_mod, "unique_name", lambda: "fixed-name")
     target = tmp_path / "target"
-    os.symlink(target, os.path.join(jd.tmp, "fixed-name"))
+    os.symlink(target, os.path.join(jobdir.tmp, "fixed-name"))
     with pytest.raises(TrysshError):
-        jd.deliver_bytes(b"mine")
+        jobdir.deliver_bytes(b"mine")
     assert not target.exists()
 
 
@@ -236,16 +231,16 @@ def test_write_all_handles_short_writes():
             os.close(w)
 
 
-def test_fsync_dir(jd):
-    fsync_dir(jd.new)
+def test_fsync_dir(jobdir):
+    fsync_dir(jobdir.new)
     with pytest.raises(FileNotFoundError):
-        fsync_dir(os.path.join(jd.path, "missing"))
+        fsync_dir(os.path.join(jobdir.path, "missing"))
 
 
 # -- consumers --------------------------------------------------------------------------------
 
 
-def test_pending_is_oldest_first_and_skips_dot_files(jd):
+def test_pending_is_oldest_first_and_skips_dot_files(jobdir):
     names = [
         "1795462679.M000001P1Q1R00000000.h",
         "1795462678.M900000P1Q1R00000000.h",
@@ -254,8 +249,8 @@ def test_pending_is_oldest_first_and_skips_dot_files(jd):
         ".hidden",
     ]
     for name in names:
-        Path(jd.new, name).write_bytes(b"")
-    assert jd.pending() == [
+        Path(jobdir.new, name).write_bytes(b"")
+    assert jobdir.pending() == [
         "1795462678.M100000P1Q1R00000000.h",
         "1795462678.5-c465421589feae7614924ef2a41e52b3",
         "1795462678.M900000P1Q1R00000000.h",
@@ -263,40 +258,40 @@ def test_pending_is_oldest_first_and_skips_dot_files(jd):
     ]
 
 
-def test_pending_of_delivered_jobs_is_delivery_order(jd):
-    names = [jd.deliver_bytes(b"%d" % i) for i in range(30)]
-    assert jd.pending() == names
+def test_pending_of_delivered_jobs_is_delivery_order(jobdir):
+    names = [jobdir.deliver_bytes(b"%d" % i) for i in range(30)]
+    assert jobdir.pending() == names
 
 
 def test_pending_without_new_is_empty(tmp_path):
     assert Jobdir(str(tmp_path / "none")).pending() == []
 
 
-def test_claim(jd):
-    name = jd.deliver_bytes(b"job")
-    path = jd.claim(name)
-    assert path == os.path.join(jd.cur, name)
+def test_claim(jobdir):
+    name = jobdir.deliver_bytes(b"job")
+    path = jobdir.claim(name)
+    assert path == os.path.join(jobdir.cur, name)
     assert Path(path).read_bytes() == b"job"
-    assert jd.pending() == []
+    assert jobdir.pending() == []
     with pytest.raises(AlreadyTaken, match="already taken"):
-        jd.claim(name)
+        jobdir.claim(name)
     with pytest.raises(TrysshError, match="not a job name"):
-        jd.claim("../tmp/x")
+        jobdir.claim("../tmp/x")
     with pytest.raises(TrysshError, match="not a job name"):
-        jd.claim(".hidden")
+        jobdir.claim(".hidden")
 
 
 CLAIMER = """
 import json, sys, time
 from tryssh.core.jobdir import AlreadyTaken, Jobdir
-jd = Jobdir(sys.argv[1])
+jobdir = Jobdir(sys.argv[1])
 names = json.loads(sys.argv[2])
 while time.time() < float(sys.argv[3]):
     pass  # start together
 won, lost = [], []
 for name in names:
     try:
-        jd.claim(name)
+        jobdir.claim(name)
         won.append(name)
     except AlreadyTaken:
         lost.append(name)
@@ -304,12 +299,12 @@ print(json.dumps([won, lost]))
 """
 
 
-def test_claim_race_between_two_processes(jd):
-    names = [jd.deliver_bytes(b"%d" % i) for i in range(300)]
+def test_claim_race_between_two_processes(jobdir):
+    names = [jobdir.deliver_bytes(b"%d" % i) for i in range(300)]
     start = time.time() + 1.0
     procs = [
         Popen(
-            [sys.executable, "-c", CLAIMER, jd.path, json.dumps(order), str(start)],
+            [sys.executable, "-c", CLAIMER, jobdir.path, json.dumps(order), str(start)],
             stdout=PIPE,
         )
         for order in (names, names[::-1])
@@ -324,41 +319,41 @@ def test_claim_race_between_two_processes(jd):
     assert not set(won_a) & set(won_b)
     assert sorted(lost_a) == sorted(won_b)
     assert sorted(lost_b) == sorted(won_a)
-    assert sorted(os.listdir(jd.cur)) == sorted(names)
+    assert sorted(os.listdir(jobdir.cur)) == sorted(names)
 
 
 # -- tmp/ cleanup -----------------------------------------------------------------------------
 
 
-def test_clean_tmp_removes_files_older_than_36_hours(jd):
+def test_clean_tmp_removes_files_older_than_36_hours(jobdir):
     now = time.time()
     ages = {"old": 37 * 3600, "ancient": 400 * 86400, "young": 35 * 3600, "fresh": 0}
     for name, age in ages.items():
-        path = os.path.join(jd.tmp, name)
+        path = os.path.join(jobdir.tmp, name)
         Path(path).write_bytes(b"partial")
         os.utime(path, (now - age, now - age))
-    os.mkdir(os.path.join(jd.tmp, "subdir"))
-    os.utime(os.path.join(jd.tmp, "subdir"), (now - 99 * 3600, now - 99 * 3600))
+    os.mkdir(os.path.join(jobdir.tmp, "subdir"))
+    os.utime(os.path.join(jobdir.tmp, "subdir"), (now - 99 * 3600, now - 99 * 3600))
     assert TMP_MAX_AGE == 36 * 3600
-    assert sorted(jd.clean_tmp()) == ["ancient", "old"]
-    assert sorted(os.listdir(jd.tmp)) == ["fresh", "subdir", "young"]
+    assert sorted(jobdir.clean_tmp()) == ["ancient", "old"]
+    assert sorted(os.listdir(jobdir.tmp)) == ["fresh", "subdir", "young"]
     # A later "now" makes the young one stale too.
-    assert jd.clean_tmp(now=now + 2 * 3600) == ["young"]
-    assert jd.clean_tmp(max_age=-1) == ["fresh"]
-    assert os.listdir(jd.new) == []
+    assert jobdir.clean_tmp(now=now + 2 * 3600) == ["young"]
+    assert jobdir.clean_tmp(max_age=-1) == ["fresh"]
+    assert os.listdir(jobdir.new) == []
 
 
 def test_clean_tmp_without_tmp(tmp_path):
     assert Jobdir(str(tmp_path / "none")).clean_tmp() == []
 
 
-def test_clean_tmp_skips_symlinks(jd, tmp_path):
+def test_clean_tmp_skips_symlinks(jobdir, tmp_path):
     target = tmp_path / "precious"
     target.write_text("keep")
-    link = os.path.join(jd.tmp, "link")
+    link = os.path.join(jobdir.tmp, "link")
     os.symlink(target, link)
     os.utime(link, (0, 0), follow_symlinks=False)
-    assert jd.clean_tmp() == []
+    assert jobdir.clean_tmp() == []
     assert target.read_text() == "keep"
 
 

@@ -235,14 +235,24 @@ UPSTREAM = [
     ),
     pytest.param(
         V5,
-        expected(repository="repo", project="proj", who="who", comment="comment",
-                 properties={"foo": "bar"}),
+        expected(
+            repository="repo",
+            project="proj",
+            who="who",
+            comment="comment",
+            properties={"foo": "bar"},
+        ),
         id="v5",
     ),
     pytest.param(
         V6,
-        expected(repository="repo", project="proj", who="who", comment="comment",
-                 properties={"foo": "bar"}),
+        expected(
+            repository="repo",
+            project="proj",
+            who="who",
+            comment="comment",
+            properties={"foo": "bar"},
+        ),
         id="v6",
     ),
     pytest.param(
@@ -257,8 +267,14 @@ UPSTREAM = [
     ),
     pytest.param(
         v5({**BASE_JSON, "patch_level": "1", "builderNames": []}),
-        expected(repository="repo", project="proj", who="who", comment="comment",
-                 properties={"foo": "bar"}, builderNames=[]),
+        expected(
+            repository="repo",
+            project="proj",
+            who="who",
+            comment="comment",
+            properties={"foo": "bar"},
+            builderNames=[],
+        ),
         id="v5-string-level-no-builders",
     ),
 ]

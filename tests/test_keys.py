@@ -22,20 +22,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshd import Sshd, UserKey, ssh_argv
 
-from tryssh.cli.keys import default_authorized_keys, default_tryserver, keys
+from tryssh.cli.keys import default_authorized_keys, default_tryserver
+from tryssh.cli.main import root_group
+from tryssh.core import sshkeys
+from tryssh.core.sshkeys import BadPublicKey, PublicKey, parse_public_key
 from tryssh.server import authorized_keys as keymod
 from tryssh.server.authorized_keys import (
     AuthorizedKeysError,
     BadKeyOption,
-    BadPublicKey,
     ConcurrentChange,
     DuplicateKey,
     KeyEntry,
-    PublicKey,
     add_key,
     key_line,
     list_keys,
-    parse_public_key,
     remove_keys,
 )
 
@@ -134,7 +134,7 @@ def test_trailing_newline_tabs_and_comment_whitespace() -> None:
     assert key.blob_b64 == ED_BLOB
     assert parse_public_key(f"ssh-ed25519 {ED_BLOB}\n").comment == ""
     long = parse_public_key(f"ssh-ed25519 {ED_BLOB} {'x' * 500}")
-    assert len(long.comment) == keymod.MAX_COMMENT
+    assert len(long.comment) == sshkeys.MAX_COMMENT
 
 
 @pytest.mark.parametrize(
@@ -316,7 +316,7 @@ def test_random_garbage_is_refused_cleanly_or_is_a_real_key(text: str) -> None:
     except BadPublicKey as e:
         assert "\n" not in e.message
         return
-    assert key.type in keymod.KEY_TYPES
+    assert key.type in sshkeys.KEY_TYPES
     assert all(" " <= c <= "~" for c in key.comment)
 
 
@@ -589,7 +589,7 @@ def cli(tmp_path: Path) -> Callable[..., tuple[int, str, str]]:
         argv = list(args)
         if ak_path and args and args[0] in ("add", "list", "remove"):
             argv += ["--authorized-keys", ak_path]
-        result = CliRunner().invoke(keys, argv, input=input, prog_name="tryssh keys")
+        result = CliRunner().invoke(root_group(), ["keys", *argv], input=input, prog_name="tryssh")
         return result.exit_code, result.stdout, result.stderr
 
     return invoke

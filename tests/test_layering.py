@@ -117,7 +117,7 @@ def test_the_parser_sees_relative_absolute_and_function_level_imports(tmp_path):
         "import tryssh.core.jobdir\n"
         "from . import config, notamodule\n"
         "from ..errors import UsageError\n"
-        "from tryssh.server.policy import Refused\n"
+        "from tryssh.server.policy import PolicyRefused\n"
         "from tryssh.core import records\n"
         "TYPE_CHECKING = False\n"
         "if TYPE_CHECKING:\n"

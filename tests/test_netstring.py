@@ -264,7 +264,8 @@ def test_many_small_netstrings_take_linear_time():
 
     Quadratic, this takes about 40 s (copying half a MiB per netstring); linear, 1-2 s.
     """
-    code = ("from tryssh.core.netstring import split\n"
-            "assert len(split(b'0:,' * 600_000)) == 600_000\n")
+    code = (
+        "from tryssh.core.netstring import split\nassert len(split(b'0:,' * 600_000)) == 600_000\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=20)
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from tryssh.core.jobfile import Job, encode_job
 from tryssh.core.records import RecordStore
 from tryssh.server.config import config_from_dict, load_config
 from tryssh.server.consumer import Consumer, EventLog
-from tryssh.server.policy import Refused, TooLarge, check_at_door, count_pending
+from tryssh.server.policy import PolicyRefused, TooLarge, check_at_door, count_pending
 
 CONFIG = """\
 jobdir = "jobdir"
@@ -135,7 +135,7 @@ def test_the_consumer_keeps_its_own_check(site):
 
 def test_unlisted_user_is_refused_in_the_consumers_words():
     config = config_from_dict({"jobdir": "/nonexistent", "users": {"alice": {}}})
-    with pytest.raises(Refused) as err:
+    with pytest.raises(PolicyRefused) as err:
         check_at_door(config, "eve", None, "main", 10)
     assert err.value.message == "user 'eve' is not allowed to submit jobs"
     assert err.value.exit_code == 77

@@ -9,38 +9,28 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import venv_bin
+from helpers import tryserver, venv_bin
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.logfmt import EventLog
 from tryssh.core.records import RecordStore, new_record
 from tryssh.server.config import load_config
-from tryssh.server.consumer import Consumer, EventLog
+from tryssh.server.consumer import Consumer
 from tryssh.server.gc import collect
 from tryssh.server.queries import local_status
 
-CONFIG = """\
-jobdir = "jobdir"
-[builders.unit]
-command = ["true"]
-description = "unit tests"
-[builders.lint]
-command = ["false"]
-[builders.secret]
-command = ["true"]
-[users.alice]
-builders = ["unit", "lint"]
-[users.bob]
-builders = ["unit"]
-"""
+BUILDERS = {
+    "unit": {"command": ["true"], "description": "unit tests"},
+    "lint": {"command": ["false"]},
+    "secret": {"command": ["true"]},
+}
+USERS = {"alice": {"builders": ["unit", "lint"]}, "bob": {"builders": ["unit"]}}
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
-    Jobdir(str(tmp_path / "jobdir")).create()
-    path = tmp_path / "tryssh.toml"
-    path.write_text(CONFIG)
-    return path
+def site(master_config) -> Path:
+    return master_config(BUILDERS, USERS)
 
 
 def deliver(site: Path, who: str, builders: list[str] | None) -> str:
@@ -56,23 +46,10 @@ def consume(site: Path) -> None:
         consumer.close()
 
 
-def tryserver(site: Path, *words: str, user: str | None = "alice", original: str | None = None):
-    argv = [venv_bin("tryserver"), "--config", str(site)]
-    if user:
-        argv += ["--user", user]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-    if original is not None:
-        env["SSH_ORIGINAL_COMMAND"] = original
-    else:
-        argv += list(words)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
-
-
 def test_status_text_and_json(site):
     name = deliver(site, "alice", ["unit", "lint"])
     consume(site)
-    proc = tryserver(site, original=f"tryserver status {name} --json")
+    proc = tryserver(site, b"", original=f"tryserver status {name} --json", text=True)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["state"] == "failure" and record["reason"] is None
@@ -80,15 +57,15 @@ def test_status_text_and_json(site):
     assert record["builders"]["lint"]["result"] == "failure"
     assert record["builders"]["lint"]["state"] == "done"
     assert record["builders"]["lint"]["log"].endswith(f"/logs/{name}/lint.log")
-    text = tryserver(site, "status", name).stdout
+    text = tryserver(site, b"", "status", name, text=True).stdout
     assert f"job {name}: failure" in text
-    assert "  lint: failure (exit status 1)" in text and "  unit: success" in text
+    assert "  lint: failure (exit status 1; log " in text and "  unit: success (log " in text
     assert local_status(load_config(str(site)), name)["state"] == "failure"
 
 
 def test_status_of_a_job_not_yet_consumed_is_queued(site):
     name = deliver(site, "alice", ["unit"])
-    record = json.loads(tryserver(site, "status", name, "--json").stdout)
+    record = json.loads(tryserver(site, b"", "status", name, "--json", text=True).stdout)
     assert record["state"] == "queued" and record["builders"] == {}
     assert record["who"] == "alice"
 
@@ -97,13 +74,13 @@ def test_other_users_jobs_do_not_exist(site):
     name = deliver(site, "alice", ["unit"])
     consume(site)
     for job in (name, "1700000000.M1P1Q1Rnone.host"):
-        proc = tryserver(site, "status", job, user="bob")
+        proc = tryserver(site, b"", "status", job, user="bob", text=True)
         assert proc.returncode == 66
         assert proc.stderr.strip() == f"tryserver: no such job: {job}"
     with pytest.raises(Exception, match="no such job"):
         local_status(load_config(str(site)), name, user="bob")
     # the admin (no --user) sees it
-    assert tryserver(site, "status", name, user=None).returncode == 0
+    assert tryserver(site, b"", "status", name, user=None, text=True).returncode == 0
 
 
 def test_jobs_lists_own_recent_jobs_newest_first(site):
@@ -111,16 +88,16 @@ def test_jobs_lists_own_recent_jobs_newest_first(site):
     theirs = deliver(site, "bob", ["unit"])
     rejected = deliver(site, "alice", ["secret"])
     consume(site)
-    proc = tryserver(site, "jobs", "--json")
+    proc = tryserver(site, b"", "jobs", "--json", text=True)
     answer = json.loads(proc.stdout)
     assert answer["user"] == "alice"
     assert [r["job"] for r in answer["jobs"]] == [rejected, *reversed(mine)]
     assert answer["jobs"][0]["state"] == "rejected"
-    text = tryserver(site, "jobs").stdout.splitlines()
+    text = tryserver(site, b"", "jobs", text=True).stdout.splitlines()
     assert text[0].split("\t")[:2] == [rejected, "rejected"]
     assert text[1].split("\t") == [mine[2], "success", "main", "unit=success"]
-    assert theirs not in tryserver(site, "jobs").stdout
-    admin = tryserver(site, "jobs", user=None).stdout.splitlines()
+    assert theirs not in tryserver(site, b"", "jobs", text=True).stdout
+    admin = tryserver(site, b"", "jobs", user=None, text=True).stdout.splitlines()
     # The admin sees everyone's jobs, so each line says whose.
     assert admin[1].split("\t") == [theirs, "bob", "success", "main", "unit=success"]
 
@@ -130,16 +107,18 @@ def test_jobs_limit_is_20(site):
     for i in range(25):
         store.write(new_record(f"{1700000000 + i}.M000000P1Q{i}Rx.h", who="alice",
                                state="success"))  # fmt: skip
-    jobs = json.loads(tryserver(site, "jobs", "--json").stdout)["jobs"]
+    jobs = json.loads(tryserver(site, b"", "jobs", "--json", text=True).stdout)["jobs"]
     assert len(jobs) == 20 and jobs[0]["job"].startswith("1700000024.")
 
 
 def test_builders_for_the_user(site):
-    assert tryserver(site, "builders").stdout == "unit\tunit tests\nlint\n"
-    assert json.loads(tryserver(site, "builders", "--json", user="bob").stdout)["builders"] == [
-        "unit"
-    ]
-    assert tryserver(site, "builders", user=None).stdout.splitlines()[-1] == "secret"
+    assert tryserver(site, b"", "builders", text=True).stdout == "unit\tunit tests\nlint\n"
+    assert json.loads(tryserver(site, b"", "builders", "--json", user="bob", text=True).stdout)[
+        "builders"
+    ] == ["unit"]
+    assert (
+        tryserver(site, b"", "builders", user=None, text=True).stdout.splitlines()[-1] == "secret"
+    )
 
 
 def test_status_without_config_reads_jobdir_state(site, tmp_path):
@@ -192,8 +171,8 @@ def test_gc_needs_an_age(site):
     assert proc.returncode == 64 and "--older-than" in proc.stderr
 
 
-def test_consumer_applies_keep_days(site):
-    site.write_text("keep_days = 1\n" + CONFIG)
+def test_consumer_applies_keep_days(site, master_config):
+    master_config(BUILDERS, USERS, keep_days=1)  # the same file, with keep_days
     old = deliver(site, "alice", ["unit"])
     consume(site)
     store = RecordStore(str(site.parent / "jobdir" / "state"))

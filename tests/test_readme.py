@@ -37,12 +37,30 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
     assert re.search(r"^exec scripts/test$", ci, re.M)
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["try"], ["status"], ["builders"], ["consume"], ["gc"], ["serve"], ["passwd"],
-     ["keys"], ["keys", "add"], ["doctor"], ["hostkey"], ["contrib"], ["manpages"],
-     ["jobdir-setup"]],
-)
+def _commands() -> list[list[str]]:
+    """Every command of the CLI's registry, and every subcommand of its groups."""
+    import click
+
+    from tryssh.cli.main import root_group
+
+    root = root_group()
+    ctx = click.Context(root)
+    found = []
+    for name in root.list_commands(ctx):
+        found.append([name])
+        command = root.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            found += [[name, sub] for sub in command.list_commands(ctx)]
+    return found
+
+
+def test_the_registry_is_complete() -> None:
+    from tryssh.cli.main import COMMANDS
+
+    assert [c[0] for c in _commands() if len(c) == 1] == list(COMMANDS)
+
+
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
 def test_every_command_has_help_with_text(command: list[str]) -> None:
     result = run([venv_bin("tryssh"), *command, "--help"])
     assert result.returncode == 0, result.stderr

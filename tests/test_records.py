@@ -145,3 +145,18 @@ def test_iso_round_trip():
     assert abs(parse_iso(stamp) - __import__("time").time()) < 5
     assert parse_iso(None) is None
     assert parse_iso("garbage") is None
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_iso_time_is_datetimes_utc_iso_and_reads_back(stamp: float) -> None:
+    import datetime
+
+    from tryssh.core.logfmt import iso_time
+
+    micros = round(stamp * 1_000_000)
+    when = datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.UTC).replace(
+        microsecond=micros % 1_000_000
+    )
+    assert iso_time(stamp, micros=True) == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert iso_time(stamp) == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert abs(parse_iso(iso_time(stamp, micros=True)) - micros / 1_000_000) < 1e-6

@@ -3,6 +3,7 @@ listen addresses, the per-address lockout, config checks, and an IPv6 listener."
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -14,10 +15,11 @@ from helpers import run, venv_bin, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tryssh.core.netaddr import parse_listen
 from tryssh.errors import ConfigError
 from tryssh.server.config import config_from_dict
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
-from tryssh.server.serve import AuthLimiter, Settings, accounts_from_config, parse_listen
+from tryssh.server.serve import AuthLimiter, Settings, accounts_from_config
 
 FAST = {"n": 1 << 4, "r": 1, "p": 1}
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq3sVgK2Jx2UeCJC6V7eAbT1Yf3aGzXzv6rT1vCw0HX a@b"
@@ -152,9 +154,24 @@ def test_settings_defaults_and_checks(tmp_path: Path) -> None:
         300.0,
     )
     assert s.host_key == os.path.join(config.state_dir, "ssh_host_ed25519_key")
-    bad = config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="idle_timeout"):
-        Settings.from_config(bad)
+        config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def ssh_line(ktype: str, *fields: bytes) -> str:
+    """``TYPE BASE64`` whose blob says *ktype*, then *fields*, as SSH strings."""
+    blob = b"".join(_ssh_string(f) for f in (ktype.encode(), *fields))
+    return f"{ktype} {base64.b64encode(blob).decode()} test"
+
+
+def rsa_line(bits: int) -> str:
+    """A well-formed ``ssh-rsa`` line with a modulus of *bits* bits (not a real key pair)."""
+    modulus = ((1 << (bits - 1)) | 1).to_bytes(bits // 8, "big")
+    return ssh_line("ssh-rsa", b"\x01\x00\x01", b"\x00" + modulus)
 
 
 def test_accounts_skip_the_policy_fallback_and_check_keys(tmp_path: Path) -> None:
@@ -169,6 +186,9 @@ def test_accounts_skip_the_policy_fallback_and_check_keys(tmp_path: Path) -> Non
         "restrict " + ED25519,
         "ssh-ed25519 not-base64!",
         "ssh-rsa " + ED25519.split()[1],  # the blob says ed25519
+        rsa_line(1024),  # weak: `tryssh keys add` refuses it, so serve does too
+        ssh_line("ssh-invented", b"junk"),  # an invented type with a junk blob
+        ssh_line("ssh-ed25519", b"\x01" * 31),  # the blob is too short for an ed25519 key
     ):
         data["users"] = {"alice": {"keys": [bad]}}
         with pytest.raises(ConfigError, match=r"users\.alice\.keys\[0\]"):
@@ -239,6 +259,15 @@ def test_no_accounts_is_a_config_error(tmp_path: Path) -> None:
     result = run([venv_bin("tryssh"), "serve", "--config", str(config)])
     assert result.returncode == 78
     assert b"no [users.NAME] entries" in result.stderr
+
+
+def test_weak_key_in_config_stops_serve_with_one_line(tmp_path: Path) -> None:
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{rsa_line(1024)}"]\n')
+    result = run([venv_bin("tryssh"), "serve", "--config", str(config)])
+    assert result.returncode == 78, result
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "users.alice.keys[0]" in err and "1024 bits; at least 2048" in err, err
 
 
 def test_listen_on_ipv6_loopback(tmp_path: Path) -> None:

@@ -38,9 +38,7 @@ def test_original_command_reaches_the_forced_command(sshd_factory, user_key, kno
     kh = known_hosts(server)
     result = run(ssh_argv(server, user_key.private_path, kh, "tryserver", "--job", "a b"))
     assert result.returncode == 0, _out(result) + server.log_text()
-    env = dict(
-        line.split("=", 1) for line in result.stdout.decode().splitlines() if "=" in line
-    )
+    env = dict(line.split("=", 1) for line in result.stdout.decode().splitlines() if "=" in line)
     # ssh joins the words with single spaces; the server sees one string.
     assert env["SSH_ORIGINAL_COMMAND"] == "tryserver --job a b"
     assert env["SSH_CONNECTION"].startswith("127.0.0.1 ")
@@ -157,8 +155,10 @@ def test_extra_config_overrides_and_match_blocks(sshd_factory, user_key, known_h
 
     matched = sshd_factory(
         [f"restrict {user_key.public_line}"],
-        extra_config=[f"Match User {pwd.getpwuid(os.getuid()).pw_name}",
-                      "    ForceCommand /bin/echo from-config"],
+        extra_config=[
+            f"Match User {pwd.getpwuid(os.getuid()).pw_name}",
+            "    ForceCommand /bin/echo from-config",
+        ],
     )
     result = run(ssh_argv(matched, user_key.private_path, known_hosts(matched), "echo", "x"))
     assert result.stdout == b"from-config\n", _out(result)
@@ -166,8 +166,9 @@ def test_extra_config_overrides_and_match_blocks(sshd_factory, user_key, known_h
 
 def test_bad_extra_config_fails_loudly_and_cleans_up(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(RuntimeError, match="sshd -t rejected"), Sshd(
-        extra_config=["NoSuchOption yes"]
+    with (
+        pytest.raises(RuntimeError, match="sshd -t rejected"),
+        Sshd(extra_config=["NoSuchOption yes"]),
     ):
         pass
     assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run, unprivileged, venv_bin, wait_until
+from helpers import clean_env, run, tryserver, unprivileged, venv_bin, wait_until
 from hostile import HOSTILE_COMMANDS
 from sshd import SSH_KEYGEN, make_user_key
 
@@ -41,42 +41,12 @@ JOB_BYTES = encode_job(JOB)
 V2_JOB = netstrings("2", "id", "main", "abc", "1", "diff\n", "repo", "proj", "b1")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without sshd's variables, plus *extra*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
-    env.update(extra)
-    return env
-
-
-def tryserver(
-    jobdir: Jobdir | str,
-    data: bytes = JOB_BYTES,
-    *args: str,
-    env: dict[str, str] | None = None,
-    user: str | None = "alice",
-    umask: int = -1,
-) -> subprocess.CompletedProcess[bytes]:
-    path = jobdir.path if isinstance(jobdir, Jobdir) else jobdir
-    argv = [venv_bin("tryserver"), "--jobdir", path]
-    if user is not None:
-        argv += ["--user", user]
-    return subprocess.run(
-        [*argv, *args],
-        input=data,
-        capture_output=True,
-        env=clean_env(**(env or {})),
-        timeout=60,
-        umask=umask,
-        check=False,
-    )
-
-
 def out(result: subprocess.CompletedProcess[bytes]) -> str:
     return f"rc={result.returncode} stdout={result.stdout!r} stderr={result.stderr!r}"
 
 
-def listing(jd: Jobdir) -> dict[str, list[str]]:
-    return {sub: sorted(os.listdir(getattr(jd, sub))) for sub in ("tmp", "new", "cur")}
+def listing(jobdir: Jobdir) -> dict[str, list[str]]:
+    return {sub: sorted(os.listdir(getattr(jobdir, sub))) for sub in ("tmp", "new", "cur")}
 
 
 EMPTY = {"tmp": [], "new": [], "cur": []}
@@ -95,7 +65,7 @@ def audit_lines(path: str | Path) -> list[dict[str, str]]:
     return records
 
 
-def assert_refused(result, code: int, jd: Jobdir, *, message: str = "") -> None:
+def assert_refused(result, code: int, jobdir: Jobdir, *, message: str = "") -> None:
     assert result.returncode == code, out(result)
     assert result.stdout == b"", out(result)
     err = result.stderr.decode()
@@ -103,25 +73,20 @@ def assert_refused(result, code: int, jd: Jobdir, *, message: str = "") -> None:
     assert err.count("\n") == 1, f"not one line: {err!r}"
     assert "Traceback" not in err
     assert message in err, out(result)
-    assert listing(jd) == EMPTY
-
-
-@pytest.fixture
-def jd(tmp_path: Path) -> Jobdir:
-    return Jobdir(str(tmp_path / "jobdir")).create()
+    assert listing(jobdir) == EMPTY
 
 
 # -- delivery ---------------------------------------------------------------------------------
 
 
-def test_delivers_and_prints_the_name(jd):
-    result = tryserver(jd)
+def test_delivers_and_prints_the_name(jobdir):
+    result = tryserver(jobdir, JOB_BYTES)
     assert result.returncode == 0, out(result)
     name = result.stdout.decode().strip()
     assert result.stdout == f"{name}\n".encode()
     assert result.stderr == b""
-    assert listing(jd) == {"tmp": [], "new": [name], "cur": []}
-    got = parse_job(Path(jd.new, name).read_bytes())
+    assert listing(jobdir) == {"tmp": [], "new": [name], "cur": []}
+    got = parse_job(Path(jobdir.new, name).read_bytes())
     assert got.who == "alice"
     JOB.who = "alice"
     try:
@@ -130,60 +95,60 @@ def test_delivers_and_prints_the_name(jd):
         JOB.who = "mallory"
 
 
-def test_json_receipt(jd):
-    result = tryserver(jd, JOB_BYTES, "--json")
+def test_json_receipt(jobdir):
+    result = tryserver(jobdir, JOB_BYTES, "--json")
     assert result.returncode == 0, out(result)
     receipt = json.loads(result.stdout)
-    data = Path(jd.new, receipt["job"]).read_bytes()
+    data = Path(jobdir.new, receipt["job"]).read_bytes()
     assert receipt == {"job": receipt["job"], "size": len(data),
                        "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
 
 
 @pytest.mark.parametrize("patch_size", [0, 200_000, 262_000, 263_000, 3_000_000])
-def test_receipt_sha256_small_and_big(jd, patch_size):
+def test_receipt_sha256_small_and_big(jobdir, patch_size):
     """Small jobs are hashed by the built-in SHA-256, big ones by OpenSSL's: same digest."""
     data = netstrings("2", "id", "b", "r", "1", b"+" * patch_size, "repo", "proj")
-    result = tryserver(jd, data, "--json")
+    result = tryserver(jobdir, data, "--json")
     assert result.returncode == 0, out(result)
     receipt = json.loads(result.stdout)
-    delivered = Path(jd.new, receipt["job"]).read_bytes()
+    delivered = Path(jobdir.new, receipt["job"]).read_bytes()
     assert receipt["size"] == len(delivered)
     assert receipt["sha256"] == hashlib.sha256(delivered).hexdigest()
-    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+    [line] = audit_lines(os.path.join(jobdir.path, "audit.log"))
     assert line["sha256"] == receipt["sha256"]
 
 
-def test_without_user_the_job_is_passed_through(jd):
-    result = tryserver(jd, JOB_BYTES, user=None)
+def test_without_user_the_job_is_passed_through(jobdir):
+    result = tryserver(jobdir, JOB_BYTES, user=None)
     assert result.returncode == 0, out(result)
-    assert Path(jd.new, result.stdout.decode().strip()).read_bytes() == JOB_BYTES
+    assert Path(jobdir.new, result.stdout.decode().strip()).read_bytes() == JOB_BYTES
 
 
-def test_v2_job_is_upgraded_to_carry_the_user(jd):
-    result = tryserver(jd, V2_JOB)
+def test_v2_job_is_upgraded_to_carry_the_user(jobdir):
+    result = tryserver(jobdir, V2_JOB)
     assert result.returncode == 0, out(result)
-    data = Path(jd.new, result.stdout.decode().strip()).read_bytes()
+    data = Path(jobdir.new, result.stdout.decode().strip()).read_bytes()
     assert data == netstrings("3", "id", "main", "abc", "1", "diff\n", "repo", "proj", "alice",
                               "b1")  # fmt: skip
 
 
-def test_tryssh_tryserver_is_the_same_command(jd):
+def test_tryssh_tryserver_is_the_same_command(jobdir):
     result = subprocess.run(
-        [venv_bin("tryssh"), "tryserver", "--jobdir", jd.path, "--user", "alice"],
+        [venv_bin("tryssh"), "tryserver", "--jobdir", jobdir.path, "--user", "alice"],
         input=JOB_BYTES, capture_output=True, env=clean_env(), timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, out(result)
-    assert parse_job(Path(jd.new, result.stdout.decode().strip()).read_bytes()).who == "alice"
+    assert parse_job(Path(jobdir.new, result.stdout.decode().strip()).read_bytes()).who == "alice"
 
 
-def test_group_readable_with_a_restrictive_umask(jd):
-    result = tryserver(jd, umask=0o077)
+def test_group_readable_with_a_restrictive_umask(jobdir):
+    result = tryserver(jobdir, JOB_BYTES, umask=0o077)
     assert result.returncode == 0, out(result)
-    mode = os.stat(os.path.join(jd.new, result.stdout.decode().strip())).st_mode
+    mode = os.stat(os.path.join(jobdir.new, result.stdout.decode().strip())).st_mode
     assert stat.S_IMODE(mode) == 0o640
 
 
-def test_help_and_usage_errors(jd):
+def test_help_and_usage_errors(jobdir):
     result = run([venv_bin("tryserver"), "--help"], env=clean_env())
     assert result.returncode == 0
     assert b"usage: tryserver --jobdir DIR" in result.stdout
@@ -191,12 +156,12 @@ def test_help_and_usage_errors(jd):
     for argv, message in [
         ([], "--jobdir is required"),
         (["--jobdir"], "--jobdir needs a value"),
-        (["--jobdir", jd.path, "--max-size", "0"], "--max-size must be a positive number"),
-        (["--jobdir", jd.path, "--max-size", "1k"], "--max-size must be a positive number"),
-        (["--jobdir", jd.path, "--bogus"], "unknown option '--bogus'"),
+        (["--jobdir", jobdir.path, "--max-size", "0"], "--max-size must be a positive number"),
+        (["--jobdir", jobdir.path, "--max-size", "1k"], "--max-size must be a positive number"),
+        (["--jobdir", jobdir.path, "--bogus"], "unknown option '--bogus'"),
     ]:
         result = run([venv_bin("tryserver"), *argv], input=JOB_BYTES, env=clean_env())
-        assert_refused(result, 64, jd, message=message)
+        assert_refused(result, 64, jobdir, message=message)
 
 
 # -- bad jobs: exit 65, one line, nothing delivered ------------------------------------------
@@ -222,56 +187,79 @@ BAD_JOBS = [
     pytest.param(netstrings("7", "{}"), "unknown job version 7", id="version-7"),
     pytest.param(netstrings("05") + JOB_BYTES[4:], "unknown job version '05'", id="version-05"),
     pytest.param(netstrings("five"), "unknown job version", id="version-five"),
-    pytest.param(v5({k: v for k, v in v5_obj.items() if k != "patch_body"}),
-                 "no 'patch_body' key", id="v5-missing-patch"),
-    pytest.param(v5({k: v for k, v in v5_obj.items() if k != "baserev"}), "no 'baserev' key",
-                 id="v5-missing-baserev"),
+    pytest.param(
+        v5({k: v for k, v in v5_obj.items() if k != "patch_body"}),
+        "no 'patch_body' key",
+        id="v5-missing-patch",
+    ),
+    pytest.param(
+        v5({k: v for k, v in v5_obj.items() if k != "baserev"}),
+        "no 'baserev' key",
+        id="v5-missing-baserev",
+    ),
     pytest.param(netstrings("5", "[1, 2]"), "must be an object", id="json-list"),
     pytest.param(netstrings("5", "{"), "unable to parse JSON", id="json-broken"),
-    pytest.param(netstrings("5", '{"properties": ' + "[" * 50_000 + "]" * 50_000 + "}"),
-                 "unable to parse JSON", id="json-nested-too-deeply"),
-    pytest.param(v5({**v5_obj, "patch_body_base64": "abcde"}, "6"), "not valid base64",
-                 id="bad-base64"),
-    pytest.param(netstrings("2", b"\xffid", "b", "r", "1", "p", "", ""), "not valid UTF-8",
-                 id="non-utf8-jobid"),
-    pytest.param(netstrings("4", "id", "b", "r", "1", "p", "repo", "proj", "w", b"\xc0"),
-                 "comment field is not valid UTF-8", id="non-utf8-comment"),
-    pytest.param(netstrings("2", "id", "b", "r", "1", b"\x89PNG\r\n\x1a\n", "", ""),
-                 "patch is not valid UTF-8", id="non-utf8-v2-patch"),
-    pytest.param(netstrings("5", b'{"jobid": "\xff"}'), "JSON is not valid UTF-8",
-                 id="non-utf8-json"),
-    pytest.param(netstrings("1", "id", "b", "r", "x", "p"), "patch_level 'x' is not a number",
-                 id="bad-patch-level"),
+    pytest.param(
+        netstrings("5", '{"properties": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+        "unable to parse JSON",
+        id="json-nested-too-deeply",
+    ),
+    pytest.param(
+        v5({**v5_obj, "patch_body_base64": "abcde"}, "6"), "not valid base64", id="bad-base64"
+    ),
+    pytest.param(
+        netstrings("2", b"\xffid", "b", "r", "1", "p", "", ""),
+        "not valid UTF-8",
+        id="non-utf8-jobid",
+    ),
+    pytest.param(
+        netstrings("4", "id", "b", "r", "1", "p", "repo", "proj", "w", b"\xc0"),
+        "comment field is not valid UTF-8",
+        id="non-utf8-comment",
+    ),
+    pytest.param(
+        netstrings("2", "id", "b", "r", "1", b"\x89PNG\r\n\x1a\n", "", ""),
+        "patch is not valid UTF-8",
+        id="non-utf8-v2-patch",
+    ),
+    pytest.param(
+        netstrings("5", b'{"jobid": "\xff"}'), "JSON is not valid UTF-8", id="non-utf8-json"
+    ),
+    pytest.param(
+        netstrings("1", "id", "b", "r", "x", "p"),
+        "patch_level 'x' is not a number",
+        id="bad-patch-level",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("data", "message"), BAD_JOBS)
-def test_bad_jobs_are_refused(jd, data, message):
-    result = tryserver(jd, data)
-    assert_refused(result, 65, jd, message=message)
-    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+def test_bad_jobs_are_refused(jobdir, data, message):
+    result = tryserver(jobdir, data)
+    assert_refused(result, 65, jobdir, message=message)
+    [line] = audit_lines(os.path.join(jobdir.path, "audit.log"))
     assert line["outcome"] == "refused"
     assert line["exit"] == "65"
     assert message in line["reason"]
 
 
-def test_oversized_job_is_refused(jd):
-    result = tryserver(jd, JOB_BYTES, "--max-size", str(len(JOB_BYTES) - 1))
-    assert_refused(result, 65, jd, message=f"larger than the limit of {len(JOB_BYTES) - 1}")
-    result = tryserver(jd, JOB_BYTES, "--max-size", str(len(JOB_BYTES)))
+def test_oversized_job_is_refused(jobdir):
+    result = tryserver(jobdir, JOB_BYTES, "--max-size", str(len(JOB_BYTES) - 1))
+    assert_refused(result, 65, jobdir, message=f"larger than the limit of {len(JOB_BYTES) - 1}")
+    result = tryserver(jobdir, JOB_BYTES, "--max-size", str(len(JOB_BYTES)))
     assert result.returncode == 0, out(result)
 
 
-def test_oversized_v2_job_is_refused_while_streaming(jd):
+def test_oversized_v2_job_is_refused_while_streaming(jobdir):
     big = netstrings("2", "id", "b", "r", "1", b"+x\n" * 2_000_000, "", "")
-    result = tryserver(jd, big, "--max-size", "1000000")
-    assert_refused(result, 65, jd, message="larger than the limit of 1000000 bytes")
+    result = tryserver(jobdir, big, "--max-size", "1000000")
+    assert_refused(result, 65, jobdir, message="larger than the limit of 1000000 bytes")
 
 
-def test_default_size_limit_is_64_mib(jd):
+def test_default_size_limit_is_64_mib(jobdir):
     patch = b"+" * (64 * 1024 * 1024)
-    result = tryserver(jd, netstrings("2", "id", "b", "r", "1", patch, "", ""))
-    assert_refused(result, 65, jd, message="larger than the limit of 67108864 bytes")
+    result = tryserver(jobdir, netstrings("2", "id", "b", "r", "1", patch, "", ""))
+    assert_refused(result, 65, jobdir, message="larger than the limit of 67108864 bytes")
 
 
 # -- hostile SSH commands: exit 64, nothing delivered ------------------------------------------
@@ -280,11 +268,11 @@ HOSTILE = HOSTILE_COMMANDS
 
 
 @pytest.mark.parametrize("command", HOSTILE, ids=lambda t: repr(t)[:30])
-def test_hostile_commands_are_refused(jd, command):
-    result = tryserver(jd, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
-    assert_refused(result, 64, jd)
+def test_hostile_commands_are_refused(jobdir, command):
+    result = tryserver(jobdir, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
+    assert_refused(result, 64, jobdir)
     assert re.search(r"command refused|unknown option", result.stderr.decode()), out(result)
-    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+    [line] = audit_lines(os.path.join(jobdir.path, "audit.log"))
     assert line["cmd"] == clip(command)  # the whole command, or its first MAX_COMMAND chars
     assert line["cmd"].startswith(command[:MAX_COMMAND])
     assert line["outcome"] == "refused"
@@ -292,10 +280,10 @@ def test_hostile_commands_are_refused(jd, command):
     assert line["from"] == "192.0.2.7:52144"
 
 
-def test_shell_request_without_command_is_refused(jd):
+def test_shell_request_without_command_is_refused(jobdir):
     """`ssh host` with no command: sshd runs the forced command without SSH_ORIGINAL_COMMAND."""
-    result = tryserver(jd, b"", env=SSH_ENV)
-    assert_refused(result, 64, jd, message="interactive sessions are not allowed")
+    result = tryserver(jobdir, b"", env=SSH_ENV)
+    assert_refused(result, 64, jobdir, message="interactive sessions are not allowed")
 
 
 @pytest.mark.parametrize(
@@ -309,25 +297,25 @@ def test_shell_request_without_command_is_refused(jd):
         "tryserver --jobdir=/tmp",
     ],
 )
-def test_accepted_commands_deliver_into_the_pinned_jobdir(jd, tmp_path, command):
+def test_accepted_commands_deliver_into_the_pinned_jobdir(jobdir, tmp_path, command):
     other = Jobdir(str(tmp_path / "elsewhere")).create()
-    result = tryserver(jd, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
+    result = tryserver(jobdir, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
     assert result.returncode == 0, out(result)
     name = result.stdout.decode().strip()
-    assert listing(jd) == {"tmp": [], "new": [name], "cur": []}
+    assert listing(jobdir) == {"tmp": [], "new": [name], "cur": []}
     assert listing(other) == EMPTY
-    assert audit_lines(os.path.join(jd.path, "audit.log"))[0]["cmd"] == command
+    assert audit_lines(os.path.join(jobdir.path, "audit.log"))[0]["cmd"] == command
 
 
-def test_client_cannot_choose_the_user(jd):
+def test_client_cannot_choose_the_user(jobdir):
     env = {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "tryserver --user=root"}
-    result = tryserver(jd, JOB_BYTES, env=env)  # fmt: skip
-    assert_refused(result, 64, jd)
+    result = tryserver(jobdir, JOB_BYTES, env=env)  # fmt: skip
+    assert_refused(result, 64, jobdir)
     # Nor through the environment sshd passes on (SSH_ORIGINAL_COMMAND is all it reads).
-    result = tryserver(jd, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": "tryserver",
+    result = tryserver(jobdir, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": "tryserver",
                                            "USER": "root", "LOGNAME": "root"})  # fmt: skip
     assert result.returncode == 0, out(result)
-    assert parse_job(Path(jd.new, result.stdout.decode().strip()).read_bytes()).who == "alice"
+    assert parse_job(Path(jobdir.new, result.stdout.decode().strip()).read_bytes()).who == "alice"
 
 
 # -- the jobdir cannot take the job -----------------------------------------------------------
@@ -335,45 +323,45 @@ def test_client_cannot_choose_the_user(jd):
 
 def test_missing_jobdir(tmp_path):
     missing = Jobdir(str(tmp_path / "missing"))
-    result = tryserver(missing.path)
+    result = tryserver(missing.path, JOB_BYTES)
     assert result.returncode == 73, out(result)
     assert result.stderr.decode().count("\n") == 1
     assert b"is not set up" in result.stderr
     assert not os.path.exists(missing.path)
 
 
-def test_new_is_a_regular_file(jd):
-    os.rmdir(jd.new)
-    Path(jd.new).write_text("")
-    result = tryserver(jd)
+def test_new_is_a_regular_file(jobdir):
+    os.rmdir(jobdir.new)
+    Path(jobdir.new).write_text("")
+    result = tryserver(jobdir, JOB_BYTES)
     assert result.returncode == 73, out(result)
     assert b"new/ is missing" in result.stderr
-    assert os.listdir(jd.tmp) == []
+    assert os.listdir(jobdir.tmp) == []
 
 
 @pytest.mark.parametrize("sub", ["tmp", "new"])
-def test_unwritable_jobdir_is_permission_denied(jd, tmp_path, sub):
-    os.chmod(getattr(jd, sub), 0o555)  # noqa: S103 - read-only on purpose
+def test_unwritable_jobdir_is_permission_denied(jobdir, tmp_path, sub):
+    os.chmod(getattr(jobdir, sub), 0o555)  # noqa: S103 - read-only on purpose
     try:
         audit = tmp_path / "audit.log"
-        argv = [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice",
+        argv = [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice",
                 "--audit-log", str(audit)]  # fmt: skip
         result = subprocess.run(unprivileged(argv), input=JOB_BYTES, capture_output=True,
                                 env=clean_env(), timeout=60, check=False)  # fmt: skip
     finally:
-        os.chmod(getattr(jd, sub), 0o755)  # noqa: S103 - restored
-    assert_refused(result, 77, jd, message="Permission denied")
+        os.chmod(getattr(jobdir, sub), 0o755)  # noqa: S103 - restored
+    assert_refused(result, 77, jobdir, message="Permission denied")
     [line] = audit_lines(audit)
     assert line["outcome"] == "refused" and line["exit"] == "77"
 
 
-def test_unwritable_audit_log_is_refused_before_reading(jd, tmp_path):
+def test_unwritable_audit_log_is_refused_before_reading(jobdir, tmp_path):
     logdir = tmp_path / "logs"
     logdir.mkdir(mode=0o555)
-    argv = [venv_bin("tryserver"), "--jobdir", jd.path, "--audit-log", str(logdir / "a.log")]
+    argv = [venv_bin("tryserver"), "--jobdir", jobdir.path, "--audit-log", str(logdir / "a.log")]
     result = subprocess.run(unprivileged(argv), input=JOB_BYTES, capture_output=True,
                             env=clean_env(), timeout=60, check=False)  # fmt: skip
-    assert_refused(result, 77, jd, message="cannot open audit log")
+    assert_refused(result, 77, jobdir, message="cannot open audit log")
 
 
 @pytest.mark.parametrize(
@@ -402,12 +390,12 @@ import json, os, subprocess, sys
 mnt, tryserver, audit, job = sys.argv[1:5]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], check=True)
 for sub in ("tmp", "new", "cur"):
-    os.makedirs(os.path.join(mnt, "jd", sub))
+    os.makedirs(os.path.join(mnt, "jobdir", sub))
 with open(job, "rb") as stdin:
-    r = subprocess.run([tryserver, "--jobdir", os.path.join(mnt, "jd"), "--audit-log", audit],
+    r = subprocess.run([tryserver, "--jobdir", os.path.join(mnt, "jobdir"), "--audit-log", audit],
                        stdin=stdin, capture_output=True)
 print(json.dumps({"rc": r.returncode, "stderr": r.stderr.decode(),
-                  "left": {s: os.listdir(os.path.join(mnt, "jd", s)) for s in ("tmp", "new")}}))
+                  "left": {s: os.listdir(os.path.join(mnt, "jobdir", s)) for s in ("tmp", "new")}}))
 """
 
 
@@ -435,24 +423,24 @@ def test_disk_full_is_a_temporary_failure(tmp_path):
 # -- the audit log ----------------------------------------------------------------------------
 
 
-def test_audit_line_records_the_request(jd, tmp_path):
+def test_audit_line_records_the_request(jobdir, tmp_path):
     key = make_user_key(tmp_path, "k")
     auth_info = tmp_path / "auth-info"
     auth_info.write_text(f"publickey {' '.join(key.public_line.split()[:2])}\n")
     fingerprint = run([SSH_KEYGEN, "-l", "-E", "sha256", "-f", key.private_path + ".pub"])
     expected_fp = fingerprint.stdout.split()[1].decode()
-    env = {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "buildbot tryserver --jobdir ~/jd",
+    env = {**SSH_ENV, "SSH_ORIGINAL_COMMAND": "buildbot tryserver --jobdir ~/jobdir",
            "SSH_USER_AUTH": str(auth_info)}  # fmt: skip
-    result = tryserver(jd, JOB_BYTES, env=env)
+    result = tryserver(jobdir, JOB_BYTES, env=env)
     assert result.returncode == 0, out(result)
     name = result.stdout.decode().strip()
-    data = Path(jd.new, name).read_bytes()
-    [line] = audit_lines(os.path.join(jd.path, "audit.log"))
+    data = Path(jobdir.new, name).read_bytes()
+    [line] = audit_lines(os.path.join(jobdir.path, "audit.log"))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line["time"])
     assert line["user"] == "alice"
     assert line["from"] == "192.0.2.7:52144"
     assert line["key"] == expected_fp
-    assert line["cmd"] == "buildbot tryserver --jobdir ~/jd"
+    assert line["cmd"] == "buildbot tryserver --jobdir ~/jobdir"
     assert line["verb"] == "deliver"
     assert line["job"] == name
     assert line["size"] == str(len(data))
@@ -461,44 +449,46 @@ def test_audit_line_records_the_request(jd, tmp_path):
     assert line["exit"] == "0"
 
 
-def test_audit_log_one_line_per_request_and_newlines_neutralised(jd):
+def test_audit_log_one_line_per_request_and_newlines_neutralised(jobdir):
     commands = ["tryserver", "tryserver\nfake=line outcome=ok", "tryserver\r\nx", "bash"]
     for command in commands:
-        tryserver(jd, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
-    tryserver(jd, b"garbage")  # outside sshd, refused job
-    text = Path(jd.path, "audit.log").read_text()
+        tryserver(jobdir, JOB_BYTES, env={**SSH_ENV, "SSH_ORIGINAL_COMMAND": command})
+    tryserver(jobdir, b"garbage")  # outside sshd, refused job
+    text = Path(jobdir.path, "audit.log").read_text()
     assert text.count("\n") == 5
-    lines = audit_lines(os.path.join(jd.path, "audit.log"))
+    lines = audit_lines(os.path.join(jobdir.path, "audit.log"))
     assert [rec["cmd"] for rec in lines[:4]] == commands
     assert [rec["outcome"] for rec in lines] == ["ok", "refused", "refused", "refused", "refused"]
     assert "fake" not in lines[1]
 
 
-def test_audit_log_path_option(jd, tmp_path):
+def test_audit_log_path_option(jobdir, tmp_path):
     audit = tmp_path / "elsewhere.log"
-    result = tryserver(jd, JOB_BYTES, "--audit-log", str(audit))
+    result = tryserver(jobdir, JOB_BYTES, "--audit-log", str(audit))
     assert result.returncode == 0, out(result)
-    assert not os.path.exists(os.path.join(jd.path, "audit.log"))
+    assert not os.path.exists(os.path.join(jobdir.path, "audit.log"))
     assert audit_lines(audit)[0]["outcome"] == "ok"
 
 
-def test_audit_log_is_not_followed_through_a_symlink(jd, tmp_path):
+def test_audit_log_is_not_followed_through_a_symlink(jobdir, tmp_path):
     target = tmp_path / "target"
-    os.symlink(target, os.path.join(jd.path, "audit.log"))
-    result = tryserver(jd)
+    os.symlink(target, os.path.join(jobdir.path, "audit.log"))
+    result = tryserver(jobdir, JOB_BYTES)
     assert result.returncode != 0
     assert not target.exists()
-    assert listing(jd) == EMPTY
+    assert listing(jobdir) == EMPTY
 
 
 # -- concurrency and interrupted writers -------------------------------------------------------
 
 
-def test_100_simultaneous_identical_submissions(jd):
+def test_100_simultaneous_identical_submissions(jobdir):
     procs = [
         subprocess.Popen(
-            [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=clean_env(),
         )
         for _ in range(100)
@@ -508,42 +498,42 @@ def test_100_simultaneous_identical_submissions(jd):
     assert [p.returncode for p in procs] == [0] * 100, results[:3]
     names = {stdout.decode().strip() for stdout, _ in results}
     assert len(names) == 100
-    assert listing(jd) == {"tmp": [], "new": sorted(names), "cur": []}
-    contents = {Path(jd.new, n).read_bytes() for n in names}
+    assert listing(jobdir) == {"tmp": [], "new": sorted(names), "cur": []}
+    contents = {Path(jobdir.new, n).read_bytes() for n in names}
     assert len(contents) == 1
-    assert len(audit_lines(os.path.join(jd.path, "audit.log"))) == 100
+    assert len(audit_lines(os.path.join(jobdir.path, "audit.log"))) == 100
 
 
-def half_written(jd: Jobdir) -> tuple[subprocess.Popen[bytes], bytes]:
+def half_written(jobdir: Jobdir) -> tuple[subprocess.Popen[bytes], bytes]:
     """A tryserver that has received half of a 6 MB job and is writing it to tmp/."""
     job = netstrings("2", "id", "b", "r", "1", b"+line\n" * 1_000_000, "repo", "proj", "b1")
     proc = subprocess.Popen(
-        [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
+        [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
     )  # fmt: skip
     assert proc.stdin is not None
     proc.stdin.write(job[: len(job) // 2])
     proc.stdin.flush()
-    wait_until(lambda: any(e.stat().st_size > 1_000_000 for e in os.scandir(jd.tmp)),
+    wait_until(lambda: any(e.stat().st_size > 1_000_000 for e in os.scandir(jobdir.tmp)),
                timeout=30, message="tryserver did not start writing to tmp/")  # fmt: skip
     return proc, job
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
-def test_writer_killed_mid_stream_delivers_nothing(jd, sig):
-    proc, _ = half_written(jd)
+def test_writer_killed_mid_stream_delivers_nothing(jobdir, sig):
+    proc, _ = half_written(jobdir)
     proc.send_signal(sig)
     proc.communicate(timeout=30)
     assert proc.returncode == -sig
-    assert os.listdir(jd.new) == []
+    assert os.listdir(jobdir.new) == []
     # What a killed writer leaves in tmp/ is what the 36-hour cleanup is for.
-    assert len(os.listdir(jd.tmp)) == 1
-    assert len(jd.clean_tmp(max_age=-1)) == 1
-    assert listing(jd) == EMPTY
+    assert len(os.listdir(jobdir.tmp)) == 1
+    assert len(jobdir.clean_tmp(max_age=-1)) == 1
+    assert listing(jobdir) == EMPTY
 
 
-def test_client_gone_mid_stream_delivers_nothing_and_cleans_tmp(jd):
-    proc, _ = half_written(jd)
+def test_client_gone_mid_stream_delivers_nothing_and_cleans_tmp(jobdir):
+    proc, _ = half_written(jobdir)
     assert proc.stdin is not None
     proc.stdin.close()  # EOF in the middle of the patch
     proc.stdin = None
@@ -551,7 +541,7 @@ def test_client_gone_mid_stream_delivers_nothing_and_cleans_tmp(jd):
     assert proc.returncode == 65, stderr
     assert stdout == b""
     assert b"input ends inside netstring" in stderr
-    assert listing(jd) == EMPTY
+    assert listing(jobdir) == EMPTY
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -569,21 +559,25 @@ with open(out, "w") as f:
 """
 
 
-def peak_rss_kib(jd: Jobdir, job_path: Path, *args: str) -> int:
+def peak_rss_kib(jobdir: Jobdir, job_path: Path, *args: str) -> int:
     """Peak RSS (KiB) of one tryserver delivering the job in *job_path* (from wait4)."""
     report = job_path.with_suffix(".rss")
-    argv = [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice", *args]
+    argv = [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice", *args]
     with open(job_path, "rb") as stdin:
         result = subprocess.run(
             [sys.executable, "-S", "-c", RSS_WRAPPER, str(report), *argv],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=120, check=False,
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=120,
+            check=False,
         )
     rss, code = report.read_text().split()
     assert code == "0", out(result)
     return int(rss)
 
 
-def test_memory_stays_flat_for_a_v2_job(jd, tmp_path):
+def test_memory_stays_flat_for_a_v2_job(jobdir, tmp_path):
     # The baseline job is big enough (1 MB) to take the same code path: OpenSSL's hash.
     small = tmp_path / "small"
     small.write_bytes(netstrings("2", "id", "main", "abc", "1", b"+line\n" * 200_000, "r", "p"))
@@ -596,31 +590,41 @@ def test_memory_stays_flat_for_a_v2_job(jd, tmp_path):
         f.write(b",4:repo,4:proj,2:b1,")
     size = big.stat().st_size
     assert size > 20_000_000
-    base = peak_rss_kib(jd, small)
-    peak = peak_rss_kib(jd, big)
+    base = peak_rss_kib(jobdir, small)
+    peak = peak_rss_kib(jobdir, big)
     # Streaming: a few 1 MiB buffers at most, not the 20 MB job.
     assert (peak - base) * 1024 < 6_000_000, (base, peak)
-    [name] = [n for n in os.listdir(jd.new) if os.path.getsize(os.path.join(jd.new, n)) > size]
-    assert os.path.getsize(os.path.join(jd.new, name)) == size + len("5:alice,")
+    [name] = [
+        n for n in os.listdir(jobdir.new) if os.path.getsize(os.path.join(jobdir.new, n)) > size
+    ]
+    assert os.path.getsize(os.path.join(jobdir.new, name)) == size + len("5:alice,")
 
 
-def test_a_flood_of_tiny_netstrings_is_refused_early(jd, tmp_path):
+def test_a_flood_of_tiny_netstrings_is_refused_early(jobdir, tmp_path):
     """Millions of tiny netstrings (10 MB) must neither fill memory nor take long."""
     job = tmp_path / "flood"
     job.write_bytes(netstrings("2", "id", "b", "r", "1", "p", "", "") + b"2:ab," * 2_000_000)
     with open(job, "rb") as stdin:
         result = subprocess.run(
-            [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=20, check=False,
+            [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice"],
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=20,
+            check=False,
         )
-    assert_refused(result, 65, jd, message="more than 10000 builders")
+    assert_refused(result, 65, jobdir, message="more than 10000 builders")
     job.write_bytes(JOB_BYTES + b"0:," * 3_000_000)  # after the JSON this time
     with open(job, "rb") as stdin:
         result = subprocess.run(
-            [venv_bin("tryserver"), "--jobdir", jd.path, "--user", "alice"],
-            stdin=stdin, capture_output=True, env=clean_env(), timeout=20, check=False,
+            [venv_bin("tryserver"), "--jobdir", jobdir.path, "--user", "alice"],
+            stdin=stdin,
+            capture_output=True,
+            env=clean_env(),
+            timeout=20,
+            check=False,
         )
-    assert_refused(result, 65, jd, message="more than 1000 netstrings after the JSON")
+    assert_refused(result, 65, jobdir, message="more than 1000 netstrings after the JSON")
 
 
 def test_start_up_path_stays_lean():
@@ -631,7 +635,7 @@ def test_start_up_path_stays_lean():
         "from tryssh.server import tryserver\nfrom tryssh.core import jobfile\n"
         "new = set(sys.modules) - before\n"
         "heavy = {'paramiko', 'click', 'dataclasses', 'typing', 'tomllib', 'pathlib',\n"
-        "         'hashlib', '_hashlib', 'base64'}\n"
+        "         'hashlib', '_hashlib', 'base64', 'importlib.metadata', 'threading'}\n"
         "print(sorted(new & heavy))\n"
     )
     result = run([sys.executable, "-c", code], env=clean_env())

@@ -18,6 +18,10 @@ EX_TEMPFAIL = 75  # try again later: disk full, connection lost, lock busy
 EX_NOPERM = 77  # permission denied, policy refusal
 EX_CONFIG = 78  # configuration file error
 
+#: The codes that mean "the client asked for something wrong": refused, not failed. Asking
+#: again will not help (``tryssh try --wait`` stops on them).
+REFUSALS = (EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOPERM)
+
 
 class TrysshError(Exception):
     """An expected failure: a one-line message and a sysexits code."""

@@ -18,7 +18,7 @@ from tryssh.errors import UsageError
 @click.option("--once", is_flag=True, help="Process the jobs waiting now, then exit.")
 @click.option("--poll", is_flag=True, help="Poll new/ instead of using inotify.")
 @click.option("-v", "--verbose", is_flag=True, help="Also log debug events.")
-def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
+def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None:
     """Claim jobs from the jobdir, check the policy and run the builders.
 
     Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
@@ -41,13 +41,14 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
     set up), 75 temporary failure, 77 permission denied (the message names the path and
     the operation), 78 config error (file, key and problem named).
     """
+    from tryssh.core.logfmt import EventLog
     from tryssh.server.config import load_config
-    from tryssh.server.consumer import Consumer, EventLog
+    from tryssh.server.consumer import Consumer
 
     config = load_config(config_path)
     consumer = Consumer(config, log=EventLog(verbose=verbose), use_inotify=not poll)
     try:
-        return consumer.run(once=once, handle_signals=True)
+        consumer.run(once=once, handle_signals=True)
     finally:
         consumer.close()
 
@@ -65,7 +66,7 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> int:
     help="Remove finished jobs older than DAYS (default: the config's keep_days).",
 )
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
-def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> int:
+def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
     """Remove old finished jobs, their records and logs, and stale tmp/ files.
 
     Jobs still queued or running are never removed. tmp/ files older than 36 hours (the
@@ -87,4 +88,3 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> int:
         raise UsageError("--older-than must not be negative")
     for path in collect(config, days, dry_run=dry_run):
         click.echo(("would remove " if dry_run else "removed ") + path)
-    return 0

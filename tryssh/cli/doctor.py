@@ -12,10 +12,17 @@ from tryssh.server.doctor import diagnose
 
 
 @click.command("doctor")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="The tryssh TOML config (jobdir, builders, users, serve).")
-@click.option("--authorized-keys", type=click.Path(dir_okay=False),
-              help="The try account's authorized_keys (default: yours, if it exists).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="The tryssh TOML config (jobdir, builders, users, serve).",
+)
+@click.option(
+    "--authorized-keys",
+    type=click.Path(dir_okay=False),
+    help="The try account's authorized_keys (default: yours, if it exists).",
+)
 @click.option("--ssh-user", help="Check sshd's settings for this account with 'sshd -T' "
               "(needs root; default: the owner of --authorized-keys).")  # fmt: skip
 @click.option("--sshd-config", type=click.Path(dir_okay=False), metavar="FILE",
@@ -71,4 +78,4 @@ def doctor_cmd(
     warnings = sum(f.level == "warn" for f in findings)
     if not as_json:
         click.echo(f"{problems} problem(s), {warnings} warning(s)", err=True)
-    raise SystemExit(1 if problems else 0)
+    click.get_current_context().exit(1 if problems else 0)

@@ -7,17 +7,14 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
-from tryssh.errors import EX_NOINPUT, EX_USAGE, TrysshError, exit_code_for_oserror
+from tryssh.core.sshkeys import MAX_KEY_TEXT
+from tryssh.errors import EX_NOINPUT, TrysshError
 from tryssh.server import authorized_keys as keymod
 
 DEFAULT_JOBDIR = "/srv/tryssh/jobdir"
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def default_authorized_keys() -> str:
@@ -39,48 +36,6 @@ def default_tryserver() -> str | None:
     return os.path.abspath(found) if found else None
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"tryssh: {' '.join(message.split())}", err=True)
-    raise SystemExit(code)
-
-
-def _reports_errors(func: F) -> F:
-    """Expected failures end as one line ``tryssh: ...`` and their sysexits code."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except TrysshError as e:
-            _fail(e.message, e.exit_code)
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            _fail(f"{where}{e.strerror or e}", exit_code_for_oserror(e))
-        return None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class _KeysGroup(click.Group):
-    """Used standalone, click's usage errors exit 64 (EX_USAGE) like the rest of tryssh."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if kwargs.get("standalone_mode", True) is False:
-            return super().main(*args, **kwargs)
-        kwargs["standalone_mode"] = False
-        try:
-            return super().main(*args, **kwargs)
-        except click.exceptions.UsageError as e:
-            e.show()
-            raise SystemExit(EX_USAGE) from None
-        except click.exceptions.Abort:
-            click.echo("tryssh: aborted", err=True)
-            raise SystemExit(1) from None
-        except click.ClickException as e:
-            e.show()
-            raise SystemExit(e.exit_code) from None
-
-
 _AK_OPTION = click.option(
     "--authorized-keys",
     "authorized_keys",
@@ -92,11 +47,7 @@ _AK_OPTION = click.option(
 )
 
 
-@click.group(
-    "keys",
-    cls=_KeysGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+@click.group("keys", context_settings={"help_option_names": ["-h", "--help"]})
 def keys() -> None:
     """Manage developers' SSH keys in the try account's authorized_keys.
 
@@ -160,7 +111,6 @@ def keys() -> None:
     help="Key expiry for sshd, YYYYMMDD[HHMM[SS]] (server local time) or with a final Z "
     "for UTC (OpenSSH 7.7 or later).",
 )
-@_reports_errors
 def add_cmd(
     user: str,
     keyfile: str,
@@ -192,11 +142,11 @@ def add_cmd(
                 "cannot find the tryserver program; give its absolute path with --tryserver"
             )
     if keyfile == "-":
-        key_text = sys.stdin.read(keymod.MAX_KEY_TEXT + 1)
+        key_text = sys.stdin.read(MAX_KEY_TEXT + 1)
     else:
         try:
             with open(keyfile, encoding="ascii", errors="surrogateescape") as fh:
-                key_text = fh.read(keymod.MAX_KEY_TEXT + 1)
+                key_text = fh.read(MAX_KEY_TEXT + 1)
         except OSError as e:
             raise TrysshError(f"cannot read {keyfile}: {e.strerror or e}", EX_NOINPUT) from None
     entry = keymod.add_key(
@@ -219,7 +169,6 @@ def add_cmd(
 @keys.command("list")
 @_AK_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-@_reports_errors
 def list_cmd(authorized_keys: str | None, as_json: bool) -> None:
     """List the keys in the tryssh block: user, fingerprint, type, comment, options.
 
@@ -255,7 +204,6 @@ def list_cmd(authorized_keys: str | None, as_json: bool) -> None:
 @click.argument("user")
 @click.argument("fingerprint", required=False)
 @_AK_OPTION
-@_reports_errors
 def remove_cmd(user: str, fingerprint: str | None, authorized_keys: str | None) -> None:
     """Remove USER's keys, or only the key with FINGERPRINT (as 'tryssh keys list' shows it).
 

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import click
+
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 # name -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +62,8 @@ Exit codes: 0 ok, 1 a build failed, 64 usage or refused command, 65 bad job data
 """
 
 
-def _group() -> object:
+def root_group() -> click.Group:
+    """The ``tryssh`` group: commands are imported when used, errors become exit codes here."""
     import click
 
     class LazyGroup(click.Group):
@@ -72,12 +81,61 @@ def _group() -> object:
                     return None
                 raise
 
+        def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+            """Run a command; every way a command can fail ends here, as one line on stderr
+            and its exit code (returned, or the process's exit status when standalone)."""
+            code = _run(lambda: super(LazyGroup, self).main(*args, standalone_mode=False,
+                                                           **kwargs))  # fmt: skip
+            if standalone_mode:
+                sys.exit(code)
+            return code
+
     @click.group(cls=LazyGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(package_name="tryssh")
     def tryssh() -> None:
         pass
 
     return tryssh
+
+
+def _say(message: str) -> None:
+    import click
+
+    click.echo(f"tryssh: {' '.join(message.split())}", err=True)  # always one line
+
+
+def _run(invoke: Callable[[], object]) -> int:
+    """The exit code of *invoke* (click's main in non-standalone mode), errors mapped once:
+    tryssh's own errors carry their sysexits code; usage errors are 64; an OSError names
+    its file and gets the code of its errno; Ctrl-C (or click's Abort) is 130."""
+    import click
+
+    from tryssh.errors import EX_USAGE, TrysshError, exit_code_for_oserror
+
+    try:
+        result = invoke()
+    except TrysshError as err:
+        _say(err.message)
+        return err.exit_code
+    except click.UsageError as err:
+        err.show()
+        return EX_USAGE
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.Abort:
+        _say("aborted")
+        return EX_INTERRUPTED
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EX_INTERRUPTED
+    except BrokenPipeError:
+        return 0  # the reader went away (| head): not an error
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _say(f"{where}{err.strerror or err}")
+        return exit_code_for_oserror(err)
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,34 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         from tryssh.server.tryserver import main as tryserver_main
 
         return tryserver_main(argv[1:])
-
-    import click
-
-    from tryssh.errors import EX_USAGE, TrysshError
-
-    group = _group()
-    try:
-        result = group.main(  # type: ignore[attr-defined]
-            args=argv, prog_name="tryssh", standalone_mode=False
-        )
-    except TrysshError as err:
-        click.echo(f"tryssh: {err.message}", err=True)
-        return err.exit_code
-    except click.UsageError as err:
-        err.show()
-        return EX_USAGE
-    except click.Abort:
-        click.echo("tryssh: aborted", err=True)
-        return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        click.echo("tryssh: interrupted", err=True)
-        return 130
-    return result if isinstance(result, int) else 0
+    return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ def page(name: str, summary: str, help_text: str) -> str:
 
 def all_pages() -> dict[str, str]:
     """File name -> page, for the group, every subcommand (one level down) and tryserver."""
-    from tryssh.cli.main import COMMANDS, _group
+    from tryssh.cli.main import COMMANDS, root_group
     from tryssh.server.tryserver import USAGE
 
-    group = _group()
+    group = root_group()
     pages = {}
     with click.Context(group, info_name="tryssh", help_option_names=["-h", "--help"]) as ctx:  # type: ignore[arg-type]
         pages["tryssh.1"] = page("tryssh", "send a change to a CI master over SSH and have "

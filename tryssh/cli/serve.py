@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tryssh.errors import EX_OK, TrysshError, UsageError
+from tryssh.core.logfmt import ERR, INFO, EventLog
+from tryssh.errors import TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
-def serve_cmd(config_path: str, consume: bool) -> int:
+def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
@@ -34,6 +35,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     change for the next login or request; a config that fails to check is refused with a
     log line and the old one stays; listen, host_key, jobdir and audit_log take a restart.
     The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
 
     \b
     Examples:
@@ -44,6 +46,9 @@ def serve_cmd(config_path: str, consume: bool) -> int:
       ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 75 cannot listen, 78 config error (a weak or
+    malformed key, a bad [serve] value, no [users.NAME] account, a host key others can read).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -72,7 +77,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
     consumer = consumer_thread = None
     try:
         if consume:
-            consumer, consumer_thread = _start_consumer(config, stop)
+            consumer, consumer_thread = _start_consumer(config, stop, server.log.events)
         _start_reloader(server, consumer, reload_wanted, stop)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
@@ -86,8 +91,7 @@ def serve_cmd(config_path: str, consume: bool) -> int:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
-    click.echo("tryssh serve: stopped", err=True)
-    return EX_OK
+    server.log.events(INFO, event="serve-stopped")
 
 
 def _start_reloader(
@@ -107,10 +111,12 @@ def _start_reloader(
     threading.Thread(target=run, name="tryssh-reload", daemon=True).start()
 
 
-def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, threading.Thread]:
+def _start_consumer(
+    config: Config, stop: threading.Event, events: EventLog
+) -> tuple[Consumer, threading.Thread]:
     from tryssh.server.consumer import Consumer
 
-    consumer = Consumer(config)
+    consumer = Consumer(config, log=events)  # one stream, one format: the server's
     consumer.prepare()  # config and directory errors before the ready line, not in a thread
 
     def run() -> None:
@@ -118,7 +124,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
             consumer.run()
         except Exception as err:
             message = err.message if isinstance(err, TrysshError) else repr(err)
-            click.echo(f"tryssh serve: the consumer stopped: {message}", err=True)
+            events(ERR, event="consumer-stopped", reason=message)
         finally:
             stop.set()  # a dead consumer must not leave a server taking jobs nobody runs
 
@@ -129,7 +135,7 @@ def _start_consumer(config: Config, stop: threading.Event) -> tuple[Consumer, th
 
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
-def passwd_cmd(from_stdin: bool) -> int:
+def passwd_cmd(from_stdin: bool) -> None:
     """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
@@ -154,4 +160,3 @@ def passwd_cmd(from_stdin: bool) -> int:
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)
-    return EX_OK

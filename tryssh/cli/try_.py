@@ -36,25 +36,25 @@ def _import_paramiko() -> None:
 
 _import_paramiko()
 
-from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
-from tryssh.client.submit import (  # noqa: E402
-    TRANSPORTS,
-    Destination,
+from tryssh.client.job import (  # noqa: E402
     TryRequest,
     build_job,
-    deliver,
     dry_run_dict,
-    echo_stderr,
-    exit_code_for,
     gather_change,
-    open_connection,
     parse_properties,
-    remote_query,
-    status_lines,
     summary_lines,
-    wait_for,
 )
-from tryssh.client.transport import DEFAULT_TRYSERVER_CMD  # noqa: E402
+from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
+from tryssh.client.transport import (  # noqa: E402
+    DEFAULT_TRYSERVER_CMD,
+    TRANSPORTS,
+    Destination,
+    deliver,
+    open_connection,
+)
+from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
+from tryssh.core.jobview import status_lines  # noqa: E402
+from tryssh.core.records import ACTIVE_STATES  # noqa: E402
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
@@ -84,32 +84,72 @@ Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unle
 def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The SSH/transport options shared by try, status and builders."""
     options = [
-        click.option("-c", "--connect", type=click.Choice(TRANSPORTS), default="ssh",
-                     show_default=True, help="How to deliver: ssh (exec tryserver), scp "
-                     "(sftp into the jobdir) or local (a jobdir on this machine)."),
-        click.option("--host", metavar="HOST",
-                     help="The try server (an ~/.ssh/config alias works)."),
-        click.option("--port", type=click.IntRange(1, 65535),
-                     help="SSH port (default: ssh config, 22)."),
-        click.option("-u", "--username", metavar="USER",
-                     help="Login name (default: ssh config, you)."),
-        click.option("-i", "--identity", metavar="FILE", type=click.Path(dir_okay=False),
-                     help="Use only this private key (the agent may sign for it)."),
-        click.option("--jobdir", metavar="DIR", help="The jobdir on the server (scp, local; "
-                     "passed to tryserver, which a forced command ignores)."),
-        click.option("--tryserver-cmd", "--buildbotbin", "tryserver_cmd", metavar="CMD",
-                     default=DEFAULT_TRYSERVER_CMD, show_default=True,
-                     help="The remote program; 'tryserver' is appended unless it is named so."),
-        click.option("--known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
-                     help="An extra known_hosts file, checked first (new keys go there)."),
-        click.option("--accept-new-host-key", is_flag=True,
-                     help="Record an unknown host key (never a changed one), like "
-                     "StrictHostKeyChecking=accept-new."),
-        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT,
-                     show_default=True, help="Seconds for connect, login and idle I/O."),
-        click.option("--config", "master_config", metavar="FILE",
-                     type=click.Path(dir_okay=False),
-                     help="On the master: read status/builders from this tryssh config."),
+        click.option(
+            "-c",
+            "--connect",
+            type=click.Choice(TRANSPORTS),
+            default="ssh",
+            show_default=True,
+            help="How to deliver: ssh (exec tryserver), scp "
+            "(sftp into the jobdir) or local (a jobdir on this machine).",
+        ),
+        click.option(
+            "--host", metavar="HOST", help="The try server (an ~/.ssh/config alias works)."
+        ),
+        click.option(
+            "--port", type=click.IntRange(1, 65535), help="SSH port (default: ssh config, 22)."
+        ),
+        click.option(
+            "-u", "--username", metavar="USER", help="Login name (default: ssh config, you)."
+        ),
+        click.option(
+            "-i",
+            "--identity",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help="Use only this private key (the agent may sign for it).",
+        ),
+        click.option(
+            "--jobdir",
+            metavar="DIR",
+            help="The jobdir on the server (scp, local; "
+            "passed to tryserver, which a forced command ignores).",
+        ),
+        click.option(
+            "--tryserver-cmd",
+            "--buildbotbin",
+            "tryserver_cmd",
+            metavar="CMD",
+            default=DEFAULT_TRYSERVER_CMD,
+            show_default=True,
+            help="The remote program; 'tryserver' is appended unless it is named so.",
+        ),
+        click.option(
+            "--known-hosts",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help="An extra known_hosts file, checked first (new keys go there).",
+        ),
+        click.option(
+            "--accept-new-host-key",
+            is_flag=True,
+            help="Record an unknown host key (never a changed one), like "
+            "StrictHostKeyChecking=accept-new.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=1),
+            default=DEFAULT_TIMEOUT,
+            show_default=True,
+            help="Seconds for connect, login and idle I/O.",
+        ),
+        click.option(
+            "--config",
+            "master_config",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help="On the master: read status/builders from this tryssh config.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -149,43 +189,70 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
                 "host in .tryssh.toml)"
             )
         ssh = SshOptions(
-            host=v["host"], port=v.get("port"), user=v.get("username"),
-            identity=v.get("identity"), known_hosts=v.get("known_hosts"),
+            host=v["host"],
+            port=v.get("port"),
+            user=v.get("username"),
+            identity=v.get("identity"),
+            known_hosts=v.get("known_hosts"),
             accept_new_host_key=bool(v.get("accept_new_host_key")),
-            timeout=float(v.get("timeout") or DEFAULT_TIMEOUT), quiet=quiet,
+            timeout=float(v.get("timeout") or DEFAULT_TIMEOUT),
+            quiet=quiet,
         )
     return Destination(
-        connect=v["connect"], ssh=ssh, jobdir=v.get("jobdir"),
+        connect=v["connect"],
+        ssh=ssh,
+        jobdir=v.get("jobdir"),
         tryserver_cmd=v.get("tryserver_cmd") or DEFAULT_TRYSERVER_CMD,
-        progress=not quiet, config=v.get("master_config"),
+        progress=not quiet,
+        config=v.get("master_config"),
     )
 
 
 @click.command("try", help=TRY_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-b", "--builder", "builders", multiple=True, metavar="NAME",
-              help="A builder to run (repeatable; default: the server's choice).")
+@click.option(
+    "-b",
+    "--builder",
+    "builders",
+    multiple=True,
+    metavar="NAME",
+    help="A builder to run (repeatable; default: the server's choice).",
+)
 @click.option("--branch", metavar="NAME", help="The branch name to send (default: upstream's).")
-@click.option("--baserev", metavar="REV",
-              help="The base revision (default: merge-base with upstream).")
-@click.option("-p", "--patchlevel", type=click.IntRange(min=0), metavar="N",
-              help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).")
+@click.option(
+    "--baserev", metavar="REV", help="The base revision (default: merge-base with upstream)."
+)
+@click.option(
+    "-p",
+    "--patchlevel",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).",
+)
 @click.option("--who", metavar="NAME", help="Who asks (a forced-command server pins it).")
 @click.option("-C", "--comment", metavar="TEXT", help="A comment for the build.")
-@click.option("--property", "properties", multiple=True, metavar="K=V",
-              help="A build property (repeatable).")
+@click.option(
+    "--property", "properties", multiple=True, metavar="K=V", help="A build property (repeatable)."
+)
 @click.option("--repository", metavar="URL", help="The repository URL to send.")
 @click.option("--project", metavar="NAME", help="The project name to send.")
 @click.option("--vc", type=click.Choice(["git", "hg", "svn"]), help="Expect this VCS.")
-@click.option("--diff", metavar="FILE|-", help="Send this diff (- for stdin) instead of the "
-              "working copy's change; needs --baserev.")
+@click.option(
+    "--diff",
+    metavar="FILE|-",
+    help="Send this diff (- for stdin) instead of the working copy's change; needs --baserev.",
+)
 @click.option("--untracked", is_flag=True, help="Include untracked files (git).")
 @click.option("--allow-empty", is_flag=True, help="Send even if the diff is empty.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show the job and patch stats; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
 @click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
-@click.option("--wait-timeout", type=click.FloatRange(min=1), metavar="SECONDS",
-              help="Stop waiting after this long (exit 75).")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="Stop waiting after this long (exit 75).",
+)
 @_connection_options
 @click.pass_context
 def try_cmd(ctx: click.Context, **values: Any) -> None:
@@ -193,11 +260,19 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     v = _merge(ctx, values, cwd)
     quiet = bool(v["quiet"])
     req = TryRequest(
-        builders=list(v["builders"] or []), branch=v["branch"], baserev=v["baserev"],
-        patchlevel=v["patchlevel"], who=v["who"], comment=v["comment"],
+        builders=list(v["builders"] or []),
+        branch=v["branch"],
+        baserev=v["baserev"],
+        patchlevel=v["patchlevel"],
+        who=v["who"],
+        comment=v["comment"],
         properties={str(k): val for k, val in v["properties"].items()},
-        repository=v["repository"], project=v["project"], vc=v["vc"], diff=v["diff"],
-        untracked=bool(v["untracked"]), allow_empty=bool(v["allow_empty"]),
+        repository=v["repository"],
+        project=v["project"],
+        vc=v["vc"],
+        diff=v["diff"],
+        untracked=bool(v["untracked"]),
+        allow_empty=bool(v["allow_empty"]),
     )
     change = gather_change(req, cwd)
     job = build_job(change, req)
@@ -226,13 +301,16 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
             if receipt.job:
                 echo_stderr(f"delivered to {where} ({receipt.size} bytes sent) as:")
             else:
-                echo_stderr(f"delivered to {where} ({receipt.size} bytes sent) "
-                            "(the server did not name the job)")
+                echo_stderr(
+                    f"delivered to {where} ({receipt.size} bytes sent) "
+                    "(the server did not name the job)"
+                )
         record = None
         if v["wait"]:
             if not receipt.job:
-                raise TempFail("cannot --wait: the server did not name the job "
-                               "(Buildbot's tryserver?)")
+                raise TempFail(
+                    "cannot --wait: the server did not name the job (Buildbot's tryserver?)"
+                )
             if not v["as_json"]:
                 click.echo(receipt.job)
             fetch = status_fetcher(dest, conn, receipt.job)
@@ -302,7 +380,7 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     else:
         click.echo("\n".join(status_lines(record)))
     state = str(record.get("state"))
-    ctx.exit(exit_code_for(record) if state not in ("queued", "running") else EX_OK)
+    ctx.exit(EX_OK if state in ACTIVE_STATES else exit_code_for(record))
 
 
 @click.command("builders", context_settings={"help_option_names": ["-h", "--help"]})

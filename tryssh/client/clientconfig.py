@@ -14,13 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tryssh.client.buildbot_options import load_buildbot_options
+from tryssh.client.vcs import MARKERS
 from tryssh.errors import ConfigError
 
 PROJECT_FILE = ".tryssh.toml"
 TABLE = "try"
 COMMAND_LINE = "command line"
 
-# The keys of the [try] table (see docs/client-config.rst).
+# The keys of the [try] table (README.rst, "Client configuration").
 KEYS: tuple[str, ...] = (
     "connect",
     "host",
@@ -69,7 +70,6 @@ _FROM_BUILDBOT = {
     "properties": "properties",
     "buildbotbin": "tryserver_cmd",
 }
-_VCS_MARKERS = (".git", ".hg", ".svn")
 
 
 @dataclass
@@ -229,7 +229,7 @@ def find_project_config(cwd: str) -> str | None:
         candidate = os.path.join(d, PROJECT_FILE)
         if os.path.isfile(candidate):
             return candidate
-        if any(os.path.exists(os.path.join(d, m)) for m in _VCS_MARKERS):
+        if any(os.path.exists(os.path.join(d, m)) for m in MARKERS.values()):
             return None
         parent = os.path.dirname(d)
         if parent == d:

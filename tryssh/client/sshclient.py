@@ -379,7 +379,9 @@ def _open_socket(target: Target, opts: SshOptions, jump: Connection | None) -> o
     if jump is not None:
         try:
             chan = jump.transport.open_channel(
-                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                "direct-tcpip",
+                (target.hostname, target.port),
+                ("127.0.0.1", 0),
                 timeout=opts.timeout,
             )
         except (paramiko.SSHException, OSError, EOFError) as err:
@@ -417,8 +419,13 @@ def _preferred(order: tuple[str, ...], first: list[str]) -> tuple[str, ...]:
 class Connection:
     """An authenticated SSH connection (use as a context manager)."""
 
-    def __init__(self, transport: paramiko.Transport, target: Target, opts: SshOptions,
-                 jump: Connection | None = None) -> None:
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        target: Target,
+        opts: SshOptions,
+        jump: Connection | None = None,
+    ) -> None:
         self.transport = transport
         self.target = target
         self.opts = opts
@@ -486,9 +493,15 @@ def _connect_jump(spec: str, opts: SshOptions, depth: int) -> Connection:
         host, port_text = hostport.split(":")
         port = int(port_text) if port_text.isdigit() else None
     hop = SshOptions(
-        host=host, port=port, user=user or None, known_hosts=opts.known_hosts,
-        accept_new_host_key=opts.accept_new_host_key, timeout=opts.timeout,
-        ssh_config=opts.ssh_config, agent=opts.agent, quiet=opts.quiet,
+        host=host,
+        port=port,
+        user=user or None,
+        known_hosts=opts.known_hosts,
+        accept_new_host_key=opts.accept_new_host_key,
+        timeout=opts.timeout,
+        ssh_config=opts.ssh_config,
+        agent=opts.agent,
+        quiet=opts.quiet,
     )
     return connect(hop, depth + 1)
 

@@ -28,13 +28,14 @@ from tryssh.errors import (
     CannotCreate,
     TempFail,
     TrysshError,
+    UsageError,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import paramiko
 
-    from tryssh.client.sshclient import Connection
+    from tryssh.client.sshclient import Connection, SshOptions
 
 CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
@@ -293,9 +294,7 @@ def _sftp_path(path: str) -> str:
     return path
 
 
-def deliver_scp(
-    conn: Connection, data: bytes, jobdir: str, show_progress: bool = True
-) -> Receipt:
+def deliver_scp(conn: Connection, data: bytes, jobdir: str, show_progress: bool = True) -> Receipt:
     """Upload into ``JOBDIR/tmp/NAME`` and posix-rename into ``JOBDIR/new/NAME``."""
     import paramiko
 
@@ -371,3 +370,44 @@ def deliver_local(data: bytes, jobdir: str) -> Receipt:
             f"cannot deliver into {jobdir}: {err.strerror or err}", exit_code_for_oserror(err)
         ) from None
     return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "local", None)
+
+
+# -- choosing the transport ------------------------------------------------------------------
+
+TRANSPORTS = ("ssh", "scp", "local")
+
+
+@dataclass
+class Destination:
+    """Where to send: the transport and its options."""
+
+    connect: str = "ssh"
+    ssh: SshOptions | None = None
+    jobdir: str | None = None
+    tryserver_cmd: str = DEFAULT_TRYSERVER_CMD
+    progress: bool = True
+    config: str | None = None  # the master's config, for -c local --wait / status
+
+
+def open_connection(dest: Destination) -> Connection:
+    from tryssh.client.sshclient import connect
+
+    if dest.ssh is None or not dest.ssh.host:
+        raise UsageError(f"-c {dest.connect} needs --host (or try_host in the options file)")
+    return connect(dest.ssh)
+
+
+def deliver(data: bytes, dest: Destination, conn: Connection | None) -> Receipt:
+    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp)."""
+    if dest.connect == "local":
+        if not dest.jobdir:
+            raise UsageError("-c local needs --jobdir (the jobdir on this machine)")
+        return deliver_local(data, dest.jobdir)
+    assert conn is not None
+    if dest.connect == "scp":
+        if not dest.jobdir:
+            raise UsageError("-c scp needs --jobdir (the jobdir on the server)")
+        return deliver_scp(conn, data, dest.jobdir, show_progress=dest.progress)
+    if dest.connect == "ssh":
+        return deliver_ssh(conn, data, dest.jobdir, dest.tryserver_cmd, show_progress=dest.progress)
+    raise UsageError(f"unknown transport {dest.connect!r} (use ssh, scp or local)")

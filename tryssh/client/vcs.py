@@ -26,10 +26,8 @@ from typing import BinaryIO
 
 from tryssh.errors import EX_IOERR, EX_NOINPUT, EX_UNAVAILABLE, TrysshError, UsageError
 
-SUPPORTED_VCS = ("git", "hg", "svn")
-
-# The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
-_MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
+#: The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
+MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
 
 # Commands that print the top directory of the working copy around the current directory.
 _TOP_COMMANDS = {
@@ -239,7 +237,7 @@ def detect_vcs(start: str) -> tuple[str, str]:
         raise UsageError(f"not a directory: {start}")
     d = start
     while True:
-        found = [vcs for vcs, marker in _MARKERS.items() if os.path.exists(os.path.join(d, marker))]
+        found = [vcs for vcs, marker in MARKERS.items() if os.path.exists(os.path.join(d, marker))]
         if found:
             break
         parent = os.path.dirname(d)

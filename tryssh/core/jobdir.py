@@ -94,6 +94,22 @@ class Jobdir:
     def __repr__(self) -> str:
         return f"Jobdir({self.path!r})"
 
+    def tmp_path(self, name: str) -> str:
+        return os.path.join(self.tmp, name)
+
+    def new_path(self, name: str) -> str:
+        return os.path.join(self.new, name)
+
+    def cur_path(self, name: str) -> str:
+        return os.path.join(self.cur, name)
+
+    def claimed(self) -> list[str]:
+        """Names of the jobs in ``cur/`` (claimed by a consumer, finished or not)."""
+        try:
+            return [n for n in os.listdir(self.cur) if is_job_name(n)]
+        except FileNotFoundError:
+            return []
+
     def create(self, mode: int = 0o2770) -> Jobdir:
         """Make the directories if missing (the sysadmin script sets groups and modes)."""
         try:
@@ -136,7 +152,7 @@ class Jobdir:
         """
         self.check()
         name = unique_name()
-        tmp_path = os.path.join(self.tmp, name)
+        tmp_path = self.tmp_path(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(tmp_path, flags, JOB_MODE)
@@ -151,7 +167,7 @@ class Jobdir:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._publish(tmp_path, os.path.join(self.new, name))
+            self._publish(tmp_path, self.new_path(name))
         except BaseException as err:
             try:
                 os.unlink(tmp_path)
@@ -198,9 +214,9 @@ class Jobdir:
         """Move job *name* from ``new/`` to ``cur/``; return its new path."""
         if not is_job_name(name):
             raise TrysshError(f"not a job name: {name!r}")
-        target = os.path.join(self.cur, name)
+        target = self.cur_path(name)
         try:
-            os.rename(os.path.join(self.new, name), target)
+            os.rename(self.new_path(name), target)
         except FileNotFoundError:
             raise AlreadyTaken(f"job {name} is already taken") from None
         return target
@@ -216,9 +232,10 @@ class Jobdir:
         names = []
         for entry in entries:
             try:
-                if entry.is_file(follow_symlinks=False) and now - entry.stat(
-                    follow_symlinks=False
-                ).st_mtime > max_age:
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > max_age
+                ):
                     names.append(entry.name)
             except FileNotFoundError:
                 continue
@@ -229,19 +246,24 @@ class Jobdir:
         removed = []
         for name in self.stale_tmp(max_age, now):
             try:
-                os.unlink(os.path.join(self.tmp, name))
+                os.unlink(self.tmp_path(name))
             except FileNotFoundError:
                 continue
             removed.append(name)
         return removed
 
 
-def _age_key(name: str) -> tuple[int, int, str]:
-    # tryssh names: "<sec>.M<usec>P..."; Buildbot's tryserver: "<float time>-<md5>".
+def job_time(name: str) -> tuple[int, int]:
+    """The delivery time a job's name starts with, as (seconds, microseconds); (0, 0) when
+    it has none. tryssh names: ``<sec>.M<usec>P...``; Buildbot's: ``<float time>-<md5>``."""
     head = name.split("-", 1)[0]
     sec, _, rest = head.partition(".")
     micros = rest[1:7] if rest.startswith("M") else rest[:6].ljust(6, "0")
     try:
-        return int(sec), int(micros) if micros.isdigit() else 0, name
+        return int(sec), int(micros) if micros.isdigit() else 0
     except ValueError:
-        return 0, 0, name
+        return 0, 0
+
+
+def _age_key(name: str) -> tuple[tuple[int, int], str]:
+    return job_time(name), name

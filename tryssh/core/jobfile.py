@@ -41,7 +41,6 @@ JSON_KEY_ORDER = (
     "jobid", "branch", "baserev", "patch_level", "repository", "project",
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
-OPTIONAL_TEXT = ("repository", "project", "who", "comment")
 
 
 class Job:
@@ -145,9 +144,7 @@ def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
     A truncated last netstring is dropped, as Buildbot does, unless
     *allow_truncated_tail* is false.
     """
-    return transcode(
-        io.BytesIO(data), keep_patch=True, allow_truncated_tail=allow_truncated_tail
-    )
+    return transcode(io.BytesIO(data), keep_patch=True, allow_truncated_tail=allow_truncated_tail)
 
 
 def parse_job_file(path: str, *, limit: int | None = None) -> Job:

@@ -24,25 +24,67 @@ import datetime
 import fcntl
 import json
 import os
-from collections.abc import Iterator
-from typing import Any
 
-from tryssh.core.jobdir import fsync_dir, is_job_name
+from tryssh.core.jobdir import fsync_dir, is_job_name, job_time, write_all
+from tryssh.core.logfmt import iso_time
 from tryssh.errors import TrysshError, exit_code_for_oserror
 
-STATES = ("queued", "running", "success", "failure", "error", "rejected", "interrupted")
-ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("success", "failure", "error", "rejected", "interrupted")
-BUILDER_STATES = ("pending", "running", "done")
-RESULTS = ("success", "failure", "error")
+TYPE_CHECKING = False  # typing is not imported at run time: tryserver status reads records
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Literal, NotRequired, TypedDict
+
+    from tryssh.core.jobfile import Job
+
+    #: A job's state: queued or running while active, then one of the final states.
+    JobState = Literal["queued", "running", "success", "failure", "error", "rejected",
+                       "interrupted"]  # fmt: skip
+    #: A builder's progress within a job, and its result once ``done``.
+    BuilderState = Literal["pending", "running", "done"]
+    Result = Literal["success", "failure", "error"]
+
+    class BuilderEntry(TypedDict):
+        """One ``builders.NAME`` entry of a record."""
+
+        state: BuilderState
+        result: Result | None
+        log: str | None  # the build's log file on the master
+        exit: int | None  # the builder program's exit status
+        started: str | None  # ISO timestamps (:func:`now_iso`)
+        finished: str | None
+        attempt: int
+        reason: NotRequired[str | None]  # why it ended as it did (error, failure)
+
+    class JobRecord(TypedDict):
+        """The record of one job, as stored in ``STATE_DIR`` and answered by ``status``."""
+
+        job: str
+        state: JobState
+        reason: str | None  # why the job is rejected, errored or interrupted
+        who: str | None
+        branch: str | None
+        baserev: str | None
+        project: str | None
+        repository: str | None
+        comment: str | None
+        size: int | None
+        sha256: str | None
+        received: str | None
+        started: str | None
+        finished: str | None
+        updated: str | None
+        builders: dict[str, BuilderEntry]
+
+
+ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
+FINAL_STATES: tuple[JobState, ...] = ("success", "failure", "error", "rejected", "interrupted")
 RECORD_MODE = 0o640
 INTERRUPTED = "interrupted (consumer restarted)"
 
 
 def now_iso() -> str:
     """The current UTC time as ISO-8601 with microseconds and a ``Z``."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(micros=True)
 
 
 def parse_iso(text: str | None) -> float | None:
@@ -56,9 +98,9 @@ def parse_iso(text: str | None) -> float | None:
     return stamp.timestamp()
 
 
-def new_record(job: str, **fields: Any) -> dict[str, Any]:
+def new_record(job: str, **fields: Any) -> JobRecord:
     """A record for *job* with every documented key present (None when not known yet)."""
-    record: dict[str, Any] = {
+    record: JobRecord = {
         "job": job,
         "state": "queued",
         "reason": None,
@@ -76,13 +118,25 @@ def new_record(job: str, **fields: Any) -> dict[str, Any]:
         "updated": None,
         "builders": {},
     }
-    record.update(fields)
+    record.update(fields)  # type: ignore[typeddict-item]
     return record
 
 
-def builder_entry(**fields: Any) -> dict[str, Any]:
+def job_fields(job: Job) -> dict[str, str | None]:
+    """What a record says about the job itself, from its job file."""
+    return {
+        "who": job.who,
+        "branch": job.branch,
+        "baserev": job.baserev,
+        "project": job.project,
+        "repository": job.repository,
+        "comment": job.comment,
+    }
+
+
+def builder_entry(**fields: Any) -> BuilderEntry:
     """One ``builders.NAME`` entry of a record."""
-    entry: dict[str, Any] = {
+    entry: BuilderEntry = {
         "state": "pending",
         "result": None,
         "log": None,
@@ -91,11 +145,11 @@ def builder_entry(**fields: Any) -> dict[str, Any]:
         "finished": None,
         "attempt": 1,
     }
-    entry.update(fields)
+    entry.update(fields)  # type: ignore[typeddict-item]
     return entry
 
 
-def overall_state(record: dict[str, Any]) -> str:
+def overall_state(record: JobRecord) -> JobState:
     """The final job state from its builders' results.
 
     ``interrupted`` wins (a consumer died under a build), then ``error`` (the
@@ -137,7 +191,7 @@ class RecordStore:
     def active_path(self, job: str) -> str:
         return os.path.join(self.active, f"{job}.json")
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: JobRecord) -> None:
         """Write *record* atomically where its state belongs; stamps ``updated``."""
         job = record["job"]
         if not is_job_name(job):
@@ -152,9 +206,7 @@ class RecordStore:
         try:
             try:
                 os.fchmod(fd, RECORD_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -174,7 +226,7 @@ class RecordStore:
             except FileNotFoundError:
                 pass
 
-    def read(self, job: str) -> dict[str, Any] | None:
+    def read(self, job: str) -> JobRecord | None:
         """The record of *job*, or None. A final record wins over an active one."""
         if not is_job_name(job):
             return None
@@ -198,7 +250,7 @@ class RecordStore:
     def all_jobs(self) -> list[str]:
         return sorted(set(self.active_jobs()) | set(self.final_jobs()), key=_time_key)
 
-    def active_records(self) -> Iterator[dict[str, Any]]:
+    def active_records(self) -> Iterator[JobRecord]:
         """Records still queued or running (a stale active copy reads as its final record)."""
         for job in self.active_jobs():
             record = self.read(job)
@@ -254,7 +306,7 @@ def lock_job(path: str) -> JobLock | None:
     return lock if lock.try_acquire() else None
 
 
-def _load(path: str) -> dict[str, Any] | None:
+def _load(path: str) -> JobRecord | None:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -276,12 +328,5 @@ def _names(directory: str) -> list[str]:
     return sorted(names, key=_time_key)
 
 
-def _time_key(name: str) -> tuple[float, str]:
-    # tryssh and Buildbot job names both start with the delivery time in seconds.
-    head = name.split("-", 1)[0]
-    sec, _, rest = head.partition(".")
-    micros = rest[1:7] if rest.startswith("M") else rest[:6]
-    try:
-        return float(f"{int(sec)}.{micros if micros.isdigit() else 0}"), name
-    except ValueError:
-        return 0.0, name
+def _time_key(name: str) -> tuple[tuple[int, int], str]:
+    return job_time(name), name

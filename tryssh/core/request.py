@@ -15,15 +15,14 @@ import shlex
 from tryssh.errors import UsageError
 
 VERBS = ("deliver", "status", "builders", "jobs")
-PROGRAMS = ("tryserver", "buildbot", "tryssh")
 MAX_COMMAND = 4096
 # Shell syntax (; | & $ ` < > ( ) \ * ?), control characters and non-ASCII are refused.
 _ALLOWED = re.compile(r"[A-Za-z0-9 _./~:=,@+%'\"-]*")
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,=+-]{0,254}")
 
 
-class Refused(UsageError):
-    """The client asked for something the server does not do."""
+class CommandRefused(UsageError):
+    """The client's command is not in the tryserver language (exit 64)."""
 
 
 class Request:
@@ -44,18 +43,18 @@ def _describe(char: str) -> str:
 
 
 def parse_ssh_command(text: str) -> Request:
-    """Parse a client's command strictly; raise Refused for anything else."""
+    """Parse a client's command strictly; raise CommandRefused for anything else."""
     if len(text) > MAX_COMMAND:
-        raise Refused(f"command refused: longer than {MAX_COMMAND} characters")
+        raise CommandRefused(f"command refused: longer than {MAX_COMMAND} characters")
     if not _ALLOWED.fullmatch(text):
         bad = next(c for c in text if not _ALLOWED.fullmatch(c))
-        raise Refused(f"command refused: character {_describe(bad)} is not allowed")
+        raise CommandRefused(f"command refused: character {_describe(bad)} is not allowed")
     try:
         words = shlex.split(text)
     except ValueError as err:
-        raise Refused(f"command refused: {err}") from None
+        raise CommandRefused(f"command refused: {err}") from None
     if not words:
-        raise Refused("command refused: empty command (expected 'tryserver')")
+        raise CommandRefused("command refused: empty command (expected 'tryserver')")
     program = words[0].rsplit("/", 1)[-1]
     if program == "tryserver":
         rest = words[1:]
@@ -63,11 +62,11 @@ def parse_ssh_command(text: str) -> Request:
         rest = words[2:]
     else:
         shown = " ".join(words[:2])[:60]
-        raise Refused(f"command refused: {shown!r} is not allowed (only 'tryserver' is)")
+        raise CommandRefused(f"command refused: {shown!r} is not allowed (only 'tryserver' is)")
     try:
         return parse_request_words(rest)
     except UsageError as err:
-        raise Refused(f"command refused: {err.message}") from None
+        raise CommandRefused(f"command refused: {err.message}") from None
 
 
 def parse_request_words(words: list[str], error: type[UsageError] = UsageError) -> Request:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 
 from tryssh.core.logfmt import format_line
+from tryssh.core.netaddr import format_address
 from tryssh.core.sshkeys import key_fingerprint
 from tryssh.errors import TrysshError, exit_code_for_oserror
 
-TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
-if TYPE_CHECKING:
-    pass
 
 class AuditLog:
     """An append-only log file opened with O_APPEND|O_NOFOLLOW.
@@ -64,8 +62,7 @@ def ssh_peer(env: dict[str, str] | os._Environ[str]) -> str | None:
     """``ip:port`` of the client from SSH_CONNECTION, if sshd set it."""
     parts = env.get("SSH_CONNECTION", "").split()
     if len(parts) >= 2:
-        host = parts[0]
-        return f"[{host}]:{parts[1]}" if ":" in host else f"{host}:{parts[1]}"
+        return format_address(parts[0], parts[1])
     return None
 
 

@@ -6,9 +6,9 @@ Every key tryssh manages sits between ``# tryssh start`` and ``# tryssh end`` on
         ssh-ed25519 AAAA... alice@laptop   (one line in the file)
 
 The server, never the client, fixes the identity (``--user``) on the line. Lines outside the
-block are kept byte for byte. Keys are checked strictly (one line, known type, the base64 blob's
-own type equal to the declared one, no options, ASCII without control characters) because sshd
-fails closed and silently on what it cannot parse, and an injected option would be a hole.
+block are kept byte for byte. Keys are checked by the one strict parser,
+:func:`tryssh.core.sshkeys.parse_public_key`: sshd fails closed and silently on what it cannot
+parse, and an injected option would be a hole.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.core.sshkeys import PublicKey, blob_fingerprint, parse_public_key, ssh_string
 from tryssh.errors import (
     EX_CONFIG,
     EX_DATAERR,
@@ -45,20 +45,6 @@ from tryssh.errors import (
 BLOCK_START = "# tryssh start"
 BLOCK_END = "# tryssh end"
 
-# The key types sshd accepts from a developer today (DSA is gone from OpenSSH and paramiko 4).
-KEY_TYPES: tuple[str, ...] = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
-
-MAX_KEY_TEXT = 16384  # characters; a 16384-bit RSA key is under 3 KB of base64
-MAX_COMMENT = 128
-MIN_RSA_BITS = 2048
 USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Paths go unquoted into the command sshd hands to "$SHELL -c": allow only characters that no
 # POSIX shell treats specially, and refuse anything else rather than try to escape it.
@@ -67,13 +53,6 @@ _HOST_PATTERN_RE = re.compile(r"!?[A-Za-z0-9.:*?_-]{1,255}")
 _CIDR_RE = re.compile(r"!?([0-9A-Fa-f.:]+)/([0-9]{1,3})")
 _EXPIRY_RE = re.compile(r"([0-9]{8})([0-9]{4}([0-9]{2})?)?(Z?)")
 _FINGERPRINT_RE = re.compile(r"(?:SHA256:)?([A-Za-z0-9+/]{43})")
-_ECDSA_POINT_LEN = {"nistp256": 65, "nistp384": 97, "nistp521": 133}
-
-
-class BadPublicKey(TrysshError):
-    """The text given as a public key is not exactly one acceptable key."""
-
-    exit_code = EX_DATAERR
 
 
 class BadKeyOption(UsageError):
@@ -100,18 +79,6 @@ class ConcurrentChange(TempFail):
     """authorized_keys changed while we were rewriting it: nothing was written, try again."""
 
 
-@dataclass(frozen=True)
-class PublicKey:
-    type: str
-    blob_b64: str
-    comment: str
-    fingerprint: str
-
-    @property
-    def blob(self) -> bytes:
-        return base64.b64decode(self.blob_b64)
-
-
 class KeyEntry(NamedTuple):
     """One key of the managed block, as :func:`list_keys` reports it."""
 
@@ -120,129 +87,6 @@ class KeyEntry(NamedTuple):
     type: str
     comment: str
     options: str  # the raw options field, e.g. 'restrict,command="...",from="..."'
-
-
-# --------------------------------------------------------------------------------------------
-# Public keys
-
-
-def fingerprint_of(blob: bytes) -> str:
-    """``SHA256:<base64>`` exactly as ``ssh-keygen -l`` prints it (unpadded)."""
-    return blob_fingerprint(blob)
-
-
-def _ssh_string(buf: bytes, off: int) -> tuple[bytes, int]:
-    if off + 4 > len(buf):
-        raise ValueError("truncated")
-    n = int.from_bytes(buf[off : off + 4], "big")
-    end = off + 4 + n
-    if end > len(buf):
-        raise ValueError("truncated")
-    return buf[off + 4 : end], end
-
-
-def _ssh_fields(blob: bytes) -> list[bytes]:
-    fields, off = [], 0
-    while off < len(blob):
-        value, off = _ssh_string(blob, off)
-        fields.append(value)
-    return fields
-
-
-def _check_blob(ktype: str, blob: bytes) -> None:
-    """Check that the key blob is well formed for its type; raise BadPublicKey if not."""
-    try:
-        fields = _ssh_fields(blob)
-    except ValueError:
-        raise BadPublicKey("the key data is truncated or malformed") from None
-    if not fields or fields[0] != ktype.encode():
-        inner = fields[0][:40].decode("ascii", "replace") if fields else ""
-        raise BadPublicKey(f"the key data says {inner!r} but the line says {ktype!r}")
-    rest = fields[1:]
-    ok = False
-    if ktype == "ssh-ed25519":
-        ok = len(rest) == 1 and len(rest[0]) == 32
-    elif ktype == "sk-ssh-ed25519@openssh.com":
-        ok = len(rest) == 2 and len(rest[0]) == 32 and bool(rest[1])
-    elif ktype == "ssh-rsa":
-        ok = len(rest) == 2 and all(v and not v[0] & 0x80 for v in rest)
-        if ok:
-            bits = int.from_bytes(rest[1], "big").bit_length()
-            if bits < MIN_RSA_BITS:
-                raise BadPublicKey(
-                    f"the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
-                )
-    elif ktype.startswith("ecdsa-sha2-"):
-        curve = ktype.removeprefix("ecdsa-sha2-")
-        ok = (
-            len(rest) == 2
-            and rest[0] == curve.encode()
-            and len(rest[1]) == _ECDSA_POINT_LEN[curve]
-            and rest[1][0] == 4
-        )
-    elif ktype == "sk-ecdsa-sha2-nistp256@openssh.com":
-        ok = (
-            len(rest) == 3
-            and rest[0] == b"nistp256"
-            and len(rest[1]) == 65
-            and rest[1][0] == 4
-            and bool(rest[2])
-        )
-    if not ok:
-        raise BadPublicKey(f"the key data is not a valid {ktype} key")
-
-
-def _sanitize_comment(text: str) -> str:
-    # Printable ASCII only (control characters were refused already); collapse whitespace so
-    # the comment is one plain field, and cap its length.
-    words = " ".join(text.split())
-    clean = "".join(c if " " <= c <= "~" else "?" for c in words)
-    return clean[:MAX_COMMENT].rstrip()
-
-
-def parse_public_key(text: str) -> PublicKey:
-    """Parse exactly one OpenSSH public key line ``type base64 [comment]``.
-
-    A trailing newline is fine; anything else that is not a single plain key is refused with
-    :class:`BadPublicKey`: several lines, options before the key, unknown types, bad base64,
-    a blob whose embedded type differs from the declared one, non-ASCII or control characters.
-    """
-    if len(text) > MAX_KEY_TEXT:
-        raise BadPublicKey(f"the key is too long ({len(text)} characters; at most {MAX_KEY_TEXT})")
-    if not text.isascii():
-        raise BadPublicKey("the key contains non-ASCII characters")
-    body = text.strip(" \t\r\n")
-    if not body:
-        raise BadPublicKey("no key found (the input is empty)")
-    if "\n" in body or "\r" in body:
-        lines = [ln for ln in body.splitlines() if ln.strip()]
-        raise BadPublicKey(f"expected exactly one key on one line, found {len(lines)} lines")
-    for c in body:
-        if (c < " " and c != "\t") or c == "\x7f":
-            raise BadPublicKey(f"the key contains a control character ({ord(c):#04x})")
-    fields = body.split(None, 2)
-    ktype = fields[0]
-    if ktype not in KEY_TYPES:
-        if any(word in KEY_TYPES for word in body.split()[1:]) or "=" in ktype or "," in ktype:
-            raise BadPublicKey(
-                "options before the key are not allowed: give the bare public key "
-                "(the .pub file: type, base64, comment)"
-            )
-        raise BadPublicKey(
-            f"unsupported key type {ktype[:40]!r} (supported: {', '.join(KEY_TYPES)})"
-        )
-    if len(fields) < 2:
-        raise BadPublicKey("the key has no base64 data after its type")
-    b64 = fields[1]
-    try:
-        blob = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadPublicKey("the key data is not valid base64") from None
-    if base64.b64encode(blob).decode() != b64:
-        raise BadPublicKey("the key data is not canonical base64")
-    _check_blob(ktype, blob)
-    comment = _sanitize_comment(fields[2]) if len(fields) > 2 else ""
-    return PublicKey(ktype, b64, comment, fingerprint_of(blob))
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +217,7 @@ def _read_key(text: str) -> tuple[str, bytes, str] | None:
         return None
     try:
         blob = base64.b64decode(parts[1], validate=True)
-        inner, _ = _ssh_string(blob, 0)
+        inner, _ = ssh_string(blob, 0)
     except (binascii.Error, ValueError):
         return None
     if inner != parts[0].encode("utf-8", "replace"):
@@ -549,7 +393,7 @@ def _entries(snap: _Snapshot) -> Iterator[tuple[int, KeyEntry]]:
             i,
             KeyEntry(
                 _user_of(parsed.options),
-                fingerprint_of(parsed.blob),
+                blob_fingerprint(parsed.blob),
                 parsed.type,
                 parsed.comment.strip(),
                 parsed.options,

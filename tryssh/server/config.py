@@ -18,9 +18,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from tryssh.core import defaults
+from tryssh.core.netaddr import parse_listen
 from tryssh.errors import ConfigError
-
-DEFAULT_MAX_JOB_SIZE = 64 * 1024 * 1024
 
 # Each table's keys and their types. A tuple means "any of these types".
 TOP_KEYS: dict[str, Any] = {
@@ -72,6 +72,15 @@ CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),
     "max_parallel": int,
 }
+#: The numbers of [serve] and [consume] that must be greater than 0.
+SERVE_POSITIVE = (
+    "max_auth_tries",
+    "max_auth_failures_per_address",
+    "auth_penalty_seconds",
+    "max_connections",
+    "idle_timeout",
+)
+CONSUME_POSITIVE = ("poll_interval", "max_parallel")
 
 
 @dataclass
@@ -108,7 +117,7 @@ class Config:
     state_dir: str
     log_dir: str
     audit_log: str
-    max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    max_job_size: int = defaults.MAX_JOB_SIZE
     keep_days: float | None = None
     builders: dict[str, Builder] = field(default_factory=dict)
     users: dict[str, UserPolicy] = field(default_factory=dict)
@@ -181,10 +190,10 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     config = Config(
         path=path,
         jobdir=jobdir,
-        state_dir=resolve(data.get("state_dir", os.path.join(jobdir, "state"))),
-        log_dir=resolve(data.get("log_dir", os.path.join(jobdir, "logs"))),
-        audit_log=resolve(data.get("audit_log", os.path.join(jobdir, "audit.log"))),
-        max_job_size=data.get("max_job_size", DEFAULT_MAX_JOB_SIZE),
+        state_dir=resolve(data.get("state_dir", os.path.join(jobdir, defaults.STATE_DIR))),
+        log_dir=resolve(data.get("log_dir", os.path.join(jobdir, defaults.LOG_DIR))),
+        audit_log=resolve(data.get("audit_log", os.path.join(jobdir, defaults.AUDIT_LOG))),
+        max_job_size=data.get("max_job_size", defaults.MAX_JOB_SIZE),
         keep_days=data.get("keep_days"),
     )
     _positive(path, "max_job_size", config.max_job_size)
@@ -237,10 +246,16 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
 
     serve = data.get("serve", {})
     _check_table(path, "serve.", serve, SERVE_KEYS)
+    if "listen" in serve:
+        parse_listen(serve["listen"], f"{path}: serve.listen")
+    for key in SERVE_POSITIVE:
+        _positive(path, "serve." + key, serve.get(key))
     if "host_key" in serve:
         serve["host_key"] = resolve(serve["host_key"])
     config.serve = serve
     consume = data.get("consume", {})
     _check_table(path, "consume.", consume, CONSUME_KEYS)
+    for key in CONSUME_POSITIVE:
+        _positive(path, "consume." + key, consume.get(key))
     config.consume = consume
     return config

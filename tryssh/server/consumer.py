@@ -10,8 +10,9 @@ rename decides who gets a job), and processes each job in a thread:
 2. run its builders, in parallel, each builder limited to ``concurrency`` builds at once;
 3. keep the durable record (:mod:`tryssh.core.records`) up to date at every step.
 
-Crash safety: while a consumer processes a job it holds the job's lock file. At start a
-consumer takes over every job that is claimed but unfinished and whose lock is free.
+Crash safety: while a consumer processes a job it holds the job's lock (a ``flock`` on the
+job file in ``cur/``). At start a consumer takes over every job that is claimed but
+unfinished and whose lock is free.
 Builders that had finished keep their result; builders that had not started run now;
 a builder that was running when the consumer died is **not** run again: its result is
 ``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
@@ -25,29 +26,27 @@ it started with. ``jobdir``, ``state_dir`` and ``max_parallel`` take a restart.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TextIO
+from typing import Any
 
-from tryssh.core.jobdir import AlreadyTaken, Jobdir, is_job_name
+from tryssh.core import defaults
+from tryssh.core.jobdir import AlreadyTaken, Jobdir
 from tryssh.core.jobfile import Job, parse_job
-from tryssh.core.logfmt import format_value
+from tryssh.core.logfmt import DEBUG, ERR, INFO, NOTICE, WARNING, EventLog, iso_time
 from tryssh.core.records import (
-    ACTIVE_STATES,
     FINAL_STATES,
     INTERRUPTED,
     JobLock,
     RecordStore,
     builder_entry,
+    job_fields,
     new_record,
     now_iso,
     overall_state,
@@ -55,151 +54,27 @@ from tryssh.core.records import (
 from tryssh.errors import (
     BadJob,
     CannotCreate,
+    ConfigError,
     TrysshError,
     describe_oserror,
     exit_code_for_oserror,
 )
 from tryssh.server import builders as builders_mod
-from tryssh.server.config import Config, ConfigError
-from tryssh.server.policy import Refused, choose_builders
+from tryssh.server.checks import refuse_problems
+from tryssh.server.config import Config
+from tryssh.server.inotify import Inotify
+from tryssh.server.policy import PolicyRefused, choose_builders
 
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_MAX_PARALLEL = 16
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
 HEARTBEAT_FILE = "consumer.heartbeat"  # in state_dir; its mtime says the consumer is alive
 HEARTBEAT_INTERVAL = 10.0  # touched at most this often, and at least every INOTIFY_RESCAN
 
-# syslog priorities, for the "<N>" prefix journald understands
-ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
-_LEVELS = {ERR: "err", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.core.records import JobRecord
 
 Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
-
-
-class EventLog:
-    """One line per event on stderr: ``key=value`` pairs (logfmt).
-
-    Under systemd (JOURNAL_STREAM set) lines carry a ``<N>`` priority prefix and no
-    timestamp, since journald adds its own; elsewhere they start with the UTC time.
-    """
-
-    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
-        self.stream = stream or sys.stderr
-        self.verbose = verbose
-        self.journal = "JOURNAL_STREAM" in os.environ
-        self._lock = threading.Lock()
-
-    def __call__(self, priority: int, **fields: object) -> None:
-        if priority >= DEBUG and not self.verbose:
-            return
-        text = " ".join(f"{k}={format_value(v)}" for k, v in fields.items() if v is not None)
-        if self.journal:
-            line = f"<{priority}>{text}\n"
-        else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            line = f"{stamp} level={_LEVELS[priority]} {text}\n"
-        with self._lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed stderr must not stop the builds
-
-
-# --- inotify -------------------------------------------------------------------------
-
-IN_MODIFY = 0x00000002
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
-
-
-class Inotify:
-    """A minimal inotify watch on one directory, through libc with ctypes.
-
-    The events are not parsed: any event means "list the directory again", which also
-    covers a queue overflow.
-    """
-
-    def __init__(self, path: str) -> None:
-        libc_name = ctypes.util.find_library("c") or "libc.so.6"
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        init = getattr(libc, "inotify_init1", None)
-        if init is None:
-            raise OSError("inotify is not available")
-        fd = init(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-        self.fd = fd
-        mask = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
-        add = libc.inotify_add_watch
-        add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        if add(fd, os.fsencode(path), mask) < 0:
-            errno = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(errno, os.strerror(errno), path)
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.fd, 65536):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-# --- checks before anything runs -----------------------------------------------------
-
-
-def check_config(config: Config) -> None:
-    """Problems a config file can hold that load_config cannot see: missing programs,
-    unreadable secrets, forward targets that are not jobdirs. Raises ConfigError."""
-    where = config.path
-    for name, builder in config.builders.items():
-        key = f"builders.{name}"
-        if builder.kind == "command":
-            program = builder.target[0]
-            if "/" in program:
-                found = os.path.isfile(program) and os.access(program, os.X_OK)
-            else:
-                import shutil
-
-                found = (
-                    shutil.which(
-                        program,
-                        path=builder.options.get("env", {}).get(
-                            "PATH", os.environ.get("PATH", os.defpath)
-                        ),
-                    )
-                    is not None
-                )
-            if not found:
-                raise ConfigError(f"{where}: {key}.command: program {program!r} not found")
-        secret = builder.options.get("secret_file")
-        if secret is not None:
-            try:
-                with open(secret, "rb"):
-                    pass
-            except OSError as err:
-                raise ConfigError(
-                    f"{where}: {key}.secret_file: cannot read {secret}: {err.strerror}"
-                ) from None
-        if builder.kind == "forward" and not builder.target.startswith("ssh://"):
-            try:
-                Jobdir(builder.target).check()
-            except CannotCreate as err:
-                raise ConfigError(f"{where}: {key}.forward: {err.message}") from None
-    consume = config.consume
-    if consume.get("poll_interval") is not None and consume["poll_interval"] <= 0:
-        raise ConfigError(f"{where}: consume.poll_interval: must be greater than 0")
-    if consume.get("max_parallel") is not None and consume["max_parallel"] <= 0:
-        raise ConfigError(f"{where}: consume.max_parallel: must be greater than 0")
 
 
 # --- the consumer --------------------------------------------------------------------
@@ -209,7 +84,7 @@ class _JobRun:
     """The in-memory side of one job being processed: record, its lock, pending builders."""
 
     def __init__(
-        self, name: str, path: str, record: dict[str, Any], config: Config | None = None
+        self, name: str, path: str, record: JobRecord, config: Config | None = None
     ) -> None:
         self.name = name
         self.path = path
@@ -242,8 +117,8 @@ class Consumer:
         self.jobdir = Jobdir(config.jobdir)
         self.store = RecordStore(config.state_dir)
         self.use_inotify = use_inotify
-        self.poll_interval = float(config.consume.get("poll_interval", DEFAULT_POLL_INTERVAL))
-        self.max_parallel = int(config.consume.get("max_parallel", DEFAULT_MAX_PARALLEL))
+        self.poll_interval = float(config.consume.get("poll_interval", defaults.POLL_INTERVAL))
+        self.max_parallel = int(config.consume.get("max_parallel", defaults.MAX_PARALLEL))
         self._builder_slots = {
             name: threading.BoundedSemaphore(b.concurrency) for name, b in config.builders.items()
         }
@@ -268,7 +143,7 @@ class Consumer:
 
     def prepare(self) -> None:
         """Check everything before the first job: jobdir, state and log directories."""
-        check_config(self.config)
+        refuse_problems(self.config)
         self.jobdir.check()
         self.store.create()
         try:
@@ -314,7 +189,7 @@ class Consumer:
         path = path or self.config.path
         try:
             config = load_config(path)
-            check_config(config)
+            refuse_problems(config)
             for key in ("jobdir", "state_dir"):
                 if getattr(config, key) != getattr(self.config, key):
                     raise ConfigError(f"{path}: {key}: changed; a change of {key} takes a restart")
@@ -322,7 +197,7 @@ class Consumer:
             self.log(ERR, event="reload-failed", config=path, reason=err.message,
                      kept="the config in use")  # fmt: skip
             return False
-        max_parallel = int(config.consume.get("max_parallel", DEFAULT_MAX_PARALLEL))
+        max_parallel = int(config.consume.get("max_parallel", defaults.MAX_PARALLEL))
         if max_parallel != self.max_parallel:
             self.log(WARNING, event="reload-partial", reason="max_parallel takes a restart",
                      max_parallel=self.max_parallel)  # fmt: skip
@@ -333,7 +208,7 @@ class Consumer:
                 # A build running now releases the semaphore it took, the old one.
                 slots[name] = threading.BoundedSemaphore(builder.concurrency)
         self._builder_slots = slots
-        self.poll_interval = float(config.consume.get("poll_interval", DEFAULT_POLL_INTERVAL))
+        self.poll_interval = float(config.consume.get("poll_interval", defaults.POLL_INTERVAL))
         self.config = config
         self.log(NOTICE, event="reloaded", config=path, builders=",".join(config.builders))
         return True
@@ -469,10 +344,10 @@ class Consumer:
             self._heartbeat()  # every slot busy with long builds: still alive
         return False
 
-    def _submit(self, name: str, path: str, record: dict[str, Any] | None) -> None:
+    def _submit(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
         with self._in_flight_lock:
             self._in_flight += 1
-        self._pool.submit(self._process, name, path, record)
+        self._pool.submit(self._process, name, path, hint)
 
     def _finished_job(self) -> None:
         with self._in_flight_lock:
@@ -496,10 +371,7 @@ class Consumer:
             if self._resume_one(name):
                 count += 1
         # Jobs claimed (in cur/) before any record was written.
-        try:
-            in_cur = [n for n in os.listdir(self.jobdir.cur) if is_job_name(n)]
-        except FileNotFoundError:
-            in_cur = []
+        in_cur = self.jobdir.claimed()
         known = set(self.store.final_jobs()) | set(self.store.active_jobs())
         for name in sorted(set(in_cur) - known):
             if self._resume_one(name):
@@ -510,7 +382,7 @@ class Consumer:
         if not self._take_slot():
             return False
         self.log(DEBUG, job=name, event="resume-candidate")
-        self._submit(name, os.path.join(self.jobdir.cur, name), {"resume": True})
+        self._submit(name, self.jobdir.cur_path(name), {"resume": True})
         return True
 
     # -- one job --
@@ -566,7 +438,7 @@ class Consumer:
         try:
             info = os.fstat(fd)
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
-            record["received"] = _iso(info.st_mtime)
+            record["received"] = iso_time(info.st_mtime, micros=True)
             size = info.st_size
             hard_limit = config.hard_size_limit()
             record["size"] = size
@@ -582,10 +454,7 @@ class Consumer:
             self._reject(run, f"bad job: {reason}")
             return None
         run.job = job
-        record.update(
-            who=job.who, branch=job.branch, baserev=job.baserev, project=job.project,
-            repository=job.repository, comment=job.comment,
-        )  # fmt: skip
+        record.update(job_fields(job))  # type: ignore[typeddict-item]
         who = job.who or ""
         policy = config.user(who)
         try:
@@ -601,7 +470,7 @@ class Consumer:
             else:
                 names = choose_builders(config, who, job.builder_names, job.branch, size)
                 self._init_builders(run, names)
-        except Refused as err:
+        except PolicyRefused as err:
             self._reject(run, err.message)
             return None
         self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))
@@ -621,7 +490,7 @@ class Consumer:
         self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
 
     def _resumed(
-        self, name: str, path: str, record: dict[str, Any], config: Config
+        self, name: str, path: str, record: JobRecord, config: Config
     ) -> _JobRun | None:
         run = _JobRun(name, path, record, config)
         run.written = True
@@ -767,13 +636,6 @@ class Consumer:
         run.written = True
 
 
-def _iso(stamp: float) -> str:
-    import datetime
-
-    when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _read_all(fd: int, size: int) -> bytes:
     chunks = []
     offset = 0
@@ -785,4 +647,4 @@ def _read_all(fd: int, size: int) -> bytes:
         offset += len(chunk)
 
 
-__all__ = ["ACTIVE_STATES", "Consumer", "EventLog", "Inotify", "check_config"]
+__all__ = ["Consumer"]

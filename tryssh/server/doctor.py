@@ -13,10 +13,12 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
+from tryssh.core import defaults
+from tryssh.core.jobdir import Jobdir
 from tryssh.errors import TrysshError
-from tryssh.server.config import Config, load_config
+from tryssh.server.checks import Finding, builder_findings, find_program
+from tryssh.server.config import Builder, Config, load_config
 from tryssh.server.policy import allowed_builders
 
 MIN_FREE_BYTES = 100 * 1024 * 1024
@@ -28,12 +30,6 @@ SSHD_WANTED = {
     "exposeauthinfo": "yes",
     "passwordauthentication": "no",
 }
-
-
-class Finding(NamedTuple):
-    level: str  # "ok", "warn" or "problem"
-    area: str
-    message: str
 
 
 # --- acting as another account ------------------------------------------------------------
@@ -146,7 +142,8 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
 
 
 def check_jobdir(config: Config) -> Iterator[Finding]:
-    subs = {name: os.path.join(config.jobdir, name) for name in ("tmp", "new", "cur")}
+    jobdir = Jobdir(config.jobdir)
+    subs = {"tmp": jobdir.tmp, "new": jobdir.new, "cur": jobdir.cur}
     found = False
     for name, path in subs.items():
         bad = list(_dir_findings(path, f"{name}/"))
@@ -178,45 +175,29 @@ def check_builders(config: Config, account: str | None = None) -> Iterator[Findi
     if not config.builders:
         yield Finding("problem", "builders", "no [builders.NAME] table: nothing would be built")
     for builder in config.builders.values():
-        where = f"builders.{builder.name}"
-        needs: list[tuple[str, str, str]] = []
-        bad: list[Finding] = []
-        if builder.kind == "command":
-            program = builder.target[0]
-            found = program if os.path.isabs(program) else shutil.which(program)
-            if not found or not os.access(found, os.X_OK):
-                yield Finding("problem", "builders", f"{where}: program {program!r} not found")
-                continue
+        found = list(builder_findings(builder))
+        found += access_findings(account, "builders", _builder_needs(builder))
+        yield from (f for f in found if f.level != "ok")
+        if not any(f.level == "problem" for f in found):  # no "ok" beside a problem
+            yield from (f for f in found if f.level == "ok")
+
+
+def _builder_needs(builder: Builder) -> list[tuple[str, str, str]]:
+    """The files the consumer's account must reach for *builder*: (path, flags, what)."""
+    where = f"builders.{builder.name}"
+    needs = []
+    if builder.kind == "command":
+        found = find_program(builder.target[0], builder.options.get("env", {}))
+        if found:
             needs.append((found, "x", f"{where}'s program"))
-        elif builder.kind == "webhook":
-            secret = builder.options.get("secret_file")
-            if not secret:
-                bad.append(Finding("warn", "builders",
-                                   f"{where}: webhook without secret_file: unsigned"))  # fmt: skip
-            else:
-                needs.append((secret, "r", f"{where}'s secret_file"))
-        elif builder.target.startswith("ssh://"):
-            for key in ("identity", "known_hosts"):
-                value = builder.options.get(key)
-                if value is None:
-                    bad.append(Finding("warn", "builders", f"{where}: no {key}: ssh uses the "
-                                       "consumer account's ~/.ssh"))  # fmt: skip
-                elif not os.path.exists(value):
-                    bad.append(Finding("problem", "builders", f"{where}: {key} {value} does "
-                                       "not exist"))  # fmt: skip
-                else:
-                    needs.append((value, "r", f"{where}'s {key}"))
-        elif not os.path.isdir(os.path.join(builder.target, "new")):
-            yield Finding("problem", "builders", f"{where}: forward target {builder.target} "
-                          "is not a jobdir")  # fmt: skip
-            continue
-        else:
-            needs.append((os.path.join(builder.target, "tmp"), "wx", f"{where}'s target"))
-            needs.append((os.path.join(builder.target, "new"), "wx", f"{where}'s target"))
-        bad += access_findings(account, "builders", needs)
-        yield from bad
-        if not any(f.level == "problem" for f in bad):
-            yield Finding("ok", "builders", f"{where}: {builder.kind} {builder.target}")
+    for key in ("secret_file", "identity", "known_hosts"):
+        value = builder.options.get(key)
+        if value and os.path.exists(value):
+            needs.append((value, "r", f"{where}.{key}"))
+    if builder.kind == "forward" and not builder.target.startswith("ssh://"):
+        for sub in ("tmp", "new"):
+            needs.append((os.path.join(builder.target, sub), "wx", f"{where}'s target"))
+    return needs
 
 
 def check_python(account: str | None) -> Iterator[Finding]:
@@ -337,7 +318,7 @@ def check_authorized_keys(
         if "restrict" not in options:
             yield Finding("problem", "keys", f"{entry.user}'s key {entry.fingerprint}: no restrict")
         command = next((o for o in options if o.startswith("command=")), "")
-        words = command[len("command="):].strip('"').split()
+        words = command[len("command=") :].strip('"').split()
         if not words or not os.access(words[0], os.X_OK):
             yield Finding("problem", "keys", f"key {entry.fingerprint} of {entry.user}: "
                           f"forced command {words[:1]} is not an executable")  # fmt: skip
@@ -414,7 +395,7 @@ def check_serve(config: Config, openssh: bool = False) -> Iterator[Finding]:
                           "password_hash there (OpenSSH is the door)")  # fmt: skip
             return
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")
-    yield Finding("ok", "serve", f"listen {config.serve.get('listen', '127.0.0.1:2222')}")
+    yield Finding("ok", "serve", f"listen {config.serve.get('listen', defaults.SERVE_LISTEN)}")
 
 
 def diagnose(

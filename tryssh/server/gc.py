@@ -2,7 +2,7 @@
 
 Only jobs with a *final* record (success, failure, error, rejected, interrupted) whose
 ``finished`` time is older than the cutoff are removed: the job file in ``cur/``, the
-record, the lock file and ``LOG_DIR/JOB/``. A job without a final record is never removed,
+record and ``LOG_DIR/JOB/``. A job without a final record is never removed,
 since a consumer still owes it a result. Stale ``tmp/`` files (36 hours, the maildir rule)
 go too.
 """
@@ -17,6 +17,8 @@ from tryssh.core.jobdir import Jobdir
 from tryssh.core.records import FINAL_STATES, RecordStore, parse_iso
 from tryssh.server.config import Config
 
+DAY = 86400  # seconds
+
 
 def collect(
     config: Config, older_than_days: float, dry_run: bool = False, now: float | None = None
@@ -24,7 +26,7 @@ def collect(
     """Remove what is older than *older_than_days*; return the paths removed (or that
     would be, with *dry_run*)."""
     now = time.time() if now is None else now
-    cutoff = now - older_than_days * 86400
+    cutoff = now - older_than_days * DAY
     store = RecordStore(config.state_dir)
     jobdir = Jobdir(config.jobdir)
     removed: list[str] = []
@@ -40,7 +42,7 @@ def collect(
                 continue
         if when >= cutoff:
             continue
-        paths = [os.path.join(jobdir.cur, name), os.path.join(config.log_dir, name)]
+        paths = [jobdir.cur_path(name), os.path.join(config.log_dir, name)]
         paths = [p for p in paths if os.path.lexists(p)]
         removed += [*paths, store.final_path(name)]
         if dry_run:
@@ -57,4 +59,4 @@ def collect(
                     pass
         store.remove(name)
     stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
-    return removed + [os.path.join(jobdir.tmp, n) for n in stale]
+    return removed + [jobdir.tmp_path(n) for n in stale]

@@ -15,30 +15,28 @@ from tryssh.server.config import Config, UserPolicy
 MAX_SCAN = 100  # jobs of new/ the door reads, at most, to count a user's pending ones
 
 
-class Refused(PermissionDenied):
-    """The job breaks the policy; the message says which rule."""
+class PolicyRefused(PermissionDenied):
+    """The job breaks the policy; the message says which rule (exit 77)."""
 
 
-class TooLarge(Refused):
+class TooLarge(PolicyRefused):
     """The job is over the user's size limit: bad job data (65) rather than 77."""
 
     exit_code = EX_DATAERR
 
 
 def user_policy(config: Config, who: str) -> UserPolicy:
-    """The user's policy, or Refused for a user the config does not admit."""
+    """The user's policy, or PolicyRefused for a user the config does not admit."""
     policy = config.user(who)
     if policy is None:
-        raise Refused(f"user {who!r} is not allowed to submit jobs")
+        raise PolicyRefused(f"user {who!r} is not allowed to submit jobs")
     return policy
 
 
 def allowed_builders(config: Config, who: str) -> list[str]:
     """The configured builders *who* may use, in config order."""
     policy = user_policy(config, who)
-    return [
-        name for name in config.builders if any(fnmatchcase(name, g) for g in policy.builders)
-    ]
+    return [name for name in config.builders if any(fnmatchcase(name, g) for g in policy.builders)]
 
 
 def choose_builders(
@@ -49,7 +47,7 @@ def choose_builders(
     size: int,
     pending: int = 0,
 ) -> list[str]:
-    """The builders to run for a job, or Refused naming the first rule it breaks.
+    """The builders to run for a job, or PolicyRefused naming the first rule it breaks.
 
     An empty request means every builder the user may use. *pending* counts the user's
     other jobs still waiting or running.
@@ -59,21 +57,21 @@ def choose_builders(
     if size > limit:
         raise TooLarge(f"job is {size} bytes, more than the limit of {limit} for {who!r}")
     if policy.max_pending is not None and pending >= policy.max_pending:
-        raise Refused(
+        raise PolicyRefused(
             f"{who!r} already has {pending} pending jobs (max_pending is {policy.max_pending})"
         )
     if not any(fnmatchcase(branch or "", g) for g in policy.branches):
-        raise Refused(f"branch {branch!r} is not allowed for {who!r}")
+        raise PolicyRefused(f"branch {branch!r} is not allowed for {who!r}")
     allowed = allowed_builders(config, who)
     if not requested:
         if not allowed:
-            raise Refused(f"no builder is allowed for {who!r}")
+            raise PolicyRefused(f"no builder is allowed for {who!r}")
         return allowed
     for name in requested:
         if name not in config.builders:
-            raise Refused(f"unknown builder {name!r}")
+            raise PolicyRefused(f"unknown builder {name!r}")
         if name not in allowed:
-            raise Refused(f"builder {name!r} is not allowed for {who!r}")
+            raise PolicyRefused(f"builder {name!r} is not allowed for {who!r}")
     return list(dict.fromkeys(requested))  # keep order, drop duplicates
 
 
@@ -82,8 +80,8 @@ def check_at_door(
 ) -> list[str]:
     """The consumer's check, made at delivery (tryserver and ``tryssh serve``).
 
-    Raises Refused (TooLarge for the size) with the words the consumer would use, so that
-    a job the consumer is going to refuse is never written. Only the parsed header fields
+    Raises PolicyRefused (TooLarge for the size) with the words the consumer would use,
+    so that a job the consumer is going to refuse is never written. Only the parsed header fields
     and the size are needed, never the patch. The user's pending jobs are counted only when
     ``max_pending`` is set: the consumer checks again when it claims the job.
     """

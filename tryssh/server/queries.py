@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
 
-from tryssh.core.request import Request
+from tryssh.core import defaults
+from tryssh.core.jobview import format_jobs, format_status
 from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
 
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from typing import Any
+
+    from tryssh.core.jobdir import Jobdir
+    from tryssh.core.records import JobRecord
+    from tryssh.core.request import Request
     from tryssh.server.config import Config
-    from tryssh.server.tryserver import Server
 
 JOBS_LIMIT = 20
 
@@ -34,16 +39,16 @@ class NoSuchJob(TrysshError):
     exit_code = EX_NOINPUT
 
 
-def answer(server: Server, request: Request) -> str:
-    """The text (or JSON) answer to a read-only request."""
+def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | None) -> str:
+    """The text (or JSON) answer to a read-only request of *user* (None: an admin, who sees
+    everything)."""
     if request.verb == "builders":
-        return _builders(server, request)
-    jobdir, state_dir = _dirs(server)
-    user = server.opts.user
+        return _builders(request, config, user)
+    job_path, state_dir = _dirs(config, jobdir)
     if request.verb == "status":
         if not request.job:
             raise UsageError("status needs a job name")
-        record = job_status(jobdir, state_dir, request.job, user)
+        record = job_status(job_path, state_dir, request.job, user)
         return json.dumps(record) + "\n" if request.json else format_status(record)
     if request.verb == "jobs":
         records = recent_jobs(state_dir, user, JOBS_LIMIT)
@@ -53,40 +58,38 @@ def answer(server: Server, request: Request) -> str:
     raise UsageError(f"{request.verb} is not available on this server")
 
 
-def _dirs(server: Server) -> tuple[str, str]:
-    if server.config is not None:
-        return server.config.jobdir, server.config.state_dir
-    jobdir = server.jobdir.path
-    return jobdir, os.path.join(jobdir, "state")
+def _dirs(config: Config | None, jobdir: Jobdir) -> tuple[str, str]:
+    if config is not None:
+        return config.jobdir, config.state_dir
+    return jobdir.path, os.path.join(jobdir.path, defaults.STATE_DIR)
 
 
-def _builders(server: Server, request: Request) -> str:
+def _builders(request: Request, config: Config | None, who: str | None) -> str:
     from tryssh.server.policy import allowed_builders
 
-    if server.config is None:
+    if config is None:
         raise UsageError("this server has no config, so it cannot list builders")
-    who = server.opts.user
     if who is None:
-        names = list(server.config.builders)  # the admin sees them all
+        names = list(config.builders)  # the admin sees them all
     else:
-        names = allowed_builders(server.config, who)
+        names = allowed_builders(config, who)
     if request.json:
-        described = {n: server.config.builders[n].options.get("description", "") for n in names}
+        described = {n: config.builders[n].options.get("description", "") for n in names}
         return json.dumps({"user": who, "builders": names, "descriptions": described}) + "\n"
     lines = []
     for name in names:
-        description = server.config.builders[name].options.get("description")
+        description = config.builders[name].options.get("description")
         lines.append(f"{name}\t{description}\n" if description else f"{name}\n")
     return "".join(lines)
 
 
-def local_status(config: Config, job: str, user: str | None = None) -> dict[str, Any]:
+def local_status(config: Config, job: str, user: str | None = None) -> JobRecord:
     """The status of *job* on this master, read from the records directly (``tryssh status
     --config``). With *user*, only that user's jobs exist. Raises NoSuchJob."""
     return job_status(config.jobdir, config.state_dir, job, user)
 
 
-def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -> dict[str, Any]:
+def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -> JobRecord:
     """The record of *job* (or a ``queued`` stand-in for a job not yet recorded)."""
     from tryssh.core.jobdir import is_job_name
     from tryssh.core.records import RecordStore
@@ -101,33 +104,26 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
     return record
 
 
-def _unrecorded(jobdir: str, job: str) -> dict[str, Any] | None:
+def _unrecorded(jobdir: str, job: str) -> JobRecord | None:
     """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
+    from tryssh.core.jobdir import Jobdir
     from tryssh.core.jobfile import parse_job_file
-    from tryssh.core.records import new_record
+    from tryssh.core.records import job_fields, new_record
     from tryssh.errors import BadJob
 
-    for sub in ("new", "cur"):
-        path = os.path.join(jobdir, sub, job)
+    where = Jobdir(jobdir)
+    for path in (where.new_path(job), where.cur_path(job)):
         try:
             parsed = parse_job_file(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(
-            job,
-            who=parsed.who,
-            branch=parsed.branch,
-            baserev=parsed.baserev,
-            project=parsed.project,
-            repository=parsed.repository,
-            comment=parsed.comment,
-        )
+        return new_record(job, **job_fields(parsed))
     return None
 
 
-def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
+def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[JobRecord]:
     """Up to *limit* records of *user* (everyone's when None), newest first."""
     from tryssh.core.records import RecordStore
 
@@ -143,51 +139,6 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
         if len(found) >= limit:
             break
     return found
-
-
-def _builder_line(name: str, entry: dict[str, Any]) -> str:
-    state = entry.get("state") or "pending"
-    result = entry.get("result")
-    text = f"  {name}: {result if state == 'done' and result else state}"
-    if entry.get("reason"):
-        text += f" ({entry['reason']})"
-    if entry.get("log"):
-        text += f"  log: {entry['log']}"
-    return text + "\n"
-
-
-def format_status(record: dict[str, Any]) -> str:
-    """A short human-readable status."""
-    lines = [f"job {record['job']}: {record.get('state')}\n"]
-    if record.get("reason"):
-        lines.append(f"  reason: {record['reason']}\n")
-    details = [
-        f"{key}: {record[key]}"
-        for key in ("who", "branch", "baserev", "received", "finished")
-        if record.get(key)
-    ]
-    if details:
-        lines.append("  " + "  ".join(details) + "\n")
-    for name, entry in (record.get("builders") or {}).items():
-        lines.append(_builder_line(name, entry))
-    return "".join(lines)
-
-
-def format_jobs(records: list[dict[str, Any]], show_who: bool = False) -> str:
-    """One line per job: name, state, branch, builders with results; with *show_who* (the
-    admin's view of everyone's jobs) the user comes after the name."""
-    lines = []
-    for record in records:
-        results = ",".join(
-            f"{n}={e.get('result') or e.get('state')}"
-            for n, e in (record.get("builders") or {}).items()
-        )
-        who = f"{record.get('who') or '-'}\t" if show_who else ""
-        lines.append(
-            f"{record['job']}\t{who}{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\n"
-        )
-    return "".join(lines)
 
 
 def local_query(config_path: str, what: str, job: str | None = None) -> Any:

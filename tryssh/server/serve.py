@@ -10,41 +10,39 @@ one-line message and exit status 64, like the forced command.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import paramiko
 
-from tryssh.core.request import Refused, parse_ssh_command
-from tryssh.core.sshkeys import blob_fingerprint
+from tryssh.core import defaults
+from tryssh.core.logfmt import ERR, INFO, NOTICE, EventLog
+from tryssh.core.netaddr import format_address, parse_listen
+from tryssh.core.request import CommandRefused
+from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
-    EX_TEMPFAIL,
     ConfigError,
     TempFail,
     TrysshError,
     describe_oserror,
 )
 from tryssh.server.audit import AuditLog
-from tryssh.server.config import Config
+from tryssh.server.config import SERVE_POSITIVE, Config
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
-from tryssh.server.tryserver import REFUSALS, Options, Server, handle
+from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 
-DEFAULT_LISTEN = "127.0.0.1:2222"
-HOST_KEY_NAME = "ssh_host_ed25519_key"
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
 AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
+STOP_GRACE = 2.0  # seconds a client has to hang up after its last request when we stop
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -54,8 +52,8 @@ POLL = 0.25  # how often the accept loop and the connection watchdogs look at th
 class Settings:
     """The ``[serve]`` table with its defaults filled in."""
 
-    host: str = "127.0.0.1"
-    port: int = 2222
+    host: str = defaults.SERVE_HOST
+    port: int = defaults.SERVE_PORT
     host_key: str = ""
     max_auth_tries: int = 6
     max_auth_failures_per_address: int = 10
@@ -66,71 +64,23 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
+        """The settings of a config (which :mod:`tryssh.server.config` checked already)."""
         serve = config.serve
-        where = f"{config.path}: serve."
-        host, port = parse_listen(serve.get("listen", DEFAULT_LISTEN), where + "listen")
+        host, port = parse_listen(serve.get("listen", defaults.SERVE_LISTEN))
         settings = cls(
             host=host,
             port=port,
-            host_key=serve.get("host_key") or os.path.join(config.state_dir, HOST_KEY_NAME),
+            host_key=serve.get("host_key")
+            or os.path.join(config.state_dir, defaults.SERVE_HOST_KEY),
             banner=serve.get("banner"),
         )
-        for key in (
-            "max_auth_tries",
-            "max_auth_failures_per_address",
-            "auth_penalty_seconds",
-            "max_connections",
-            "idle_timeout",
-        ):
+        for key in SERVE_POSITIVE:
             if key in serve:
-                if serve[key] <= 0:
-                    raise ConfigError(f"{where}{key}: must be greater than 0")
                 setattr(settings, key, serve[key])
         return settings
 
 
-def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); port 0 means any free port."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ConfigError(f"{where}: expected [ADDRESS]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"{where}: expected HOST:PORT with a port 0-65535, got {text!r}")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # -- keys -------------------------------------------------------------------------------------
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """``SHA256:...`` as ssh-keygen -l prints it."""
-    return blob_fingerprint(key.asbytes())
-
-
-def parse_public_key(line: str) -> bytes:
-    """The key blob of an ``ssh-ed25519 AAAA... [comment]`` line; ValueError if malformed."""
-    words = line.split()
-    if len(words) < 2 or not words[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise ValueError("expected 'TYPE BASE64 [COMMENT]' (no options)")
-    try:
-        blob = base64.b64decode(words[1], validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("the key is not valid base64") from None
-    # The blob starts with its own type name: a line whose two disagree is forged or broken.
-    name_len = int.from_bytes(blob[:4], "big")
-    if blob[4 : 4 + name_len] != words[0].encode():
-        raise ValueError(f"the key data is not a {words[0]} key")
-    return blob
 
 
 def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
@@ -196,10 +146,10 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
         keys: dict[bytes, str] = {}
         for i, line in enumerate(policy.keys):
             try:
-                blob = parse_public_key(line)
-            except ValueError as err:
-                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err}") from None
-            keys[blob] = blob_fingerprint(blob)
+                key = parse_public_key(line)
+            except BadPublicKey as err:
+                raise ConfigError(f"{config.path}: users.{name}.keys[{i}]: {err.message}") from None
+            keys[key.blob] = key.fingerprint
         if policy.password_hash is not None:
             try:
                 parse_hash(policy.password_hash)
@@ -215,22 +165,15 @@ def accounts_from_config(config: Config) -> dict[str, Account]:
 
 
 class Log:
-    """One-line messages on stderr (thread-safe), plus the audit log."""
+    """Messages on stderr, as the consumer's events (one logfmt writer), plus the audit log."""
 
-    def __init__(self, audit: AuditLog | None, stream: TextIO | None = None) -> None:
+    def __init__(self, audit: AuditLog | None, events: EventLog | None = None) -> None:
         self.audit = audit
-        self.stream = stream or sys.stderr
-        self._lock = threading.Lock()
+        self.events = events or EventLog()
 
-    def say(self, message: str) -> None:
-        # No control characters from clients reach the terminal.
-        clean = "".join(c if c.isprintable() else "?" for c in message)
-        with self._lock:
-            try:
-                self.stream.write(f"tryssh serve: {clean}\n")
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+    def say(self, message: str, priority: int = INFO) -> None:
+        # format_value quotes the message: no client's control character reaches a terminal.
+        self.events(priority, msg=message)
 
     def record(self, **fields: object) -> None:
         if self.audit is None:
@@ -339,8 +282,8 @@ class ChannelStdout:
 # -- one connection ---------------------------------------------------------------------------
 
 
-class Connection(paramiko.ServerInterface):
-    """One client: its authentication, its channels and their worker threads."""
+class ClientHandler(paramiko.ServerInterface):
+    """One client connection: its authentication, its channels and their worker threads."""
 
     def __init__(self, server: EmbeddedServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -535,49 +478,36 @@ class Connection(paramiko.ServerInterface):
             "from": self.peer,
             "auth": self.method,
             "key": self.key_fp,
-            "cmd": command.decode("utf-8", "replace"),
+            "cmd": clip(command.decode("utf-8", "replace")),
         }
-        code = EX_SOFTWARE
-        tryserver: Server | None = None
-        channel.settimeout(self.settings.idle_timeout)
-        try:
+        config = self.server.config
+        audit = self.log.audit
+
+        def open_request() -> RequestContext:
             try:
                 text = command.decode("utf-8")
             except UnicodeDecodeError:
-                raise Refused("command refused: not UTF-8") from None
-            request = parse_ssh_command(text)
-            config = self.server.config
+                raise CommandRefused("command refused: not UTF-8") from None
             # The identity is the authenticated user; the jobdir and limits are the config's.
+            # The command is parsed exactly as sshd's forced command parses it.
             opts = Options(jobdir=config.jobdir, user=user, config=config.path)
-            tryserver = Server(opts, env={}, config=config)
-            code = handle(
-                tryserver,
-                request,
+            env = {"SSH_ORIGINAL_COMMAND": text}
+            return RequestContext(opts, env=env, config=config, audit=audit)
+
+        channel.settimeout(self.settings.idle_timeout)
+        code = EX_SOFTWARE
+        try:
+            code = run_request(
+                open_request,
                 ChannelStdin(channel, self.touch, self.settings.idle_timeout),  # type: ignore[arg-type]
                 ChannelStdout(channel, self.touch),  # type: ignore[arg-type]
                 fields,
+                say=lambda line: self._send_stderr(channel, line + "\n"),
+                warn=self.log.say,
+                audit=audit,
+                gone=(OSError, EOFError, paramiko.SSHException),
             )
-        except TrysshError as err:
-            code = err.exit_code
-            fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
-            fields.setdefault("reason", err.message)
-            self._send_stderr(channel, f"tryserver: {err.message}\n")
-        except (OSError, EOFError, paramiko.SSHException) as err:
-            code = EX_TEMPFAIL
-            fields["outcome"] = "client gone"
-            fields["reason"] = str(err) or type(err).__name__
-        except Exception as err:  # a bug: log it, answer, keep the server up
-            import traceback
-
-            traceback.print_exc()
-            fields["outcome"] = "failed"
-            fields["reason"] = f"internal error: {type(err).__name__}"
-            self._send_stderr(channel, "tryserver: internal error\n")
         finally:
-            if tryserver is not None:
-                tryserver.close()  # a Server is made per request; serve is long-lived
-            fields["exit"] = code
-            self.log.record(**fields)
             self.log.say(
                 f"{self.peer} {user}: {fields.get('verb', 'request')} "
                 f"{fields.get('outcome')} exit={code}"
@@ -648,7 +578,13 @@ class Connection(paramiko.ServerInterface):
             if not busy and now - self.last_activity > settings.idle_timeout:
                 self.close_reason = "idle timeout"
                 break
-            if self.server.stopping.is_set() and not busy:
+            if (
+                self.server.stopping.is_set()
+                and not busy
+                and (not self.requests or now - self.last_activity > STOP_GRACE)
+            ):
+                # A client whose request just ended gets a moment to hang up first: closing
+                # under it makes ssh exit 255 for a job that was delivered.
                 self.close_reason = "server stopping"
                 break
             if self.wake.wait(POLL):
@@ -710,9 +646,9 @@ class Connection(paramiko.ServerInterface):
 
 
 class EmbeddedServer:
-    """Listens, accepts, and runs one thread per connection (see :class:`Connection`)."""
+    """Listens, accepts, and runs one thread per connection (see :class:`ClientHandler`)."""
 
-    def __init__(self, config: Config, log_stream: TextIO | None = None) -> None:
+    def __init__(self, config: Config, events: EventLog | None = None) -> None:
         self.config = config
         self.settings = Settings.from_config(config)
         self.accounts = accounts_from_config(config)
@@ -728,14 +664,14 @@ class EmbeddedServer:
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
-        self.fingerprint = fingerprint(self.host_key)
+        self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
-        self.log = Log(AuditLog(config.audit_log), log_stream)
+        self.log = Log(AuditLog(config.audit_log), events)
         self.limiter = AuthLimiter(
             self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
         )
         self.stopping = threading.Event()
-        self.connections: set[Connection] = set()
+        self.connections: set[ClientHandler] = set()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.sock: socket.socket | None = None
@@ -759,7 +695,7 @@ class EmbeddedServer:
             if not accounts:
                 raise ConfigError(f"{path}: no [users.NAME] entries: nobody could log in")
         except TrysshError as err:
-            self.log.say(f"reload refused, the config in use stays: {err.message}")
+            self.log.say(f"reload refused, the config in use stays: {err.message}", ERR)
             self.log.record(event="reload", outcome="refused", reason=err.message)
             return False
         kept = [
@@ -783,7 +719,8 @@ class EmbeddedServer:
             self.config = config
         self.log.say(
             f"reloaded {path}: {len(accounts)} users, {len(config.builders)} builders"
-            + (f" ({', '.join(kept)} unchanged until a restart)" if kept else "")
+            + (f" ({', '.join(kept)} unchanged until a restart)" if kept else ""),
+            NOTICE,
         )
         self.log.record(event="reload", outcome="ok")
         return True
@@ -845,7 +782,7 @@ class EmbeddedServer:
             self.threads = [t for t in self.threads if t.is_alive()]
             too_many = len(self.connections) >= self.settings.max_connections
             if not too_many:
-                conn = Connection(self, client, peer)
+                conn = ClientHandler(self, client, peer)
                 self.connections.add(conn)
         if too_many:
             self.log.say(
@@ -859,6 +796,6 @@ class EmbeddedServer:
             self.threads.append(thread)
         thread.start()
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: ClientHandler) -> None:
         with self._lock:
             self.connections.discard(conn)

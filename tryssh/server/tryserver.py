@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 
+from tryssh.core import defaults
 from tryssh.core import request as command
 from tryssh.core.jobdir import Jobdir, write_all
 from tryssh.core.sshkeys import light_sha256
@@ -24,6 +25,7 @@ from tryssh.errors import (
     EX_OK,
     EX_SOFTWARE,
     EX_TEMPFAIL,
+    REFUSALS,
     JobTooLarge,
     PermissionDenied,
     TempFail,
@@ -34,14 +36,12 @@ from tryssh.server.audit import AuditLog, ssh_key_fingerprint, ssh_peer
 
 TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from hashlib import _Hash
     from typing import BinaryIO, TextIO
 
     from tryssh.server.config import Config
 
-DEFAULT_MAX_SIZE = 64 * 1024 * 1024
-DEFAULT_MAX_TIME = 86400  # a stuck client never holds a tmp/ file for longer (qmail's alarm)
-REFUSALS = (64, 65, 66, 77)  # exit codes that mean "the client asked for something wrong"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
@@ -87,7 +87,7 @@ class Options:
         max_size: int | None = None,
         config: str | None = None,
         audit_log: str | None = None,
-        max_time: int = DEFAULT_MAX_TIME,
+        max_time: int = defaults.MAX_REQUEST_TIME,
     ) -> None:
         self.jobdir = jobdir
         self.user = user
@@ -133,16 +133,21 @@ def parse_argv(argv: list[str]) -> Options:
     return opts
 
 
-class Server:
-    """One tryserver request: options resolved, audit log open."""
+class RequestContext:
+    """What one tryserver request runs with: options resolved, jobdir checked, audit log open."""
 
     def __init__(
-        self, opts: Options, env: dict[str, str] | os._Environ[str], config: Config | None = None
+        self,
+        opts: Options,
+        env: dict[str, str] | os._Environ[str],
+        config: Config | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.opts = opts
         self.env = env
         # A long-lived caller (tryssh serve) passes the config it authenticates with, so
-        # that logins and policy always come from the same reading of the file.
+        # that logins and policy always come from the same reading of the file, and its
+        # own audit log, which outlives the request.
         self.config = config
         if self.config is None and opts.config:
             from tryssh.server.config import load_config
@@ -154,16 +159,17 @@ class Server:
         self.jobdir = Jobdir(jobdir)
         self.jobdir.check()
         self.max_size = opts.max_size or (
-            self.config.max_job_size if self.config else DEFAULT_MAX_SIZE
+            self.config.max_job_size if self.config else defaults.MAX_JOB_SIZE
         )
         if self.config and opts.user:
             policy = self.config.user(opts.user)
             if policy and policy.max_job_size:
                 self.max_size = min(self.max_size, policy.max_job_size)
-        audit_path = opts.audit_log or (
-            self.config.audit_log if self.config else os.path.join(self.jobdir.path, "audit.log")
-        )
-        self.audit = AuditLog(audit_path)
+        self._owns_audit = audit is None
+        if audit is None:
+            default = os.path.join(self.jobdir.path, defaults.AUDIT_LOG)
+            audit = AuditLog(opts.audit_log or (self.config.audit_log if self.config else default))
+        self.audit = audit
 
     def request(self) -> tuple[command.Request, str]:
         """What the client asked for, and the command text to log."""
@@ -179,12 +185,13 @@ class Server:
             return request, text
         if "SSH_CONNECTION" in self.env and not self.opts.words:
             # sshd ran us for a shell request (no command): never an interactive session.
-            raise command.Refused("interactive sessions are not allowed; run 'tryserver'")
+            raise command.CommandRefused("interactive sessions are not allowed; run 'tryserver'")
         return command.parse_request_words(self.opts.words), " ".join(self.opts.words)
 
     def close(self) -> None:
-        """Release what the request held (the audit log's descriptor)."""
-        self.audit.close()
+        """Release what the request held (its own audit log's descriptor)."""
+        if self._owns_audit:
+            self.audit.close()
 
     def deliver(self, stdin: BinaryIO) -> dict[str, object]:
         """Read, check and deliver the job on *stdin*; return the receipt."""
@@ -241,7 +248,7 @@ class Server:
 
 
 def handle(
-    server: Server,
+    ctx: RequestContext,
     request: command.Request,
     stdin: BinaryIO,
     stdout: TextIO,
@@ -249,31 +256,92 @@ def handle(
 ) -> int:
     """Carry out one parsed request; return the exit code and fill *audit_fields*.
 
-    Shared by the forced command and ``tryssh serve``, so that both doors behave alike.
+    Errors propagate: :func:`run_request` turns them into an outcome and an answer.
     """
     audit_fields["verb"] = request.verb
-    try:
-        if request.verb == "deliver":
-            receipt = server.deliver(stdin)
-            audit_fields.update(receipt)
-            if request.json:
-                import json
+    if request.verb == "deliver":
+        receipt = ctx.deliver(stdin)
+        audit_fields.update(receipt)
+        if request.json:
+            import json
 
-                stdout.write(json.dumps(receipt) + "\n")
-            else:
-                stdout.write(f"{receipt['job']}\n")
+            stdout.write(json.dumps(receipt) + "\n")
         else:
-            from tryssh.server.queries import answer
+            stdout.write(f"{receipt['job']}\n")
+    else:
+        from tryssh.server.queries import answer
 
-            audit_fields["job"] = request.job
-            stdout.write(answer(server, request))
-        stdout.flush()
-    except TrysshError as err:
-        audit_fields["outcome"] = "refused" if err.exit_code in REFUSALS else "failed"
-        audit_fields["reason"] = err.message
-        raise
+        audit_fields["job"] = request.job
+        stdout.write(answer(request, ctx.config, ctx.jobdir, ctx.opts.user))
+    stdout.flush()
     audit_fields["outcome"] = "ok"
     return EX_OK
+
+
+def run_request(
+    open_request: Callable[[], RequestContext],
+    stdin: BinaryIO,
+    stdout: TextIO,
+    fields: dict[str, object],
+    *,
+    say: Callable[[str], None],
+    warn: Callable[[str], None],
+    audit: AuditLog | None = None,
+    gone: tuple[type[BaseException], ...] = (BrokenPipeError,),
+    finish: Callable[[], None] | None = None,
+) -> int:
+    """Open, carry out and account for one request; return its exit code. Both doors (the
+    forced command and ``tryssh serve``) go through here, so they answer and log alike.
+
+    *open_request* sets the request up (it may fill *fields*); the client's command is then
+    parsed (:meth:`RequestContext.request`) and carried out (:func:`handle`). An error becomes
+    ``refused`` (the client asked for something wrong) or ``failed``, told to the client by
+    *say* as one ``tryserver: ...`` line. *gone* are the errors that mean the client hung up.
+    Then *finish* runs and the audit line (*fields*) goes to the request's audit log, or to
+    *audit* when the request could not be opened; trouble writing it goes to *warn*.
+    """
+    code = EX_SOFTWARE
+    ctx: RequestContext | None = None
+    try:
+        ctx = open_request()
+        request, text = ctx.request()
+        fields["cmd"] = clip(text)
+        code = handle(ctx, request, stdin, stdout, fields)
+    except TrysshError as err:
+        code = err.exit_code
+        fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
+        fields.setdefault("reason", err.message)
+        say(f"tryserver: {err.message}")
+    except KeyboardInterrupt:
+        code = EX_TEMPFAIL
+        fields["outcome"] = "interrupted"
+        say("tryserver: interrupted")
+    except gone as err:
+        code = EX_TEMPFAIL
+        fields["outcome"] = "client gone"
+        fields["reason"] = str(err) or type(err).__name__
+    except Exception as err:  # a bug: answer, log it, keep a long-lived server up
+        import traceback
+
+        traceback.print_exc()
+        fields["outcome"] = "failed"
+        fields["reason"] = f"internal error: {type(err).__name__}"
+        say("tryserver: internal error")
+    finally:
+        if finish is not None:
+            finish()
+        fields["exit"] = code
+        log = ctx.audit if ctx is not None else audit
+        if log is not None:
+            try:
+                log.write(**fields)
+            except OSError as err:
+                # The job (if any) is already delivered: a failure code now would make the
+                # client retry and deliver it twice. Say so, keep the outcome.
+                warn(f"cannot write the audit log {log.path}: {err.strerror}")
+        if ctx is not None:
+            ctx.close()
+    return code
 
 
 def clip(text: str) -> str:
@@ -294,52 +362,41 @@ def _give_up(signum: int, frame: object) -> None:
     raise TempFail("request took longer than --max-time; gave up")
 
 
+def _stop_clock() -> None:
+    signal.alarm(0)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _warn(line: str) -> None:
+    print(f"tryserver: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tryserver`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else argv
     env = os.environ
-    audit_fields: dict[str, object] = {
+    fields: dict[str, object] = {
         "user": None,
         "from": ssh_peer(env),
         "key": ssh_key_fingerprint(env),
-        "cmd": clip(_client_command(env, argv)),
+        "cmd": clip(_client_command(env, args)),
     }
-    server: Server | None = None
-    code = EX_SOFTWARE
-    try:
-        opts = parse_argv(argv)
-        audit_fields["user"] = opts.user
-        server = Server(opts, env)
+
+    def open_request() -> RequestContext:
+        opts = parse_argv(args)
+        fields["user"] = opts.user
+        ctx = RequestContext(opts, env)
         signal.signal(signal.SIGALRM, _give_up)
         signal.alarm(opts.max_time)
-        request, text = server.request()
-        audit_fields["cmd"] = clip(text)
-        stdin = open(0, "rb", buffering=1 << 20, closefd=False)
-        code = handle(server, request, stdin, sys.stdout, audit_fields)
-    except TrysshError as err:
-        code = err.exit_code
-        audit_fields.setdefault("outcome", "refused" if code in REFUSALS else "failed")
-        audit_fields.setdefault("reason", err.message)
-        print(f"tryserver: {err.message}", file=sys.stderr)
-    except KeyboardInterrupt:
-        code = EX_TEMPFAIL
-        audit_fields["outcome"] = "interrupted"
-        print("tryserver: interrupted", file=sys.stderr)
-    except BrokenPipeError:
-        code = EX_TEMPFAIL
-        audit_fields["outcome"] = "client gone"
-    finally:
-        signal.alarm(0)
-        if server is not None:
-            audit_fields["exit"] = code
-            try:
-                server.audit.write(**audit_fields)
-            except OSError as err:
-                # The job (if any) is already delivered: a failure code now would make the
-                # client retry and deliver it twice. Say so on stderr, keep the outcome.
-                print(f"tryserver: cannot write audit log {server.audit.path}: {err.strerror}",
-                      file=sys.stderr)  # fmt: skip
-    return code
+        return ctx
+
+    stdin = open(0, "rb", buffering=1 << 20, closefd=False)
+    return run_request(
+        open_request, stdin, sys.stdout, fields, say=_stderr, warn=_warn, finish=_stop_clock
+    )
 
 
 if __name__ == "__main__":

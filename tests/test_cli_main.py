@@ -1,0 +1,58 @@
+"""The root CLI maps every way a command can fail to one line and one exit code."""
+
+from __future__ import annotations
+
+import errno
+
+import click
+import pytest
+
+from tryssh.cli.main import EX_INTERRUPTED, _run
+from tryssh.errors import EX_CANTCREAT, EX_DATAERR, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TrysshError
+
+
+def _raise(err: BaseException):
+    def invoke() -> object:
+        raise err
+
+    return invoke
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "stderr"),
+    [
+        (TrysshError("bad job\nline 2", EX_DATAERR), EX_DATAERR, "tryssh: bad job line 2\n"),
+        (click.UsageError("no such option: --x"), EX_USAGE, "Error: no such option: --x\n"),
+        (click.Abort(), EX_INTERRUPTED, "tryssh: aborted\n"),
+        (KeyboardInterrupt(), EX_INTERRUPTED, "tryssh: interrupted\n"),
+        (BrokenPipeError(), 0, ""),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"), EX_CANTCREAT,
+         "tryssh: /x: No such file or directory\n"),
+        (PermissionError(errno.EACCES, "Permission denied"), EX_NOPERM,
+         "tryssh: Permission denied\n"),
+        (OSError(errno.ENOSPC, "No space left on device"), EX_TEMPFAIL,
+         "tryssh: No space left on device\n"),
+    ],
+)  # fmt: skip
+def test_errors_map_to_one_line_and_a_code(capsys, error, code, stderr) -> None:
+    assert _run(_raise(error)) == code
+    assert capsys.readouterr().err.endswith(stderr)
+
+
+def test_results_are_exit_codes() -> None:
+    assert _run(lambda: None) == 0
+    assert _run(lambda: 3) == 3  # click returns ctx.exit(3)'s code when not standalone
+
+
+def test_version_is_the_installed_packages() -> None:
+    import importlib.metadata
+    import subprocess
+
+    from helpers import venv_bin
+
+    import tryssh
+
+    assert tryssh.__version__ == importlib.metadata.version("tryssh")
+    out = subprocess.run([venv_bin("tryssh"), "--version"], capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert out.returncode == 0 and tryssh.__version__ in out.stdout, out

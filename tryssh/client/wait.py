@@ -1,0 +1,96 @@
+"""Asking the server about a job, and waiting for its builds (``tryssh try --wait``,
+``tryssh status``). The human view of a record is :mod:`tryssh.core.jobview`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tryssh.client.transport import Destination, run_remote, tryserver_command
+from tryssh.core.jobview import builder_line, head_line
+from tryssh.core.records import FINAL_STATES
+from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, REFUSALS, TempFail, TrysshError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.sshclient import Connection
+    from tryssh.core.records import JobRecord
+
+WAIT_INTERVAL = 1.0
+# job state -> exit code of `tryssh try --wait` / `tryssh status`
+STATE_EXIT: dict[str, int] = {
+    "success": 0,
+    "failure": 1,
+    "rejected": EX_NOPERM,
+    "error": EX_TEMPFAIL,
+    "interrupted": EX_TEMPFAIL,
+}
+
+
+def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
+    """Run ``tryserver WORDS... --json`` on the server and return the decoded answer."""
+    command = tryserver_command(dest.tryserver_cmd, dest.jobdir, *words, "--json")
+    stdout, _ = run_remote(conn, command, b"", what=f"tryserver {words[0]}")
+    try:
+        return json.loads(stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise TempFail(
+            f"the server's answer to '{words[0]}' is not JSON (is it tryssh's tryserver?)"
+        ) from None
+
+
+def exit_code_for(record: JobRecord) -> int:
+    """0 every build succeeded, 1 a build failed, 77 rejected, 75 error/interrupted."""
+    return STATE_EXIT.get(str(record.get("state")), EX_TEMPFAIL)
+
+
+def wait_for(
+    fetch: Callable[[], JobRecord],
+    timeout: float | None,
+    echo: Callable[[str], None] | None,
+    interval: float = WAIT_INTERVAL,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobRecord:
+    """Poll *fetch* until the job reaches a final state; show changes through *echo*.
+
+    Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
+    connection, server busy) is retried until then; a refusal (:data:`REFUSALS`: 64, 77, or
+    66 when the server has no such job of yours) is final.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    last_error = ""
+    while True:
+        try:
+            record = fetch()
+        except TrysshError as err:
+            if err.exit_code in REFUSALS:
+                raise
+            if echo is not None and err.message != last_error:
+                echo(f"status not available yet: {err.message}")
+            last_error = err.message
+            record = None
+        if record is not None:
+            last_error = ""
+            state = str(record.get("state"))
+            if echo is not None and seen.get("") != state:
+                echo(head_line(record))
+            seen[""] = state
+            for name, info in (record.get("builders") or {}).items():
+                line = builder_line(name, info or {})
+                if echo is not None and seen.get(name) != line:
+                    echo(line)
+                seen[name] = line
+            if state in FINAL_STATES:
+                return record
+        if deadline is not None and time.monotonic() + interval > deadline:
+            raise TempFail(f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on")
+        sleep(interval)
+
+
+def echo_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
