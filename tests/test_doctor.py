@@ -255,3 +255,23 @@ def test_a_python_the_consumer_cannot_run_is_a_problem(site) -> None:
     _, findings = doctor("--config", str(site["config"]), "--consumer-user", "nobody")
     python = [f for f in findings if f["area"] == "consumer" and "cannot run" in f["message"]]
     assert bool(python) != can, (can, python)
+
+
+@needs_root
+def test_the_keys_account_must_write_the_audit_log(site, open_dir) -> None:
+    """nobody (the key's account here) may run the command but not append to the log."""
+    program = fake_tryserver(open_dir / "bin")
+    auth = key_file(site, str(program))
+    site["config"].write_text(site["config"].read_text().replace(
+        "[builders", f'audit_log = "{open_dir / "audit.log"}"\n[builders', 1))  # fmt: skip
+    (open_dir / "audit.log").write_text("")
+    (open_dir / "audit.log").chmod(0o644)
+    _, findings = doctor("--config", str(site["config"]), "--authorized-keys", str(auth),
+                         "--ssh-user", "nobody")  # fmt: skip
+    bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
+    assert f"nobody cannot write {open_dir / 'audit.log'} (the audit log)" in bad, bad
+    (open_dir / "audit.log").chmod(0o666)  # the other way: no false problem
+    _, findings = doctor("--config", str(site["config"]), "--authorized-keys", str(auth),
+                         "--ssh-user", "nobody")  # fmt: skip
+    bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
+    assert not any("audit" in m for m in bad), bad

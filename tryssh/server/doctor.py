@@ -40,7 +40,8 @@ VENV_HINT = (
 )
 
 
-NEEDS = {"r": "read", "x": "execute", "wx": "write into", "rwx": "read and write into"}
+NEEDS = {"r": "read", "w": "write", "x": "execute", "wx": "write into",
+         "rwx": "read and write into"}  # fmt: skip
 
 
 class CannotSwitch(Exception):
@@ -344,6 +345,13 @@ def check_authorized_keys(
     if extra > 0:
         yield Finding("warn", "keys", f"{extra} line(s) outside the tryssh block: check they "
                       "cannot open a shell")  # fmt: skip
+    if config is not None and entries:
+        # Every request appends a line to the audit log, as the key's account.
+        audit = config.audit_log
+        if os.path.exists(audit):
+            needs[(audit, "w", "the audit log")] = None
+        else:
+            needs[(os.path.dirname(audit), "wx", "the audit log's directory")] = None
     for program in programs:
         yield from check_forced_command(account, program)
     yield from access_findings(account, "keys", list(needs))
