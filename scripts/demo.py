@@ -3,9 +3,12 @@
 1. a small git project with a test suite, published to an "upstream" repository;
 2. a generated config, host key and developer key; ``tryssh serve --consume`` on a free
    loopback port, with a builder that applies the patch to a fresh clone and runs the tests;
-3. a developer's clone with an uncommitted change, submitted with ``tryssh try --wait``;
-4. a second, broken change, to show a failing build;
-5. everything stopped and removed (``--keep`` keeps the directory to look at).
+3. a developer's clone with an uncommitted change, submitted with ``tryssh try --wait
+   --follow``: the build's output streams back over SSH as it runs;
+4. a second, broken change: ``tryssh try --wait`` shows the failing build's log and why,
+   fetched over SSH (the demo never reads the server's files);
+5. ``tryssh jobs``: alice's jobs, as the server answers for her;
+6. everything stopped and removed (``--keep`` keeps the directory to look at).
 
 Run it with ``scripts/demo`` (which sets up the virtualenv first).
 """
@@ -144,14 +147,6 @@ def wait_for_ready(proc: subprocess.Popen[str], deadline: float) -> str:
     raise SystemExit("demo: tryssh serve did not get ready in time")
 
 
-def show_build_log(root: Path) -> None:
-    """Print the newest build log, as the builder wrote it."""
-    logs = sorted((root / "jobdir" / "logs").glob("*/*.log"), key=lambda p: p.stat().st_mtime)
-    if logs:
-        print(f"{DIM}--- {logs[-1].name} (the builder's output) ---{RESET}")
-        print(textwrap.indent(logs[-1].read_text(errors="replace"), "  "), end="")
-
-
 def copy_lines(proc: subprocess.Popen[str], path: Path) -> None:
     assert proc.stdout is not None
     with open(path, "w", buffering=1) as log:  # line-buffered: readable while running
@@ -209,25 +204,26 @@ def main() -> int:
         pump = threading.Thread(target=copy_lines, args=(server, root / "serve.log"), daemon=True)
         pump.start()
 
-        try_cmd = [
-            TRYSSH, "try", "--host", "127.0.0.1", "--port", str(port), "-u", "alice",
+        connection = [
+            "--host", "127.0.0.1", "--port", str(port), "-u", "alice",
             "-i", str(root / "alice_key"), "--known-hosts", str(known_hosts),
-            "-b", "unit", "--wait",
         ]  # fmt: skip
+        try_cmd = [TRYSSH, "try", *connection, "-b", "unit", "--wait"]
 
-        step("Alice changes calc.py without committing, and asks for a try build")
+        step("Alice changes calc.py without committing, and watches her try build live")
         calc = work / "calc.py"
         calc.write_text(calc.read_text() + "\n\ndef sub(a, b):\n    return a - b\n")
-        run([*try_cmd, "-C", "add sub()"], cwd=work)
-        show_build_log(root)
+        run([*try_cmd, "--follow", "-C", "add sub()"], cwd=work)
 
-        step("A broken change: the build fails, and tryssh try says so (exit 1)")
+        step("A broken change: the build fails; --wait shows its log and why (exit 1)")
         calc.write_text(calc.read_text().replace("return a + b", "return a * b"))
         code = run([*try_cmd, "-C", "oops"], cwd=work, check=False)
-        show_build_log(root)
         print(f"tryssh try exited with {code}")
         if code != 1:
             raise SystemExit(f"demo: expected the broken change to fail with 1, got {code}")
+
+        step("Alice's jobs, as the server answers for her")
+        run([TRYSSH, "jobs", "--all-states", *connection], cwd=work)
 
         step("Stop the server (SIGTERM: in-flight work finishes first)")
         server.send_signal(signal.SIGTERM)

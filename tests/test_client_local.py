@@ -263,7 +263,7 @@ def test_wait_for_shows_changes_and_stops_on_a_final_state() -> None:
         "job J: running",
         "  u: running",
         "job J: failure",
-        "  u: failure (log /l)",
+        "  u: failure",
     ]
 
 

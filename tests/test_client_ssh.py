@@ -510,6 +510,8 @@ FAKE_STATUS = """\
 # script of states, one per call, so that --wait sees the job move.
 import json, os, shlex, sys
 words = shlex.split(os.environ.get("SSH_ORIGINAL_COMMAND", ""))
+if "watch" in words or "log" in words:  # an older tryserver: --wait falls back to polling
+    sys.exit(print("tryserver: command refused: unknown request 'watch'", file=sys.stderr) or 64)
 if "status" not in words:
     os.execv({tryserver!r}, [{tryserver!r}, "--jobdir", {jobdir!r}, "--user", "alice"])
 job = words[words.index("status") + 1]

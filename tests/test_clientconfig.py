@@ -108,10 +108,13 @@ quiet = false
 accept_new_host_key = true
 known_hosts = "~/kh"
 timeout = 12
+follow = true
+tail_lines = 50
 """,
     )
     values = load_config_file(str(path))
     assert set(values) == set(KEYS)
+    assert values["follow"] is True and values["tail_lines"] == 50
     assert values["tryserver_cmd"] == "/usr/bin/tryserver"
     assert values["jobdir"] == "~/jobs"  # a remote path: not expanded here
     assert values["known_hosts"] == os.path.expanduser("~/kh")

@@ -51,10 +51,14 @@ def test_demo_runs_end_to_end() -> None:
     code, out = run_demo()
     assert code == 0, out
     # The good change builds and its tests pass; the broken one fails with exit 1.
-    assert re.search(r"unit: success \(log ", out)
-    assert re.search(r"unit: failure \((exit status 1; )?log ", out)
+    assert "unit: success" in out
+    assert "unit: failure (exit status 1)" in out
     assert "tryssh try exited with 1" in out
-    assert "Ran 1 test" in out and "FAILED" in out
+    # The builds' output came back over SSH: live (--follow), then the failure's log tail.
+    assert "Ran 1 test" in out and "FAILED (failures=1)" in out
+    assert "--- unit: last 30 lines of the log ---" in out
+    assert "/jobdir/logs/" not in out  # no server path is shown to the developer
+    assert out.count("unit=success") == 1 and out.count("unit=failure") == 1  # tryssh jobs
     assert "tryssh serve exited with 0" in out
     # Nothing is left behind: the temporary directory is gone.
     root = re.search(r"A small git project with tests, in (\S+)", out)

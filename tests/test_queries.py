@@ -88,18 +88,24 @@ def test_jobs_lists_own_recent_jobs_newest_first(site):
     theirs = deliver(site, "bob", ["unit"])
     rejected = deliver(site, "alice", ["secret"])
     consume(site)
-    proc = tryserver(site, b"", "jobs", "--json", text=True)
+    proc = tryserver(site, b"", "jobs", "--all-states", "--json", text=True)
     answer = json.loads(proc.stdout)
     assert answer["user"] == "alice"
     assert [r["job"] for r in answer["jobs"]] == [rejected, *reversed(mine)]
     assert answer["jobs"][0]["state"] == "rejected"
-    text = tryserver(site, b"", "jobs", text=True).stdout.splitlines()
+    text = tryserver(site, b"", "jobs", "--all-states", text=True).stdout.splitlines()
     assert text[0].split("\t")[:2] == [rejected, "rejected"]
-    assert text[1].split("\t") == [mine[2], "success", "main", "unit=success"]
-    assert theirs not in tryserver(site, b"", "jobs", text=True).stdout
-    admin = tryserver(site, b"", "jobs", user=None, text=True).stdout.splitlines()
+    assert text[1].split("\t") == [mine[2], "success", "main", "unit=success", "-"]
+    assert theirs not in tryserver(site, b"", "jobs", "--all-states", text=True).stdout
+    admin = tryserver(site, b"", "jobs", "--all-states", user=None, text=True).stdout
     # The admin sees everyone's jobs, so each line says whose.
-    assert admin[1].split("\t") == [theirs, "bob", "success", "main", "unit=success"]
+    assert admin.splitlines()[1].split("\t") == [theirs, "bob", "success", "main",
+                                                 "unit=success", "-"]  # fmt: skip
+    limited = json.loads(tryserver(site, b"", "jobs", "--all-states", "--limit", "2", "--json",
+                                   text=True).stdout)  # fmt: skip
+    assert [r["job"] for r in limited["jobs"]] == [rejected, mine[2]]
+    # Without --all-states: only what is still queued or running (nothing, here).
+    assert json.loads(tryserver(site, b"", "jobs", "--json", text=True).stdout)["jobs"] == []
 
 
 def test_jobs_limit_is_20(site):
@@ -107,7 +113,8 @@ def test_jobs_limit_is_20(site):
     for i in range(25):
         store.write(new_record(f"{1700000000 + i}.M000000P1Q{i}Rx.h", who="alice",
                                state="success"))  # fmt: skip
-    jobs = json.loads(tryserver(site, b"", "jobs", "--json", text=True).stdout)["jobs"]
+    answer = tryserver(site, b"", "jobs", "--all-states", "--json", text=True)
+    jobs = json.loads(answer.stdout)["jobs"]
     assert len(jobs) == 20 and jobs[0]["job"].startswith("1700000024.")
 
 

@@ -160,3 +160,14 @@ def test_iso_time_is_datetimes_utc_iso_and_reads_back(stamp: float) -> None:
     assert iso_time(stamp, micros=True) == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert iso_time(stamp) == when.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert abs(parse_iso(iso_time(stamp, micros=True)) - micros / 1_000_000) < 1e-6
+
+
+def test_the_cancel_directory_is_group_writable_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store = RecordStore(str(tmp_path / "state")).create()
+    finally:
+        os.umask(old)
+    assert os.stat(store.cancel_dir).st_mode & 0o070 == 0o070  # tryserver writes requests
+    assert store.request_cancel("1700000000.M1P1Q1R1.h", "alice")["by"] == "alice"
+    assert store.cancel_requests() == ["1700000000.M1P1Q1R1.h"]

@@ -23,24 +23,25 @@ def test_sighup_reloads_the_consumer_without_losing_a_build(tmp_path):
         # The admin removes "slow" and adds "lint", then reloads.
         write_config(tmp_path, builders={"lint": {"command": ["true"]}}, users={"*": {}})
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "event=reloaded" in log.read_text(), message=log.read_text)
+        wait_until(lambda: "event=reloaded" in log.read_text(), timeout=30, message=log.read_text)
         second = submit(config, builders=["lint"])
         wait_until(lambda: (store_of(config).read(second) or {}).get("state") == "success",
-                   message=log.read_text)  # fmt: skip
+                   timeout=30, message=log.read_text)  # fmt: skip
 
         # A broken config is refused, logged, and the one in use stays.
         config.write_text(config.read_text() + "[builders.bad]\ncommand = []\n")
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "event=reload-failed" in log.read_text(), message=log.read_text)
+        wait_until(lambda: "event=reload-failed" in log.read_text(), timeout=30,
+                   message=log.read_text)
         third = submit(config, builders=["lint"])
         wait_until(lambda: (store_of(config).read(third) or {}).get("state") == "success",
-                   message=log.read_text)  # fmt: skip
+                   timeout=30, message=log.read_text)  # fmt: skip
         assert proc.poll() is None, "SIGHUP must not stop the consumer"
 
         # The first build, started under the old config, finishes under it.
         (tmp_path / "go").touch()
         wait_until(lambda: (store_of(config).read(first) or {}).get("state") == "success",
-                   message=log.read_text)  # fmt: skip
+                   timeout=30, message=log.read_text)  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "try": ("tryssh.cli.try_", "try_cmd"),
     "status": ("tryssh.cli.try_", "status_cmd"),
     "builders": ("tryssh.cli.try_", "builders_cmd"),
+    "log": ("tryssh.cli.results", "log_cmd"),
+    "jobs": ("tryssh.cli.results", "jobs_cmd"),
+    "cancel": ("tryssh.cli.results", "cancel_cmd"),
     "consume": ("tryssh.cli.consume", "consume_cmd"),
     "gc": ("tryssh.cli.consume", "gc_cmd"),
     "serve": ("tryssh.cli.serve", "serve_cmd"),
@@ -41,8 +44,11 @@ tryssh: send a change you have not committed to a CI master over SSH and have it
 \b
 Developer:
   tryssh try -b unit              submit the working tree's change (git, hg, svn)
-  tryssh try --wait               ... and wait for the builders' results
-  tryssh status JOB               ask how a job is doing
+  tryssh try --wait               ... and wait for the builders' results (--follow: live)
+  tryssh status JOB               ask how a job is doing (--wait: wait for it again)
+  tryssh log JOB [-b BUILDER]     a builder's log (--follow while it runs)
+  tryssh jobs                     your queued and running jobs (--all-states: all)
+  tryssh cancel JOB               stop one of your jobs
   tryssh builders                 list the builders you may use
 \b
 Master side:
@@ -56,9 +62,10 @@ Master side:
   tryssh hostkey                  the host keys as known_hosts lines, for developers
 
 \b
-Exit codes: 0 ok, 1 a build failed, 64 usage or refused command, 65 bad job data,
-66 no such file or job, 69 a needed program is missing, 73 cannot create,
-75 temporary failure, 77 permission denied or refused by policy, 78 config error.
+Exit codes: 0 ok, 1 a build failed, 2 nothing to cancel (finished), 64 usage or refused
+command, 65 bad job data, 66 no such file or job, 69 a needed program is missing,
+73 cannot create, 75 temporary failure, 77 permission denied or refused by policy,
+78 config error, 130 interrupted.
 """
 
 

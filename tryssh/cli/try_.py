@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from tryssh.errors import EX_OK, TempFail, UsageError
+from tryssh.errors import EX_OK, TempFail, TrysshError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ master's Try_Jobdir reads it as well as tryssh's consumer.
 Examples:
   tryssh try --host ci -b unit                 ssh to "ci" (from ~/.ssh/config)
   tryssh try --host ci -b unit -b lint --wait  ... and wait for the results
+  tryssh try --host ci -b unit --wait --follow ... showing the build's output live
   tryssh try --dry-run                         show what would be sent
   git diff main | tryssh try --diff - --baserev main -p 1 --host ci
   tryssh try -c scp --host ci --jobdir /srv/tryssh/jobdir    sftp account
@@ -75,9 +76,19 @@ Examples:
 Settings come from the command line, then ./.tryssh.toml (walking up), then
 ~/.config/tryssh/config.toml, then Buildbot's .buildbot/options (read, never executed).
 Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unless
---accept-new-host-key. Exit codes: 0 delivered (with --wait: every build succeeded),
-1 a build failed, 64 usage, 65 bad/empty job, 75 connection or server trouble,
-77 refused (host key, login, policy), 78 config error.
+--accept-new-host-key.
+
+
+--wait asks the server to tell each change as it happens (one SSH session for the whole
+wait; a lost connection is resumed). When a builder fails it shows the last lines of its
+log (--tail-lines) and why; --follow streams the logs live instead. Ctrl-C stops only the
+waiting: the job goes on (tryssh status --wait JOB picks it up again).
+
+
+Exit codes: 0 delivered (with --wait: every build succeeded), 1 a build failed,
+64 usage, 65 bad/empty job, 66 no such job, 75 connection or server trouble (with --wait:
+an error, an interrupted or cancelled job, or --wait-timeout), 77 refused (host key,
+login, policy), 78 config error, 130 interrupted (Ctrl-C).
 """
 
 
@@ -154,6 +165,98 @@ def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How --wait shows what happens: live logs, the tail of a failure, colour."""
+    options = [
+        click.option("--follow/--no-follow", default=False,
+                     help="With --wait: stream the builders' output live (prefixed by the "
+                     "builder's name when there are several); setting: follow = true."),
+        click.option("--tail-lines", type=click.IntRange(min=0), default=30, show_default=True,
+                     metavar="N", help="With --wait: lines of a failed builder's log to show "
+                     "(0: none); setting: tail_lines."),
+        click.option("--no-color", is_flag=True,
+                     help="No colours (also when NO_COLOR is set or not on a terminal)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def wait_for_job(
+    dest: Destination, conn: Connection | None, job: str, v: dict[str, Any], quiet: bool
+) -> tuple[dict[str, Any], Connection | None]:
+    """Wait until *job* is final; (its record, the connection now open, to be closed).
+
+    Over SSH the server streams the changes (``tryserver watch``); on the master itself
+    (``-c local``/``--config``) the records are read directly, once a second.
+    """
+    echo = None if quiet else echo_stderr
+    from tryssh.client.results import DEFAULT_TAIL_LINES, LiveWait
+
+    tail = v.get("tail_lines")
+    lines = DEFAULT_TAIL_LINES if tail is None else int(tail)
+    if dest.connect == "local" or conn is None:
+        fetch = status_fetcher(dest, None, job)
+        try:
+            record = wait_for(fetch, v.get("wait_timeout"), echo)
+        except KeyboardInterrupt:
+            raise _stopped_waiting(job) from None
+        if echo is not None and dest.config and lines > 0:
+            _local_tails(dest.config, record, lines, echo)
+        return record, None
+    from tryssh.client.display import use_color
+
+    waiter = LiveWait(
+        dest, lambda: open_connection(dest), job, echo, conn=conn,
+        follow=bool(v.get("follow")), tail_lines=lines,
+        color=use_color(sys.stderr, bool(v.get("no_color"))),
+        timeout=v.get("wait_timeout"),
+    )  # fmt: skip
+    try:
+        return waiter.run(), waiter.conn
+    except KeyboardInterrupt:
+        if waiter.conn is not None and waiter.conn is not conn:
+            waiter.conn.close()
+        raise _stopped_waiting(job) from None
+
+
+def _local_tails(config: str, record: dict[str, Any], lines: int,
+                 echo: Callable[[str], None]) -> None:  # fmt: skip
+    """On the master (``--config``): the last *lines* lines of each failed builder's log,
+    read by the server's own ``log`` request."""
+    import io
+
+    from tryssh.client.display import LineFilter
+    from tryssh.core.request import parse_request_words
+    from tryssh.server.results import stream
+    from tryssh.server.tryserver import Options, RequestContext
+
+    for name, info in (record.get("builders") or {}).items():
+        if (info or {}).get("result") not in ("failure", "error"):
+            continue
+        out = io.BytesIO()  # at most *lines* lines
+        ctx = RequestContext(Options(config=config), env={})
+        try:
+            words = ["log", str(record.get("job")), name, "--tail", str(lines)]
+            stream(ctx, parse_request_words(words), out)
+        except TrysshError:
+            continue
+        finally:
+            ctx.close()
+        echo(f"--- {name}: last {lines} lines of the log ---")
+        text = LineFilter()
+        for line in text.feed(out.getvalue()) + text.flush():
+            echo(line)
+
+
+def _stopped_waiting(job: str) -> TrysshError:
+    return TrysshError(
+        f"stopped waiting; job {job} goes on on the server. "
+        f"Pick the wait up again with: tryssh status --wait {job}",
+        130,
+    )
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -253,6 +356,7 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
     metavar="SECONDS",
     help="Stop waiting after this long (exit 75).",
 )
+@_wait_options
 @_connection_options
 @click.pass_context
 def try_cmd(ctx: click.Context, **values: Any) -> None:
@@ -313,8 +417,9 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
                 )
             if not v["as_json"]:
                 click.echo(receipt.job)
-            fetch = status_fetcher(dest, conn, receipt.job)
-            record = wait_for(fetch, v["wait_timeout"], None if quiet else echo_stderr)
+            record, live = wait_for_job(dest, conn, receipt.job, v, quiet)
+            if live is not None and live is not conn:
+                live.close()  # a reconnection made during the wait
         out = receipt.as_dict()
         out["builders"] = job.builder_names or []
         if record is not None:
@@ -360,6 +465,11 @@ def _query(ctx: click.Context, values: dict[str, Any], what: str, job: str | Non
 @click.command("status", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON record.")
+@click.option("--wait", is_flag=True, help="Wait until the job is final (after Ctrl-C, or "
+              "for a job sent without --wait); exit as tryssh try --wait does.")
+@click.option("--wait-timeout", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop waiting after this long (exit 75).")
+@_wait_options
 @_connection_options
 @click.pass_context
 def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> None:
@@ -368,17 +478,37 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
     \b
     Examples:
       tryssh status --host ci 1717171717.M123P45Q1R0a1b2c3d.ci
+      tryssh status --host ci --wait JOB          wait for it (again), live
       tryssh status --config /etc/tryssh/config.toml JOB     on the master
-    Exit codes: 0 succeeded (or still going), 1 a build failed, 77 rejected,
-    75 error or interrupted.
+    Exit codes: 0 succeeded (or, without --wait, still going), 1 a build failed,
+    64 usage, 66 no such job (or not yours), 75 error, interrupted, cancelled or
+    connection trouble, 77 rejected, 78 config error, 130 Ctrl-C during --wait.
     """
+    if values.get("wait"):
+        v = _merge(ctx, values, os.getcwd())
+        quiet = bool(v.get("quiet"))
+        if v.get("master_config"):
+            v["connect"] = "local"
+        dest = _destination(v, quiet=True)
+        conn = None if dest.connect == "local" else open_connection(dest)
+        live = None
+        try:
+            record, live = wait_for_job(dest, conn, job, v, quiet)
+        finally:
+            for opened in {id(c): c for c in (conn, live) if c is not None}.values():
+                opened.close()
+        if as_json:
+            click.echo(json.dumps(record))
+        ctx.exit(exit_code_for(record))
     record = _query(ctx, values, "status", job)
     if not isinstance(record, dict):
         raise TempFail("the server's status answer is not a JSON object")
     if as_json:
         click.echo(json.dumps(record))
     else:
-        click.echo("\n".join(status_lines(record)))
+        from tryssh.client.display import safe_text
+
+        click.echo("\n".join(safe_text(line) for line in status_lines(record, show_log=False)))
     state = str(record.get("state"))
     ctx.exit(EX_OK if state in ACTIVE_STATES else exit_code_for(record))
 

@@ -44,6 +44,8 @@ KEYS: tuple[str, ...] = (
     "accept_new_host_key",
     "known_hosts",
     "timeout",
+    "follow",
+    "tail_lines",
 )
 ALIASES = {"buildbotbin": "tryserver_cmd"}
 
@@ -202,6 +204,8 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "accept_new_host_key": _bool,
     "known_hosts": _string,
     "timeout": _seconds,
+    "follow": _bool,
+    "tail_lines": _int_in(0, 100000),
 }
 _PATH_KEYS = ("identity", "known_hosts")
 

@@ -28,6 +28,7 @@ STATE_EXIT: dict[str, int] = {
     "rejected": EX_NOPERM,
     "error": EX_TEMPFAIL,
     "interrupted": EX_TEMPFAIL,
+    "cancelled": EX_TEMPFAIL,
 }
 
 
@@ -44,7 +45,8 @@ def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
 
 
 def exit_code_for(record: JobRecord) -> int:
-    """0 every build succeeded, 1 a build failed, 77 rejected, 75 error/interrupted."""
+    """0 every build succeeded, 1 a build failed, 77 rejected, 75 error, interrupted or
+    cancelled."""
     return STATE_EXIT.get(str(record.get("state")), EX_TEMPFAIL)
 
 
@@ -54,12 +56,15 @@ def wait_for(
     echo: Callable[[str], None] | None,
     interval: float = WAIT_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
+    max_interval: float | None = None,
+    on_record: Callable[[JobRecord], None] | None = None,
 ) -> JobRecord:
     """Poll *fetch* until the job reaches a final state; show changes through *echo*.
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
     connection, server busy) is retried until then; a refusal (:data:`REFUSALS`: 64, 77, or
-    66 when the server has no such job of yours) is final.
+    66 when the server has no such job of yours) is final. With *max_interval* the interval
+    doubles after each poll up to it (backoff); *on_record* replaces the echo of changes.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -74,14 +79,19 @@ def wait_for(
                 echo(f"status not available yet: {err.message}")
             last_error = err.message
             record = None
-        if record is not None:
+        if record is not None and on_record is not None:
+            last_error = ""
+            on_record(record)
+            if record.get("state") in FINAL_STATES:
+                return record
+        elif record is not None:
             last_error = ""
             state = str(record.get("state"))
             if echo is not None and seen.get("") != state:
                 echo(head_line(record))
             seen[""] = state
             for name, info in (record.get("builders") or {}).items():
-                line = builder_line(name, info or {})
+                line = builder_line(name, info or {}, show_log=False)
                 if echo is not None and seen.get(name) != line:
                     echo(line)
                 seen[name] = line
@@ -90,6 +100,8 @@ def wait_for(
         if deadline is not None and time.monotonic() + interval > deadline:
             raise TempFail(f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on")
         sleep(interval)
+        if max_interval is not None:
+            interval = min(interval * 2, max_interval)
 
 
 def echo_stderr(line: str) -> None:

@@ -34,25 +34,33 @@ def details_line(record: JobRecord | Mapping[str, Any]) -> str | None:
     return "  " + "  ".join(details) if details else None
 
 
-def builder_line(name: str, entry: BuilderEntry | Mapping[str, Any]) -> str:
-    """``  NAME: RESULT`` once done (else its state), with its reason and log."""
+def builder_line(
+    name: str, entry: BuilderEntry | Mapping[str, Any], show_log: bool = True
+) -> str:
+    """``  NAME: RESULT`` once done (else its state), with its reason, a cancel that came
+    too late, its log (unless *show_log* is false: a developer cannot read the master's
+    files) and its link (``url``) when the builder kind has one."""
     state = entry.get("state") or "?"
     result = entry.get("result")
     notes = [str(entry["reason"])] if entry.get("reason") else []
-    if entry.get("log"):
+    if entry.get("cancel"):
+        notes.append(str(entry["cancel"]))
+    if show_log and entry.get("log"):
         notes.append(f"log {entry['log']}")
     text = f"  {name}: {result if state == 'done' and result else state}"
-    return text + (f" ({'; '.join(notes)})" if notes else "")
+    text += f" ({'; '.join(notes)})" if notes else ""
+    return text + (f"  {entry['url']}" if entry.get("url") else "")
 
 
-def status_lines(record: JobRecord | Mapping[str, Any]) -> list[str]:
-    """The whole status of one job, one string per line (no newlines)."""
+def status_lines(record: JobRecord | Mapping[str, Any], show_log: bool = True) -> list[str]:
+    """The whole status of one job, one string per line (no newlines); the builders' log
+    paths unless *show_log* is false (the client's view: ``tryssh log`` brings logs)."""
     lines = [head_line(record)]
     details = details_line(record)
     if details:
         lines.append(details)
     builders = record.get("builders") or {}
-    lines.extend(builder_line(name, entry or {}) for name, entry in builders.items())
+    lines.extend(builder_line(name, entry or {}, show_log) for name, entry in builders.items())
     return lines
 
 
@@ -62,17 +70,19 @@ def format_status(record: JobRecord | Mapping[str, Any]) -> str:
 
 
 def format_jobs(records: list[JobRecord], show_who: bool = False) -> str:
-    """One line per job: name, state, branch, builders with results (tab-separated); with
-    *show_who* (the admin's view of everyone's jobs) the user comes after the name."""
+    """One line per job: name, state, branch, builders with results, comment (tab-separated;
+    the comment on one line, at most 60 characters). With *show_who* (the admin's view of
+    everyone's jobs) the user comes after the name."""
     lines = []
     for record in records:
         results = ",".join(
             f"{n}={e.get('result') or e.get('state')}"
             for n, e in (record.get("builders") or {}).items()
         )
+        comment = " ".join(str(record.get("comment") or "").split())[:60]
         who = f"{record.get('who') or '-'}\t" if show_who else ""
         lines.append(
             f"{record['job']}\t{who}{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\n"
+            f"{results or '-'}\t{comment or '-'}\n"
         )
     return "".join(lines)

@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
     #: A job's state: queued or running while active, then one of the final states.
     JobState = Literal["queued", "running", "success", "failure", "error", "rejected",
-                       "interrupted"]  # fmt: skip
+                       "interrupted", "cancelled"]  # fmt: skip
     #: A builder's progress within a job, and its result once ``done``.
     BuilderState = Literal["pending", "running", "done"]
-    Result = Literal["success", "failure", "error"]
+    Result = Literal["success", "failure", "error", "cancelled"]
 
     class BuilderEntry(TypedDict):
         """One ``builders.NAME`` entry of a record."""
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
         finished: str | None
         attempt: int
         reason: NotRequired[str | None]  # why it ended as it did (error, failure)
+        cancel: NotRequired[str]  # it had finished, or was sent, before a cancel took effect
+        url: NotRequired[str]  # where the build can be seen, for kinds that have one
 
     class JobRecord(TypedDict):
         """The record of one job, as stored in ``STATE_DIR`` and answered by ``status``."""
@@ -74,10 +76,12 @@ if TYPE_CHECKING:
         finished: str | None
         updated: str | None
         builders: dict[str, BuilderEntry]
+        cancelled: NotRequired[dict[str, Any]]  # by whom and when a cancel was asked
 
 
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
-FINAL_STATES: tuple[JobState, ...] = ("success", "failure", "error", "rejected", "interrupted")
+FINAL_STATES: tuple[JobState, ...] = ("success", "failure", "error", "rejected", "interrupted",
+                                      "cancelled")  # fmt: skip
 RECORD_MODE = 0o640
 INTERRUPTED = "interrupted (consumer restarted)"
 
@@ -152,9 +156,12 @@ def builder_entry(**fields: Any) -> BuilderEntry:
 def overall_state(record: JobRecord) -> JobState:
     """The final job state from its builders' results.
 
-    ``interrupted`` wins (a consumer died under a build), then ``error`` (the
-    infrastructure failed), then ``failure`` (a build failed), else ``success``.
+    ``cancelled`` wins (someone asked: see :func:`request_cancel`), then ``interrupted``
+    (a consumer died under a build), then ``error`` (the infrastructure failed), then
+    ``failure`` (a build failed), else ``success``.
     """
+    if record.get("cancelled"):
+        return "cancelled"
     entries = list(record["builders"].values())
     if any(e.get("reason") == INTERRUPTED for e in entries):
         return "interrupted"
@@ -172,12 +179,14 @@ class RecordStore:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.abspath(state_dir)
         self.active = os.path.join(self.path, "active")
+        self.cancel_dir = os.path.join(self.path, "cancel")
 
     def create(self) -> RecordStore:
         """Make the directories (setgid group-shared like the jobdir) if missing."""
         try:
-            for path in (self.path, self.active):
+            for path in (self.path, self.active, self.cancel_dir):
                 os.makedirs(path, mode=0o2770, exist_ok=True)
+            self._share_cancel_dir()
         except OSError as err:
             raise TrysshError(
                 f"cannot create state directory {self.path}: {err.strerror}",
@@ -263,11 +272,79 @@ class RecordStore:
 
     def remove(self, job: str) -> None:
         """Delete every file the store keeps for *job* (gc)."""
-        for path in (self.final_path(job), self.active_path(job)):
+        for path in (self.final_path(job), self.active_path(job), self.cancel_path(job)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+    # -- cancel requests --
+    #
+    # ``tryserver cancel JOB`` (running as the try account) cannot signal the consumer's
+    # builds; it leaves a request, ``STATE_DIR/cancel/JOB``, written like a record
+    # (tmp + fsync + rename), which the consumer watches. The request is durable: a
+    # consumer that starts later (or restarts) still sees it and does not run the job's
+    # pending builders. The consumer removes it once the job's final record is written.
+
+    def _share_cancel_dir(self) -> None:
+        """tryserver, another user of the group, writes cancel requests: the directory must
+        be group-writable whatever the umask of whoever made it."""
+        try:
+            if os.stat(self.cancel_dir).st_uid == os.geteuid():
+                os.chmod(self.cancel_dir, 0o2770)  # noqa: S103 - the group, never others
+        except FileNotFoundError:
+            pass
+
+    def cancel_path(self, job: str) -> str:
+        return os.path.join(self.cancel_dir, job)
+
+    def request_cancel(self, job: str, by: str | None) -> dict[str, Any]:
+        """Leave a cancel request for *job*; an earlier request for it is kept."""
+        if not is_job_name(job):
+            raise TrysshError(f"not a job name: {job!r}")
+        existing = self.cancel_request(job)
+        if existing is not None:
+            return existing
+        request = {"job": job, "by": by, "requested": now_iso()}
+        try:
+            os.makedirs(self.cancel_dir, mode=0o2770, exist_ok=True)
+            self._share_cancel_dir()
+            tmp = os.path.join(self.cancel_dir, f".{job}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o660)  # fmt: skip
+            try:
+                os.fchmod(fd, 0o660)
+                os.write(fd, json.dumps(request).encode("utf-8") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.cancel_path(job))
+            fsync_dir(self.cancel_dir)
+        except OSError as err:
+            raise TrysshError(
+                f"cannot record the cancel request: {err.strerror}", exit_code_for_oserror(err)
+            ) from None
+        return request
+
+    def cancel_request(self, job: str) -> dict[str, Any] | None:
+        """The pending cancel request of *job*, or None."""
+        if not is_job_name(job):
+            return None
+        return _load(self.cancel_path(job))
+
+    def cancel_requests(self) -> list[str]:
+        """Jobs with a pending cancel request."""
+        try:
+            return [n for n in os.listdir(self.cancel_dir) if is_job_name(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def forget_cancel(self, job: str) -> None:
+        try:
+            os.unlink(self.cancel_path(job))
+        except FileNotFoundError:
+            pass
 
 
 class JobLock:

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -76,6 +77,29 @@ class BuildContext:
         self.builder = builder
         self.log_path = log_path
         self.attempt = attempt
+        self.cancelled_by: str | None = None  # set by cancel()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def cancel(self, by: str) -> None:
+        """Stop this build: its whole process group gets SIGTERM, then SIGKILL after
+        KILL_GRACE seconds if it is still there. Safe from any thread, any time."""
+        with self._lock:
+            if self.cancelled_by is not None:
+                return
+            self.cancelled_by = by
+            proc = self._proc
+        if proc is not None:
+            _stop_group(proc)
+
+    def started(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Note the build's process; False (and stop it) if a cancel came first."""
+        with self._lock:
+            self._proc = proc
+            cancelled = self.cancelled_by is not None
+        if cancelled:
+            _stop_group(proc)
+        return not cancelled
 
     def job_fields(self) -> dict[str, Any]:
         """The job's fields, as the webhook body and the environment describe them."""
@@ -181,6 +205,7 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
             )
         except OSError as err:
             return Outcome("error", reason=f"cannot run {argv[0]}: {err.strerror}")
+        ctx.started(proc)
         try:
             status = proc.wait(timeout=ctx.builder.timeout)
         except subprocess.TimeoutExpired:
@@ -192,6 +217,8 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
             # Whatever the build left running in its group goes too.
             _signal_group(proc.pid, signal.SIGKILL)
         _note(log, f"exit status {status} after {time.monotonic() - start:.2f}s")
+        if ctx.cancelled_by is not None:
+            return Outcome("cancelled", exit=status, reason=f"cancelled by {ctx.cancelled_by}")
         if status == 0:
             return Outcome("success", exit=0)
         if status < 0:
@@ -206,6 +233,19 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the group now, SIGKILL after KILL_GRACE unless the build has ended."""
+    _signal_group(proc.pid, signal.SIGTERM)
+
+    def kill() -> None:
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(KILL_GRACE, kill)
+    timer.daemon = True
+    timer.start()
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

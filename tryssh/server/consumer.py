@@ -95,6 +95,8 @@ class _JobRun:
         self.job: Job | None = None
         self.remaining = 0
         self.done = threading.Event()
+        self.cancelled: dict[str, Any] | None = None  # the cancel request, once seen
+        self.contexts: dict[str, builders_mod.BuildContext] = {}  # builds started
 
 
 class Consumer:
@@ -132,6 +134,8 @@ class Consumer:
         self._extra_threads: list[threading.Thread] = []
         self._last_gc: float | None = None
         self.processed = 0  # jobs this consumer finished (any final state)
+        self._runs: dict[str, _JobRun] = {}  # jobs whose builders run here, for cancel
+        self._runs_lock = threading.Lock()
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
         self._reload_wanted = threading.Event()
         self._last_heartbeat: float | None = None
@@ -231,6 +235,7 @@ class Consumer:
         if self.use_inotify:
             try:
                 watcher = Inotify(self.jobdir.new)
+                watcher.add(self.store.cancel_dir)
             except OSError as err:
                 self.log(WARNING, event="inotify-unavailable", reason=str(err),
                          poll_interval=self.poll_interval)  # fmt: skip
@@ -244,6 +249,7 @@ class Consumer:
                 if self._reload_wanted.is_set():
                     self._reload_wanted.clear()
                     self.reload()
+                self._check_cancels()
                 self._drain()
                 self._heartbeat()
                 if once and self._idle_and_empty():
@@ -341,8 +347,54 @@ class Consumer:
         while not self._stop.is_set():
             if self._slots.acquire(timeout=0.2):
                 return True
-            self._heartbeat()  # every slot busy with long builds: still alive
+            self._check_cancels()  # every slot busy: still notice cancel requests
+            self._heartbeat()  # and still alive
         return False
+
+    # -- cancel requests --
+
+    def _check_cancels(self) -> None:
+        """Carry out the cancel requests (``STATE_DIR/cancel/JOB``) of jobs running here;
+        drop the requests of jobs that are final. Others wait for their job's claim."""
+        for name in self.store.cancel_requests():
+            with self._runs_lock:
+                run = self._runs.get(name)
+            if run is not None:
+                request = self.store.cancel_request(name)
+                if request is not None:
+                    self._cancel(run, request)
+                continue
+            record = self.store.read(name)
+            if record is not None and record.get("state") in FINAL_STATES:
+                self.store.forget_cancel(name)
+
+    def _register(self, run: _JobRun) -> None:
+        """Make *run* cancellable; then look for a request that came before (race-free:
+        a request written later is seen by _check_cancels, which runs after its event)."""
+        with self._runs_lock:
+            self._runs[run.name] = run
+        request = self.store.cancel_request(run.name)
+        if request is not None:
+            self._cancel(run, request)
+
+    def _cancel(self, run: _JobRun, request: dict[str, Any]) -> None:
+        """Stop *run*: pending builders will not start, running commands are stopped
+        (their process group: TERM, then KILL); a webhook or forward already sent stays
+        sent and its entry says so."""
+        by = str(request.get("by") or "?")
+        with run.lock:
+            if run.cancelled is not None or run.record.get("state") in FINAL_STATES:
+                return
+            run.cancelled = request
+            run.record["cancelled"] = {"by": by, "requested": request.get("requested"),
+                                       "seen": now_iso()}  # fmt: skip
+            run.record["reason"] = f"cancelled by {by}"
+            contexts = list(run.contexts.values())
+            if run.written:
+                self._write(run)
+        self.log(NOTICE, job=run.name, who=run.record.get("who"), event="cancel", by=by)
+        for ctx in contexts:
+            ctx.cancel(by)
 
     def _submit(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
         with self._in_flight_lock:
@@ -409,12 +461,15 @@ class Consumer:
                 assert lock.fd is not None
                 run = self._fresh(name, path, lock.fd, config)
             if run is not None:
+                self._register(run)
                 self._run_builders(run)
         except Exception as err:
             self.log(ERR, job=name, event="internal-error", reason=f"{type(err).__name__}: {err}")
             if run is not None:
                 self._fail_run(run, f"internal error: {type(err).__name__}: {err}")
         finally:
+            with self._runs_lock:
+                self._runs.pop(name, None)
             lock.release()
             self._finished_job()
 
@@ -570,25 +625,34 @@ class Consumer:
                 if not run.written:
                     self._write(run)
             self.log(DEBUG, job=run.name, builder=bname, event="waiting-for-slot")
-            slots.acquire()
+            while not slots.acquire(timeout=0.25):
+                if run.cancelled is not None:  # cancelled while it waited: never starts
+                    self._builder_done(run, bname, _cancelled_outcome(run))
+                    return
         try:
+            ctx = None
             with run.lock:
-                entry.update(state="running", started=now_iso())
-                record = run.record
-                record["state"] = "running"
-                record["started"] = record["started"] or entry["started"]
-                self._write(run)  # durable before the build starts: a crash can tell
-            self.log(INFO, job=run.name, who=run.record.get("who"), state="running",
-                     builder=bname, attempt=entry.get("attempt"))  # fmt: skip
-            assert run.job is not None
-            ctx = builders_mod.BuildContext(
-                config, run.name, run.job, run.path, builder, entry["log"],
-                attempt=int(entry.get("attempt") or 1),
-            )  # fmt: skip
-            try:
-                outcome = self.runner(ctx)
-            except Exception as err:
-                outcome = builders_mod.Outcome("error", reason=f"internal error: {err}")
+                if run.cancelled is None:
+                    entry.update(state="running", started=now_iso())
+                    record = run.record
+                    record["state"] = "running"
+                    record["started"] = record["started"] or entry["started"]
+                    self._write(run)  # durable before the build starts: a crash can tell
+                    assert run.job is not None
+                    ctx = builders_mod.BuildContext(
+                        config, run.name, run.job, run.path, builder, entry["log"],
+                        attempt=int(entry.get("attempt") or 1),
+                    )  # fmt: skip
+                    run.contexts[bname] = ctx  # from now on a cancel stops it
+            if ctx is None:
+                outcome = _cancelled_outcome(run)
+            else:
+                self.log(INFO, job=run.name, who=run.record.get("who"), state="running",
+                         builder=bname, attempt=entry.get("attempt"))  # fmt: skip
+                try:
+                    outcome = self.runner(ctx)
+                except Exception as err:
+                    outcome = builders_mod.Outcome("error", reason=f"internal error: {err}")
         finally:
             slots.release()
         self._builder_done(run, bname, outcome)
@@ -600,6 +664,13 @@ class Consumer:
                          finished=now_iso())  # fmt: skip
             if outcome.reason:
                 entry["reason"] = outcome.reason
+            if run.cancelled is not None and outcome.result != "cancelled":
+                builder = (run.config or self.config).builders.get(bname)
+                entry["cancel"] = (
+                    "already sent: a cancel cannot take it back"
+                    if builder is not None and builder.kind in ("webhook", "forward")
+                    else "finished before the cancel took effect"
+                )
             run.remaining -= 1
             last = run.remaining <= 0
             self.log(INFO, job=run.name, who=run.record.get("who"), builder=bname,
@@ -634,6 +705,15 @@ class Consumer:
     def _write(self, run: _JobRun) -> None:
         self.store.write(run.record)
         run.written = True
+        if run.record["state"] in FINAL_STATES and (
+            run.cancelled is not None or self.store.cancel_request(run.name) is not None
+        ):
+            self.store.forget_cancel(run.name)  # carried out, or too late: done with it
+
+
+def _cancelled_outcome(run: _JobRun) -> builders_mod.Outcome:
+    by = (run.cancelled or {}).get("by") or "?"
+    return builders_mod.Outcome("cancelled", reason=f"cancelled by {by}")
 
 
 def _read_all(fd: int, size: int) -> bytes:

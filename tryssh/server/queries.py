@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tryssh.server.config import Config
 
 JOBS_LIMIT = 20
+MAX_JOBS_LIMIT = 1000
 
 
 class NoSuchJob(TrysshError):
@@ -44,24 +45,31 @@ def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | 
     everything)."""
     if request.verb == "builders":
         return _builders(request, config, user)
-    job_path, state_dir = _dirs(config, jobdir)
+    job_path, state_dir, _log_dir = state_dirs(config, jobdir)
     if request.verb == "status":
         if not request.job:
             raise UsageError("status needs a job name")
         record = job_status(job_path, state_dir, request.job, user)
         return json.dumps(record) + "\n" if request.json else format_status(record)
     if request.verb == "jobs":
-        records = recent_jobs(state_dir, user, JOBS_LIMIT)
+        limit = min(request.limit or JOBS_LIMIT, MAX_JOBS_LIMIT)
+        if request.all_states:
+            records = recent_jobs(state_dir, user, limit)
+        else:
+            records = active_jobs(state_dir, user, limit)
         if request.json:
-            return json.dumps({"user": user, "jobs": records}) + "\n"
+            return json.dumps({"user": user, "all_states": request.all_states,
+                               "jobs": records}) + "\n"  # fmt: skip
         return format_jobs(records, show_who=user is None)
     raise UsageError(f"{request.verb} is not available on this server")
 
 
-def _dirs(config: Config | None, jobdir: Jobdir) -> tuple[str, str]:
+def state_dirs(config: Config | None, jobdir: Jobdir) -> tuple[str, str, str]:
+    """The jobdir, the state (records) directory and the log directory the server reads."""
     if config is not None:
-        return config.jobdir, config.state_dir
-    return jobdir.path, os.path.join(jobdir.path, defaults.STATE_DIR)
+        return config.jobdir, config.state_dir, config.log_dir
+    return (jobdir.path, os.path.join(jobdir.path, defaults.STATE_DIR),
+            os.path.join(jobdir.path, defaults.LOG_DIR))  # fmt: skip
 
 
 def _builders(request: Request, config: Config | None, who: str | None) -> str:
@@ -139,6 +147,18 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
         if len(found) >= limit:
             break
     return found
+
+
+def active_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[dict[str, Any]]:
+    """Up to *limit* queued or running records of *user* (everyone's when None), newest
+    first."""
+    from tryssh.core.records import RecordStore
+
+    records = [
+        r for r in RecordStore(state_dir).active_records()
+        if user is None or r.get("who") == user
+    ]  # fmt: skip
+    return records[::-1][:limit]
 
 
 def local_query(config_path: str, what: str, job: str | None = None) -> Any:

@@ -261,15 +261,17 @@ class ChannelStdin:
 
 
 class ChannelStdout:
-    """The channel's data as a text stdout."""
+    """The channel's data as a text stdout (``buffer``: the same channel, for bytes)."""
 
     def __init__(self, channel: paramiko.Channel, touch: Callable[[], None]) -> None:
         self.channel = channel
         self.touch = touch
+        self.buffer = self
 
-    def write(self, text: str) -> int:
+    def write(self, text: str | bytes) -> int:
+        data = text.encode("utf-8") if isinstance(text, str) else text
         try:
-            self.channel.sendall(text.encode("utf-8"))
+            self.channel.sendall(data)
         except TimeoutError:
             raise TempFail("client stopped reading: idle timeout") from None
         self.touch()
@@ -467,8 +469,24 @@ class ClientHandler(paramiko.ServerInterface):
             )
             self.workers[channel.get_id()] = worker
             self.requests += 1
-        worker.start()
+        # Not started here: paramiko sends the reply that accepts the exec only after this
+        # returns, and a fast worker would otherwise send its exit status and close the
+        # channel first (the client then sees "Channel closed"). _channel_request starts it.
         return True
+
+    def _channel_request(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
+        """paramiko's handler of a channel request, then the exec's worker, if one waits.
+
+        Installed in the transport's handler table: it runs in the transport's thread, so
+        by the time ``Channel._handle_request`` returns its reply has been sent.
+        """
+        paramiko.Channel._handle_request(channel, message)
+        with self._lock:
+            worker = self.workers.get(channel.get_id())
+            start = worker is not None and worker.ident is None
+        if start:
+            assert worker is not None
+            worker.start()
 
     def _run_exec(self, channel: paramiko.Channel, command: bytes) -> None:
         user = self.user
@@ -555,6 +573,10 @@ class ClientHandler(paramiko.ServerInterface):
         transport = paramiko.Transport(self.sock)
         self.transport = transport
         transport.add_server_key(self.server.host_key)
+        # Per transport, not paramiko's class-wide table: start exec workers after the reply.
+        handlers = dict(transport._channel_handler_table)
+        handlers[paramiko.common.MSG_CHANNEL_REQUEST] = self._channel_request
+        transport._channel_handler_table = handlers
         transport.banner_timeout = min(30.0, self.auth_timeout)
         transport.handshake_timeout = min(30.0, self.auth_timeout)
         try:
@@ -595,7 +617,8 @@ class ClientHandler(paramiko.ServerInterface):
         with self._lock:
             workers = list(self.workers.values())
         for worker in workers:
-            worker.join(timeout=10)
+            if worker.ident is not None:  # one whose exec reply never went out never ran
+                worker.join(timeout=10)
         self._record_end()
 
     def _note_authenticated(self) -> bool:

@@ -2,7 +2,8 @@
 
     tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
               [--audit-log FILE] [--max-time SECONDS]
-              [deliver | status JOB | builders | jobs] [--json]
+              [deliver | status JOB | builders | jobs | log JOB [BUILDER] | watch JOB
+               | cancel JOB] [--json]
 
 It reads a job from stdin, checks it, pins ``who`` to ``--user`` and delivers it into
 the jobdir; on success it prints the job's name. Under sshd (SSH_ORIGINAL_COMMAND set)
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from tryssh.server.config import Config
 
+STREAMING = ("log", "watch", "cancel")  # answered by tryssh.server.results
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
@@ -50,7 +52,8 @@ _fadvise = getattr(os, "posix_fadvise", None)  # not on macOS
 USAGE = """\
 usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
                  [--audit-log FILE] [--max-time SECONDS]
-                 [deliver | status JOB | builders | jobs] [--json]
+                 [deliver | status JOB | builders | jobs | log JOB [BUILDER]
+                  | watch JOB | cancel JOB] [--json]
        tryserver --version | --help
 
 Receive a try job on stdin and deliver it into the jobdir (tmp/, then new/).
@@ -71,8 +74,15 @@ requests:
   deliver (default)  read a job from stdin and deliver it; print its name
   status JOB         the state of one of your jobs
   builders           the builders you may use
-  jobs               your recent jobs
-exit codes: 0 ok, 64 usage or refused command, 65 bad job, 66 no such job,
+  jobs [--all-states] [--limit N]
+                     your queued and running jobs (with --all-states: finished ones too)
+  log JOB [BUILDER] [--follow] [--tail N] [--from BYTES]
+                     a builder's log as bytes; --follow streams it until the builder
+                     ends and exits with its result (0 success, 1 failure, 75 error)
+  watch JOB          one line per change of the job's record until it is final
+  cancel JOB         ask the consumer to stop the job (exit 2: it had finished already)
+exit codes: 0 ok, 1 the followed builder failed, 2 nothing to cancel, 64 usage or
+            refused command, 65 bad job, 66 no such job (or builder, or log),
             73 cannot create, 75 temporary failure, 77 permission denied, 78 config error
 """
 
@@ -176,7 +186,7 @@ class RequestContext:
         if "SSH_ORIGINAL_COMMAND" in self.env:
             text = self.env["SSH_ORIGINAL_COMMAND"]
             request = command.parse_ssh_command(text)
-            if request.verb in ("status", "jobs") and not self.opts.user:
+            if request.verb in (*command.JOB_VERBS, "jobs") and not self.opts.user:
                 # Without a pinned user there is no "own" job to show: fail closed.
                 raise PermissionDenied(
                     f"{request.verb} needs a pinned user: add --user NAME to this key's "
@@ -259,7 +269,16 @@ def handle(
     Errors propagate: :func:`run_request` turns them into an outcome and an answer.
     """
     audit_fields["verb"] = request.verb
-    if request.verb == "deliver":
+    code = EX_OK
+    if request.verb in STREAMING:
+        from tryssh.server.results import stream
+
+        audit_fields["job"] = request.job
+        if request.builder:
+            audit_fields["builder"] = request.builder
+        # Logs are bytes: the binary side of stdout (serve's channel has one too).
+        code = stream(ctx, request, stdout.buffer)  # type: ignore[attr-defined]
+    elif request.verb == "deliver":
         receipt = ctx.deliver(stdin)
         audit_fields.update(receipt)
         if request.json:
@@ -275,7 +294,7 @@ def handle(
         stdout.write(answer(request, ctx.config, ctx.jobdir, ctx.opts.user))
     stdout.flush()
     audit_fields["outcome"] = "ok"
-    return EX_OK
+    return code
 
 
 def run_request(

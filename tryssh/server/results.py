@@ -1,0 +1,311 @@
+"""The requests that bring results back: ``log``, ``watch`` and ``cancel``.
+
+- ``log JOB [BUILDER] [--follow] [--tail N] [--from BYTES]`` streams a builder's log as
+  bytes (never a whole-file read); with ``--follow`` it keeps streaming until the builder
+  ends, then exits with the builder's result (0 success, 1 failure, 75 error or cancelled).
+- ``watch JOB [--json]`` blocks on the job's record and writes one line per change (the
+  whole record with ``--json``) until the job is final; a heartbeat line every
+  :data:`HEARTBEAT` seconds keeps the connection (and the waiting developer) alive.
+- ``cancel JOB`` leaves a durable cancel request for the consumer
+  (:meth:`tryssh.core.records.RecordStore.request_cancel`).
+
+Like ``status`` they answer only for the pinned user's own jobs: another user's job, or
+a builder of it, answers exactly like a job that does not exist (66). They wait with
+inotify (:mod:`tryssh.server.inotify`) on the state directory and the job's log directory,
+and poll where inotify is not available.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+
+from tryssh.core.records import FINAL_STATES, RecordStore
+from tryssh.errors import EX_OK, EX_TEMPFAIL, TrysshError, UsageError
+from tryssh.server.queries import NoSuchJob, job_status, state_dirs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
+    from tryssh.core.request import Request
+    from tryssh.server.tryserver import RequestContext
+
+CHUNK = 256 * 1024
+HEARTBEAT = 10.0  # seconds between watch's keepalive lines
+RESCAN = 5.0  # with inotify, still look this often (a missed event costs no more)
+POLL = 0.25  # without inotify
+EX_ALREADY_FINAL = 2  # cancel: the job had finished already; nothing was done
+RESULT_EXIT = {"success": 0, "failure": 1}  # any other builder result: 75
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOG_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class AlreadyFinal(TrysshError):
+    """``cancel`` of a job that has finished: a no-op with its own exit code."""
+
+    exit_code = EX_ALREADY_FINAL
+
+
+def stream(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
+    """Carry out ``log``, ``watch`` or ``cancel``; return the exit code."""
+    if request.verb == "log":
+        return LogStream(ctx, request, out).run()
+    if request.verb == "watch":
+        return watch(ctx, request, out)
+    if request.verb == "cancel":
+        return cancel(ctx, request, out)
+    raise UsageError(f"{request.verb} is not a streaming request")
+
+
+class Waiter:
+    """Sleep until a job's record (or log) may have changed: inotify, else polling."""
+
+    def __init__(self, dirs: list[str]) -> None:
+        self.watched: set[str] = set()
+        try:
+            from tryssh.server.inotify import Inotify
+
+            self.inotify: Any = Inotify()
+        except OSError:  # no inotify, or the account's instances are used up: poll
+            self.inotify = None
+        for path in dirs:
+            self.watch(path)
+
+    def watch(self, path: str) -> None:
+        if self.inotify is None or path in self.watched:
+            return
+        from tryssh.server.inotify import DIRECTORY_EVENTS, IN_MODIFY
+
+        try:
+            self.inotify.add(path, DIRECTORY_EVENTS | IN_MODIFY)
+            self.watched.add(path)
+        except OSError:
+            pass  # not there yet: the caller asks again, and RESCAN/POLL bound the wait
+
+    def wait(self, timeout: float) -> None:
+        if self.inotify is None:
+            time.sleep(max(0.0, min(timeout, POLL)))
+        else:
+            self.inotify.wait(min(timeout, RESCAN))
+
+    def close(self) -> None:
+        if self.inotify is not None:
+            self.inotify.close()
+            self.inotify = None
+
+
+def _write(out: BinaryIO, data: bytes) -> None:
+    out.write(data)
+    out.flush()
+
+
+# -- log ------------------------------------------------------------------------------------
+
+
+class LogStream:
+    """One ``log`` request."""
+
+    def __init__(self, ctx: RequestContext, request: Request, out: BinaryIO) -> None:
+        assert request.job is not None
+        self.jobdir, self.state_dir, self.log_dir = state_dirs(ctx.config, ctx.jobdir)
+        self.user = ctx.opts.user
+        self.request = request
+        self.job = request.job
+        self.out = out
+        self.offset = request.start
+        self.fd: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        return job_status(self.jobdir, self.state_dir, self.job, self.user)
+
+    def builder(self, record: dict[str, Any]) -> str | None:
+        """The builder to show (None: not known yet, the job is still queued)."""
+        builders = record.get("builders") or {}
+        name = self.request.builder
+        if not builders and record.get("state") not in FINAL_STATES:
+            return None  # the consumer has not chosen the builders yet
+        if name is None:
+            if len(builders) == 1:
+                return next(iter(builders))
+            if not builders:
+                raise NoSuchJob(f"job {self.job} has no builders ({record.get('state')})")
+            raise UsageError(
+                f"job {self.job} has several builders: {', '.join(builders)}; name one"
+            )
+        if name not in builders:
+            raise NoSuchJob(
+                f"no builder {name!r} in job {self.job} (its builders: {', '.join(builders)})"
+            )
+        return name
+
+    def run(self) -> int:
+        record = self.record()
+        follow = self.request.follow
+        waiter = (
+            Waiter([self.state_dir, os.path.join(self.state_dir, "active")]) if follow else None
+        )
+        try:
+            while True:
+                name = self.builder(record)
+                if name is not None:
+                    self.copy(name)
+                    entry = record["builders"][name]
+                    done = entry.get("state") == "done" or record.get("state") in FINAL_STATES
+                    if not follow or done:
+                        if done and follow:
+                            self.copy(name)  # what the builder wrote before the record said so
+                        return (
+                            RESULT_EXIT.get(entry.get("result") or "", EX_TEMPFAIL)
+                            if follow
+                            else EX_OK
+                        )
+                elif not follow:
+                    return EX_OK  # nothing logged yet: an empty answer, not an error
+                assert waiter is not None
+                waiter.watch(os.path.join(self.log_dir, self.job))
+                waiter.wait(RESCAN if self.fd is not None else POLL)
+                record = self.record()
+        finally:
+            if waiter is not None:
+                waiter.close()
+            if self.fd is not None:
+                os.close(self.fd)
+
+    def open(self, name: str) -> int | None:
+        """The log's descriptor (None while it does not exist); never through a symlink."""
+        if self.fd is not None:
+            return self.fd
+        try:
+            dir_fd = os.open(os.path.join(self.log_dir, self.job), _DIR_FLAGS)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return None
+            raise NoSuchJob(f"the log of {name} cannot be read: not a directory") from None
+        try:
+            fd = os.open(f"{name}.log", _LOG_FLAGS, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                return None
+            if err.errno == errno.ELOOP:
+                raise NoSuchJob(f"the log of {name} is a symbolic link: not followed") from None
+            raise NoSuchJob(f"the log of {name} cannot be read: {err.strerror}") from None
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NoSuchJob(f"the log of {name} is not a regular file: not read")
+        if self.request.tail is not None:
+            self.offset = max(self.offset, _tail_offset(fd, self.request.tail))
+        self.fd = fd
+        return fd
+
+    def copy(self, name: str) -> None:
+        """Send what the log holds past our offset (in chunks: logs can be huge)."""
+        fd = self.open(name)
+        if fd is None:
+            return
+        if os.fstat(fd).st_size < self.offset:
+            self.offset = 0  # truncated (a new attempt): start again
+        while chunk := os.pread(fd, CHUNK, self.offset):
+            self.offset += len(chunk)
+            _write(self.out, chunk)
+
+
+def _tail_offset(fd: int, lines: int) -> int:
+    """Where the last *lines* lines of the file start (read backwards, block by block)."""
+    end = os.fstat(fd).st_size
+    if lines <= 0:
+        return end
+    position = end
+    newlines = 0
+    if end and os.pread(fd, 1, end - 1) == b"\n":
+        newlines = -1  # the final newline ends the last line; it does not start one
+    while position > 0:
+        size = min(CHUNK, position)
+        position -= size
+        block = os.pread(fd, size, position)
+        index = len(block)
+        while (index := block.rfind(b"\n", 0, index)) >= 0:
+            newlines += 1
+            if newlines == lines:
+                return position + index + 1
+    return 0
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+
+def watch(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
+    """Write the job's record at every change until it is final (heartbeats in between)."""
+    assert request.job is not None
+    jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
+    user = ctx.opts.user
+    record = job_status(jobdir, state_dir, request.job, user)
+    waiter = Waiter([state_dir, os.path.join(state_dir, "active"), os.path.join(jobdir, "cur")])
+    start = time.monotonic()
+    beat = start + HEARTBEAT
+    last: dict[str, Any] | None = None
+    try:
+        while True:
+            if record != last:
+                _write(out, _watch_line(record, request.json))
+                last = record
+            if record.get("state") in FINAL_STATES:
+                return EX_OK
+            now = time.monotonic()
+            if now >= beat:
+                elapsed = round(now - start)
+                text = (
+                    json.dumps({"heartbeat": elapsed}) if request.json
+                    else f"... {record.get('state')} ({elapsed} s)"
+                )  # fmt: skip
+                _write(out, text.encode() + b"\n")
+                beat = now + HEARTBEAT
+            waiter.wait(beat - now)
+            record = job_status(jobdir, state_dir, request.job, user)
+    finally:
+        waiter.close()
+
+
+def _watch_line(record: dict[str, Any], as_json: bool) -> bytes:
+    if as_json:
+        return json.dumps(record).encode("utf-8") + b"\n"
+    builders = " ".join(
+        f"{n}={e.get('result') or e.get('state')}"
+        for n, e in (record.get("builders") or {}).items()
+    )
+    text = f"{record['job']} {record.get('state')}" + (f" {builders}" if builders else "")
+    return text.encode("utf-8", "replace") + b"\n"
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def cancel(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
+    """Leave a cancel request for one of the caller's jobs (the consumer carries it out)."""
+    assert request.job is not None
+    jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
+    user = ctx.opts.user
+    record = job_status(jobdir, state_dir, request.job, user)
+    return request_cancel(state_dir, record, user or "admin", request.json, out)
+
+
+def request_cancel(
+    state_dir: str, record: dict[str, Any], by: str, as_json: bool, out: BinaryIO
+) -> int:
+    """Record the request unless the job is final (AlreadyFinal); say what was done."""
+    state = record.get("state")
+    job = record["job"]
+    if state in FINAL_STATES:
+        raise AlreadyFinal(f"job {job} has already finished ({state}): nothing to cancel")
+    asked = RecordStore(state_dir).request_cancel(job, by)
+    if as_json:
+        text = json.dumps({"job": job, "state": state, "cancel": asked})
+    else:
+        text = f"cancel requested for {job} (was {state})"
+    _write(out, text.encode("utf-8") + b"\n")
+    return EX_OK
