@@ -21,8 +21,10 @@ What is measured, and how:
   recorded (two atomic record writes, each with two fsyncs); the builder is an
   in-process no-op runner (``Consumer(runner=...)``): the honest "no-op builder", since a
   real builder's own cost (fork+exec of ``true``, an HTTP request) is not the consumer's.
-  A second run uses a real ``forward`` builder into another jobdir (one more
-  delivery with its fsyncs per job) for comparison.
+  A second run uses a real ``command`` builder running ``/bin/true`` (what a user's
+  builder costs at least: fork, exec, wait, its log file), and a third a real ``forward``
+  builder into another jobdir (one more delivery with its fsyncs per job). Each run is
+  done in a forked child whose peak RSS (``wait4``) is printed with it.
 * **Buildbot**: its ``MaildirService`` polls every 10 s, so with uniform arrivals the
   expected latency is 5 s median and 9.9 s p99. ``--buildbot-samples N`` measures a real
   ``buildbot.util.maildir.MaildirService`` (about 10 s per sample).
@@ -115,12 +117,39 @@ def latency(samples: int, poll: bool) -> list[float]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def throughput(backlog: int, forward: bool) -> tuple[float, float]:
-    """(jobs/s, seconds) to drain *backlog* jobs with a no-op (or forward) builder."""
+def in_child(fn, *args):  # type: ignore[no-untyped-def]
+    """Run ``fn(*args)`` in a forked child; return (its result, its peak RSS in MB)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        code = 0
+        try:
+            result = fn(*args)
+            with os.fdopen(write_fd, "w") as f:
+                f.write(json.dumps(result))
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        text = f.read()
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {fn.__name__}{args} failed")
+    return json.loads(text), usage.ru_maxrss / 1024
+
+
+def throughput(backlog: int, mode: str) -> tuple[float, float]:
+    """(jobs/s, seconds) to drain *backlog* jobs with a no-op, command or forward builder."""
     root = tempfile.mkdtemp(prefix="bench-throughput-")
+    forward = mode == "forward"
     try:
         jobdir = Jobdir(os.path.join(root, "jobdir")).create()
-        builder: dict[str, object] = {"command": ["true"], "concurrency": 16}
+        builder: dict[str, object] = {"command": ["/bin/true"], "concurrency": 16}
         if forward:
             target = Jobdir(os.path.join(root, "downstream")).create()
             builder = {"forward": target.path, "concurrency": 16}
@@ -132,7 +161,7 @@ def throughput(backlog: int, forward: bool) -> tuple[float, float]:
         data = job_bytes(0, ["noop"])
         for _ in range(backlog):
             jobdir.deliver_bytes(data)
-        runner = None if forward else (lambda ctx: Outcome("success"))
+        runner = (lambda ctx: Outcome("success")) if mode == "no-op" else None
         consumer = Consumer(config, log=EventLog(io.StringIO()), runner=runner)
         os.sync()  # the backlog's own writeback must not be billed to the consumer
         start = time.perf_counter()
@@ -211,7 +240,11 @@ def main() -> None:
     parser.add_argument("--backlogs", default="100,10000")
     parser.add_argument("--buildbot-samples", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="30 latency samples, 5 polled, backlogs of 100 and 1000")  # fmt: skip
     args = parser.parse_args()
+    if args.quick:
+        args.latency_samples, args.poll_samples, args.backlogs = 30, 5, "100,1000"
     results: list[dict[str, object]] = []
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, tmp on "
           f"{tempfile.gettempdir()}")  # fmt: skip
@@ -227,18 +260,24 @@ def main() -> None:
     else:
         print(f"{'Buildbot MaildirService (10 s polling)':45s} expected: median 5000 ms, "
               "p99 9900 ms (uniform arrivals against a 10 s timer)")  # fmt: skip
-    for forward in (False, True):
+    base_rate: dict[int, float] = {}
+    for mode in ("no-op", "command", "forward"):
         for backlog in (int(b) for b in args.backlogs.split(",")):
             # Short runs are repeated (median) so that one hiccup of a shared machine
             # does not decide the figure.
-            runs = sorted(throughput(backlog, forward) for _ in range(5 if backlog <= 1000 else 1))
-            rate, elapsed = runs[len(runs) // 2]
-            label = "forward builder" if forward else "no-op builder"
+            runs = sorted(in_child(throughput, backlog, mode)
+                          for _ in range(5 if backlog <= 1000 else 1))  # fmt: skip
+            (rate, elapsed), _ = runs[len(runs) // 2]
+            base_rate.setdefault(backlog, rate)
+            label = {"no-op": "no-op builder", "command": "/bin/true builder",
+                     "forward": "forward builder"}[mode]  # fmt: skip
             per_job = elapsed / backlog * 1e6
-            print(f"backlog {backlog:6d}, {label:16s} {rate:9.0f} jobs/s  "
-                  f"{per_job:8.0f} us/job  ({elapsed:.2f} s)")  # fmt: skip
+            print(f"backlog {backlog:6d}, {label:18s} {rate:9.0f} jobs/s  "
+                  f"{per_job:8.0f} us/job  ({elapsed:.2f} s)  x{rate / base_rate[backlog]:.2f} "
+                  f"of no-op  peak RSS {max(r for _, r in runs):.1f} MB")  # fmt: skip
             results.append({"what": f"throughput, {label}", "backlog": backlog,
-                            "jobs_per_s": round(rate), "us_per_job": round(per_job)})  # fmt: skip
+                            "jobs_per_s": round(rate), "us_per_job": round(per_job),
+                            "peak_rss_mb": round(max(r for _, r in runs), 1)})  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=1))
 

@@ -141,18 +141,57 @@ def small_job(path: Path) -> int:
     return len(data)
 
 
+PATCH_LINE = b"+" + b"x" * 98 + b"\n"  # the patch of every size and version: ASCII diff lines
+
+
 def big_v2_job(path: Path, size: int) -> int:
     """A v2 job of about *size* bytes whose patch is ASCII diff lines."""
-    line = b"+" + b"x" * 98 + b"\n"
-    count = size // len(line)
-    block = line * 10_000
+    count = max(1, size // len(PATCH_LINE))
+    block = PATCH_LINE * 10_000
     with open(path, "wb") as f:
-        f.write(b"1:2,2:id,4:main,3:abc,1:1,%d:" % (count * len(line)))
+        f.write(b"1:2,2:id,4:main,3:abc,1:1,%d:" % (count * len(PATCH_LINE)))
         for _ in range(count // 10_000):
             f.write(block)
-        f.write(line * (count % 10_000))
+        f.write(PATCH_LINE * (count % 10_000))
         f.write(b",4:repo,4:proj,2:b1,")
     return path.stat().st_size
+
+
+def big_json_job(path: Path, size: int, version: int) -> int:
+    """A v5 (or v6) job of about *size* bytes as Buildbot's createJobfile writes it, with
+    the same patch as :func:`big_v2_job` (v6: plus one byte that is not UTF-8), written
+    piece by piece so that the bench itself stays small."""
+    import base64
+
+    count = max(1, size // len(PATCH_LINE))
+    if version == 6:
+        count = count * 3 // 4  # base64 makes it 4/3 longer
+    fields = {"jobid": "1795462678.15-42", "branch": "main", "baserev": "abc", "patch_level": 1,
+              "repository": "https://example.org/repo.git", "project": "proj", "who": "dev",
+              "comment": "try", "builderNames": ["b1"], "properties": {}}  # fmt: skip
+    key = "patch_body" if version == 5 else "patch_body_base64"
+    prefix = json.dumps({**fields, key: ""})[:-2].encode()
+    lines_per_block = 30_000  # a multiple of 3 lines: base64 blocks join cleanly
+    pieces = [PATCH_LINE * lines_per_block] * (count // lines_per_block)
+    tail = PATCH_LINE * (count % lines_per_block) + (b"\xff" if version == 6 else b"")
+
+    def encoded(piece: bytes) -> bytes:
+        if version == 5:
+            return json.dumps(piece.decode())[1:-1].encode()
+        return base64.b64encode(piece)
+
+    block = encoded(pieces[0]) if pieces else b""
+    body_len = len(block) * len(pieces) + len(encoded(tail))
+    with open(path, "wb") as f:
+        f.write(b"1:%d,%d:" % (version, len(prefix) + body_len + 2) + prefix)
+        for _ in pieces:
+            f.write(block)
+        f.write(encoded(tail) + b'"},')
+    return path.stat().st_size
+
+
+def make_job(path: Path, size: int, version: int) -> int:
+    return big_v2_job(path, size) if version == 2 else big_json_job(path, size, version)
 
 
 def measured(argv: list[str], stdin: Path, report: Path, env: dict[str, str]) -> tuple[int, float]:
@@ -253,7 +292,59 @@ def door_check_ms(config_path: Path, runs: int = 200) -> float:
     return statistics.median(times) * 1000
 
 
+SIZES = {"1 KB": 1000, "16 MB": 16 * MIB, "64 MB": 64 * MIB, "256 MB": 256 * MIB}
+
+
+def big_jobs(
+    tmp: Path, sizes: list[str], runs: int, env: dict[str, str], tryserver_cmd: list[str]
+) -> dict[str, object]:
+    """Every version at every size through tryserver: time, MB/s and peak RSS, next to
+    ``cat < job > file && sync`` on the same file (and ``sync -f file`` for the biggest)."""
+    jd = Jobdir(str(tmp / "jd-big")).create()
+    out = tmp / "cat.out"
+    report = tmp / "rss"
+    floor, _ = measured(["/bin/true"], tmp / "rss-stdin", report, env)
+    tryserver = [*tryserver_cmd, "--jobdir", jd.path, "--user", "alice",
+                 "--max-size", "400000000"]  # fmt: skip
+
+    def clean() -> None:
+        for name in os.listdir(jd.new):
+            os.unlink(os.path.join(jd.new, name))
+        out.unlink(missing_ok=True)
+        sync()  # no dirty pages of one run left for the next one's sync
+
+    rows = []
+    for size_label in sizes:
+        for version in (2, 5, 6):
+            job = tmp / f"job-v{version}"
+            size = make_job(job, SIZES[size_label], version)
+            times: dict[str, list[float]] = {"cat": [], "tryserver": []}
+            rss: list[int] = []
+            clean()
+            for _ in range(runs):
+                with open(job, "rb") as f, open(out, "wb") as g:
+                    start = time.perf_counter()
+                    subprocess.run(["cat"], stdin=f, stdout=g, check=True)
+                    subprocess.run(["sync"], check=True)
+                    times["cat"].append(time.perf_counter() - start)
+                clean()
+                peak, elapsed = measured(tryserver, job, report, env)
+                delivered = os.listdir(jd.new)
+                if len(delivered) != 1:
+                    raise SystemExit(f"bench: tryserver did not deliver the v{version} job")
+                times["tryserver"].append(elapsed)
+                rss.append(peak)
+                clean()
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append({"size": size_label, "version": version, "job_bytes": size,
+                         "seconds": med, "rss_kib": max(rss),
+                         "ratio": med["cat"] / med["tryserver"]})  # fmt: skip
+            job.unlink()
+    return {"floor_kib": floor, "runs": runs, "rows": rows}
+
+
 def big_job(tmp: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict[str, object]:
+    """The 256 MiB v2 job against cat + sync and cat + sync -f; Buildbot's own tryserver."""
     job = tmp / "big.job"
     size = big_v2_job(job, size_mb * MIB)
     bb_job = tmp / "bb.job"
@@ -271,7 +362,7 @@ def big_job(tmp: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict[str
         for name in os.listdir(jd.new):
             os.unlink(os.path.join(jd.new, name))
         out.unlink(missing_ok=True)
-        sync()  # no dirty pages of one run left for the next one's sync
+        sync()
 
     clean()
     for _ in range(runs):
@@ -295,6 +386,7 @@ def big_job(tmp: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict[str
     bb_rss, bb_time = measured([str(BIN / "buildbot"), "tryserver", "--jobdir", bb_dir.path],
                                bb_job, report, env)  # fmt: skip
     shutil.rmtree(bb_dir.path)
+    job.unlink()
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "job_bytes": size,
@@ -312,22 +404,67 @@ def big_job(tmp: Path, size_mb: int, runs: int, env: dict[str, str]) -> dict[str
     }
 
 
+def print_matrix(matrix: dict[str, object], elapsed: float | None) -> None:
+    if elapsed is not None:
+        print(f"tryserver v2/v5/v6 table: Python {sysconfig.get_python_version()}, "
+              f"{os.cpu_count()} CPUs, {elapsed:.0f} s")  # fmt: skip
+    print(f"Versions and sizes (median of {matrix['runs']} runs; baseline: cat < job > file "
+          "&& sync on the same file; ratio = its time / tryserver's)")  # fmt: skip
+    print(f"  {'job':<16} {'bytes':>11} {'cat+sync':>9} {'tryserver':>10} {'MB/s':>6} "
+          f"{'ratio':>6} {'peak RSS':>9}")  # fmt: skip
+    for row in matrix["rows"]:  # type: ignore[attr-defined]
+        sec = row["seconds"]
+        print(f"  v{row['version']} {row['size']:<13} {row['job_bytes']:>11} "
+              f"{sec['cat'] * 1000:7.0f}ms {sec['tryserver'] * 1000:8.0f}ms "
+              f"{row['job_bytes'] / sec['tryserver'] / 1e6:6.0f} x{row['ratio']:5.2f} "
+              f"{row['rss_kib'] / 1024:6.1f} MB")  # fmt: skip
+    print(f"  (peak RSS floor of the measuring parent: {matrix['floor_kib'] / 1024:.1f} MB)")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="cold-start runs per command")
     parser.add_argument("--bb-runs", type=int, default=5, help="runs of buildbot tryserver")
     parser.add_argument("--big-runs", type=int, default=5, help="runs with the big job")
     parser.add_argument("--big-mb", type=int, default=256, help="size of the big job in MiB")
+    parser.add_argument("--matrix-runs", type=int, default=3,
+                        help="runs per version and size in the v2/v5/v6 table")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="a few runs, the table up to 16 MB, a 64 MiB big job")  # fmt: skip
+    parser.add_argument("--only-matrix", action="store_true",
+                        help="only the v2/v5/v6 table (no cold start, no big job)")  # fmt: skip
+    parser.add_argument("--tryserver-tree", metavar="DIR",
+                        help="run tryserver from this source tree (e.g. an older checkout, "
+                             "for before/after figures) in the v2/v5/v6 table")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    sizes = list(SIZES)
+    if args.quick:
+        args.runs, args.bb_runs, args.big_runs, args.matrix_runs = 8, 2, 1, 1
+        args.big_mb = min(args.big_mb, 64)
+        sizes = ["1 KB", "16 MB"]
+    tryserver_cmd = [str(BIN / "tryserver")]
+    if args.tryserver_tree:
+        tree = os.path.abspath(args.tryserver_tree)
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from tryssh.server.tryserver import main; sys.exit(main())")  # fmt: skip
+        tryserver_cmd = [sys.executable, "-c", code, tree]
 
     env = child_env()
     tmp = Path(tempfile.mkdtemp(prefix="tryssh-bench-"))
     try:
         free = shutil.disk_usage(tmp).free
-        if free < 3 * args.big_mb * MIB:
-            raise SystemExit(f"bench: {tmp} has {free // MIB} MiB free, need {3 * args.big_mb}")
+        need = max(args.big_mb, SIZES[sizes[-1]] // MIB * 3 // 2)
+        if free < 3 * need * MIB:
+            raise SystemExit(f"bench: {tmp} has {free // MIB} MiB free, need {3 * need}")
+        (tmp / "rss-stdin").write_bytes(b"")
         started = time.monotonic()
+        matrix = big_jobs(tmp, sizes, args.matrix_runs, env, tryserver_cmd)
+        if args.only_matrix:
+            elapsed = time.monotonic() - started
+            print_matrix(matrix, elapsed)
+            return 0
         cold = cold_start(tmp, args.runs, args.bb_runs, env)
         big = big_job(tmp, args.big_mb, args.big_runs, env)
         elapsed = time.monotonic() - started
@@ -347,11 +484,21 @@ def main() -> int:
         "throughput >= 0.5x cat + sync": vs_sync >= 0.5,
         "throughput >= 0.5x cat + sync -f": vs_syncf >= 0.5,
     }
+    biggest = sizes[-1]
+    for row in matrix["rows"]:  # type: ignore[union-attr]
+        if row["size"] == biggest and row["version"] in (5, 6):
+            targets[f"v{row['version']} at {biggest}: peak RSS <= 40 MB"] = (
+                row["rss_kib"] / 1024 <= 40
+            )
+            targets[f"v{row['version']} at {biggest}: throughput >= 0.5x cat + sync"] = (
+                row["ratio"] >= 0.5
+            )
     # The development venv's editable install is shown, not judged: setuptools' import hook
     # slows every python start in that venv (its own `python -c pass` line shows how much).
     editable_ok = editable <= 3
     if args.json:
-        print(json.dumps({"cold_start": cold, "big_job": big, "targets": targets,
+        print(json.dumps({"cold_start": cold, "big_job": big, "versions": matrix,
+                          "targets": targets,
                           "editable_within_3x": editable_ok}, indent=2))  # fmt: skip
         return 0 if all(targets.values()) else 1
 
@@ -383,6 +530,7 @@ def main() -> int:
     print(f"  (peak RSS floor of the measuring parent: {big['floor_kib'] / 1024:.1f} MB)")
     print(f"  throughput ratio: x{vs_sync:.2f} of cat+sync, x{vs_syncf:.2f} of cat+sync -f")
     print()
+    print_matrix(matrix, None)
     print("Targets")
     for name, ok in targets.items():
         print(f"  {'ok    ' if ok else 'MISSED'} {name}")

@@ -4,6 +4,7 @@ files (logic in helpers.py and sshd.py, which tests import as top-level modules:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -78,3 +79,15 @@ def known_hosts(tmp_path: Path) -> Callable[..., Path]:
         return write_known_hosts(tmp_path / f"known_hosts.{next(counter)}", *sshds)
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The client keeps a refreshed git index in the user's cache: never the real one."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

@@ -242,7 +242,11 @@ def test_build_job_like_buildbot() -> None:
     assert job.builder_names == ["a"] and job.repository == "https://example.org/r.git"
     seconds, rand = job.jobid.split("-")
     assert float(seconds) > 0 and 0 <= int(rand) <= 1000000
-    assert build_job(change, TryRequest(branch="x", patchlevel=0)).branch == "x"
+    # With --branch, the name is the one vcs.extract settled on (a remote prefix dropped).
+    renamed = SourceChange(vcs="git", baserev="abc", patch=b"p", patch_level=1, branch="x",
+                           repository=None,
+                           topdir="/x", upstream_branch="main")
+    assert build_job(renamed, TryRequest(branch="origin/x", patchlevel=0)).branch == "x"
     assert build_job(change, TryRequest()).builder_names is None  # JSON null, as Buildbot
 
 

@@ -27,6 +27,20 @@ from tryssh.core.jobdir import Jobdir
 pytestmark = pytest.mark.timeout(180)
 
 
+# A ProxyCommand: relays stdin/stdout to HOST PORT (argv), as `nc` would.
+RELAY = """\
+import socket, sys, threading
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while data := sys.stdin.buffer.read1(65536):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(65536):
+    sys.stdout.buffer.write(data); sys.stdout.buffer.flush()
+"""
+
+
 def buildbot_parse(path: Path) -> dict[str, object]:
     """The job as a real Buildbot master's Try_Jobdir reads it."""
     from buildbot.schedulers.trysched import Try_Jobdir
@@ -348,18 +362,7 @@ def test_ssh_config_alias(world: World) -> None:
 def test_ssh_config_proxy_command(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)
-    relay = textwrap.dedent("""\
-        import socket, sys, threading
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-        def up():
-            while data := sys.stdin.buffer.read1(65536):
-                s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-        threading.Thread(target=up, daemon=True).start()
-        while data := s.recv(65536):
-            sys.stdout.buffer.write(data); sys.stdout.buffer.flush()
-        """)
-    (world.tmp / "relay.py").write_text(relay)
+    (world.tmp / "relay.py").write_text(RELAY)
     (world.home / ".ssh" / "config").write_text(
         textwrap.dedent(f"""\
         Host ci

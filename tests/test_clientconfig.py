@@ -48,7 +48,7 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     bb = write(
         Path(env["HOME"]) / ".buildbot" / "options",
         "try_host = 'bb-host'\ntry_port = 1\ntry_who = 'bb-who'\ntry_builders = ['bb']\n"
-        "try_jobdir = 'bb-jobdir'\ntry_buildbotbin = 'bb-bin'\ntry_ssh = 'ssh -v'\n",
+        "try_jobdir = 'bb-jobdir'\ntry_buildbotbin = '/opt/bb/bin/buildbot'\ntry_ssh = 'ssh -v'\n",
     )
     user = write(
         Path(env["XDG_CONFIG_HOME"]) / "tryssh" / "config.toml",
@@ -63,7 +63,7 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     assert res.values["port"] == 3 and res.sources["port"] == COMMAND_LINE
     assert res.values["who"] == "user-who" and res.sources["who"] == str(user)
     assert res.values["jobdir"] == "bb-jobdir" and res.sources["jobdir"] == str(bb)
-    assert res.values["tryserver_cmd"] == "bb-bin"  # Buildbot's buildbotbin
+    assert res.values["tryserver_cmd"] == "/opt/bb/bin/buildbot"  # Buildbot's buildbotbin
     # An empty list in a file is a value (it hides lower layers); on the command line it
     # means "not given" (Buildbot treats [] as missing too).
     assert res.values["builders"] == [] and res.sources["builders"] == str(project)
@@ -71,7 +71,8 @@ def test_precedence_cli_project_user_buildbot(tmp_path: Path, env: dict[str, str
     assert res.values["dryrun"] is True and res.sources["dryrun"] == COMMAND_LINE
     assert "wait" not in res.values
     assert res.get("timeout", 30) == 30
-    assert any("'ssh' setting is not used" in w for w in res.warnings)
+    # try_ssh is read, never run: what tryssh cannot use from it is named.
+    assert any("try_ssh: -v not used" in w for w in res.warnings)
 
     res = resolve_client_options({"host": "cli-host", "builders": ("a", "b")}, str(cwd), env=env)
     assert res.values["host"] == "cli-host" and res.values["builders"] == ["a", "b"]
@@ -108,6 +109,10 @@ quiet = false
 accept_new_host_key = true
 known_hosts = "~/kh"
 timeout = 12
+ssh_options = ["ConnectTimeout=5"]
+ssh_config = "ssh/config"
+proxy_jump = "jump@bastion:2222"
+topdir = "/src/project"
 follow = true
 tail_lines = 50
 """,
@@ -119,6 +124,7 @@ tail_lines = 50
     assert values["jobdir"] == "~/jobs"  # a remote path: not expanded here
     assert values["known_hosts"] == os.path.expanduser("~/kh")
     assert values["timeout"] == 12.0
+    assert values["ssh_config"] == str(tmp_path / "ssh" / "config")
     assert values["properties"] == {"owner": "alice", "retries": 2, "fast": True}
 
 
@@ -143,8 +149,10 @@ tail_lines = 50
         ("[try]\ntimeout = 0\n", "timeout: must be a positive"),
         ("[try]\nproperties = ['a']\n", "properties: must be a table"),
         ("[try]\nproperties = { a = [1] }\n", "property 'a' must be a string, number"),
-        ("[try]\ntryserver_cmd = 'a'\nbuildbotbin = 'b'\n", "buildbotbin: set twice"),
+        ("[try]\ntryserver_cmd = 'tryserver'\nbuildbotbin = 'buildbot'\n",
+         "buildbotbin: set twice"),
         ("[try]\nhost = \n", "invalid TOML"),
+        ("[try]\nssh_options = ['Ciphers=none']\n", "tryssh does not support 'Ciphers'"),
     ],
 )
 def test_bad_files_name_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:

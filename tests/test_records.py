@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tryssh.core.records import (
@@ -122,6 +122,7 @@ def test_overall_state():
     assert overall_state(rec(err, intr, bad)) == "interrupted"
 
 
+@settings(deadline=None)  # each example makes a state directory: disk time, not CPU
 @given(st.sampled_from(["..", "../outside", "a/b", ".hidden", "", "x\0y"]), st.text(max_size=10))
 def test_read_never_leaves_the_state_dir(tmp_path_factory, bad, suffix):
     root = tmp_path_factory.mktemp("records")
@@ -145,6 +146,63 @@ def test_iso_round_trip():
     assert abs(parse_iso(stamp) - __import__("time").time()) < 5
     assert parse_iso(None) is None
     assert parse_iso("garbage") is None
+
+
+# -- history that scales: the per-user index, mtimes for gc ------------------------------------
+
+
+def _final(store, job, who, finished="2026-01-01T00:00:00.000000Z"):
+    from tryssh.core.records import new_record
+
+    store.write(new_record(job, who=who, state="success", finished=finished))
+
+
+def test_user_jobs_come_from_the_users_index(tmp_path):
+    from tryssh.core.records import RecordStore, new_record, user_index_name
+
+    store = RecordStore(str(tmp_path / "state")).create()
+    for i in range(30):
+        _final(store, f"{1_700_000_000 + i}.M000000P1Q{i}Rx.h", "bob" if i % 3 else "al/ice")
+    store.write(new_record("1800000000.M000000P1Q99Rx.h", who="al/ice", state="running"))
+    got = store.user_jobs("al/ice", 5)
+    assert [r["job"] for r in got] == [
+        "1800000000.M000000P1Q99Rx.h", "1700000027.M000000P1Q27Rx.h",
+        "1700000024.M000000P1Q24Rx.h", "1700000021.M000000P1Q21Rx.h",
+        "1700000018.M000000P1Q18Rx.h",
+    ]  # fmt: skip
+    assert user_index_name("al/ice") == "al%2Fice.log"
+    assert user_index_name("..") == "%2E%2E.log"
+    index = tmp_path / "state" / "by-user" / "al%2Fice.log"
+    assert len(index.read_text().split()) == 10  # the finished jobs only
+    # A record removed by gc is skipped.
+    store.remove("1700000027.M000000P1Q27Rx.h")
+    assert [r["job"] for r in store.user_jobs("al/ice", 2)][1] == "1700000024.M000000P1Q24Rx.h"
+    assert store.user_jobs("nobody", 5) == []
+
+
+def test_index_is_built_once_for_an_older_state_directory(tmp_path):
+    import shutil
+
+    from tryssh.core.records import RecordStore
+
+    store = RecordStore(str(tmp_path / "state")).create()
+    for i in range(5):
+        _final(store, f"{1_700_000_000 + i}.M0P1Q{i}Rx.h", "bob")
+    shutil.rmtree(tmp_path / "state" / "by-user")  # as a state dir of an older version
+    assert RecordStore(str(tmp_path / "state")).user_jobs("bob", 3) is None  # no index
+    store = RecordStore(str(tmp_path / "state")).create()
+    assert [r["job"] for r in store.user_jobs("bob", 3)] == [
+        f"{1_700_000_000 + i}.M0P1Q{i}Rx.h" for i in (4, 3, 2)
+    ]
+
+
+def test_final_record_mtime_is_its_finished_time(tmp_path):
+    from tryssh.core.records import RecordStore, parse_iso
+
+    store = RecordStore(str(tmp_path / "state")).create()
+    _final(store, "1700000000.M0P1Q1Rx.h", "bob", finished="2000-01-01T00:00:00.000000Z")
+    mtime = os.stat(store.final_path("1700000000.M0P1Q1Rx.h")).st_mtime
+    assert mtime == parse_iso("2000-01-01T00:00:00.000000Z")
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))

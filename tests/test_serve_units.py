@@ -297,3 +297,28 @@ def test_listen_on_ipv6_loopback(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_accepted_sockets_send_small_answers_at_once(tmp_path: Path) -> None:
+    """TCP_NODELAY on every accepted socket: an answer's last small packet must not wait
+    for the client's delayed ACK."""
+    import socket
+    import threading
+
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    server = EmbeddedServer(load_config(str(config)))
+    host, _, port = server.bind().rpartition(":")
+    stop = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(stop,))
+    thread.start()
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            assert sock.recv(8).startswith(b"SSH-2.0-")
+            conn = wait_until(lambda: next(iter(server.connections), None))
+            assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -278,8 +278,38 @@ def test_git_branch_with_slashes_and_its_upstream(tmp_path: Path) -> None:
     assert change.baserev == pushed != base
     assert git_apply_at(origin, pushed, change, tmp_path / "fresh") == snapshot(work)
 
-    # --branch overrides the name sent, not the base.
-    assert extract("git", str(work), branch="other").branch == "other"
+    # --branch names the branch the base comes from (Buildbot's way): a missing one is an error.
+    with pytest.raises(errors.UsageError, match="not a branch"):
+        extract("git", str(work), branch="other")
+
+
+def test_git_branch_option_computes_the_base_like_buildbot(tmp_path: Path) -> None:
+    _, work, base = git_origin_and_clone(tmp_path)
+    # A local branch with a commit that was never pushed, and work on top of it.
+    git(work, "checkout", "-q", "-b", "topic")
+    (work / "topic.txt").write_bytes(b"local only\n")
+    git(work, "add", "topic.txt")
+    git(work, "commit", "-q", "-m", "unpushed")
+    topic = git(work, "rev-parse", "HEAD").decode().strip()
+    git(work, "checkout", "-q", "-b", "mine")
+    (work / "mine.txt").write_bytes(b"committed on mine\n")
+    git(work, "add", "mine.txt")
+    git(work, "commit", "-q", "-m", "mine")
+    git_mutate(work)
+
+    change = extract("git", str(work), branch="topic")
+    assert change.baserev == topic and change.branch == "topic"
+    assert any("not on any remote-tracking branch" in n for n in change.notes)
+    # The patch holds everything since the branch, as Buildbot's git diff <base> does.
+    assert b"mine.txt" in change.patch and b"topic.txt" not in change.patch
+
+    # A remote-tracking branch: the merge-base with it, the remote prefix dropped.
+    change = extract("git", str(work), branch="origin/main")
+    assert change.baserev == base and change.branch == "main"
+    assert not any("remote-tracking" in n for n in change.notes)
+    assert b"topic.txt" in change.patch
+    # A name only the remote has is found there too.
+    assert extract("git", str(work), branch="main").baserev == base
 
 
 def test_git_local_branch_without_upstream_uses_head(tmp_path: Path) -> None:
@@ -692,3 +722,81 @@ def test_redact_url() -> None:
     assert redact_url("ssh://git@h.example/x") == "ssh://git@h.example/x"
     assert redact_url("git@github.com:org/r.git") == "git@github.com:org/r.git"
     assert redact_url("/srv/repos/x") == "/srv/repos/x"
+
+
+def test_git_extraction_runs_few_git_processes(tmp_path: Path, monkeypatch) -> None:
+    """Each git start costs milliseconds: a branch with an upstream takes six (top level,
+    rev-parse, for-each-ref, remote URL, merge-base, diff), not nine."""
+    _origin, work, base = git_origin_and_clone(tmp_path)
+    git_mutate(work)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "git.log"
+    real = shutil.which("git")
+    (shim / "git").write_text(f'#!/bin/sh\necho "$1" >> "{log}"\nexec "{real}" "$@"\n')
+    (shim / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    vcs_name, top = detect_vcs(str(work))
+    change = extract(vcs_name, top)
+    assert change.baserev == base
+    assert change.patch
+    assert log.read_text().split() == [
+        "rev-parse", "rev-parse", "for-each-ref", "config", "merge-base", "-c",
+    ]  # fmt: skip
+
+
+def test_git_stale_index_is_refreshed_once_in_the_users_cache(tmp_path: Path, monkeypatch) -> None:
+    """A stale index (every file's stat data changed) is refreshed in the private copy,
+    which is kept and used again while the user's index is the same; the user's index
+    itself is never written."""
+    _origin, work, _base = git_origin_and_clone(tmp_path)
+    git_mutate(work)
+    for p in work.rglob("*"):
+        if p.is_file() and ".git" not in p.parts:
+            os.utime(p, (1_000_000_000, 1_000_000_000))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    index = work / ".git" / "index"
+    before = index.read_bytes()
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    stale = subprocess.run(["git", "diff-files", "--quiet"], cwd=work, env=env, check=False)
+    assert stale.returncode == 1  # stat-dirty: git would hash every file to compare
+    first = extract("git", str(work))
+    kept = list((cache / "tryssh" / "git-index").iterdir())
+    assert len(kept) == 1
+    refreshed = tmp_path / "refreshed-index"
+    refreshed.write_bytes(kept[0].read_bytes().split(b"\n", 1)[1])
+    env_cached = {**os.environ, "GIT_INDEX_FILE": str(refreshed)}
+    fresh = subprocess.run(["git", "diff-files", "--name-only"], cwd=work, env=env_cached,
+                           capture_output=True, check=True)  # fmt: skip
+    changed = set(fresh.stdout.decode().split())
+    assert changed and all(name.encode() in first.patch for name in changed)  # only real edits
+    assert extract("git", str(work)).patch == first.patch  # from the cached copy
+    assert index.read_bytes() == before
+    # The user's index changes (git add): the copy is made again from it, for its new state.
+    git(work, "add", "-u")
+    assert extract("git", str(work)).patch == first.patch
+    st = os.stat(index)
+    key = f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+    assert kept[0].read_bytes().split(b"\n", 1)[0].decode().startswith(key + " ")
+
+
+def test_git_change_right_after_staging_is_seen(tmp_path: Path) -> None:
+    """A file changed within the same clock tick as the index was written, to the same
+    size, is "racily clean": git re-reads it because its mtime is not older than the
+    index's. The private index copy keeps the index's mtime, so the diff sees it too."""
+    work = tmp_path / "w"
+    work.mkdir()
+    git(work, "init", "-q")
+    # ctime cannot be set from user space: let git compare mtime and size only, as it
+    # effectively does when every write falls in the same tick of the kernel's clock.
+    git(work, "config", "core.trustctime", "false")
+    tick = 1_000_000_000 * 10**9
+    (work / "f").write_text("one\n")
+    os.utime(work / "f", ns=(tick, tick))
+    git(work, "add", "f")  # the entry records mtime `tick`; the index is written later
+    git(work, "commit", "-qm", "f")
+    (work / "f").write_text("two\n")  # the same size, and (below) the same tick
+    os.utime(work / "f", ns=(tick, tick))
+    os.utime(work / ".git" / "index", ns=(tick, tick))  # as if all in one tick
+    assert b"+two" in extract("git", str(work), baserev="HEAD").patch

@@ -37,9 +37,10 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
     With --once, jobs that cannot be claimed (cur/ not writable) end the run with the
     error rather than a wait for ever.
 
-    Exit codes: 0 stopped cleanly, 73 cannot create (state or log directory, jobdir not
-    set up), 75 temporary failure, 77 permission denied (the message names the path and
-    the operation), 78 config error (file, key and problem named).
+    Exit codes: 0 stopped cleanly, 64 usage, 73 cannot create the jobdir's records or
+    logs (or the jobdir is not set up), 75 temporary failure, 77 permission denied (the
+    message names the path and the operation), 78 config error (file, key and problem
+    named).
     """
     from tryssh.core.logfmt import EventLog
     from tryssh.server.config import load_config
@@ -76,6 +77,8 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
     Examples:
       tryssh gc --config /etc/tryssh/config.toml --older-than 30 --dry-run
       tryssh gc --config /etc/tryssh/config.toml --older-than 30
+
+    Exit codes: 0 ok, 64 usage, 78 config error.
     """
     from tryssh.server.config import load_config
     from tryssh.server.gc import collect

@@ -57,6 +57,8 @@ def doctor_cmd(
       tryssh doctor --config /etc/tryssh/config.toml \\
           --authorized-keys ~try/.ssh/authorized_keys --ssh-user try
       tryssh doctor --ssh-user try --sshd-config /etc/ssh/sshd_config_try
+
+    Exit codes: 0 no problem found, 1 a problem found, 64 usage.
     """
     if authorized_keys is None:
         default = os.path.expanduser("~/.ssh/authorized_keys")

@@ -54,7 +54,9 @@ Developer:
 Master side:
   tryserver / tryssh tryserver    the OpenSSH forced command (reads a job on stdin)
   tryssh consume --config FILE    claim jobs, check policy, run builders
+  tryssh gc --config FILE         remove old finished jobs, records and logs
   tryssh serve --config FILE      an embedded SSH server (no system accounts)
+  tryssh passwd                   a password hash for serve's [users.NAME]
   tryssh keys add USER KEY        manage the try account's authorized_keys
   tryssh doctor --config FILE     check the whole setup
   tryssh jobdir-setup DIR         create (or --check) the jobdir
@@ -65,7 +67,7 @@ Master side:
 Exit codes: 0 ok, 1 a build failed, 2 nothing to cancel (finished), 64 usage or refused
 command, 65 bad job data, 66 no such file or job, 69 a needed program is missing,
 73 cannot create, 75 temporary failure, 77 permission denied or refused by policy,
-78 config error, 130 interrupted.
+78 config error, 130 interrupted. Each command's --help lists the codes it can return.
 """
 
 

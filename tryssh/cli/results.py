@@ -80,7 +80,7 @@ def log_cmd(ctx: click.Context, job: str, builder: str | None, follow: bool, tai
     Exit codes: 0 ok (the log may be empty: nothing written yet), with --follow 1 the
     builder failed and 75 it ended in error or was cancelled; 64 usage (e.g. no -b for a
     job with several builders), 66 no such job, builder or log (or not yours), 75
-    connection trouble, 77 refused, 78 config error.
+    connection trouble, 77 refused, 78 config error, 130 interrupted (Ctrl-C).
     """
     words = ["log", job, *([builder] if builder else []), *(["--follow"] if follow else []),
              *(["--tail", str(tail)] if tail is not None else [])]  # fmt: skip
@@ -135,7 +135,8 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
       tryssh cancel --config /etc/tryssh/tryssh.toml JOB      on the master
     Exit codes: 0 cancelled (or, if the consumer has not claimed it yet, the request is
     recorded), 2 the job had already finished: nothing to cancel, 64 usage, 66 no such
-    job (or not yours), 75 connection trouble, 77 refused, 78 config error.
+    job (or not yours), 75 connection trouble, 77 refused, 78 config error,
+    130 interrupted (Ctrl-C).
     """
     v = _merge(ctx, values, os.getcwd())
     if v.get("master_config"):
@@ -236,7 +237,8 @@ def jobs_cmd(ctx: click.Context, all_states: bool, limit: int, as_json: bool,
     Examples:
       tryssh jobs --host ci                      what is still queued or running
       tryssh jobs --host ci --all-states --limit 5
-    Exit codes: 0 ok, 64 usage, 75 connection trouble, 77 refused, 78 config error.
+    Exit codes: 0 ok, 64 usage, 75 connection trouble, 77 refused, 78 config error,
+    130 interrupted (Ctrl-C).
     """
     v = _merge(ctx, values, os.getcwd())
     if v.get("master_config"):

@@ -29,7 +29,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     """Run the embedded SSH server: only tryserver requests, users from the config.
 
     Prints a ready line on stdout once listening:
-    ``tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)``.
+    'tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)'.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
     SIGHUP (systemctl reload) reads the config again: users, keys, builders and policy
     change for the next login or request; a config that fails to check is refused with a
@@ -47,8 +47,9 @@ def serve_cmd(config_path: str, consume: bool) -> None:
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
 
-    Exit codes: 0 stopped by SIGTERM/SIGINT, 75 cannot listen, 78 config error (a weak or
-    malformed key, a bad [serve] value, no [users.NAME] account, a host key others can read).
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 73 cannot create the host key or
+    state, 75 cannot listen (address in use), 78 config error (a weak or malformed key, a
+    bad [serve] value, no [users.NAME] account, a host key others can read).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -136,10 +137,12 @@ def _start_consumer(
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
 def passwd_cmd(from_stdin: bool) -> None:
-    """Print a salted scrypt hash for ``password_hash`` in ``[users.NAME]``.
+    """Print a salted scrypt hash for password_hash in a [users.NAME] table.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
     (the first line) from stdin.
+
+    Exit codes: 0 ok, 64 usage, or the passwords differ, 130 interrupted.
     """
     import getpass
 

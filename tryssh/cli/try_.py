@@ -11,32 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from tryssh.errors import EX_OK, TempFail, TrysshError, UsageError
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from tryssh.client.sshclient import Connection
-
-
-def _import_paramiko() -> None:
-    """Import paramiko without the ``invoke`` package, which costs ~60 ms at every start.
-
-    paramiko.config imports invoke only to run ``Match exec`` lines of ~/.ssh/config; with
-    it hidden such a line is reported as an error instead. Other users of invoke in this
-    process are unaffected: the block is lifted as soon as paramiko is loaded.
-    """
-    if "paramiko" in sys.modules or "invoke" in sys.modules:
-        return
-    sys.modules["invoke"] = None  # type: ignore[assignment]
-    try:
-        import paramiko  # noqa: F401
-    finally:
-        del sys.modules["invoke"]
-
-
-_import_paramiko()
-
-from tryssh.client.job import (  # noqa: E402
+from tryssh.client.job import (
     TryRequest,
     build_job,
     dry_run_dict,
@@ -44,17 +19,37 @@ from tryssh.client.job import (  # noqa: E402
     parse_properties,
     summary_lines,
 )
-from tryssh.client.sshclient import DEFAULT_TIMEOUT, SshOptions  # noqa: E402
-from tryssh.client.transport import (  # noqa: E402
+from tryssh.client.sshoptions import (
+    DEFAULT_TIMEOUT,
+    OPTION_NAMES,
+    SshOptions,
+    enable_debug_log,
+    parse_ssh_option,
+)
+from tryssh.client.transport import (
     DEFAULT_TRYSERVER_CMD,
-    TRANSPORTS,
     Destination,
+    MaybeDelivered,
     deliver,
     open_connection,
 )
-from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for  # noqa: E402
-from tryssh.core.jobview import status_lines  # noqa: E402
-from tryssh.core.records import ACTIVE_STATES  # noqa: E402
+from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for
+from tryssh.core.jobview import status_lines
+from tryssh.core.records import ACTIVE_STATES
+from tryssh.errors import EX_OK, TempFail, TrysshError, UsageError
+
+# paramiko is imported only when a connection is made (tryssh.client.sshclient): building
+# a job, --dry-run and local queries (--config) never pay for it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.sshclient import Connection
+
+
+CONNECT_CHOICES = ("ssh", "scp", "local", "pb")
+PB_EXPLAINED = (
+    "--connect=pb is Buildbot's PB door (buildbot try --connect=pb -m HOST:PORT); tryssh try "
+    "delivers over SSH: use -c ssh --host HOST (or -c scp / -c local)"
+)
 
 TRY_HELP = """\
 Send the uncommitted change of this working copy (git, hg, svn) to a try server, which
@@ -78,89 +73,67 @@ Settings come from the command line, then ./.tryssh.toml (walking up), then
 Host keys are checked against ~/.ssh/known_hosts; an unknown key is refused unless
 --accept-new-host-key.
 
-
+
 --wait asks the server to tell each change as it happens (one SSH session for the whole
 wait; a lost connection is resumed). When a builder fails it shows the last lines of its
 log (--tail-lines) and why; --follow streams the logs live instead. Ctrl-C stops only the
 waiting: the job goes on (tryssh status --wait JOB picks it up again).
 
-
-Exit codes: 0 delivered (with --wait: every build succeeded), 1 a build failed,
-64 usage, 65 bad/empty job, 66 no such job, 75 connection or server trouble (with --wait:
-an error, an interrupted or cancelled job, or --wait-timeout), 77 refused (host key,
-login, policy), 78 config error, 130 interrupted (Ctrl-C).
+Exit codes: 0 delivered (with --wait: every build succeeded), 1 a build failed (--wait),
+64 usage, 65 bad or empty job, 66 no such file (--diff) or job, 73 cannot create the job
+(jobdir missing or not writable), 75 connection or server trouble (with --wait: an error,
+an interrupted or cancelled job, or --wait-timeout), 77 refused (host key, login, policy),
+78 config error, 130 interrupted (Ctrl-C).
 """
 
 
 def _connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The SSH/transport options shared by try, status and builders."""
     options = [
-        click.option(
-            "-c",
-            "--connect",
-            type=click.Choice(TRANSPORTS),
-            default="ssh",
-            show_default=True,
-            help="How to deliver: ssh (exec tryserver), scp "
-            "(sftp into the jobdir) or local (a jobdir on this machine).",
-        ),
-        click.option(
-            "--host", metavar="HOST", help="The try server (an ~/.ssh/config alias works)."
-        ),
-        click.option(
-            "--port", type=click.IntRange(1, 65535), help="SSH port (default: ssh config, 22)."
-        ),
-        click.option(
-            "-u", "--username", metavar="USER", help="Login name (default: ssh config, you)."
-        ),
-        click.option(
-            "-i",
-            "--identity",
-            metavar="FILE",
-            type=click.Path(dir_okay=False),
-            help="Use only this private key (the agent may sign for it).",
-        ),
-        click.option(
-            "--jobdir",
-            metavar="DIR",
-            help="The jobdir on the server (scp, local; "
-            "passed to tryserver, which a forced command ignores).",
-        ),
-        click.option(
-            "--tryserver-cmd",
-            "--buildbotbin",
-            "tryserver_cmd",
-            metavar="CMD",
-            default=DEFAULT_TRYSERVER_CMD,
-            show_default=True,
-            help="The remote program; 'tryserver' is appended unless it is named so.",
-        ),
-        click.option(
-            "--known-hosts",
-            metavar="FILE",
-            type=click.Path(dir_okay=False),
-            help="An extra known_hosts file, checked first (new keys go there).",
-        ),
-        click.option(
-            "--accept-new-host-key",
-            is_flag=True,
-            help="Record an unknown host key (never a changed one), like "
-            "StrictHostKeyChecking=accept-new.",
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=1),
-            default=DEFAULT_TIMEOUT,
-            show_default=True,
-            help="Seconds for connect, login and idle I/O.",
-        ),
-        click.option(
-            "--config",
-            "master_config",
-            metavar="FILE",
-            type=click.Path(dir_okay=False),
-            help="On the master: read status/builders from this tryssh config.",
-        ),
+        click.option("-c", "--connect", type=click.Choice(CONNECT_CHOICES), default="ssh",
+                     show_default=True, help="How to reach the server: ssh (exec tryserver), "
+                     "scp (sftp into the jobdir) or local (a jobdir on this machine); pb is "
+                     "Buildbot's and is explained, not used."),
+        click.option("--host", metavar="HOST",
+                     help="The try server: an ~/.ssh/config alias, [user@]host[:port] or "
+                     "ssh://[user@]host[:port]."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="SSH port (default: ssh config, 22)."),
+        click.option("-u", "--username", metavar="USER",
+                     help="Login name (default: ssh config, you)."),
+        click.option("-i", "--identity", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Use only this private key (the agent may sign for it)."),
+        click.option("--jobdir", metavar="DIR", help="The jobdir on the server (scp, local; "
+                     "passed to tryserver, which a forced command ignores)."),
+        click.option("--tryserver-cmd", "--buildbotbin", "tryserver_cmd", metavar="CMD",
+                     default=DEFAULT_TRYSERVER_CMD, show_default=True,
+                     help="The remote program; 'tryserver' is appended unless it is named so."),
+        click.option("--known-hosts", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="An extra known_hosts file, checked first (new keys go there)."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Record an unknown host key (never a changed one), like "
+                     "StrictHostKeyChecking=accept-new."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT,
+                     show_default=True, help="Seconds for connect, login and idle I/O."),
+        click.option("--config", "master_config", metavar="FILE",
+                     type=click.Path(dir_okay=False),
+                     help="On the master: read status/builders from this tryssh config."),
+        click.option("-F", "ssh_config", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="The ssh config file to read (default ~/.ssh/config), as ssh -F."),
+        click.option("-o", "ssh_options", multiple=True, metavar="OPTION=VALUE",
+                     help="An ssh_config option, as ssh -o (repeatable; the ones tryssh "
+                     "honours: " + ", ".join(OPTION_NAMES) + ")."),
+        click.option("-J", "proxy_jump", metavar="[USER@]HOST[:PORT][,...]",
+                     help="Connect through these jump hosts, as ssh -J (ProxyJump)."),
+        click.option("--ssh", "ssh_command", metavar="COMMAND",
+                     help="Buildbot's --ssh: its -p, -i, -l, -o, -F and -J are used (the "
+                     "command itself is never run)."),
+        click.option("-v", "--verbose", count=True,
+                     help="Show paramiko's log on stderr (-vv: debug), like ssh -v."),
+        click.option("-m", "--master", metavar="HOST:PORT",
+                     help="Buildbot's PB master (for --connect=pb): accepted and ignored."),
+        click.option("--passwd", metavar="PASSWORD",
+                     help="Buildbot's PB password (for --connect=pb): accepted and ignored."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -263,23 +236,63 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
+def _from_ssh_command(cli: dict[str, Any]) -> None:
+    """Buildbot's ``--ssh 'ssh -p PORT -i KEY -l USER'``: take what tryssh can use from it."""
+    from tryssh.client.buildbot_options import parse_ssh_command
+    from tryssh.errors import ConfigError
+
+    try:
+        cmd = parse_ssh_command(cli.pop("ssh_command"))
+    except ConfigError as err:
+        raise UsageError(f"--ssh: {err.message}") from None
+    for key, value in (("port", cmd.port), ("username", cmd.login), ("identity", cmd.identity),
+                       ("ssh_config", cmd.config), ("proxy_jump", cmd.jump)):
+        if value is not None and key not in cli:
+            cli[key] = value
+    if cmd.options:
+        cli["ssh_options"] = [*cli.get("ssh_options", ()), *cmd.options]
+    if cmd.ignored:
+        echo_stderr(f"tryssh: --ssh: {' '.join(cmd.ignored)} not used (tryssh speaks SSH "
+                    "itself; it takes -p, -i, -l, -o, -F and -J)")
+
+
 def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, Any]:
     """Fill what the command line did not give from the config files (CLI wins)."""
-    from tryssh.client.clientconfig import resolve_client_options
+    from tryssh.client.clientconfig import COMMAND_LINE, resolve_client_options
 
+    enable_debug_log(int(values.get("verbose") or 0))
     cli = {k: v for k, v in values.items() if _given(ctx, k)}
-    if "properties" in cli:
-        cli["properties"] = parse_properties(cli["properties"])
+    if cli.get("ssh_command"):
+        _from_ssh_command(cli)
+    if "properties" in cli or "properties_list" in cli:
+        props = parse_properties(cli.pop("properties_list", ()), split_commas=True)
+        props.update(parse_properties(cli.get("properties", ())))
+        cli["properties"] = props
+    for name, flag in (("master", "-m/--master"), ("passwd", "--passwd")):
+        if cli.pop(name, None) is not None:
+            echo_stderr(f"tryssh: {flag} is for Buildbot's PB door (--connect=pb); tryssh "
+                        "delivers over SSH to --host and ignores it")
+    if cli.get("connect") == "pb":
+        raise UsageError(PB_EXPLAINED)
     resolved = resolve_client_options(cli, cwd=cwd)
+    if resolved.get("connect") == "pb":
+        # A Buildbot user's options file: say so, and go on with ssh.
+        echo_stderr(f"tryssh: connect = 'pb' in {resolved.sources['connect']} ignored: "
+                    f"{PB_EXPLAINED}")
+        resolved.values["connect"] = "ssh"
     result = dict(values)
     if "properties" in result:
         result["properties"] = {}
     for key, value in resolved.values.items():
         if key in result:
             result[key] = value
-    if not result.get("quiet"):
-        for warning in resolved.warnings:
-            echo_stderr(f"tryssh: {warning}")
+    # Warnings go to stderr whatever --quiet (or try_quiet) says: quiet is about progress.
+    for warning in resolved.warnings:
+        echo_stderr(f"tryssh: {warning}")
+    source = resolved.sources.get("host")
+    if source and source != COMMAND_LINE:
+        # A file chose the server: say which, so a planted file cannot redirect silently.
+        echo_stderr(f"tryssh: host {resolved.values['host']} set by {source}")
     return result
 
 
@@ -291,62 +304,52 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
                 f"-c {v['connect']} needs --host (or try_host in the options file, "
                 "host in .tryssh.toml)"
             )
+        options: dict[str, str] = {}
+        for text in v.get("ssh_options") or ():
+            key, value = parse_ssh_option(text)
+            options.setdefault(key, value)  # the first one wins, as with ssh
         ssh = SshOptions(
-            host=v["host"],
-            port=v.get("port"),
-            user=v.get("username"),
-            identity=v.get("identity"),
-            known_hosts=v.get("known_hosts"),
+            host=v["host"], port=v.get("port"), user=v.get("username"),
+            identity=v.get("identity"), known_hosts=v.get("known_hosts"),
             accept_new_host_key=bool(v.get("accept_new_host_key")),
-            timeout=float(v.get("timeout") or DEFAULT_TIMEOUT),
-            quiet=quiet,
+            timeout=float(v.get("timeout") or DEFAULT_TIMEOUT), quiet=quiet,
+            ssh_config=v.get("ssh_config"), options=options, proxy_jump=v.get("proxy_jump"),
         )
     return Destination(
-        connect=v["connect"],
-        ssh=ssh,
-        jobdir=v.get("jobdir"),
+        connect=v["connect"], ssh=ssh, jobdir=v.get("jobdir"),
         tryserver_cmd=v.get("tryserver_cmd") or DEFAULT_TRYSERVER_CMD,
-        progress=not quiet,
-        config=v.get("master_config"),
+        progress=not quiet, config=v.get("master_config"),
     )
 
 
 @click.command("try", help=TRY_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-b",
-    "--builder",
-    "builders",
-    multiple=True,
-    metavar="NAME",
-    help="A builder to run (repeatable; default: the server's choice).",
-)
+@click.option("-b", "--builder", "builders", multiple=True, metavar="NAME",
+              help="A builder to run (repeatable; default: the server's choice).")
 @click.option("--branch", metavar="NAME", help="The branch name to send (default: upstream's).")
-@click.option(
-    "--baserev", metavar="REV", help="The base revision (default: merge-base with upstream)."
-)
-@click.option(
-    "-p",
-    "--patchlevel",
-    type=click.IntRange(min=0),
-    metavar="N",
-    help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).",
-)
-@click.option("--who", metavar="NAME", help="Who asks (a forced-command server pins it).")
+@click.option("--baserev", metavar="REV",
+              help="The base revision (default: merge-base with upstream).")
+@click.option("-p", "--patchlevel", type=click.IntRange(min=0), metavar="N",
+              help="Patch level (-pN) for the master (default: the VCS's, git/hg 1, svn 0).")
+@click.option("-w", "--who", metavar="NAME",
+              help="Who asks (a forced-command server pins it).")
 @click.option("-C", "--comment", metavar="TEXT", help="A comment for the build.")
-@click.option(
-    "--property", "properties", multiple=True, metavar="K=V", help="A build property (repeatable)."
-)
+@click.option("--property", "properties", multiple=True, metavar="K=V",
+              help="A build property (repeatable; the value may hold commas).")
+@click.option("--properties", "properties_list", multiple=True, metavar="K=V[,K=V...]",
+              help="Build properties, comma-separated (Buildbot's --properties).")
 @click.option("--repository", metavar="URL", help="The repository URL to send.")
 @click.option("--project", metavar="NAME", help="The project name to send.")
 @click.option("--vc", type=click.Choice(["git", "hg", "svn"]), help="Expect this VCS.")
-@click.option(
-    "--diff",
-    metavar="FILE|-",
-    help="Send this diff (- for stdin) instead of the working copy's change; needs --baserev.",
-)
+@click.option("--diff", metavar="FILE|-", help="Send this diff (- for stdin) instead of the "
+              "working copy's change; needs --baserev.")
 @click.option("--untracked", is_flag=True, help="Include untracked files (git).")
 @click.option("--allow-empty", is_flag=True, help="Send even if the diff is empty.")
-@click.option("-n", "--dry-run", is_flag=True, help="Show the job and patch stats; send nothing.")
+@click.option("-n", "--dry-run", "--dryrun", "dry_run", is_flag=True,
+              help="Show the job and patch stats; send nothing.")
+@click.option("--get-builder-names", is_flag=True,
+              help="List the builders you may use and exit (as tryssh builders).")
+@click.option("--topdir", metavar="DIR", type=click.Path(file_okay=False),
+              help="The working copy to send (default: the current directory's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
 @click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
@@ -363,43 +366,49 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     cwd = os.getcwd()
     v = _merge(ctx, values, cwd)
     quiet = bool(v["quiet"])
+    if v["get_builder_names"]:
+        _print_builders(_ask(v, "builders", None), as_json=bool(v["as_json"]))
+        ctx.exit(EX_OK)
+    if v.get("topdir"):
+        cwd = os.path.abspath(os.path.expanduser(str(v["topdir"])))
+        if not os.path.isdir(cwd):
+            raise UsageError(f"--topdir {v['topdir']}: no such directory")
     req = TryRequest(
-        builders=list(v["builders"] or []),
-        branch=v["branch"],
-        baserev=v["baserev"],
-        patchlevel=v["patchlevel"],
-        who=v["who"],
-        comment=v["comment"],
+        builders=list(v["builders"] or []), branch=v["branch"], baserev=v["baserev"],
+        patchlevel=v["patchlevel"], who=v["who"], comment=v["comment"],
         properties={str(k): val for k, val in v["properties"].items()},
-        repository=v["repository"],
-        project=v["project"],
-        vc=v["vc"],
-        diff=v["diff"],
-        untracked=bool(v["untracked"]),
-        allow_empty=bool(v["allow_empty"]),
+        repository=v["repository"], project=v["project"], vc=v["vc"], diff=v["diff"],
+        untracked=bool(v["untracked"]), allow_empty=bool(v["allow_empty"]),
     )
     change = gather_change(req, cwd)
     job = build_job(change, req)
-    from tryssh.core.jobfile import encode_job
+    from tryssh.core.jobfile import EncodedJob
 
-    data = encode_job(job)
+    encoded = EncodedJob(job)  # its size is known; over ssh it is encoded as it is sent
     if v["dry_run"]:
         stats = change.stats
         lines = summary_lines(job, change, stats)
         if v["as_json"]:
-            click.echo(json.dumps(dry_run_dict(job, change, stats, data)))
+            click.echo(json.dumps(dry_run_dict(job, change, stats, bytes(encoded))))
         else:
             click.echo("\n".join(lines))
-            version = data[2:3].decode()
-            click.echo(f"job:        {len(data)} bytes (version {version}); not sent (--dry-run)")
+            click.echo(f"job:        {encoded.size} bytes (version {encoded.version}); "
+                       "not sent (--dry-run)")  # fmt: skip
         ctx.exit(EX_OK)
     dest = _destination(v, quiet)
     if not quiet:  # the stats cost a pass over the patch: only when someone reads them
         for line in summary_lines(job, change, change.stats):
             echo_stderr(line)
+    else:  # --quiet hides the summary, never a warning
+        for note in getattr(change, "notes", []):
+            if note.startswith("WARNING"):
+                echo_stderr(f"tryssh: {note}")
     conn = None if dest.connect == "local" else open_connection(dest)
     try:
-        receipt = deliver(data, dest, conn)
+        try:
+            receipt = deliver(encoded, dest, conn)
+        except MaybeDelivered as err:
+            raise MaybeDelivered(f"{err.message} (look for jobid {job.jobid})") from None
         if not quiet and not v["as_json"]:
             where = receipt.host or dest.jobdir
             if receipt.job:
@@ -412,9 +421,8 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
         record = None
         if v["wait"]:
             if not receipt.job:
-                raise TempFail(
-                    "cannot --wait: the server did not name the job (Buildbot's tryserver?)"
-                )
+                raise TempFail("cannot --wait: the server did not name the job "
+                               "(Buildbot's tryserver?)")
             if not v["as_json"]:
                 click.echo(receipt.job)
             record, live = wait_for_job(dest, conn, receipt.job, v, quiet)
@@ -449,7 +457,11 @@ def status_fetcher(dest: Destination, conn: Connection | None, job: str) -> Call
 
 
 def _query(ctx: click.Context, values: dict[str, Any], what: str, job: str | None) -> Any:
-    v = _merge(ctx, values, os.getcwd())
+    return _ask(_merge(ctx, values, os.getcwd()), what, job)
+
+
+def _ask(v: dict[str, Any], what: str, job: str | None) -> Any:
+    """Ask the server (or the master's config, with --config) for a status or the builders."""
     if v.get("master_config"):
         from tryssh.server.queries import local_query
 
@@ -482,7 +494,8 @@ def status_cmd(ctx: click.Context, job: str, as_json: bool, **values: Any) -> No
       tryssh status --config /etc/tryssh/config.toml JOB     on the master
     Exit codes: 0 succeeded (or, without --wait, still going), 1 a build failed,
     64 usage, 66 no such job (or not yours), 75 error, interrupted, cancelled or
-    connection trouble, 77 rejected, 78 config error, 130 Ctrl-C during --wait.
+    connection trouble, 77 rejected, or refused (host key, login), 78 config error,
+    130 interrupted (Ctrl-C during --wait).
     """
     if values.get("wait"):
         v = _merge(ctx, values, os.getcwd())
@@ -524,8 +537,14 @@ def builders_cmd(ctx: click.Context, as_json: bool, **values: Any) -> None:
     Examples:
       tryssh builders --host ci
       tryssh builders --config /etc/tryssh/config.toml      on the master
+
+    Exit codes: 0 ok, 64 usage, 75 connection or server trouble, 77 refused (host key,
+    login, policy), 78 config error, 130 interrupted.
     """
-    answer = _query(ctx, values, "builders", None)
+    _print_builders(_query(ctx, values, "builders", None), as_json)
+
+
+def _print_builders(answer: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(answer))
         return

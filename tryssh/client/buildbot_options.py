@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shlex
 from dataclasses import dataclass, field
 
 from tryssh.errors import ConfigError
@@ -279,3 +280,76 @@ def load_buildbot_options(start_dir: str, home: str | None = None) -> BuildbotOp
     return BuildbotOptions(
         values=values, path=path, warnings=warnings + parse_warnings + value_warnings
     )
+
+
+# ssh(1) flags that take an argument (the ones tryssh does not use are skipped with it).
+_SSH_FLAGS_WITH_ARG = set("BbcDEeFIiJLlmOoPpQRSWw")
+
+
+@dataclass
+class SshCommand:
+    """What tryssh takes from Buildbot's ``try_ssh``/``--ssh`` command (it never runs it)."""
+
+    port: int | None = None
+    identity: str | None = None
+    login: str | None = None
+    options: list[str] = field(default_factory=list)  # -o values, as written
+    config: str | None = None  # -F
+    jump: str | None = None  # -J
+    ignored: list[str] = field(default_factory=list)  # words tryssh does not use
+
+
+def parse_ssh_command(text: str) -> SshCommand:
+    """Read ``ssh -p PORT -i KEY -l USER -o Opt=val ...`` the way ssh(1) would parse it.
+
+    Raises ConfigError for text that is not an ssh command line (bad quoting, a bad port).
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError as err:
+        raise ConfigError(f"cannot read the ssh command {text!r}: {err}") from None
+    result = SshCommand()
+    i = 1  # words[0] is the program; tryssh speaks SSH itself
+    while i < len(words):
+        word = words[i]
+        if not word.startswith("-") or len(word) < 2:
+            result.ignored.append(word)
+            i += 1
+            continue
+        flags = word[1:]
+        j = 0
+        while j < len(flags):
+            flag = flags[j]
+            if flag not in _SSH_FLAGS_WITH_ARG:
+                result.ignored.append(f"-{flag}")
+                j += 1
+                continue
+            value = flags[j + 1 :]
+            if not value:
+                i += 1
+                if i >= len(words):
+                    raise ConfigError(f"ssh command {text!r}: -{flag} needs a value")
+                value = words[i]
+            _take(result, flag, value, text)
+            break
+        i += 1
+    return result
+
+
+def _take(result: SshCommand, flag: str, value: str, text: str) -> None:
+    if flag == "p":
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ConfigError(f"ssh command {text!r}: bad port {value!r}")
+        result.port = int(value)
+    elif flag == "i":
+        result.identity = value
+    elif flag == "l":
+        result.login = value
+    elif flag == "o":
+        result.options.append(value)
+    elif flag == "F":
+        result.config = value
+    elif flag == "J":
+        result.jump = value
+    else:
+        result.ignored.append(f"-{flag} {value}")

@@ -9,13 +9,14 @@ A key is taken whole from the highest layer that sets it (lists and tables are n
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from tryssh.client.buildbot_options import load_buildbot_options
+from tryssh.client.buildbot_options import load_buildbot_options, parse_ssh_command
 from tryssh.client.vcs import MARKERS
-from tryssh.errors import ConfigError
+from tryssh.errors import ConfigError, UsageError
 
 PROJECT_FILE = ".tryssh.toml"
 TABLE = "try"
@@ -44,15 +45,32 @@ KEYS: tuple[str, ...] = (
     "accept_new_host_key",
     "known_hosts",
     "timeout",
+    "ssh_options",
+    "ssh_config",
+    "proxy_jump",
+    "topdir",
     "follow",
     "tail_lines",
 )
 ALIASES = {"buildbotbin": "tryserver_cmd"}
 
 # A project file comes with the source tree, i.e. from whoever can push to it. It may say
-# where the project's try server is, but not which key to use or which host keys to trust:
-# otherwise a cloned repository could silently redirect a patch to a look-alike server.
-PROJECT_FORBIDDEN = frozenset({"identity", "known_hosts", "accept_new_host_key"})
+# where the project's try server is (a host, builders: Buildbot's convention), but not which
+# key to use, which host keys to trust, or what to run on the server: otherwise a cloned
+# repository could redirect a patch to a look-alike server or run commands as the developer.
+_TRUST = "it decides whom to trust"
+PROJECT_FORBIDDEN: dict[str, str] = {
+    "identity": _TRUST,
+    "known_hosts": _TRUST,
+    "accept_new_host_key": _TRUST,
+    "tryserver_cmd": "it decides what runs on the server with your key",
+    "ssh_options": "ssh options can run local commands and choose keys",
+    "ssh_config": "an ssh config can run local commands and choose keys",
+    "proxy_jump": "it decides which hosts see your keys",
+}
+# The remote program: one path word naming a tryserver or buildbot, optionally followed by
+# the word "tryserver" (Buildbot's ``buildbot tryserver``). No shell syntax, no arguments.
+_PROGRAM_WORD = re.compile(r"[A-Za-z0-9._+~/-]*(?:tryserver|buildbot)")
 
 # Buildbot option names -> tryssh keys. The rest of Buildbot's options do not apply.
 _FROM_BUILDBOT = {
@@ -71,6 +89,8 @@ _FROM_BUILDBOT = {
     "port": "port",
     "properties": "properties",
     "buildbotbin": "tryserver_cmd",
+    "topdir": "topdir",
+    "ssh": "",  # read by _from_try_ssh
 }
 
 
@@ -124,6 +144,32 @@ def _comment(value: object) -> str:
     return value
 
 
+def remote_program(value: object) -> str:
+    """Check a ``tryserver_cmd``: ``[PATH/]…tryserver`` or ``[PATH/]…buildbot [tryserver]``."""
+    text = _string(value)
+    words = text.split()
+    program = words[0] if words else ""
+    if (
+        1 <= len(words) <= 2
+        and _PROGRAM_WORD.fullmatch(program)
+        and not program.startswith("-")
+        and (len(words) == 1 or (words[1] == "tryserver" and program.endswith("buildbot")))
+    ):
+        return text
+    raise _Bad(
+        f"{text!r} is not allowed: the remote command must be one path ending in 'tryserver' "
+        "or 'buildbot' (optionally followed by 'tryserver'), with no other words"
+    )
+
+
+def check_remote_program(value: str) -> str:
+    """:func:`remote_program` for the command line: a usage error (64) when refused."""
+    try:
+        return remote_program(value)
+    except _Bad as bad:
+        raise UsageError(f"--tryserver-cmd {bad}") from None
+
+
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise _Bad(f"must be true or false, not {_show(value)}")
@@ -140,6 +186,24 @@ def _int_in(low: int, high: int | None) -> Callable[[object], int]:
         return value
 
     return check
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise _Bad(f"must be a list of strings, not {_show(value)}")
+    return [_string(item) for item in value]
+
+
+def _ssh_options(value: object) -> list[str]:
+    from tryssh.client.sshoptions import parse_ssh_option
+
+    items = _strings(value)
+    for item in items:
+        try:
+            parse_ssh_option(item)
+        except UsageError as err:
+            raise _Bad(err.message) from None
+    return items
 
 
 def _seconds(value: object) -> float:
@@ -182,14 +246,24 @@ def _show(value: object) -> str:
     return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+CONNECT_VALUES = ("ssh", "scp", "local", "pb")
+
+
+def _connect(value: object) -> str:
+    text = _string(value)
+    if text not in CONNECT_VALUES:
+        raise _Bad(f"must be one of ssh, scp, local (or Buildbot's pb), not {text!r}")
+    return text
+
+
 _CHECKS: dict[str, Callable[[object], object]] = {
-    "connect": _string,
+    "connect": _connect,
     "host": _name,
     "port": _int_in(1, 65535),
     "username": _name,
     "jobdir": _string,
     "identity": _string,
-    "tryserver_cmd": _string,
+    "tryserver_cmd": remote_program,
     "builders": _builders,
     "branch": _string,
     "repository": _string,
@@ -204,10 +278,14 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "accept_new_host_key": _bool,
     "known_hosts": _string,
     "timeout": _seconds,
+    "ssh_options": _ssh_options,
+    "ssh_config": _string,
+    "proxy_jump": _name,
+    "topdir": _string,
     "follow": _bool,
     "tail_lines": _int_in(0, 100000),
 }
-_PATH_KEYS = ("identity", "known_hosts")
+_PATH_KEYS = ("identity", "known_hosts", "ssh_config", "topdir")
 
 
 # --------------------------------------------------------------------------- files
@@ -277,8 +355,8 @@ def load_config_file(path: str, *, project: bool = False) -> dict[str, object]:
             raise ConfigError(f"{path}: [try] {raw_key}: set twice (it is an alias of {key})")
         if project and key in PROJECT_FORBIDDEN:
             raise ConfigError(
-                f"{path}: [try] {raw_key}: not allowed in a project file (it decides whom to "
-                "trust); set it in your user config or on the command line"
+                f"{path}: [try] {raw_key}: not allowed in a project file "
+                f"({PROJECT_FORBIDDEN[key]}); set it in your user config or on the command line"
             )
         try:
             value = _CHECKS[key](raw_value)
@@ -306,19 +384,74 @@ def _owned_ok(path: str, warnings: list[str]) -> bool:
 def _from_buildbot(
     cwd: str, env: Mapping[str, str]
 ) -> tuple[dict[str, object], str | None, list[str]]:
-    opts = load_buildbot_options(cwd, home=env.get("HOME") or None)
+    home = env.get("HOME") or os.path.expanduser("~")
+    opts = load_buildbot_options(cwd, home=home)
     warnings = list(opts.warnings)
     values: dict[str, object] = {}
+    # ~/.buildbot/options is the user's own; any other one came with a source tree.
+    project = opts.path is not None and os.path.abspath(opts.path) != os.path.abspath(
+        os.path.join(home, ".buildbot", "options")
+    )
     for name, value in opts.values.items():
         key = _FROM_BUILDBOT.get(name)
         if key is None:
             warnings.append(f"{opts.path}: Buildbot's {name!r} setting is not used by tryssh")
             continue
-        try:
-            values[key] = _CHECKS[key](value)
-        except _Bad as bad:
-            warnings.append(f"{opts.path}: {name} {bad}; ignored")
+        if key == "":
+            continue
+        _take_buildbot_value(key, value, f"try_{name}", opts.path, project, values, warnings)
+    if isinstance(opts.values.get("ssh"), str) and opts.path is not None:
+        _from_try_ssh(str(opts.values["ssh"]), opts.path, project, values, warnings)
     return values, opts.path, warnings
+
+
+def _take_buildbot_value(
+    key: str, value: object, label: str, path: str | None, project: bool,
+    values: dict[str, object], warnings: list[str],
+) -> None:
+    """Check one value from Buildbot's options file into *values*; a bad or (in a project's
+    file) forbidden one is a warning, never an error: the file is Buildbot's, not ours."""
+    if project and key in PROJECT_FORBIDDEN:
+        warnings.append(
+            f"{path}: {label} ignored: a project's options file may not set it "
+            f"({PROJECT_FORBIDDEN[key]}); set it in ~/.buildbot/options"
+        )
+        return
+    try:
+        values[key] = _CHECKS[key](value)
+    except _Bad as bad:
+        warnings.append(f"{path}: {label} {bad}; ignored")
+
+
+def _from_try_ssh(
+    text: str, path: str, project: bool, values: dict[str, object], warnings: list[str]
+) -> None:
+    """Take port, identity, login, -o, -F and -J from ``try_ssh`` (it is never run).
+
+    try_port / try_username win over what try_ssh says. From a project's file only the
+    port and the login are taken: the rest decides which keys and programs are used.
+    """
+    try:
+        cmd = parse_ssh_command(text)
+    except ConfigError as err:
+        warnings.append(f"{path}: try_ssh: {err.message}; ignored")
+        return
+    found: dict[str, object] = {"port": cmd.port, "username": cmd.login}
+    base = os.path.dirname(os.path.abspath(path))
+    for key, value in (("identity", cmd.identity), ("ssh_config", cmd.config)):
+        if value is not None:
+            found[key] = os.path.join(base, os.path.expanduser(value))
+    found["ssh_options"] = cmd.options or None
+    found["proxy_jump"] = cmd.jump
+    for key, value in found.items():
+        if value is not None and key not in values:
+            label = f"try_ssh's {key.replace('_', ' ')}"
+            _take_buildbot_value(key, value, label, path, project, values, warnings)
+    if cmd.ignored:
+        warnings.append(
+            f"{path}: try_ssh: {' '.join(cmd.ignored)} not used (tryssh speaks SSH itself; "
+            "it takes -p, -i, -l, -o, -F and -J)"
+        )
 
 
 def resolve_client_options(
@@ -351,6 +484,8 @@ def resolve_client_options(
         key = ALIASES.get(raw_key, raw_key)
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
+        if key == "tryserver_cmd":
+            check_remote_program(str(value))
         cli_values[key] = list(value) if isinstance(value, tuple) else value
     layers.append((COMMAND_LINE, cli_values))
 

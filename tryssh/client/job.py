@@ -40,14 +40,19 @@ class TryRequest:
     allow_empty: bool = False
 
 
-def parse_properties(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``K=V`` strings (as Buildbot's ``--property``: split at the first '=')."""
+def parse_properties(
+    items: list[str] | tuple[str, ...], split_commas: bool = False
+) -> dict[str, str]:
+    """``K=V`` strings, as Buildbot reads them: ``--property`` splits at the first '=';
+    ``--properties`` (*split_commas*) first splits ``a=1,b=2`` at the commas."""
     props: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--property needs KEY=VALUE, not {item!r}")
-        props[key.strip()] = value
+    flag = "--properties" if split_commas else "--property"
+    for text in items:
+        for item in text.split(",") if split_commas else [text]:
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UsageError(f"{flag} needs KEY=VALUE, not {item!r}")
+            props[key.strip()] = value
     return props
 
 
@@ -77,12 +82,19 @@ def gather_change(req: TryRequest, cwd: str | None = None) -> SourceChange:
 def build_job(change: SourceChange, req: TryRequest) -> Job:
     """The Buildbot job for *change*; an empty patch is refused unless ``allow_empty``."""
     if not change.patch and not req.allow_empty:
+        hint = ""
+        if change.vcs == "git" and not req.untracked and change.topdir:
+            from tryssh.client.vcs import untracked_files
+
+            if untracked_files(change.topdir):
+                hint = "; there are untracked files: pass --untracked to include them"
         raise BadJob(
             "the diff is empty: nothing to try (change something, or pass --allow-empty to "
-            "build the base revision as it is)"
+            f"build the base revision as it is){hint}"
         )
     if req.branch:
-        branch = req.branch
+        # As Buildbot sends it: git drops a "<remote>/" prefix (vcs.extract did that).
+        branch = change.branch or req.branch
     else:
         # The branch the master can fetch (origin/main -> main), not a local name.
         branch = getattr(change, "upstream_branch", None) or change.branch or ""

@@ -14,7 +14,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from tryssh.errors import (
@@ -35,12 +35,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import paramiko
 
-    from tryssh.client.sshclient import Connection, SshOptions
+    from tryssh.client.sshclient import Connection
+    from tryssh.client.sshoptions import SshOptions
+    from tryssh.core.jobfile import EncodedJob
 
 CHUNK = 1 << 20  # bytes per sendall(): large writes keep paramiko's per-call overhead low
 PROGRESS_MIN = 4 << 20  # show a progress bar above this size (on a terminal)
 SYSEXITS = {EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG}
 DEFAULT_TRYSERVER_CMD = "buildbot"
+RECEIPT_GRACE = 10.0  # seconds to wait for the receipt after a Ctrl-C that came too late
+EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 SENT_NOTE = (
@@ -69,6 +73,12 @@ class Receipt:
             # the job's record) may differ from what was sent: say which one this is.
             out["size_and_sha256_of"] = SENT_NOTE
         return out
+
+
+class MaybeDelivered(TrysshError):
+    """Interrupted after the whole job was sent: it may or may not have been delivered."""
+
+    exit_code = EX_INTERRUPTED
 
 
 class RemoteFailure(TrysshError):
@@ -187,7 +197,7 @@ class _Drain(threading.Thread):
 def run_remote(
     conn: Connection,
     command: str,
-    stdin: bytes | None = None,
+    stdin: bytes | Iterable[bytes] | None = None,
     progress: Progress | None = None,
     what: str = "remote tryserver",
 ) -> tuple[bytes, bytes]:
@@ -217,15 +227,12 @@ def run_remote(
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        # The drains end at EOF; a stuck server ends them through the channel timeout.
-        out.join()
-        err.join()
-        for failure in (out.error, err.error):
-            if isinstance(failure, TimeoutError):
-                raise TempFail(f"{what}: no answer from {conn.target} for {timeout:g}s")
-        if not chan.status_event.wait(timeout):
-            raise TempFail(f"{what}: no exit status from {conn.target} within {timeout:g}s")
-        status = chan.recv_exit_status()
+        try:
+            status = _finish(chan, out, err, timeout, what, conn)
+        except KeyboardInterrupt:
+            if stdin is None or send_error is not None:
+                raise
+            status = _await_receipt(chan, out, err, what, conn)
         if status != 0:
             raise _remote_error(status, bytes(err.data), what)
         for failure in (send_error, out.error, err.error):
@@ -233,7 +240,66 @@ def run_remote(
                 raise TempFail(f"{what}: connection to {conn.target} failed: {_why(failure)}")
         return bytes(out.data), bytes(err.data)
     finally:
-        chan.close()
+        _quietly(chan.close)
+
+
+def _quietly(close: Callable[[], object]) -> None:
+    """Close without raising: after a Ctrl-C or a dead ProxyCommand the connection may be
+    gone, and a second error would bury the first under chained tracebacks."""
+    import paramiko
+
+    try:
+        close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _finish(chan: paramiko.Channel, out: _Drain, err: _Drain, timeout: float, what: str,
+            conn: Connection, limit: float | None = None) -> int:
+    """Wait for the server's answer and exit status; -1 when the connection went away.
+
+    The drains end at EOF, or through the channel's idle timeout for a stuck server;
+    *limit* bounds the whole wait (the grace period after a late Ctrl-C).
+    """
+    end = None if limit is None else time.monotonic() + limit
+    for drain in (out, err):
+        drain.join(None if end is None else max(0.0, end - time.monotonic()))
+        if drain.is_alive():
+            raise TempFail(f"{what}: no answer from {conn.target} within {limit:g}s")
+    for failure in (out.error, err.error):
+        if isinstance(failure, TimeoutError):
+            raise TempFail(f"{what}: no answer from {conn.target} for {timeout:g}s")
+    deadline = time.monotonic() + (timeout if end is None else max(0.0, end - time.monotonic()))
+    while not chan.status_event.wait(0.05):
+        transport = chan.get_transport()
+        if chan.closed or transport is None or not transport.is_active():
+            return -1  # the connection is gone: no status will ever come
+        if time.monotonic() >= deadline:
+            raise TempFail(f"{what}: no exit status from {conn.target} within {timeout:g}s")
+    return chan.recv_exit_status()
+
+
+def _await_receipt(chan: paramiko.Channel, out: _Drain, err: _Drain, what: str,
+                   conn: Connection) -> int:
+    """Ctrl-C after the last byte was sent: the job may already be in; wait briefly for the
+    server's receipt rather than leave the developer guessing (a retry would build it twice).
+    A second Ctrl-C gives up."""
+    transport = chan.get_transport()
+    if transport is not None and transport.is_active() and not chan.closed:
+        print(f"tryssh: interrupted after the job was sent; waiting up to {RECEIPT_GRACE:g}s "
+              "for the server's receipt (Ctrl-C again to stop waiting)", file=sys.stderr,
+              flush=True)
+        try:
+            status = _finish(chan, out, err, RECEIPT_GRACE, what, conn, limit=RECEIPT_GRACE)
+        except (KeyboardInterrupt, TempFail):
+            status = -1
+        if status != -1:
+            return status
+    raise MaybeDelivered(
+        f"interrupted: the job was sent to {conn.target} and may have been delivered; "
+        "check the server's job list (tryssh jobs, or tryserver jobs over ssh) before sending "
+        "it again"
+    ) from None
 
 
 def _why(err: BaseException) -> str:
@@ -242,21 +308,27 @@ def _why(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _send(chan: paramiko.Channel, data: bytes, progress: Progress | None) -> BaseException | None:
-    """Send *data* in large writes; return the error that stopped it, if any.
+def _send(
+    chan: paramiko.Channel, data: bytes | Iterable[bytes], progress: Progress | None
+) -> BaseException | None:
+    """Send *data* (bytes, or chunks made as they are sent) in large writes; return the
+    error that stopped it, if any.
 
     A server that refuses the job closes the channel while we send: that is not our error to
     report, its exit status and message are, so the caller carries on and reads them.
     """
-    view = memoryview(data)
     sent = 0
     try:
-        while sent < len(view):
-            chunk = view[sent : sent + CHUNK]
-            chan.sendall(chunk)  # type: ignore[arg-type]
-            sent += len(chunk)
-            if progress is not None:
-                progress.update(sent)
+        for piece in (data,) if isinstance(data, bytes | bytearray) else data:
+            view = memoryview(piece)
+            done = 0
+            while done < len(view):
+                chunk = view[done : done + CHUNK]
+                chan.sendall(chunk)  # type: ignore[arg-type]
+                done += len(chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress.update(sent)
     except (OSError, EOFError) as err:
         return err
     finally:
@@ -267,19 +339,31 @@ def _send(chan: paramiko.Channel, data: bytes, progress: Progress | None) -> Bas
 
 def deliver_ssh(
     conn: Connection,
-    data: bytes,
+    data: bytes | EncodedJob,
     jobdir: str | None,
     tryserver_cmd: str = DEFAULT_TRYSERVER_CMD,
     show_progress: bool = True,
 ) -> Receipt:
-    """Send the job to ``tryserver`` on stdin; the receipt names the job if the server did."""
+    """Send the job to ``tryserver`` on stdin; the receipt names the job if the server did.
+
+    An :class:`~tryssh.core.jobfile.EncodedJob` is encoded while it is sent, so that the
+    upload starts at once and the encoding overlaps it.
+    """
     command = tryserver_command(tryserver_cmd, jobdir)
-    progress = Progress(len(data), "sending", show_progress)
-    stdout, _stderr = run_remote(conn, command, data, progress)
+    size = len(data) if isinstance(data, bytes) else data.size
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in (data,) if isinstance(data, bytes) else data.chunks():
+            digest.update(chunk)
+            yield chunk
+
+    progress = Progress(size, "sending", show_progress)
+    stdout, _stderr = run_remote(conn, command, chunks(), progress)
     # tryssh's tryserver prints the job name; Buildbot's prints nothing.
     lines = stdout.decode("utf-8", "replace").split()
     name = lines[0] if lines else None
-    return Receipt(name, len(data), hashlib.sha256(data).hexdigest(), "ssh", str(conn.target))
+    return Receipt(name, size, digest.hexdigest(), "ssh", str(conn.target))
 
 
 # -- sftp -----------------------------------------------------------------------------------
@@ -397,17 +481,18 @@ def open_connection(dest: Destination) -> Connection:
     return connect(dest.ssh)
 
 
-def deliver(data: bytes, dest: Destination, conn: Connection | None) -> Receipt:
-    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp)."""
+def deliver(data: bytes | EncodedJob, dest: Destination, conn: Connection | None) -> Receipt:
+    """Deliver *data* with the chosen transport (*conn* is open for ssh and scp). Over ssh
+    an :class:`EncodedJob` is encoded as it is sent."""
     if dest.connect == "local":
         if not dest.jobdir:
             raise UsageError("-c local needs --jobdir (the jobdir on this machine)")
-        return deliver_local(data, dest.jobdir)
+        return deliver_local(bytes(data), dest.jobdir)
     assert conn is not None
     if dest.connect == "scp":
         if not dest.jobdir:
             raise UsageError("-c scp needs --jobdir (the jobdir on the server)")
-        return deliver_scp(conn, data, dest.jobdir, show_progress=dest.progress)
+        return deliver_scp(conn, bytes(data), dest.jobdir, show_progress=dest.progress)
     if dest.connect == "ssh":
         return deliver_ssh(conn, data, dest.jobdir, dest.tryserver_cmd, show_progress=dest.progress)
     raise UsageError(f"unknown transport {dest.connect!r} (use ssh, scp or local)")

@@ -91,6 +91,16 @@ def patch_stats(patch: bytes) -> PatchStats:
     opened: str | None = None  # which header opened the current file and saw no content yet
     i = 0
     while i < len(lines):
+        if old_left > 0 or new_left > 0:
+            step = _hunk_run(lines, i, old_left, new_left)
+            if step is not None:  # the fast path: a run of lines counted at C speed
+                n, plus, minus, context = step
+                added += plus
+                removed += minus
+                old_left -= minus + context
+                new_left -= plus + context
+                i += n
+                continue
         line = lines[i]
         i += 1
         if old_left > 0 or new_left > 0:
@@ -130,6 +140,30 @@ def patch_stats(patch: bytes) -> PatchStats:
         elif line.startswith((b"GIT binary patch", b"Binary files ", _SVN_BINARY_MARKER)):
             opened = None
     return PatchStats(files=files, added=added, removed=removed, size=len(patch))
+
+
+def _hunk_run(
+    lines: list[bytes], i: int, old_left: int, new_left: int
+) -> tuple[int, int, int, int] | None:
+    """Count the next ``max(old_left, new_left)`` lines of a hunk in one go.
+
+    A hunk still has at least that many lines, so they are all its own if each is a
+    ``+``, ``-``, context or ``\\`` line; returns (lines, added, removed, context), or None
+    when the run holds anything else (a truncated hunk): the caller then goes line by line.
+    """
+    n = max(old_left, new_left)
+    run = lines[i : i + n]
+    if len(run) < n:
+        return None
+    firsts = b"".join([line[:1] for line in run])
+    plus, minus = firsts.count(b"+"), firsts.count(b"-")
+    space, marks = firsts.count(b" "), firsts.count(b"\\")
+    if plus + minus + space + marks != len(firsts):
+        return None
+    context = space + (n - len(firsts))  # empty lines are context too
+    if minus + context > old_left or plus + context > new_left:
+        return None
+    return n, plus, minus, context
 
 
 # --------------------------------------------------------------------------- running tools
@@ -289,7 +323,7 @@ def extract(
         raise UsageError("--baserev is empty")
     topdir = os.path.abspath(topdir)
     if vcs == "git":
-        change = _extract_git(topdir, baserev, include_untracked)
+        change = _extract_git(topdir, baserev, include_untracked, branch)
     elif vcs in ("hg", "svn"):
         if include_untracked:
             add = "hg add" if vcs == "hg" else "svn add"
@@ -299,9 +333,15 @@ def extract(
         change = _extract_hg(topdir, baserev) if vcs == "hg" else _extract_svn(topdir, baserev)
     else:
         raise UsageError(f"unsupported version control system {vcs!r} (use git, hg or svn)")
-    if branch is not None:
+    if branch is not None and vcs != "git":
         change.branch = branch
     return change
+
+
+def untracked_files(topdir: str) -> bool:
+    """Whether a git working copy has untracked (not ignored) files."""
+    out = _git(topdir, "ls-files", "-z", "--others", "--exclude-standard", ok=(0, 1, 128))
+    return out.returncode == 0 and bool(out.stdout)
 
 
 def _git(
@@ -314,17 +354,29 @@ def _git(
     return _run(["git", *args], topdir, ok=ok, env=env, stdin=stdin)
 
 
-def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> SourceChange:
+def _extract_git(
+    topdir: str, baserev: str | None, include_untracked: bool, branch: str | None = None
+) -> SourceChange:
     notes: list[str] = []
-    head = _git(topdir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", ok=(0, 1))
-    if head.returncode != 0:
-        raise UsageError(
-            f"the git repository {topdir} has no commits yet: commit a base first, or use --diff"
-        )
-    head_id = _text(head.stdout)
-
-    sym = _git(topdir, "symbolic-ref", "--quiet", "HEAD", ok=(0, 1))
-    ref = os.fsdecode(sym.stdout.strip()) if sym.returncode == 0 else ""
+    # One rev-parse for three answers (each git start costs a few ms): the index's path,
+    # HEAD's commit and HEAD's full ref name ("HEAD" itself when detached).
+    info = _git(
+        topdir, "rev-parse", "--git-path", "index", "HEAD^{commit}",
+        "--symbolic-full-name", "HEAD", ok=(0, 128),
+    )  # fmt: skip
+    lines = info.stdout.split(b"\n")
+    if info.returncode != 0 or len(lines) < 3:
+        if b"unknown revision" in info.stderr or b"ambiguous argument" in info.stderr:
+            raise UsageError(
+                f"the git repository {topdir} has no commits yet: commit a base first, or "
+                "use --diff"
+            )
+        detail = _first_line(info.stderr) or "no message"
+        raise TrysshError(f"git rev-parse failed (exit {info.returncode}): {detail}",
+                          EX_UNAVAILABLE)  # fmt: skip
+    index_path = os.path.join(topdir, os.fsdecode(lines[0]))
+    head_id = _text(lines[1])
+    ref = os.fsdecode(lines[2].strip())
     current = ref[len("refs/heads/") :] if ref.startswith("refs/heads/") else None
 
     # Upstream of the current branch: full ref, remote name and the branch's name there.
@@ -349,23 +401,74 @@ def _extract_git(topdir: str, baserev: str | None, include_untracked: bool) -> S
         remote_ref[len("refs/heads/") :] if remote_ref.startswith("refs/heads/") else None
     )
 
+    sent_branch = current
+    if branch is not None:
+        # Buildbot's way: the base comes from the named branch, and a "<remote>/" prefix
+        # is dropped from the name the master sees.
+        ref, sent_branch = _git_branch_ref(topdir, branch, remote)
+        upstream_branch = None
+        if baserev is None:
+            base = _git_merge_base_with(topdir, ref, branch, head_id, notes)
+            _warn_if_unpublished(topdir, base, notes)
     if baserev is not None:
         base = _git_resolve(topdir, baserev)
-    else:
+    elif branch is None:
         base = _git_merge_base(topdir, head_id, current, upstream, notes)
 
-    patch = _git_diff(topdir, base, include_untracked)
+    patch = _git_diff(topdir, base, include_untracked, index_path)
     return SourceChange(
         vcs="git",
         baserev=base,
         patch=patch,
         patch_level=1,
-        branch=current,
+        branch=sent_branch,
         repository=repository,
         topdir=topdir,
         notes=notes,
         upstream_branch=upstream_branch,
     )
+
+
+def _git_branch_ref(topdir: str, branch: str, remote: str) -> tuple[str, str]:
+    """(the ref to take the base from, the branch name to send) for ``--branch``."""
+    if branch.startswith("-") or not branch.strip():
+        raise UsageError(f"--branch {branch!r} is not a branch name")
+    remotes = os.fsdecode(_git(topdir, "remote").stdout).split()
+    sent = branch
+    for name in remotes:
+        if branch.startswith(name + "/"):
+            sent = branch[len(name) + 1 :]
+            break
+    candidates = [branch] + [f"{r}/{branch}" for r in ([remote] if remote else []) + remotes]
+    for ref in candidates:
+        res = _git(topdir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", ok=(0, 1))
+        if res.returncode == 0:
+            return ref, sent
+    raise UsageError(
+        f"--branch {branch!r} is not a branch of {topdir} (nor of its remotes: fetch it?)"
+    )
+
+
+def _git_merge_base_with(
+    topdir: str, ref: str, branch: str, head_id: str, notes: list[str]
+) -> str:
+    mb = _git(topdir, "merge-base", "HEAD", ref, ok=(0, 1))
+    if mb.returncode != 0:
+        notes.append(f"HEAD and --branch {branch} have no common ancestor: the base is HEAD")
+        return head_id
+    return _text(mb.stdout)
+
+
+def _warn_if_unpublished(topdir: str, base: str, notes: list[str]) -> None:
+    """The master fetches from a remote: a base no remote-tracking branch holds is suspect."""
+    remotes = _git(
+        topdir, "for-each-ref", "--count=1", "--contains", base, "refs/remotes/", ok=(0, 1, 129)
+    )
+    if remotes.returncode == 0 and not remotes.stdout.strip():
+        notes.append(
+            f"WARNING: the base {base[:12]} is not on any remote-tracking branch: the master "
+            "likely does not have it (push it, or pass --baserev)"
+        )
 
 
 def _git_resolve(topdir: str, rev: str) -> str:
@@ -389,29 +492,36 @@ def _git_merge_base(
             "in the patch (set one with 'git branch --set-upstream-to', or use --baserev)"
         )
         return head_id
-    exists = _git(topdir, "rev-parse", "--verify", "--quiet", f"{upstream}^{{commit}}", ok=(0, 1))
-    if exists.returncode != 0:
+    # One merge-base: exit 128 when the upstream ref is missing, 1 when no common ancestor.
+    mb = _git(topdir, "merge-base", "HEAD", upstream, ok=(0, 1, 128))
+    if mb.returncode == 128:
         notes.append(f"upstream {upstream} does not exist locally (fetch it?): the base is HEAD")
         return head_id
-    mb = _git(topdir, "merge-base", "HEAD", upstream, ok=(0, 1))
     if mb.returncode != 0:
         notes.append(f"HEAD and {upstream} have no common ancestor: the base is HEAD")
         return head_id
     return _text(mb.stdout)
 
 
-def _git_diff(topdir: str, base: str, include_untracked: bool) -> bytes:
-    """Diff ``base`` against the work tree, without ever writing the user's index.
+def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) -> bytes:
+    """Diff ``base`` against the work tree, without ever writing the user's index (at
+    *index_path*).
 
     git may refresh an index's stat data while diffing, and untracked files must be
-    marked intent-to-add to show up; both happen on a private copy of the index.
+    marked intent-to-add to show up; both happen on a private copy of the index. git diff
+    refreshes that copy (as git status would the user's): it is kept in the user's cache
+    and used again while the user's index stays the same, so that an index whose stat data
+    went stale (a checkout, a touch of every file) is hashed through once, not at every try.
     """
-    index_path = os.fsdecode(_git(topdir, "rev-parse", "--git-path", "index").stdout.strip())
-    index_path = os.path.join(topdir, index_path)
+    cache = None if include_untracked else _IndexCache(index_path)
     with tempfile.TemporaryDirectory(prefix="tryssh-git-") as tmp:
         tmp_index = os.path.join(tmp, "index")
-        if os.path.exists(index_path):
-            shutil.copyfile(index_path, tmp_index)
+        if cache is None or not cache.copy_to(tmp_index):
+            if os.path.exists(index_path):
+                # copy2 keeps the mtime: git compares it with its entries' to find files
+                # changed right after they were staged ("racily clean"); a new mtime would
+                # hide such a change from the diff.
+                shutil.copy2(index_path, tmp_index)
         env = _env({"GIT_INDEX_FILE": tmp_index})
         # Writing a split index would add a shared-index file to the user's .git.
         cfg = ["-c", "core.splitIndex=false"]
@@ -432,7 +542,7 @@ def _git_diff(topdir: str, base: str, include_untracked: bool) -> bytes:
                     env=add_env,
                     stdin=listing,
                 )
-        return _git(
+        patch = _git(
             topdir,
             *cfg,
             "diff",
@@ -447,6 +557,65 @@ def _git_diff(topdir: str, base: str, include_untracked: bool) -> bytes:
             "--",
             env=env,
         ).stdout
+        if cache is not None:
+            cache.keep(tmp_index)
+        return patch
+
+
+class _IndexCache:
+    """A refreshed private copy of the git index at *index_path*, in the user's cache
+    (``$XDG_CACHE_HOME/tryssh/git-index/``), valid while that index is unchanged."""
+
+    def __init__(self, index_path: str) -> None:
+        self.index_path = os.path.abspath(index_path)
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        import hashlib
+
+        name = hashlib.sha256(os.fsencode(self.index_path)).hexdigest()[:32]
+        self.path = os.path.join(base, "tryssh", "git-index", name)
+        self.key = self._key()
+
+    def _key(self) -> str | None:
+        try:
+            st = os.stat(self.index_path)
+        except OSError:
+            return None
+        return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+    def copy_to(self, target: str) -> bool:
+        """Copy the cached index to *target* if it belongs to the index as it is now, with
+        the mtime git gave it (see _git_diff: git's racy-entry check reads it)."""
+        if self.key is None:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                key, _, mtime = f.readline().decode("ascii", "replace").rstrip("\n").rpartition(" ")
+                if key != self.key or not mtime.isdigit():
+                    return False
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(f, out)
+            os.utime(target, ns=(int(mtime), int(mtime)))
+        except OSError:
+            return False
+        return True
+
+    def keep(self, refreshed: str) -> None:
+        """Store *refreshed* (the private copy git diff refreshed); best effort."""
+        if self.key is None or self._key() != self.key:
+            return  # the user's index changed meanwhile: the copy may not match it
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            mtime = os.stat(refreshed).st_mtime_ns
+            with open(refreshed, "rb") as f, open(tmp, "wb") as out:
+                out.write(f"{self.key} {mtime}\n".encode("ascii"))
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _hg(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:

@@ -153,7 +153,8 @@ class Jobdir:
         self.check()
         name = unique_name()
         tmp_path = self.tmp_path(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        # Read-write: a writer may fix the head of what it wrote (tryserver's v5/v6 splice).
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(tmp_path, flags, JOB_MODE)
         except OSError as err:

@@ -7,7 +7,8 @@ exactly as Buildbot's ``createJobfile`` writes them: v5, or v6 when the patch is
 
 :func:`transcode` is the one reader. It takes the netstrings one by one and can pass the
 job through to a writer as it goes, pinning ``who`` on the way, so the forced command
-never holds a v1-v4 patch in memory.
+never holds a patch in memory: v1-v4 netstrings pass through as they come, and the JSON
+of a v5/v6 job is spliced (:mod:`tryssh.core.jobsplice`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from tryssh.errors import BadJob
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, BinaryIO
+
+    from tryssh.core.jobsplice import Output
 
 # Fields other than the patch are short; a bigger one is garbage, and the cap keeps the
 # forced command's memory flat whatever a v1-v4 job holds.
@@ -41,6 +45,22 @@ JSON_KEY_ORDER = (
     "jobid", "branch", "baserev", "patch_level", "repository", "project",
     "who", "comment", "builderNames", "properties",
 )  # fmt: skip
+# Fields Buildbot's master stores in NOT NULL columns: a JSON null there fails an assertion
+# ("repository cannot be None") after the job has left new/, and the job is lost.
+NOT_NULL_TEXT = ("repository", "project")
+
+
+def normalise_for_buildbot(obj: dict[str, Any]) -> bool:
+    """Rewrite, in the v5/v6 JSON *obj*, the values that break Buildbot at delivery: a null
+    ``repository`` or ``project`` becomes ``""`` (what Buildbot defaults a missing one to).
+    True when something changed. The one definition: the whole-job path and the streaming
+    splice both call it."""
+    changed = False
+    for key in NOT_NULL_TEXT:
+        if key in obj and obj[key] is None:
+            obj[key] = ""
+            changed = True
+    return changed
 
 
 class Job:
@@ -115,7 +135,98 @@ class Job:
 
 def encode_job(job: Job) -> bytes:
     """The job file bytes, exactly as Buildbot's ``createJobfile`` writes them."""
-    body: dict[str, Any] = {
+    body = _json_fields(job)
+    version = 5
+    try:
+        body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
+    except UnicodeDecodeError:
+        version = 6
+        import base64  # only for binary patches: kept off the forced command's start-up
+
+        body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
+    return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
+
+
+ENCODE_CHUNK = 1 << 20
+# The bytes json.dumps writes as a two-character escape, and those it writes as \u00XX.
+_SHORT_ESCAPES = b'"\\\n\r\t\b\f'
+_LONG_ESCAPES = bytes(c for c in range(0x20) if bytes([c]) not in _SHORT_ESCAPES) + b"\x7f"
+_ALL_BUT_SHORT = bytes(c for c in range(256) if bytes([c]) not in _SHORT_ESCAPES)
+_ALL_BUT_LONG = bytes(c for c in range(256) if bytes([c]) not in _LONG_ESCAPES)
+
+
+class EncodedJob:
+    """A job file as :func:`encode_job` writes it, produced chunk by chunk as it is sent.
+
+    Its size is known before the first chunk (the escaped length of an ASCII patch is
+    counted, base64's is computed), so the client can start the upload at once and
+    encode while it sends, instead of building the whole file first.
+    """
+
+    def __init__(self, job: Job) -> None:
+        patch = job.patch_body
+        self.version = 5
+        self._patch = patch
+        self._whole: bytes | None = None
+        if patch is not None and not patch.isascii():
+            try:
+                patch.decode("utf-8")
+            except UnicodeDecodeError:
+                self.version = 6
+            else:  # non-ASCII text: \uXXXX escapes, not worth counting; encoded at once
+                self._whole = encode_job(job)
+        if self._whole is not None:
+            self.size = len(self._whole)
+            return
+        key = "patch_body" if self.version == 5 else "patch_body_base64"
+        body = _json_fields(job)
+        body[key] = "" if patch is not None or self.version == 6 else None
+        text = json.dumps(body).encode("ascii")
+        if body[key] is None:  # no patch: nothing to stream
+            self._prefix, self._suffix, patch_len = text, b"", 0
+            self._patch = None
+        else:
+            self._prefix, self._suffix = text[:-2], text[-2:]  # '..."patch_body": "' and '"}'
+            assert patch is not None
+            if self.version == 6:
+                patch_len = (len(patch) + 2) // 3 * 4
+            else:
+                patch_len = (len(patch) + len(patch.translate(None, _ALL_BUT_SHORT))
+                             + 5 * len(patch.translate(None, _ALL_BUT_LONG)))  # fmt: skip
+        self._json_len = len(self._prefix) + patch_len + len(self._suffix)
+        self._head = netstring.encode(b"%d" % self.version) + netstring.header(self._json_len)
+        self.size = len(self._head) + self._json_len + 1
+
+    def chunks(self) -> Iterator[bytes]:
+        """The job file's bytes, in order."""
+        if self._whole is not None:
+            yield self._whole
+            return
+        yield self._head + self._prefix
+        patch = self._patch
+        if patch is not None:
+            view = memoryview(patch)
+            if self.version == 6:
+                import binascii
+
+                step = max(3, ENCODE_CHUNK // 4 * 3)
+                for start in range(0, len(patch), step):
+                    yield binascii.b2a_base64(view[start : start + step], newline=False)
+            else:
+                from json.encoder import encode_basestring_ascii
+
+                for start in range(0, len(patch), ENCODE_CHUNK):
+                    text = patch[start : start + ENCODE_CHUNK].decode("ascii")
+                    yield encode_basestring_ascii(text)[1:-1].encode("ascii")
+        yield self._suffix + b","
+
+    def __bytes__(self) -> bytes:
+        return self._whole if self._whole is not None else b"".join(self.chunks())
+
+
+def _json_fields(job: Job) -> dict[str, Any]:
+    """The JSON object's fields before the patch, in createJobfile's order."""
+    return {
         "jobid": job.jobid,
         "branch": job.branch,
         "baserev": job.baserev,
@@ -127,15 +238,6 @@ def encode_job(job: Job) -> bytes:
         "builderNames": job.builder_names,
         "properties": job.properties,
     }
-    version = 5
-    try:
-        body["patch_body"] = None if job.patch_body is None else job.patch_body.decode("utf-8")
-    except UnicodeDecodeError:
-        version = 6
-        import base64  # only for binary patches: kept off the forced command's start-up
-
-        body["patch_body_base64"] = base64.b64encode(job.patch_body or b"").decode("ascii")
-    return netstring.encode(b"%d" % version) + netstring.encode(json.dumps(body).encode("ascii"))
 
 
 def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
@@ -153,28 +255,73 @@ def parse_job_file(path: str, *, limit: int | None = None) -> Job:
         return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
 
 
+def read_job_head(path: str) -> Job:
+    """The job file at *path* without its patch (``patch_body`` None): what ``status``
+    shows of a job not yet recorded. A v1-v4 patch is skipped with a seek; a v5/v6 file is
+    read up to its patch when ``who`` comes before it, as tryserver delivers it, and
+    otherwise streamed past the patch in fixed memory. Fields of the wrong type read as
+    None: the consumer, which reads the whole job, says what is wrong with it."""
+    with open(path, "rb") as f:
+        reader = netstring.NetstringReader(f, chunk=64 * 1024)
+        version = _read_version(reader)
+        if version <= 4:
+            return _transcode_netstrings(reader, version, None, None, False, True, skip=True)
+        from tryssh.core.jobsplice import splice
+
+        read, _ = splice(reader, version, None, None, stop_when=("who",))
+
+    def text(key: str, default: str | None = None) -> str | None:
+        value = read.get(key, default)
+        return value if isinstance(value, str) else None
+
+    level = read.get("patch_level")
+    return Job(
+        jobid=text("jobid"),
+        branch=text("branch") or None,
+        baserev=text("baserev") or None,
+        patch_level=level if isinstance(level, int) else 0,
+        patch_body=None,
+        builder_names=None,
+        repository=text("repository", ""),
+        project=text("project", ""),
+        who=text("who", ""),
+        comment=text("comment", ""),
+        version=version,
+    )
+
+
 def transcode(
     stream: BinaryIO,
     *,
-    emit: Callable[[bytes], object] | None = None,
+    emit: Callable[[bytes], object] | Output | None = None,
     pin_who: str | None = None,
     limit: int | None = None,
     keep_patch: bool = False,
     allow_truncated_tail: bool = False,
+    stream_json: bool = True,
+    chunk: int = netstring.CHUNK,
 ) -> Job:
     """Read and check one job from *stream*; pass it on to *emit* as it goes.
 
     With *pin_who*, the job handed to *emit* carries that ``who`` whatever the client
     sent; a v1 or v2 job becomes v3 to have a place for it. What reaches *emit* is a
-    job Buildbot's master reads: a v1-v4 patch must then be UTF-8. The patch of a v1-v4
-    job is returned only with *keep_patch*, so that it need not be held in memory.
+    job Buildbot's master reads: a v1-v4 patch must then be UTF-8, and a v5/v6 job's
+    fields that crash Buildbot are made safe (:func:`normalise_for_buildbot`). The patch of a
+    v1-v4 job is returned only with *keep_patch*, so that it need not be held in memory.
+
+    A v5/v6 job is spliced as it streams; *emit* is then best an
+    :class:`~tryssh.core.jobsplice.Output` (``write`` and ``rewrite_head``), or it gets the
+    whole job in one call. ``stream_json=False`` takes the whole-job path instead (decode,
+    fix, ``json.dumps``): the reference the splice is tested against.
     """
-    reader = netstring.NetstringReader(stream, limit=limit)
+    reader = netstring.NetstringReader(stream, limit=limit, chunk=chunk)
     version = _read_version(reader)
     if version <= 4:
         return _transcode_netstrings(
             reader, version, emit, pin_who, keep_patch, allow_truncated_tail
         )
+    if emit is not None and stream_json:
+        return _splice_json(reader, version, emit, pin_who, allow_truncated_tail)
     return _transcode_json(reader, version, emit, pin_who, allow_truncated_tail)
 
 
@@ -214,9 +361,11 @@ def _transcode_netstrings(
     pin_who: str | None,
     keep_patch: bool,
     allow_truncated_tail: bool,
+    skip: bool = False,
 ) -> Job:
     out_version = max(version, 3) if pin_who is not None else version
     if emit:
+        emit = _writer(emit)
         emit(netstring.encode(b"%d" % out_version))
 
     def pass_text(name: str, value: str) -> None:
@@ -237,10 +386,12 @@ def _transcode_netstrings(
         raise BadJob("job ends before the patch_body field")
     if emit:
         emit(netstring.header(length))
+    if skip:
+        reader.skip_payload(length)
     decoder = codecs.getincrementaldecoder("utf-8")()
     utf8 = True
     kept: list[bytes] = []
-    for chunk in reader.iter_payload(length):
+    for chunk in () if skip else reader.iter_payload(length):
         # ASCII needs no decoding; only look closer at other bytes or a split sequence.
         if utf8 and (not chunk.isascii() or decoder.getstate()[0]):
             try:
@@ -310,17 +461,42 @@ def _transcode_netstrings(
     )
 
 
-def _transcode_json(
+def _writer(emit: Callable[[bytes], object] | Output) -> Callable[[bytes], object]:
+    write = getattr(emit, "write", None)
+    return write if write is not None else emit  # type: ignore[return-value]
+
+
+def _fix_fields(pin_who: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def fix(obj: dict[str, Any]) -> dict[str, Any]:
+        if pin_who is not None:
+            obj["who"] = pin_who
+        normalise_for_buildbot(obj)
+        return obj
+
+    return fix
+
+
+def _splice_json(
     reader: netstring.NetstringReader,
     version: int,
-    emit: Callable[[bytes], object] | None,
+    emit: Callable[[bytes], object] | Output,
     pin_who: str | None,
     allow_truncated_tail: bool,
 ) -> Job:
-    length = reader.next_length()
-    if length is None:
-        raise BadJob(f"version {version} job has no JSON netstring")
-    raw = reader.read_payload(length)
+    from tryssh.core.jobsplice import MemoryOutput, splice
+
+    out = emit if hasattr(emit, "rewrite_head") else MemoryOutput()
+    read, written = splice(reader, version, out, _fix_fields(pin_who))  # type: ignore[arg-type]
+    _skip_trailing(reader, allow_truncated_tail)
+    job_from_json(read, version)  # what the client sent must be valid, pinned or not
+    job = job_from_json(written, version)
+    job.patch_body = None  # streamed, not held
+    if out is not emit:
+        emit(bytes(out.data))  # type: ignore[operator,union-attr]
+    return job
+
+
+def _skip_trailing(reader: netstring.NetstringReader, allow_truncated_tail: bool) -> None:
     # Buildbot ignores netstrings after the JSON; we check their framing and drop them.
     # Its client never writes any: a flood of tiny ones would only burn CPU, so few are taken.
     try:
@@ -334,6 +510,20 @@ def _transcode_json(
     except netstring.TruncatedNetstring:
         if not allow_truncated_tail:
             raise
+
+
+def _transcode_json(
+    reader: netstring.NetstringReader,
+    version: int,
+    emit: Callable[[bytes], object] | Output | None,
+    pin_who: str | None,
+    allow_truncated_tail: bool,
+) -> Job:
+    length = reader.next_length()
+    if length is None:
+        raise BadJob(f"version {version} job has no JSON netstring")
+    raw = reader.read_payload(length)
+    _skip_trailing(reader, allow_truncated_tail)
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -342,14 +532,15 @@ def _transcode_json(
         raise BadJob(f"unable to parse JSON: {err}") from None
     job = job_from_json(obj, version)
     if emit:
-        if pin_who is not None:
-            obj["who"] = pin_who
-            job.who = pin_who
+        before = dict(obj)
+        _fix_fields(pin_who)(obj)
+        if obj != before or list(obj) != list(before):
+            job = job_from_json(obj, version)
             try:
                 raw = json.dumps(obj).encode("ascii")
             except RecursionError:  # defensive: loads took it, but dumps runs a frame deeper
                 raise BadJob("unable to write the JSON back: nested too deeply") from None
-        emit(netstring.encode(b"%d" % version) + netstring.encode(raw))
+        _writer(emit)(netstring.encode(b"%d" % version) + netstring.encode(raw))
     return job
 
 
@@ -383,6 +574,8 @@ def job_from_json(obj: object, version: int) -> Job:
         not isinstance(builders, list) or not all(isinstance(b, str) for b in builders)
     ):
         raise BadJob("builderNames must be a list of strings or null")
+    if builders is not None and len(builders) > MAX_BUILDERS:
+        raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
     properties = obj.get("properties", {})
     if not isinstance(properties, dict):
         raise BadJob(f"properties must be an object, not {type(properties).__name__}")

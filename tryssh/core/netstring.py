@@ -134,12 +134,35 @@ class NetstringReader:
                 raise TruncatedNetstring(f"input ends inside netstring {self.index + 1}")
             remaining -= len(data)
             yield data
+        self._end_payload()
+
+    def skip_payload(self, length: int) -> None:
+        """Pass over a payload of *length* bytes without reading it (a seekable stream),
+        then check the comma."""
+        buffered = len(self._buf) - self._pos
+        if length <= buffered:
+            self._pos += length
+        else:
+            rest = length - buffered
+            end = self._stream.seek(0, 2)
+            here = self._stream.seek(self._stream_pos() + rest)
+            if here > end:
+                raise TruncatedNetstring(f"input ends inside netstring {self.index + 1}")
+            self.consumed += rest
+            self._buf, self._pos = b"", 0
+        self._end_payload()
+
+    def _end_payload(self) -> None:
+        """Check the comma after a payload; count the netstring."""
         comma = self._take(1)
         if not comma:
             raise TruncatedNetstring(f"input ends before the comma of netstring {self.index + 1}")
         if comma != b",":
             raise NetstringError(f"netstring {self.index + 1}: missing comma after payload")
         self.index += 1
+
+    def _stream_pos(self) -> int:
+        return self.consumed  # the stream is read from its start, and only by this reader
 
     def read_payload(self, length: int) -> bytes:
         """The whole payload of *length* bytes."""

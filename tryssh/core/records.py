@@ -6,6 +6,13 @@ interrupted). The split keeps the consumer's two frequent questions cheap whatev
 history holds: "which jobs did a dead consumer leave behind?" and "how many jobs does
 this user have pending?" are both a listing of the small ``active/`` directory.
 
+A finished job's name is also appended to its user's index, ``STATE_DIR/by-user/USER.log``
+(one name a line), so that "the recent jobs of this user" costs in proportion to that
+user's jobs, not to the whole history. The index is derived data: it is built from the
+records once, when a state directory without one is first used (:meth:`RecordStore.create`),
+and a name whose record is gone (gc) is skipped when read. A final record's mtime is its
+``finished`` time, so that gc can pass over recent records without reading them.
+
 Every write is tmp file + fsync + rename + fsync of the directory, so a reader sees either
 the old record or the new one, and a record the consumer acted on survives a crash.
 Records are group-readable (0640): tryserver runs as another user of the group and reads
@@ -179,20 +186,100 @@ class RecordStore:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.abspath(state_dir)
         self.active = os.path.join(self.path, "active")
+        self.by_user = os.path.join(self.path, "by-user")
         self.cancel_dir = os.path.join(self.path, "cancel")
 
     def create(self) -> RecordStore:
-        """Make the directories (setgid group-shared like the jobdir) if missing."""
+        """Make the directories (setgid group-shared like the jobdir) if missing, and the
+        per-user index from the records if this state directory has none yet."""
         try:
             for path in (self.path, self.active, self.cancel_dir):
                 os.makedirs(path, mode=0o2770, exist_ok=True)
             self._share_cancel_dir()
+            if not os.path.isdir(self.by_user):
+                self._build_user_index()
         except OSError as err:
             raise TrysshError(
                 f"cannot create state directory {self.path}: {err.strerror}",
                 exit_code_for_oserror(err),
             ) from None
         return self
+
+    def _build_user_index(self) -> None:
+        """Index every final record by user (once: a state directory made before the index
+        existed), in a temporary directory renamed into place when complete."""
+        import shutil
+
+        if not self.final_jobs():  # a new state directory: nothing to index
+            os.makedirs(self.by_user, mode=0o2770, exist_ok=True)
+            return
+        tmp = os.path.join(self.path, f".by-user.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o2770)
+        lines: dict[str, list[str]] = {}
+        for job in self.final_jobs():
+            record = _load(self.final_path(job))
+            who = record.get("who") if record else None
+            if isinstance(who, str) and who:
+                lines.setdefault(who, []).append(job)
+        for who, jobs in lines.items():
+            with open(os.path.join(tmp, user_index_name(who)), "w", encoding="ascii") as f:
+                f.write("".join(f"{job}\n" for job in jobs))
+        try:
+            os.rename(tmp, self.by_user)
+        except OSError:  # another consumer made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _index(self, who: str, job: str) -> None:
+        """Append *job* to *who*'s index (no fsync: it can be rebuilt from the records)."""
+        path = os.path.join(self.by_user, user_index_name(who))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, RECORD_MODE)
+        except FileNotFoundError:
+            return  # no index in this state directory (create() makes it)
+        try:
+            os.write(fd, f"{job}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+
+    def user_jobs(self, who: str, limit: int) -> list[dict[str, Any]] | None:
+        """Up to *limit* records of *who*, newest first, read from the user's index and
+        the active records; None when this state directory has no index."""
+        if not os.path.isdir(self.by_user):
+            return None
+        names = set(self._indexed(who, limit))
+        for job in self.active_jobs():
+            names.add(job)  # active/ is small; their records are checked below
+        found = []
+        for job in sorted(names, key=_time_key, reverse=True):
+            record = self.read(job)
+            if record is not None and record.get("who") == who:
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _indexed(self, who: str, limit: int) -> list[str]:
+        """The last names in *who*'s index: enough for *limit* records that still exist."""
+        path = os.path.join(self.by_user, user_index_name(who))
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                block = 64 * 1024
+                while True:
+                    start = max(0, size - block)
+                    f.seek(start)
+                    data = f.read(size - start)
+                    lines = data.split(b"\n")
+                    if start:
+                        lines = lines[1:]  # may be cut
+                    names = [n.decode("ascii", "replace") for n in lines if n]
+                    alive = [n for n in names if os.path.exists(self.final_path(n))]
+                    if start == 0 or len(set(alive)) >= limit:
+                        return alive
+                    block *= 4
+        except FileNotFoundError:
+            return []
 
     def final_path(self, job: str) -> str:
         return os.path.join(self.path, f"{job}.json")
@@ -216,6 +303,9 @@ class RecordStore:
             try:
                 os.fchmod(fd, RECORD_MODE)
                 write_all(fd, data)
+                finished = parse_iso(record.get("finished")) if final else None
+                if finished is not None:
+                    os.utime(fd, (finished, finished))  # gc reads the age from the mtime
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -234,6 +324,9 @@ class RecordStore:
                 os.unlink(self.active_path(job))
             except FileNotFoundError:
                 pass
+            who = record.get("who")
+            if isinstance(who, str) and who:
+                self._index(who, job)
 
     def read(self, job: str) -> JobRecord | None:
         """The record of *job*, or None. A final record wins over an active one."""
@@ -255,6 +348,10 @@ class RecordStore:
 
     def final_jobs(self) -> list[str]:
         return _names(self.path)
+
+    def job_names(self) -> set[str]:
+        """Every job with a record, unsorted (a set: no sort of the whole history)."""
+        return _name_set(self.path) | _name_set(self.active)
 
     def all_jobs(self) -> list[str]:
         return sorted(set(self.active_jobs()) | set(self.final_jobs()), key=_time_key)
@@ -394,6 +491,28 @@ def _load(path: str) -> JobRecord | None:
     except ValueError:
         return None  # never happens with atomic writes; a hand-edited file is skipped
     return record if isinstance(record, dict) else None
+
+
+def user_index_name(who: str) -> str:
+    """The file name of *who*'s index: letters, digits, '_' and '-' kept, the rest %XX."""
+    safe = "".join(
+        c if c.isascii() and (c.isalnum() or c in "_-") else
+        "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in who
+    )  # fmt: skip
+    if len(safe) > 200:
+        import hashlib
+
+        safe = safe[:120] + "%" + hashlib.sha256(safe.encode()).hexdigest()
+    return f"{safe}.log"
+
+
+def _name_set(directory: str) -> set[str]:
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return set()
+    return {e[:-5] for e in entries if e.endswith(".json") and not e.startswith(".")}
 
 
 def _names(directory: str) -> list[str]:

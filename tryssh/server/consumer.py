@@ -310,8 +310,18 @@ class Consumer:
         if self._last_gc is not None and time.monotonic() - self._last_gc < GC_INTERVAL:
             return
         self._last_gc = time.monotonic()
+        if any(t.name == "tryssh-gc" and t.is_alive() for t in self._extra_threads):
+            return  # the last one is still going
+        # Off the main loop: a gc of a long history must never hold up a claim.
+        thread = threading.Thread(target=self._gc, name="tryssh-gc", daemon=True)
+        self._extra_threads[:] = [t for t in self._extra_threads if t.is_alive()]
+        self._extra_threads.append(thread)
+        thread.start()
+
+    def _gc(self) -> None:
         from tryssh.server.gc import collect
 
+        assert self.config.keep_days is not None
         try:
             removed = collect(self.config, self.config.keep_days)
         except (OSError, TrysshError) as err:
@@ -424,7 +434,7 @@ class Consumer:
                 count += 1
         # Jobs claimed (in cur/) before any record was written.
         in_cur = self.jobdir.claimed()
-        known = set(self.store.final_jobs()) | set(self.store.active_jobs())
+        known = self.store.job_names()  # a set: no sort of the whole history
         for name in sorted(set(in_cur) - known):
             if self._resume_one(name):
                 count += 1

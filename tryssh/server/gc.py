@@ -5,6 +5,10 @@ Only jobs with a *final* record (success, failure, error, rejected, interrupted)
 record and ``LOG_DIR/JOB/``. A job without a final record is never removed,
 since a consumer still owes it a result. Stale ``tmp/`` files (36 hours, the maildir rule)
 go too.
+
+A final record's mtime is its ``finished`` time (:mod:`tryssh.core.records`), so records
+newer than the cutoff are passed over by their directory entry alone: a run costs a
+listing of the state directory plus the records actually old enough to go.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def collect(
     store = RecordStore(config.state_dir)
     jobdir = Jobdir(config.jobdir)
     removed: list[str] = []
-    for name in store.final_jobs():
+    for name in _old_enough(store.path, cutoff):
         record = store.read(name)
         if record is None or record.get("state") not in FINAL_STATES:
             continue
@@ -60,3 +64,22 @@ def collect(
         store.remove(name)
     stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
     return removed + [jobdir.tmp_path(n) for n in stale]
+
+
+def _old_enough(state_dir: str, cutoff: float) -> list[str]:
+    """Names of final records last written before *cutoff* (from the directory entries)."""
+    names = []
+    try:
+        with os.scandir(state_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.endswith(".json") or name.startswith("."):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        names.append(name[:-5])
+                except FileNotFoundError:
+                    continue
+    except FileNotFoundError:
+        return []
+    return names

@@ -113,21 +113,25 @@ def job_status(jobdir: str, state_dir: str, job: str, user: str | None = None) -
 
 
 def _unrecorded(jobdir: str, job: str) -> JobRecord | None:
-    """A stand-in record for a job still in new/ (or in cur/ before its record exists)."""
+    """A stand-in record for a job still in new/ (or in cur/ before its record exists).
+
+    Only the job's fields are read, never its patch (:func:`read_job_head`): a client
+    polling a queued 64 MiB job costs a few kilobytes per poll.
+    """
     from tryssh.core.jobdir import Jobdir
-    from tryssh.core.jobfile import parse_job_file
+    from tryssh.core.jobfile import read_job_head
     from tryssh.core.records import job_fields, new_record
     from tryssh.errors import BadJob
 
     where = Jobdir(jobdir)
     for path in (where.new_path(job), where.cur_path(job)):
         try:
-            parsed = parse_job_file(path)
+            head = read_job_head(path)
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (BadJob, OSError):
             return None  # unreadable here: the consumer will record why
-        return new_record(job, **job_fields(parsed))
+        return new_record(job, **job_fields(head))
     return None
 
 
@@ -136,6 +140,11 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     from tryssh.core.records import RecordStore
 
     store = RecordStore(state_dir)
+    if user is not None:
+        # The user's own index: the cost follows the user's jobs, not the whole history.
+        indexed = store.user_jobs(user, limit)
+        if indexed is not None:
+            return indexed
     found = []
     # Job names start with the delivery time, so the name order is the age order and
     # only as many records as needed are read.

@@ -39,12 +39,15 @@ TYPE_CHECKING = False  # typing and dataclasses are not imported at run time: st
 if TYPE_CHECKING:
     from collections.abc import Callable
     from hashlib import _Hash
-    from typing import BinaryIO, TextIO
+    from typing import Any, BinaryIO, TextIO
 
     from tryssh.server.config import Config
 
 STREAMING = ("log", "watch", "cancel")  # answered by tryssh.server.results
 WRITEBACK_STEP = 8 * 1024 * 1024
+# The splice holds a few copies of one chunk: small enough that tryssh serve, with many
+# uploads at once, stays small; big enough that per-chunk costs do not show.
+READ_CHUNK = 256 * 1024
 # Up to this size a job is hashed by Python's built-in SHA-256 once it is all in; a bigger
 # one switches to hashlib's (OpenSSL: 8 times faster per byte, but 4 ms to load).
 SMALL_JOB = 256 * 1024
@@ -207,54 +210,159 @@ class RequestContext:
         """Read, check and deliver the job on *stdin*; return the receipt."""
         from tryssh.core.jobfile import transcode
 
-        head: list[bytes] = []  # the job so far, while it is small and not hashed yet
-        digest: _Hash | None = None
-        size = 0
-
-        def write(fd: int) -> object:
-            started = 0  # bytes handed to the kernel's writeback so far
-
-            def emit(data: bytes) -> None:
-                nonlocal digest, size, started
-                write_all(fd, data)
-                size += len(data)
-                if digest is not None:
-                    digest.update(data)
-                else:
-                    head.append(data)
-                    if size > SMALL_JOB:
-                        import hashlib  # a big job: OpenSSL's SHA-256 is worth loading
-
-                        digest = hashlib.sha256(b"".join(head))
-                        head.clear()
-                if size - started >= WRITEBACK_STEP and _fadvise:
-                    # Start writing back what we have while we read and hash the rest, so
-                    # that the final fsync has little left to wait for (and a big job does
-                    # not linger in the page cache).
-                    _fadvise(fd, started, size - started, os.POSIX_FADV_DONTNEED)
-                    started = size
-
+        def write(fd: int) -> tuple[int, str]:
+            writer = JobWriter(fd)
             try:
-                job = transcode(stdin, emit=emit, pin_who=self.opts.user, limit=self.max_size)
-            except JobTooLarge:
-                if not self.opts.user:
-                    raise
-                # In the consumer's words: whose limit it is.
-                raise JobTooLarge(
-                    f"job is larger than the limit of {self.max_size} bytes for {self.opts.user!r}"
-                ) from None
-            if self.config is not None:
-                # The consumer's check at the door: raising here removes the tmp/ file,
-                # so a job the consumer would refuse is never written to new/.
-                from tryssh.server.policy import check_at_door
+                try:
+                    job = transcode(stdin, emit=writer, pin_who=self.opts.user,
+                                    limit=self.max_size, chunk=READ_CHUNK)  # fmt: skip
+                except JobTooLarge:
+                    if not self.opts.user:
+                        raise
+                    # In the consumer's words: whose limit it is.
+                    raise JobTooLarge(f"job is larger than the limit of {self.max_size} bytes "
+                                      f"for {self.opts.user!r}") from None  # fmt: skip
+                sha256 = writer.hexdigest()  # the job is all written: its final size
+                if self.config is not None:
+                    # The consumer's check at the door, on the parsed header fields and the
+                    # size: raising here removes the tmp/ file, so a job the consumer would
+                    # refuse never reaches new/.
+                    from tryssh.server.policy import check_at_door
 
-                check_at_door(self.config, job.who or "", job.builder_names, job.branch, size)
-            return job
+                    check_at_door(self.config, job.who or "", job.builder_names, job.branch,
+                                  writer.size)  # fmt: skip
+            except BaseException:
+                writer.abort()  # before the caller closes fd: no write may follow it
+                raise
+            return writer.size, sha256
 
-        name, _job = self.jobdir.deliver(write)
-        if digest is None:
-            digest = light_sha256(b"".join(head))
-        return {"job": name, "size": size, "sha256": digest.hexdigest()}
+        name, (size, sha256) = self.jobdir.deliver(write)
+        return {"job": name, "size": size, "sha256": sha256}
+
+
+class JobWriter:
+    """Writes a job to the open tmp file *fd* as it streams, hashing it on the way.
+
+    Once a job is big (past SMALL_JOB), writing and hashing move to a thread: both release
+    the GIL, so they overlap with reading and checking the rest (a bounded queue keeps
+    memory flat). The splice of a v5/v6 job may rewrite the head once at the end (its
+    netstring length was a guess); the bytes after it then move, and the hash is taken
+    again from the file.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.head: list[bytes] = []  # the job so far, while it is small and not hashed yet
+        self.digest: _Hash | None = None
+        self.rewritten = False
+        self.started = 0  # bytes handed to the kernel's writeback so far
+        self._queue: Any = None  # queue.Queue of chunks for the writer thread, when running
+        self._thread: Any = None
+        self._error: BaseException | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._thread is not None:
+            if self._error is not None:
+                self._stop()
+            self._queue.put(data)
+            self.size += len(data)
+            return
+        write_all(self.fd, data)
+        self.size += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        else:
+            self.head.append(data)
+            if self.size > SMALL_JOB:
+                import hashlib  # a big job: OpenSSL's SHA-256 is worth loading
+
+                self.digest = hashlib.sha256(b"".join(self.head))
+                self.head.clear()
+                if not self.rewritten:
+                    self._start()
+        self._writeback(self.size)
+
+    def _writeback(self, size: int) -> None:
+        if size - self.started >= WRITEBACK_STEP and _fadvise:
+            # Start writing back what we have while we read and hash the rest, so that the
+            # final fsync has little left to wait for (and a big job does not linger in the
+            # page cache).
+            _fadvise(self.fd, self.started, size - self.started, os.POSIX_FADV_DONTNEED)
+            self.started = size
+
+    def _start(self) -> None:
+        import queue
+        import threading
+
+        self._queue = queue.Queue(maxsize=4)  # 1 MiB in flight: serve runs many at once
+        self._thread = threading.Thread(target=self._run, args=(self.size,), daemon=True)
+        self._thread.start()
+
+    def _run(self, written: int) -> None:
+        assert self.digest is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking chunks, so that the reader never blocks on a dead queue
+            try:
+                write_all(self.fd, data)
+                self.digest.update(data)
+                written += len(data)
+                self._writeback(written)
+            except BaseException as err:  # reported by the reading thread: _stop()
+                self._error = err
+
+    def abort(self) -> None:
+        """Stop the writer thread without writing what is still queued."""
+        if self._thread is not None:
+            self._error = self._error or TempFail("delivery aborted")
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _stop(self) -> None:
+        """Wait until everything queued is written; raise what the writer hit."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def rewrite_head(self, old_length: int, head: bytes) -> None:
+        """Replace the first *old_length* bytes by *head*, moving the rest if need be."""
+        self._stop()
+        fd, shift = self.fd, len(head) - old_length
+        step = 1 << 20
+        if shift > 0:  # move right: from the end backwards
+            end = self.size
+            while end > old_length:
+                start = max(old_length, end - step)
+                os.pwrite(fd, os.pread(fd, end - start, start), start + shift)
+                end = start
+        elif shift < 0:  # move left: from the start forwards
+            for start in range(old_length, self.size, step):
+                chunk = os.pread(fd, min(step, self.size - start), start)
+                os.pwrite(fd, chunk, start + shift)
+            os.ftruncate(fd, self.size + shift)
+        os.pwrite(fd, head, 0)
+        self.size += shift
+        os.lseek(fd, self.size, os.SEEK_SET)
+        self.rewritten = True
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of the job as written (while the file is open)."""
+        self._stop()
+        if self.rewritten:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for start in range(0, self.size, 1 << 20):
+                digest.update(os.pread(self.fd, min(1 << 20, self.size - start), start))
+            return digest.hexdigest()
+        if self.digest is None:
+            return light_sha256(b"".join(self.head)).hexdigest()
+        return self.digest.hexdigest()
 
 
 def handle(

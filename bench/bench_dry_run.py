@@ -1,0 +1,124 @@
+"""``tryssh try --dry-run`` in a big git working copy, against ``git diff`` itself.
+
+A git repository of 20,000 files (200 directories) whose working tree rewrites 1,667 of them
+(a ~5 MB diff). In one run: the median wall time of ``git diff HEAD`` and of ``tryssh try
+--dry-run``, and the split of tryssh's time: interpreter start-up and imports, the VCS step
+(``vcs.extract``: git's own diff plus the index copy), the patch statistics and the job
+encoding. Target (issue 12): tryssh <= 1.5x git diff.
+
+Usage: ``.venv/bin/python bench/bench_dry_run.py [--runs N] [--files N] [--json]``.
+Exit status 1 if the target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+GIT_ENV = {"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@example.org",
+           "GIT_COMMITTER_NAME": "A", "GIT_COMMITTER_EMAIL": "a@example.org",
+           "GIT_CONFIG_NOSYSTEM": "1"}  # fmt: skip
+
+
+def make_repo(top: Path, files: int, env: dict[str, str]) -> None:
+    subprocess.run(["git", "init", "-q", "-b", "main", str(top)], check=True, env=env)
+    for i in range(files):
+        d = top / f"d{i % 200:03d}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:05d}.txt").write_text("".join(f"line {j} of file {i}\n" for j in range(40)))
+    subprocess.run(["git", "add", "-A"], cwd=top, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "base"], cwd=top, check=True, env=env)
+    for i in range(0, files, 12):  # every 12th file rewritten: a ~5 MB diff
+        path = top / f"d{i % 200:03d}" / f"f{i:05d}.txt"
+        path.write_text("".join(f"LINE {j} of file {i} changed\n" for j in range(80)))
+
+
+def median_time(argv: list[str], runs: int, env: dict[str, str], cwd: Path) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        # Read the output through a pipe: git may skip work when it writes to /dev/null.
+        subprocess.run(argv, cwd=cwd, env=env, capture_output=True, check=True, timeout=600)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+PROBE = """\
+import time
+t0 = time.perf_counter()
+import tryssh.cli.try_
+from tryssh.client.job import TryRequest, build_job, gather_change
+from tryssh.core.jobfile import encode_job
+t1 = time.perf_counter()
+req = TryRequest()
+change = gather_change(req)
+t2 = time.perf_counter()
+change.stats
+t3 = time.perf_counter()
+encode_job(build_job(change, req))
+t4 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+"""
+
+
+def split(runs: int, env: dict[str, str], cwd: Path) -> dict[str, float]:
+    rows = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env,
+                             capture_output=True, check=True, timeout=600)
+        total = time.perf_counter() - start
+        imports, vcs, stats, encode = (float(x) for x in out.stdout.split())
+        rows.append({"startup": total - vcs - stats - encode, "imports": imports, "vcs": vcs,
+                     "stats": stats, "encode": encode})
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--files", type=int, default=20000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="tryssh-bench-dry-"))
+    try:
+        env = {**os.environ, **GIT_ENV, "HOME": str(tmp)}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        repo = tmp / "repo"
+        make_repo(repo, args.files, env)
+        size = len(subprocess.run(["git", "diff", "HEAD"], cwd=repo, env=env,
+                                  capture_output=True, check=True).stdout)
+        tryssh = [str(BIN / "tryssh"), "try", "--dry-run"]
+        median_time(tryssh, 1, env, repo)  # warm the caches
+        git_t = median_time(["git", "diff", "HEAD"], args.runs, env, repo)
+        try_t = median_time(tryssh, args.runs, env, repo)
+        parts = split(args.runs, env, repo)
+        ratio = try_t / git_t
+        figures = {"files": args.files, "diff_bytes": size, "git_diff_seconds": git_t,
+                   "tryssh_dry_run_seconds": try_t, "ratio": ratio, "split_seconds": parts,
+                   "target_met": ratio <= 1.5}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print(f"{args.files} files, {size / 1e6:.1f} MB diff, median of {args.runs}:")
+            print(f"  git diff HEAD        {git_t * 1000:8.1f} ms")
+            print(f"  tryssh try --dry-run {try_t * 1000:8.1f} ms")
+            print(f"  tryssh / git diff = {ratio:.2f} (target <= 1.50)")
+            print("  split: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()))
+        return 0 if ratio <= 1.5 else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
