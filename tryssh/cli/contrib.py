@@ -69,7 +69,7 @@ def contrib_cmd(name: str | None, show_path: bool) -> int:
       tryssh contrib tryssh-consume.service > /etc/systemd/system/tryssh-consume.service
       tryssh contrib tryssh-build-git > /usr/local/bin/tryssh-build-git
 
-    Exit codes: 0 ok, 66 no such file (the message lists them).
+    Exit codes: 0 ok, 64 usage, 66 no such file (the message lists them).
     """
     if name is None:
         for each in contrib_names():

@@ -39,7 +39,8 @@ def hostkey_cmd(config_path: str | None, host: str | None, port: int, serve_port
       cat tryssh-known_hosts >> ~/.ssh/known_hosts
       ssh-keygen -F build.example.org        shows what is now trusted
 
-    Exit codes: 0 ok, 66 no host key found (or a key file unreadable), 78 config error.
+    Exit codes: 0 ok, 64 usage, 66 no host key found (or a key file unreadable), 78 config
+    error.
     """
     from tryssh.server.hostkeys import format_keys, openssh_host_keys, serve_host_key
 

@@ -62,6 +62,7 @@ Master side:
   tryssh jobdir-setup DIR         create (or --check) the jobdir
   tryssh contrib [NAME]           print a shipped file: units, sshd block, scripts
   tryssh hostkey                  the host keys as known_hosts lines, for developers
+  tryssh manpages DIR             write the man pages (the --help texts)
 
 \b
 Exit codes: 0 ok, 1 a build failed, 2 nothing to cancel (finished), 64 usage or refused

@@ -77,7 +77,7 @@ def manpages_cmd(directory: str) -> int:
       tryssh manpages /usr/local/share/man/man1 && mandb -q
       man tryssh-consume
 
-    Exit codes: 0 ok, 73 cannot create DIRECTORY or a page.
+    Exit codes: 0 ok, 64 usage, 73 cannot create DIRECTORY or a page.
     """
     from tryssh.errors import CannotCreate
 
