@@ -23,6 +23,7 @@ import os
 import stat
 import time
 
+from tryssh.core.jobdir import Jobdir
 from tryssh.core.records import FINAL_STATES, RecordStore
 from tryssh.errors import EX_OK, EX_TEMPFAIL, TrysshError, UsageError
 from tryssh.server.queries import NoSuchJob, job_status, state_dirs
@@ -146,7 +147,7 @@ class LogStream:
         record = self.record()
         follow = self.request.follow
         waiter = (
-            Waiter([self.state_dir, os.path.join(self.state_dir, "active")]) if follow else None
+            Waiter([self.state_dir, RecordStore(self.state_dir).active]) if follow else None
         )
         try:
             while True:
@@ -245,7 +246,7 @@ def watch(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
     jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
     user = ctx.opts.user
     record = job_status(jobdir, state_dir, request.job, user)
-    waiter = Waiter([state_dir, os.path.join(state_dir, "active"), os.path.join(jobdir, "cur")])
+    waiter = Waiter([state_dir, RecordStore(state_dir).active, Jobdir(jobdir).cur])
     start = time.monotonic()
     beat = start + HEARTBEAT
     last: dict[str, Any] | None = None
