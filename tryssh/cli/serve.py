@@ -33,6 +33,9 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     Prints a ready line on stdout once listening:
     'tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)'.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
+    SIGHUP (systemctl reload) reads the config again: users, keys, builders and policy
+    change for the next login or request; a config that fails to check is refused with a
+    log line and the old one stays; listen, host_key, jobdir and audit_log take a restart.
     The host key is generated on the first start (mode 0600) and its fingerprint printed;
     it must live in a directory only this account writes (default STATE_DIR/serve/).
     Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
@@ -75,9 +78,15 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    reload_wanted = threading.Event()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_wanted.set()  # the reload runs in a thread: a handler must not take locks
+
     # Kept until exit: a second signal during the shutdown must not kill in-flight requests.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     consumer = consumer_thread = None
     try:
         if consume:
@@ -88,6 +97,7 @@ def serve_cmd(config_path: str, consume: bool) -> None:
                 f"{door.address}; its wire is plaintext"
             )
             door.start()
+        _start_reloader(server, consumer, door, reload_wanted, stop)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -116,6 +126,26 @@ def _pb_door(config: Config, server: EmbeddedServer) -> PBDoor:
         ) from None
     settings = server.settings
     return start_door(config, server.log, server.limiter, settings.max_auth_tries)
+
+
+def _start_reloader(
+    server: EmbeddedServer, consumer: Consumer | None, door: PBDoor | None,
+    wanted: threading.Event, stop: threading.Event,
+) -> None:
+    """A thread that reloads the server (its PB door, its consumer) each time SIGHUP sets
+    *wanted*."""
+
+    def run() -> None:
+        while not stop.is_set():
+            if wanted.wait(0.25):
+                wanted.clear()
+                server.reload()
+                if door is not None:
+                    door.reload(server.config)
+                if consumer is not None:
+                    consumer.request_reload()
+
+    threading.Thread(target=run, name="tryssh-reload", daemon=True).start()
 
 
 def _start_consumer(

@@ -18,7 +18,14 @@ import stat
 import time
 from collections.abc import Callable
 
-from tryssh.errors import BadJob, CannotCreate, TrysshError, exit_code_for_oserror
+from tryssh.errors import (
+    BadJob,
+    CannotCreate,
+    PermissionDenied,
+    TrysshError,
+    describe_oserror,
+    exit_code_for_oserror,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
@@ -150,15 +157,32 @@ class Jobdir:
             for sub in SUBDIRS:
                 os.makedirs(os.path.join(self.path, sub), mode=mode, exist_ok=True)
         except OSError as err:
-            raise CannotCreate(f"cannot create jobdir {self.path}: {err.strerror}") from None
+            raise CannotCreate(
+                f"cannot create jobdir {self.path}: {describe_oserror(err, 'mkdir')}"
+            ) from None
         return self
 
     def check(self) -> None:
-        """Raise CannotCreate unless tmp/, new/ and cur/ exist."""
+        """Raise CannotCreate unless tmp/, new/ and cur/ exist; PermissionDenied (naming
+        the path) when this account may not look at them."""
         for sub in SUBDIRS:
-            if not os.path.isdir(os.path.join(self.path, sub)):
+            path = os.path.join(self.path, sub)
+            try:
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                is_dir = False
+            except PermissionError as err:
+                # Not "missing": the account is not in the jobdir's group, or a mode is wrong.
+                raise PermissionDenied(
+                    f"jobdir {self.path}: permission denied: {describe_oserror(err, 'stat')} "
+                    "(is this account in the jobdir's group? tryssh jobdir-setup --check)"
+                ) from None
+            except OSError as err:
+                raise CannotCreate(f"jobdir {self.path}: {describe_oserror(err, 'stat')}") from None
+            if not is_dir:
                 raise CannotCreate(
-                    f"jobdir {self.path} is not set up: {sub}/ is missing (run tryssh-jobdir-setup)"
+                    f"jobdir {self.path} is not set up: {sub}/ is missing "
+                    "(run tryssh jobdir-setup)"
                 )
 
     def deliver(self, write: Callable[[int], T]) -> tuple[str, T]:
@@ -192,8 +216,13 @@ class Jobdir:
             except FileNotFoundError:
                 pass
             if isinstance(err, OSError):
+                # write and fsync name no file: the tmp/ file; link and rename name both.
+                what = describe_oserror(err, "write", tmp_path) if err.filename is None else (
+                    describe_oserror(err, "link")
+                )
                 raise TrysshError(
-                    f"cannot deliver job: {err.strerror}", exit_code_for_oserror(err)
+                    f"cannot deliver job: {what}",
+                    exit_code_for_oserror(err),
                 ) from None
             raise
         return name, result

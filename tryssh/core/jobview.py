@@ -73,9 +73,10 @@ def format_status(record: JobRecord | Mapping[str, Any]) -> str:
     return "".join(line + "\n" for line in status_lines(record))
 
 
-def format_jobs(records: list[JobRecord]) -> str:
+def format_jobs(records: list[JobRecord], show_who: bool = False) -> str:
     """One line per job: name, state, branch, builders with results, comment (tab-separated;
-    the comment on one line, at most 60 characters)."""
+    the comment on one line, at most 60 characters). With *show_who* (the admin's view of
+    everyone's jobs) the user comes after the name."""
     lines = []
     for record in records:
         results = ",".join(
@@ -83,7 +84,8 @@ def format_jobs(records: list[JobRecord]) -> str:
             for n, e in (record.get("builders") or {}).items()
         )
         comment = " ".join(str(record.get("comment") or "").split())[:60]
-        fields = (record["job"], record.get("state"), record.get("branch") or "-")
+        who = [record.get("who") or "-"] if show_who else []
+        fields = (record["job"], *who, record.get("state"), record.get("branch") or "-")
         # Each field escaped on its own: a tab or newline in a branch cannot forge a column.
         lines.append(
             "\t".join(printable(str(f)) for f in fields)

@@ -35,6 +35,7 @@ from typing import IO, Any
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job
 from tryssh.core.safetext import redact_in, redact_url
+from tryssh.errors import describe_oserror
 from tryssh.server.config import Builder, Config
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
@@ -347,7 +348,8 @@ def run_webhook(
         try:
             headers["X-Tryssh-Signature-256"] = sign(read_secret(opts["secret_file"]), body)
         except OSError as err:
-            return Outcome("error", reason=f"cannot read secret_file: {err.strerror}")
+            reason = describe_oserror(err, "read secret_file", opts["secret_file"])
+            return Outcome("error", reason=f"cannot {reason}")
     retries = int(opts.get("retries", WEBHOOK_RETRIES))
     timeout = float(opts.get("timeout", WEBHOOK_TIMEOUT))
     url = ctx.builder.target
@@ -391,7 +393,8 @@ def run_forward(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         with open(ctx.job_path, "rb") as f:
             data = f.read()
     except OSError as err:
-        return Outcome("error", reason=f"cannot read job file: {err.strerror}")
+        reason = describe_oserror(err, "read job file", ctx.job_path)
+        return Outcome("error", reason=f"cannot {reason}")
     if target.startswith("ssh://"):
         return _forward_ssh(ctx, data, log)
     from tryssh.errors import TrysshError

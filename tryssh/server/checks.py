@@ -2,8 +2,9 @@
 
 Each builder's program must exist on the PATH the builder will run with (its ``env.PATH``,
 else this process's), its ``secret_file`` must be readable, a local ``forward`` target
-must be a jobdir. The checks yield :class:`Finding` s: ``tryssh doctor`` lists them, and the
-consumer refuses to start on a ``problem`` (:func:`refuse_problems`).
+must be a jobdir, an ``ssh://`` forward's ``identity`` and ``known_hosts`` must exist. The
+checks yield :class:`Finding` s: ``tryssh doctor`` lists them, and the consumer refuses to
+start on a ``problem`` (:func:`refuse_problems`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def builder_findings(builder: Builder) -> Iterator[Finding]:
             )
     elif builder.kind == "webhook":
         yield Finding("warn", "builders", f"{where}: webhook without secret_file: unsigned")
+    if builder.kind == "forward" and builder.target.startswith("ssh://"):
+        for key in ("identity", "known_hosts"):
+            value = builder.options.get(key)
+            if value is None:
+                yield Finding("warn", "builders", f"{where}: no {key}: ssh uses the consumer "
+                              "account's ~/.ssh")  # fmt: skip
+            elif not os.path.isfile(value):
+                problem = True
+                yield Finding("problem", "builders", f"{where}.{key}: {value} does not exist")
     if builder.kind == "forward" and not builder.target.startswith("ssh://"):
         try:
             Jobdir(builder.target).check()

@@ -153,6 +153,10 @@ class Config:
         """The policy for *name*: its own table, else ``[users."*"]``, else None (refused)."""
         return self.users.get(name) or self.users.get("*")
 
+    def hard_size_limit(self) -> int:
+        """The largest job any user may send: a bigger file is garbage for everyone."""
+        return max([self.max_job_size] + [u.max_job_size or 0 for u in self.users.values()])
+
 
 def _type_name(t: Any) -> str:
     names = {str: "a string", int: "an integer", float: "a number", list: "a list",

@@ -17,6 +17,11 @@ Builders that had finished keep their result; builders that had not started run 
 a builder that was running when the consumer died is **not** run again: its result is
 ``error`` with the reason ``interrupted (consumer restarted)`` and the job ends in state
 ``interrupted``. Nothing is lost, and nothing runs twice.
+
+Reload: SIGHUP (``systemctl reload``) reads the config file again. A config that fails to
+load or check is refused with a ``reload-failed`` line and the old one stays. Jobs claimed
+from then on use the new config; a job already being processed finishes under the config
+it started with. ``jobdir``, ``state_dir`` and ``max_parallel`` take a restart.
 """
 
 from __future__ import annotations
@@ -47,7 +52,14 @@ from tryssh.core.records import (
     now_iso,
     overall_state,
 )
-from tryssh.errors import BadJob, CannotCreate, TrysshError
+from tryssh.errors import (
+    BadJob,
+    CannotCreate,
+    ConfigError,
+    TrysshError,
+    describe_oserror,
+    exit_code_for_oserror,
+)
 from tryssh.server import builders as builders_mod
 from tryssh.server.checks import refuse_problems
 from tryssh.server.config import Config
@@ -58,6 +70,8 @@ INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
 MAX_RECORDED_NAME = 250  # NAME_MAX (255) less ".json"
 RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
+HEARTBEAT_FILE = "consumer.heartbeat"  # in state_dir; its mtime says the consumer is alive
+HEARTBEAT_INTERVAL = 10.0  # touched at most this often, and at least every INOTIFY_RESCAN
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,10 +86,13 @@ Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
 class _JobRun:
     """The in-memory side of one job being processed: record, its lock, pending builders."""
 
-    def __init__(self, name: str, path: str, record: JobRecord) -> None:
+    def __init__(
+        self, name: str, path: str, record: JobRecord, config: Config | None = None
+    ) -> None:
         self.name = name
         self.path = path
         self.record = record
+        self.config = config  # the config the job started under: a reload does not change it
         self.lock = threading.Lock()  # guards record and its writes
         self.written = False
         self.job: Job | None = None
@@ -122,11 +139,15 @@ class Consumer:
         self.retry_interval = RETRY_INTERVAL
         self._retry: dict[str, float] = {}  # job -> when to try again (no record could be written)
         self._retry_lock = threading.Lock()
-        self._claim_failed: set[str] = set()  # names in new/ whose claim failed (logged once)
         self.processed = 0  # jobs this consumer finished (any final state)
         self._runs: dict[str, _JobRun] = {}  # jobs whose builders run here, for cancel
         self._runs_lock = threading.Lock()
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
+        self._reload_wanted = threading.Event()
+        self._last_heartbeat: float | None = None
+        # Jobs left in new/ because the claim failed (e.g. cur/ not writable), each logged
+        # once: --once must not wait for them for ever.
+        self._claim_failures: dict[str, tuple[str, int]] = {}
 
     # -- life cycle --
 
@@ -139,13 +160,68 @@ class Consumer:
             os.makedirs(self.config.log_dir, mode=0o2750, exist_ok=True)
         except OSError as err:
             raise CannotCreate(
-                f"cannot create log directory {self.config.log_dir}: {err.strerror}"
+                f"cannot create log directory: {describe_oserror(err, 'mkdir')}"
             ) from None
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs finish (safe from a signal handler or a thread)."""
         self._stop.set()
         self._wake()
+
+    def _heartbeat(self) -> None:
+        """Touch state_dir/consumer.heartbeat so that ``tryssh doctor`` can see us alive."""
+        now = time.monotonic()
+        if self._last_heartbeat is not None and now - self._last_heartbeat < HEARTBEAT_INTERVAL:
+            return
+        self._last_heartbeat = now
+        path = os.path.join(self.config.state_dir, HEARTBEAT_FILE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o660)
+            try:
+                os.write(fd, f"{self.ident}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self.log(WARNING, event="heartbeat-failed", reason=describe_oserror(err, "write"))
+
+    def request_reload(self) -> None:
+        """Ask the main loop to read the config again (safe from a signal handler)."""
+        self._reload_wanted.set()
+        self._wake()
+
+    def reload(self, path: str | None = None) -> bool:
+        """Read and check the config again; keep the old one if the new one fails.
+
+        Returns whether the new config is now in use. Jobs being processed keep theirs.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            refuse_problems(config)
+            for key in ("jobdir", "state_dir"):
+                if getattr(config, key) != getattr(self.config, key):
+                    raise ConfigError(f"{path}: {key}: changed; a change of {key} takes a restart")
+        except TrysshError as err:
+            self.log(ERR, event="reload-failed", config=path, reason=err.message,
+                     kept="the config in use")  # fmt: skip
+            return False
+        max_parallel = int(config.consume.get("max_parallel", defaults.MAX_PARALLEL))
+        if max_parallel != self.max_parallel:
+            self.log(WARNING, event="reload-partial", reason="max_parallel takes a restart",
+                     max_parallel=self.max_parallel)  # fmt: skip
+        slots = dict(self._builder_slots)
+        for name, builder in config.builders.items():
+            old = self.config.builders.get(name)
+            if name not in slots or old is None or old.concurrency != builder.concurrency:
+                # A build running now releases the semaphore it took, the old one.
+                slots[name] = threading.BoundedSemaphore(builder.concurrency)
+        self._builder_slots = slots
+        self.poll_interval = float(config.consume.get("poll_interval", defaults.POLL_INTERVAL))
+        self.config = config
+        self.log(NOTICE, event="reloaded", config=path, builders=",".join(config.builders))
+        return True
 
     def _wake(self) -> None:
         try:
@@ -160,6 +236,7 @@ class Consumer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         watcher = None
         if self.use_inotify:
             try:
@@ -175,11 +252,19 @@ class Consumer:
             self.resume()
             self._maybe_gc()
             while not self._stop.is_set():
+                if self._reload_wanted.is_set():
+                    self._reload_wanted.clear()
+                    self.reload()
                 self._check_cancels()
                 self._retry_due()
                 self._drain()
+                self._heartbeat()
                 if once and self._idle_and_empty():
                     break  # a job left to retry stays in cur/: the next start resumes it
+                if once and self._only_unclaimable_left():
+                    count = len(self._claim_failures)
+                    reason, code = next(iter(self._claim_failures.values()))
+                    raise TrysshError(f"{count} jobs left in new/, cannot claim: {reason}", code)
                 self._maybe_gc()
                 with self._retry_lock:
                     soon = self.retry_interval if self._retry else None
@@ -204,6 +289,13 @@ class Consumer:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _only_unclaimable_left(self) -> bool:
+        with self._in_flight_lock:
+            busy = self._in_flight
+        if busy or not self._claim_failures:
+            return False
+        return set(self.jobdir.pending()) <= set(self._claim_failures)
 
     def _idle_and_empty(self) -> bool:
         with self._in_flight_lock:
@@ -267,11 +359,12 @@ class Consumer:
                 # Left in new/ and tried again at the next scan (Buildbot forgets it);
                 # logged once, not at every scan.
                 self._slots.release()
-                if name not in self._claim_failed:
-                    self._claim_failed.add(name)
-                    self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                reason = describe_oserror(err, "rename")
+                if name not in self._claim_failures:
+                    self.log(ERR, job=name, event="claim-failed", reason=reason)
+                self._claim_failures[name] = (reason, exit_code_for_oserror(err))
                 continue
-            self._claim_failed.discard(name)
+            self._claim_failures.pop(name, None)
             self._submit(name, path, None)
 
     def _claim_renamed(self, name: str) -> tuple[str, str]:
@@ -319,6 +412,7 @@ class Consumer:
             if self._slots.acquire(timeout=0.2):
                 return True
             self._check_cancels()  # every slot busy: still notice cancel requests
+            self._heartbeat()  # and still alive
         return False
 
     # -- cancel requests --
@@ -414,6 +508,7 @@ class Consumer:
     # -- one job --
 
     def _process(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
+        config = self.config  # this job's config, whatever a reload does meanwhile
         run: _JobRun | None = None
         lock = JobLock(path)
         try:
@@ -438,10 +533,10 @@ class Consumer:
             if record is not None and record.get("state") in FINAL_STATES:
                 return
             if record is not None:
-                run = self._resumed(name, path, record)
+                run = self._resumed(name, path, record, config)
             else:
                 assert lock.fd is not None
-                run = self._fresh(name, path, lock.fd)
+                run = self._fresh(name, path, lock.fd, config)
             if run is not None:
                 self._register(run)
                 self._run_builders(run)
@@ -502,18 +597,15 @@ class Consumer:
         record["reason"] = "the job file is gone from cur/"
         self._finish(_JobRun(name, path, record))
 
-    def _fresh(self, name: str, path: str, fd: int) -> _JobRun | None:
+    def _fresh(self, name: str, path: str, fd: int, config: Config) -> _JobRun | None:
         record = new_record(name, consumer=self.ident)
-        run = _JobRun(name, path, record)
+        run = _JobRun(name, path, record, config)
         try:
             info = os.fstat(fd)
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
             record["received"] = iso_time(info.st_mtime, micros=True)
             size = info.st_size
-            hard_limit = max(
-                [self.config.max_job_size]
-                + [u.max_job_size or 0 for u in self.config.users.values()]
-            )
+            hard_limit = config.hard_size_limit()
             record["size"] = size
             if info.st_nlink > 1 and not self._delivering(name, info):
                 # A planted hard link to a file its planter cannot read (a consumer running
@@ -525,25 +617,27 @@ class Consumer:
             record["sha256"] = hashlib.sha256(data).hexdigest()
             job = parse_job(data)
         except (BadJob, OSError) as err:
-            reason = err.message if isinstance(err, TrysshError) else err.strerror
+            reason = (
+                err.message if isinstance(err, TrysshError) else describe_oserror(err, "read", path)
+            )
             self._reject(run, f"bad job: {reason}")
             return None
         run.job = job
         record.update(job_fields(job))  # type: ignore[typeddict-item]
         who = job.who or ""
-        policy = self.config.user(who)
+        policy = config.user(who)
         try:
             if policy is not None and policy.max_pending is not None:
                 with self._pending_lock:
                     # Check and record as one step, so two jobs cannot both take the last place.
                     pending = self.store.pending_count(who)
                     names = choose_builders(
-                        self.config, who, job.builder_names, job.branch, size, pending
+                        config, who, job.builder_names, job.branch, size, pending
                     )
                     self._init_builders(run, names)
                     self._write(run)
             else:
-                names = choose_builders(self.config, who, job.builder_names, job.branch, size)
+                names = choose_builders(config, who, job.builder_names, job.branch, size)
                 self._init_builders(run, names)
         except PolicyRefused as err:
             self._reject(run, err.message)
@@ -561,7 +655,8 @@ class Consumer:
 
     def _init_builders(self, run: _JobRun, names: list[str]) -> None:
         run.record["builders"] = {
-            n: builder_entry(log=builders_mod.log_path(self.config, run.name, n)) for n in names
+            n: builder_entry(log=builders_mod.log_path(run.config or self.config, run.name, n))
+            for n in names
         }
 
     def _reject(self, run: _JobRun, reason: str) -> None:
@@ -571,8 +666,10 @@ class Consumer:
         self.processed += 1
         self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
 
-    def _resumed(self, name: str, path: str, record: JobRecord) -> _JobRun | None:
-        run = _JobRun(name, path, record)
+    def _resumed(
+        self, name: str, path: str, record: JobRecord, config: Config
+    ) -> _JobRun | None:
+        run = _JobRun(name, path, record, config)
         run.written = True
         interrupted = []
         now = now_iso()
@@ -600,7 +697,9 @@ class Consumer:
                 with open(path, "rb") as f:
                     run.job = parse_job(f.read())
             except (OSError, BadJob) as err:
-                reason = err.message if isinstance(err, TrysshError) else err.strerror
+                reason = err.message if isinstance(err, TrysshError) else describe_oserror(
+                    err, "read"
+                )
                 for n in pending:
                     record["builders"][n].update(
                         state="done", result="error", reason=f"cannot read job: {reason}",
@@ -642,13 +741,14 @@ class Consumer:
                     pass
 
     def _build(self, run: _JobRun, bname: str) -> None:
-        builder = self.config.builders.get(bname)
+        config = run.config or self.config
+        builder = config.builders.get(bname)
         entry = run.record["builders"][bname]
         if builder is None:  # the config changed while the job waited
             self._builder_done(run, bname, builders_mod.Outcome(
                 "error", reason=f"builder {bname!r} is no longer configured"))  # fmt: skip
             return
-        slots = self._builder_slots[bname]
+        slots = self._builder_slots.get(bname) or threading.BoundedSemaphore(builder.concurrency)
         if not slots.acquire(blocking=False):
             with run.lock:
                 if not run.written:
@@ -669,7 +769,7 @@ class Consumer:
                     self._write(run)  # durable before the build starts: a crash can tell
                     assert run.job is not None
                     ctx = builders_mod.BuildContext(
-                        self.config, run.name, run.job, run.path, builder, entry["log"],
+                        config, run.name, run.job, run.path, builder, entry["log"],
                         attempt=int(entry.get("attempt") or 1),
                     )  # fmt: skip
                     run.contexts[bname] = ctx  # from now on a cancel stops it
@@ -694,7 +794,7 @@ class Consumer:
             if outcome.reason:
                 entry["reason"] = outcome.reason
             if run.cancelled is not None and outcome.result != "cancelled":
-                builder = self.config.builders.get(bname)
+                builder = (run.config or self.config).builders.get(bname)
                 entry["cancel"] = (
                     "already sent: a cancel cannot take it back"
                     if builder is not None and builder.kind in ("webhook", "forward")

@@ -60,7 +60,7 @@ def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | 
         if request.json:
             return json.dumps({"user": user, "all_states": request.all_states,
                                "jobs": records}) + "\n"  # fmt: skip
-        return format_jobs(records)
+        return format_jobs(records, show_who=user is None)
     raise UsageError(f"{request.verb} is not available on this server")
 
 

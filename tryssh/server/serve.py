@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 
 from tryssh.core import defaults
-from tryssh.core.logfmt import INFO, EventLog
+from tryssh.core.logfmt import ERR, INFO, NOTICE, EventLog
 from tryssh.core.netaddr import format_address, parse_listen
 from tryssh.core.request import CommandRefused
 from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
@@ -32,6 +32,8 @@ from tryssh.errors import (
     EX_SOFTWARE,
     ConfigError,
     TempFail,
+    TrysshError,
+    describe_oserror,
 )
 from tryssh.server.audit import AuditLog
 from tryssh.server.config import SERVE_POSITIVE, Config, parse_max_startups
@@ -233,7 +235,7 @@ class Log:
         try:
             self.audit.write(**fields)
         except OSError as err:
-            self.say(f"cannot write the audit log: {err.strerror}")
+            self.say(f"cannot {describe_oserror(err, 'write audit log', self.audit.path)}")
 
 
 class AuthLimiter:
@@ -909,6 +911,54 @@ class EmbeddedServer:
         self._lock = threading.Lock()
         self.sock: socket.socket | None = None
         self.address = ""
+
+    def reload(self, path: str | None = None) -> bool:
+        """Read the config again (SIGHUP); keep the old one if the new one fails to check.
+
+        Users, keys, passwords, builders and policy change for the next login or request;
+        a request already running finishes under the config it started with. The listen
+        address, host key, jobdir and audit log take a restart. Returns whether the new
+        config is in use.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            settings = Settings.from_config(config)
+            accounts = accounts_from_config(config)
+            if not accounts:
+                raise ConfigError(f"{path}: no [users.NAME] entries: nobody could log in")
+        except TrysshError as err:
+            self.log.say(f"reload refused, the config in use stays: {err.message}", ERR)
+            self.log.record(event="reload", outcome="refused", reason=err.message)
+            return False
+        kept = [
+            key
+            for key, old, new in (
+                ("serve.listen", (self.settings.host, self.settings.port),
+                 (settings.host, settings.port)),
+                ("serve.host_key", self.settings.host_key, settings.host_key),
+                ("jobdir", self.config.jobdir, config.jobdir),
+                ("audit_log", self.config.audit_log, config.audit_log),
+            )
+            if old != new
+        ]  # fmt: skip
+        settings.host, settings.port = self.settings.host, self.settings.port
+        settings.host_key = self.settings.host_key
+        config.jobdir, config.audit_log = self.config.jobdir, self.config.audit_log
+        with self._lock:
+            self.settings = settings
+            self.accounts = accounts
+            self.any_password = any(a.password_hash for a in accounts.values())
+            self.config = config
+        self.log.say(
+            f"reloaded {path}: {len(accounts)} users, {len(config.builders)} builders"
+            + (f" ({', '.join(kept)} unchanged until a restart)" if kept else ""),
+            NOTICE,
+        )
+        self.log.record(event="reload", outcome="ok")
+        return True
 
     def bind(self) -> str:
         """Bind and listen; return the address actually bound (port 0 resolved)."""
