@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tryssh.core.jobdir import Jobdir  # noqa: E402
 from tryssh.core.jobfile import Job, encode_job  # noqa: E402
+from tryssh.core.records import RecordStore, new_record  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -212,9 +213,20 @@ def sync() -> None:
 def cold_start(tmp: Path, runs: int, bb_runs: int, env: dict[str, str]) -> dict[str, object]:
     job = tmp / "small.job"
     size = small_job(job)
-    jd = [Jobdir(str(tmp / f"jd-small-{i}")).create() for i in range(3)]
+    jd = [Jobdir(str(tmp / f"jd-small-{i}")).create() for i in range(5)]
     regular = regular_install(tmp)
     system = system_python()
+    # The policy at the door: the same job with a config; and with max_pending, which
+    # counts the user's records and waiting jobs (10 other users' records here).
+    configs = []
+    for i, extra in ((3, ""), (4, "max_pending = 5\n")):
+        path = tmp / f"config-{i}.toml"
+        path.write_text(f'jobdir = "{jd[i].path}"\n[builders.unit]\ncommand = ["true"]\n'
+                        f'[users.alice]\nbuilders = ["unit"]\n{extra}')  # fmt: skip
+        configs.append(path)
+    store = RecordStore(os.path.join(jd[4].path, "state")).create()
+    for n in range(10):
+        store.write(new_record(f"1700000000.M{n:06d}P1Q1R0.bench", who=f"user{n}"))
     cases = [
         Case(f"python3 -c pass ({system})", [system, "-c", "pass"], job),
         Case(f"venv python -c pass ({BIN / 'python'})", [str(BIN / "python"), "-c", "pass"], job),
@@ -229,6 +241,18 @@ def cold_start(tmp: Path, runs: int, bb_runs: int, env: dict[str, str]) -> dict[
             [str(regular), "--jobdir", jd[1].path, "--user", "alice"],
             job,
             jd[1],
+        ),
+        Case(
+            "tryserver --config (reads the config; policy at the door)",
+            [str(regular), "--config", str(configs[0]), "--user", "alice"],
+            job,
+            jd[3],
+        ),
+        Case(
+            "tryserver --config, max_pending (counts pending jobs)",
+            [str(regular), "--config", str(configs[1]), "--user", "alice"],
+            job,
+            jd[4],
         ),
     ]
     buildbot = Case(
@@ -250,7 +274,22 @@ def cold_start(tmp: Path, runs: int, bb_runs: int, env: dict[str, str]) -> dict[
         {"label": c.label, "ms": c.median_ms, "runs": len(c.times), "ratio": c.median_ms / base}
         for c in [*cases, buildbot]
     ]
-    return {"job_bytes": size, "rows": rows, "base_ms": base}
+    return {"job_bytes": size, "rows": rows, "base_ms": base,
+            "door_ms": door_check_ms(configs[0]), "door_pending_ms": door_check_ms(configs[1])}
+
+
+def door_check_ms(config_path: Path, runs: int = 200) -> float:
+    """The policy check at the door alone, in process (config already read): median ms."""
+    from tryssh.server.config import load_config
+    from tryssh.server.policy import check_at_door
+
+    config = load_config(str(config_path))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        check_at_door(config, "alice", ["unit"], "main", 1000)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 SIZES = {"1 KB": 1000, "16 MB": 16 * MIB, "64 MB": 64 * MIB, "256 MB": 256 * MIB}
@@ -471,6 +510,8 @@ def main() -> int:
     for row in cold["rows"]:
         print(f"  {row['label']:<58} {row['ms']:8.1f} ms  x{row['ratio']:5.2f}"
               f"  ({row['runs']} runs)")  # fmt: skip
+    print(f"  of which the policy check at the door, in process: {cold['door_ms']:.3f} ms; "
+          f"with max_pending (10 records): {cold['door_pending_ms']:.3f} ms")  # fmt: skip
     print()
     mib = big["job_bytes"] / MIB
     print(f"Big job, {big['job_bytes']} B ({mib:.0f} MiB) v2, ASCII patch "

@@ -200,6 +200,7 @@ def main() -> int:
         host_key = (root / "host_key.pub").read_text().split()
         known_hosts = root / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+        known_hosts.chmod(0o644)  # not 0666 under umask 000
         # From here on the server's log goes to a file: the demo's output stays readable.
         pump = threading.Thread(target=copy_lines, args=(server, root / "serve.log"), daemon=True)
         pump.start()

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -106,6 +107,80 @@ def git(cwd: StrPath, *args: str) -> str:
     return out.stdout.decode().strip()
 
 
+def unprivileged(argv: Sequence[str]) -> list[str]:
+    """*argv* run without the power to ignore file modes (root keeps its uid, loses the cap)."""
+    if os.geteuid() != 0:
+        return list(argv)
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.fail("setpriv (util-linux) is needed to test permissions as root")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    if run([*prefix, "true"]).returncode != 0:  # e.g. a container without CAP_SETPCAP
+        pytest.skip("cannot drop capabilities here (the errno mapping is tested directly)")
+    return [*prefix, *argv]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# What tryssh needs at run time (click, paramiko and paramiko's own), by import name.
+RUNTIME_MODULES = ("click", "paramiko", "cryptography", "bcrypt", "nacl", "cffi", "pycparser",
+                   "_cffi_backend", "invoke")  # fmt: skip
+RUNTIME_DISTRIBUTIONS = ("click", "paramiko", "cryptography", "bcrypt", "[Pp]y[Nn]a[Cc]l", "cffi",
+                         "pycparser", "invoke")  # fmt: skip
+
+
+def build_wheel(dist: Path) -> Path:
+    """Build tryssh's wheel from a copy of the tree (offline, no build isolation)."""
+    source = dist.parent / "wheel-src"
+    source.mkdir(parents=True)
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("tryssh", "contrib"):
+        shutil.copytree(ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                 "--no-index", str(source), "-w", str(dist)], timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr.decode()
+    shutil.rmtree(source)
+    (wheel,) = dist.glob("tryssh-*.whl")
+    return wheel
+
+
+def install_wheel(wheel: Path, venv: Path, python: str, copy_deps: bool = False) -> Path:
+    """A venv made by *python* holding the wheel's tryssh and nothing of the source tree.
+
+    The dependencies come from this test venv, offline: a path entry after the venv's own,
+    or with *copy_deps* copies (for other accounts, which may not reach this venv).
+    """
+    made = run([python, "-m", "venv", "--without-pip", str(venv)], timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
+    target = venv / "bin" / "python"
+    pip = run([sys.executable, "-m", "pip", "--python", str(target), "install", "-q",
+               "--no-deps", "--no-index", str(wheel)], timeout=300)  # fmt: skip
+    assert pip.returncode == 0, pip.stderr.decode()
+    purelib = run([str(target), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    site = Path(purelib.stdout.decode().strip())
+    if not copy_deps:
+        (site / "zz-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+        return venv
+    import importlib.util
+
+    for name in RUNTIME_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, site / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        else:
+            shutil.copy(origin, site / origin.name)
+    # Their metadata too: paramiko asks for its own version at import.
+    here = Path(sysconfig.get_path("purelib"))
+    for dist in RUNTIME_DISTRIBUTIONS:
+        for info in here.glob(f"{dist}-*.dist-info"):
+            shutil.copytree(info, site / info.name)
+    return venv
 # -- the master side ------------------------------------------------------------------------------
 
 

@@ -184,6 +184,8 @@ def test_json_receipt(world: World) -> None:
     assert receipt["transport"] == "ssh" and receipt["builders"] == ["unit"]
     assert str(server.port) in receipt["host"]
     assert receipt["size"] > 0 and len(receipt["sha256"]) == 64
+    # The server pins who: the receipt says its size and sha256 are of the bytes sent.
+    assert receipt["size_and_sha256_of"].startswith("the bytes sent;")
 
 
 def test_remote_failure_gives_the_servers_code_and_message(world: World) -> None:
@@ -577,7 +579,7 @@ def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> N
     config = write_master_config(world.tmp, builders, {"alice": {"builders": ["unit"]}})
     server = world.sshd(world.forced("--config", str(config)))
     world.known_hosts(server)
-    assert ok(world.tryssh("builders", *world.to(server))).split() == ["unit"]
+    assert ok(world.tryssh("builders", *world.to(server))) == "unit  unit tests\n"
     answer = json.loads(ok(world.tryssh("builders", *world.to(server), "--json")))
     assert answer["builders"] == ["unit"]
     name = ok(world.tryssh("try", *world.to(server), "-b", "unit", "-q")).strip()
@@ -589,7 +591,7 @@ def test_status_and_builders_over_ssh_with_the_real_tryserver(world: World) -> N
     # On the master itself, with the config: the same answer without ssh.
     local = json.loads(ok(world.tryssh("status", name, "--config", str(config), "--json")))
     assert local["job"] == name
-    assert "lint" in ok(world.tryssh("builders", "--config", str(config)))
+    assert ok(world.tryssh("builders", "--config", str(config))) == "unit  unit tests\nlint\n"
 
 
 def test_no_pty_requested(world: World) -> None:

@@ -121,6 +121,9 @@ def _levels(data: dict[str, Any]) -> list[tuple[str, str]]:
         ({"webhook": "http://h/", "secret_file": "/no/s"}, "problem", "secret_file: cannot read"),
         ({"forward": "/no/such/jobdir"}, "problem", "builders.b.forward:"),
         ({"forward": "ssh://h/srv/j"}, "ok", "forward ssh://h/srv/j"),
+        ({"forward": "ssh://h/srv/j"}, "warn", "no identity: ssh uses the consumer account's"),
+        ({"forward": "ssh://h/j", "identity": "/no/id"}, "problem", "identity: /no/id does not"),
+        ({"forward": "ssh://h/j", "known_hosts": "/no/kh"}, "problem", "known_hosts: /no/kh"),
     ],
 )
 def test_builder_findings(builder: dict[str, Any], level: str, needle: str) -> None:

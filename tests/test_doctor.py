@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,181 @@ def test_reads_sshd_settings_as_root() -> None:
 def test_nothing_to_check_is_a_usage_error(tmp_path: Path) -> None:
     result = run([venv_bin("tryssh"), "doctor"], env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 64
+
+
+# --- the truth, both ways: no false "ok", no false warning ---------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another account needs root")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every account can reach (pytest's tmp_path is under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="tryssh-doctor-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def fake_tryserver(directory: Path) -> Path:
+    """A stand-in that answers --version like tryserver: what doctor runs as the account."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    script = directory / "tryserver"
+    script.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "tryserver 9.9"\n')
+    script.chmod(0o755)
+    return script
+
+
+def key_file(site: dict[str, Path], command: str) -> Path:
+    line = site["auth"].read_text().splitlines()[1]
+    key = line[line.index(" ssh-ed25519 ") + 1 :]
+    auth = site["auth"].parent / "authorized_keys2"
+    auth.write_text(f'# tryssh start\nrestrict,command="{command} --user alice" {key}\n'
+                    "# tryssh end\n")  # fmt: skip
+    return auth
+
+
+def keys_findings(auth: Path, user: str) -> list[dict[str, str]]:
+    _, findings = doctor("--authorized-keys", str(auth), "--ssh-user", user)
+    return [f for f in findings if f["area"] == "keys"]
+
+
+@needs_root
+def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None:
+    home = open_dir / "home"
+    program = fake_tryserver(home / "venv")
+    home.chmod(0o700)  # a venv under a 0700 home: root can run it, nobody cannot
+    auth = key_file(site, str(program))
+    keys = keys_findings(auth, "nobody")
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    assert any(f"nobody cannot run {program}" in m and "0700 home" in m for m in bad), keys
+    assert not any("runs" in f["message"] for f in keys if f["level"] == "ok")
+
+    home.chmod(0o755)  # the other way: no false problem
+    keys = keys_findings(auth, "nobody")
+    assert [f["message"] for f in keys if f["level"] == "problem"] == []
+    assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys)
+
+
+def test_tryserver_version() -> None:
+    result = run([venv_bin("tryserver"), "--version"])
+    assert result.returncode == 0
+    assert result.stdout.decode().startswith("tryserver ")
+
+
+def forward_config(site: dict[str, Path], **files: str) -> Path:
+    text = site["config"].read_text() + '[builders.far]\nforward = "ssh://try@b.example/j"\n'
+    text += "".join(f'{key} = "{value}"\n' for key, value in files.items())
+    site["config"].write_text(text)
+    return site["config"]
+
+
+def builder_findings(config: Path, *args: str) -> list[dict[str, str]]:
+    _, findings = doctor("--config", str(config), *args)
+    return [f for f in findings if f["area"] == "builders" and "far" in f["message"]]
+
+
+def test_ssh_forward_with_missing_files_is_not_ok(site) -> None:
+    config = forward_config(site, identity="/nonexistent/id", known_hosts="/nonexistent/kh")
+    far = builder_findings(config)
+    assert {f["level"] for f in far} == {"problem"}, far
+    assert any("identity: /nonexistent/id does not exist" in f["message"] for f in far)
+    assert any("known_hosts: /nonexistent/kh does not exist" in f["message"] for f in far)
+
+
+def test_ssh_forward_with_its_files_is_ok(site, tmp_path) -> None:
+    (tmp_path / "id").write_text("key\n")
+    (tmp_path / "kh").write_text("host\n")
+    config = forward_config(site, identity=str(tmp_path / "id"), known_hosts=str(tmp_path / "kh"))
+    far = builder_findings(config, "--consumer-user", "root" if os.geteuid() == 0 else "")
+    assert [f["level"] for f in far] == ["ok"], far
+
+
+def test_serve_table_warns_only_where_serve_is_the_door(site) -> None:
+    site["config"].write_text(site["config"].read_text() + '[serve]\nlisten = "127.0.0.1:0"\n')
+    _, findings = doctor("--config", str(site["config"]), "--authorized-keys", str(site["auth"]))
+    serve = [f for f in findings if f["area"] == "serve"]
+    assert [f["level"] for f in serve] == ["ok"], serve  # OpenSSH site: no false warning
+    _, findings = doctor("--config", str(site["config"]))
+    serve = [f for f in findings if f["area"] == "serve"]
+    assert any(f["level"] == "warn" and "nobody can log in" in f["message"] for f in serve)
+
+
+@needs_root
+def test_consumer_account_must_write_the_jobdir(site) -> None:
+    """The jobdir is root's with mode 2770: root's consumer can claim, nobody cannot."""
+    _, findings = doctor("--config", str(site["config"]), "--consumer-user", "nobody")
+    bad = [f["message"] for f in findings if f["area"] == "consumer" and f["level"] == "problem"]
+    assert any(f"nobody cannot read and write into {site['jobdir']}/new" in m for m in bad), bad
+    _, findings = doctor("--config", str(site["config"]), "--consumer-user", "root")
+    assert [f for f in findings if f["area"] == "consumer" and f["level"] == "problem"] == []
+
+
+def test_consumer_heartbeat(site) -> None:
+    def heartbeat() -> dict[str, str]:
+        _, findings = doctor("--config", str(site["config"]))
+        (found,) = [f for f in findings
+                    if f["area"] == "consumer" and "heartbeat" in f["message"]]  # fmt: skip
+        return found
+
+    assert heartbeat()["level"] == "warn"  # never ran
+    result = run([venv_bin("tryssh"), "consume", "--config", str(site["config"]), "--once"])
+    assert result.returncode == 0, result.stderr
+    found = heartbeat()
+    assert found["level"] == "ok" and "alive" in found["message"], found
+    beat = site["jobdir"] / "state" / "consumer.heartbeat"
+    old = beat.stat().st_mtime - 3600
+    os.utime(beat, (old, old))
+    found = heartbeat()
+    assert found["level"] == "warn" and "is tryssh consume running?" in found["message"], found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sshd -T needs root")
+def test_sshd_config_file_of_a_second_sshd(tmp_path) -> None:
+    host_key = tmp_path / "host_key"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
+    plain = tmp_path / "sshd_config"
+    plain.write_text(f"HostKey {host_key}\n")
+    locked = tmp_path / "sshd_config_try"
+    block = (ROOT / "contrib" / "sshd_config.tryssh").read_text()
+    locked.write_text(f"HostKey {host_key}\nPasswordAuthentication no\n{block}")
+    _, findings = doctor("--ssh-user", "try", "--sshd-config", str(locked))
+    sshd = [f for f in findings if f["area"] == "sshd"]
+    assert [f["level"] for f in sshd] == ["ok"], sshd  # no false warning
+    assert str(locked) in sshd[0]["message"]
+    _, findings = doctor("--ssh-user", "try", "--sshd-config", str(plain))
+    assert any(f["level"] == "warn" and "permittty" in f["message"] for f in findings)
+
+
+@needs_root
+def test_a_python_the_consumer_cannot_run_is_a_problem(site) -> None:
+    """This venv's python lives under root's 0700 home here (pyenv), or it does not:
+    either way doctor's answer for 'nobody' must match what nobody can actually do."""
+    import sys
+
+    can = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          sys.executable, "-c", "import tryssh"], capture_output=True,
+                         cwd="/", check=False).returncode == 0  # fmt: skip
+    _, findings = doctor("--config", str(site["config"]), "--consumer-user", "nobody")
+    python = [f for f in findings if f["area"] == "consumer" and "cannot run" in f["message"]]
+    assert bool(python) != can, (can, python)
+
+
+@needs_root
+def test_the_keys_account_must_write_the_audit_log(site, open_dir) -> None:
+    """nobody (the key's account here) may run the command but not append to the log."""
+    program = fake_tryserver(open_dir / "bin")
+    auth = key_file(site, str(program))
+    site["config"].write_text(site["config"].read_text().replace(
+        "[builders", f'audit_log = "{open_dir / "audit.log"}"\n[builders', 1))  # fmt: skip
+    (open_dir / "audit.log").write_text("")
+    (open_dir / "audit.log").chmod(0o644)
+    _, findings = doctor("--config", str(site["config"]), "--authorized-keys", str(auth),
+                         "--ssh-user", "nobody")  # fmt: skip
+    bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
+    assert f"nobody cannot write {open_dir / 'audit.log'} (the audit log)" in bad, bad
+    (open_dir / "audit.log").chmod(0o666)  # the other way: no false problem
+    _, findings = doctor("--config", str(site["config"]), "--authorized-keys", str(auth),
+                         "--ssh-user", "nobody")  # fmt: skip
+    bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
+    assert not any("audit" in m for m in bad), bad

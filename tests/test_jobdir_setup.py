@@ -294,16 +294,21 @@ def test_help() -> None:
         assert word in result.stdout
 
 
-def test_script_is_posix_sh_and_shellcheck_clean() -> None:
-    assert SCRIPT.read_text().startswith("#!/bin/sh\n")
-    assert os.access(SCRIPT, os.X_OK)
+@pytest.mark.parametrize(
+    "script",
+    [SCRIPT, CONTRIB / "tryssh-jobdir-setup", CONTRIB / "tryssh-build-git"],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_script_is_posix_sh_and_shellcheck_clean(script: Path) -> None:
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert os.access(script, os.X_OK)
     # dash is the strictest common /bin/sh: it must parse the script.
     dash = shutil.which("dash")
     if dash:
-        assert run([dash, "-n", str(SCRIPT)]).returncode == 0
+        assert run([dash, "-n", str(script)]).returncode == 0
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    result = run(["shellcheck", "-s", "sh", str(SCRIPT)])
+    result = run(["shellcheck", "-s", "sh", str(script)])
     assert result.returncode == 0, result.stdout.decode()
 
 

@@ -610,9 +610,12 @@ def test_cli_add_list_remove(
     assert code == 0, out
     code, out, _ = cli("list")
     assert code == 0
+    bob_fp = parse_public_key(ED_LINE).fingerprint
+    pad = " " * (len(fp) - len("FINGERPRINT"))
     assert out.splitlines() == [
-        f'alice  {fp}  ssh-ed25519  ed@test  from="127.0.0.1"  expiry-time="20991231Z"',
-        f"bob  {parse_public_key(ED_LINE).fingerprint}  ssh-ed25519  alice@laptop",
+        f"USER   FINGERPRINT{pad}  TYPE         COMMENT       OPTIONS",
+        f'alice  {fp}  ssh-ed25519  ed@test       from="127.0.0.1" expiry-time="20991231Z"',
+        f"bob    {bob_fp}  ssh-ed25519  alice@laptop",
     ]
     code, out, _ = cli("list", "--json")
     data = json.loads(out)

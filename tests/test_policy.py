@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tryssh.errors import EX_NOPERM
+from tryssh.errors import EX_DATAERR, EX_NOPERM
 from tryssh.server.config import config_from_dict
 from tryssh.server.policy import PolicyRefused, allowed_builders, choose_builders
 
@@ -59,7 +59,9 @@ def test_refused(who, requested, branch, size, pending, needle) -> None:
     with pytest.raises(PolicyRefused) as info:
         choose_builders(CONFIG, who, requested, branch, size, pending)
     assert needle in info.value.message
-    assert info.value.exit_code == EX_NOPERM
+    # Too large is bad job data (65), as the forced command says at the door; the rest 77.
+    too_large = "more than the limit" in needle
+    assert info.value.exit_code == (EX_DATAERR if too_large else EX_NOPERM)
 
 
 def test_without_a_fallback_unknown_users_are_refused() -> None:

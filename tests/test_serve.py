@@ -292,6 +292,16 @@ def test_key_auth_delivers_with_the_authenticated_user_as_who(shared: Serve) -> 
     assert f"alice: deliver ok exit=0 job={name}" in shared.wait_log(name)
 
 
+def test_policy_is_checked_at_the_door(shared: Serve) -> None:
+    """serve runs the same request code as tryserver: an unknown builder is refused now."""
+    before = shared.delivered()
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["nosuch"], who="alice"))
+    result = shared.ssh("tryserver", input=job)
+    assert result.returncode == 77, err(result)
+    assert err(result) == "tryserver: unknown builder 'nosuch'\n"
+    assert shared.delivered() == before and shared.leftovers() == []
+
+
 def test_json_receipt_and_builders(shared: Serve) -> None:
     result = shared.ssh("tryserver", "--json", input=make_job())
     assert result.returncode == 0, err(result)
@@ -749,3 +759,60 @@ def test_consume_runs_the_builders_in_the_same_process(
     assert any("event=start" in line for line in lines), server.output()
     assert any("authenticated by publickey" in line for line in lines), server.output()
     assert all(re.match(r"time=\S+Z level=\w+ \w+=", line) for line in lines), server.output()
+
+
+def test_sighup_reloads_users_and_builders_and_refuses_a_broken_config(serve_factory) -> None:
+    server = serve_factory()
+    assert server.ssh("tryserver", "builders").stdout == b"unit\n"
+    text = server.config.read_text()
+    server.config.write_text(
+        text.replace('builders = ["unit"]', 'builders = ["unit", "lint"]', 1)
+        + '\n[builders.lint]\ncommand = ["true"]\ndescription = "style"\n'
+    )
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("reloaded")
+    result = server.ssh("tryserver", "builders")
+    assert result.stdout == b"unit\nlint\tstyle\n", err(result)
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["lint"], who="alice"))
+    assert server.ssh("tryserver", input=job).returncode == 0
+
+    server.config.write_text(server.config.read_text() + "\nnonsense = 1\n")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("reload refused, the config in use stays")
+    assert "nonsense: unknown key" in server.log()
+    assert server.ssh("tryserver", "builders").stdout == b"unit\nlint\tstyle\n"
+    assert server.proc.poll() is None
+    assert "event=reload outcome=refused" in server.audit()
+
+
+def test_hostkey_output_is_the_known_hosts_developers_need(serve_factory) -> None:
+    server = serve_factory()
+    result = run([venv_bin("tryssh"), "hostkey", "--config", str(server.config), "--no-openssh",
+                  "--host", "127.0.0.1", "--serve-port", str(server.port)])  # fmt: skip
+    assert result.returncode == 0, err(result)
+    server.known_hosts.write_bytes(result.stdout)  # replaces the fixture's own line
+    assert server.fingerprint in result.stdout.decode()
+    login = server.ssh("tryserver", "builders")
+    assert login.returncode == 0 and login.stdout == b"unit\n", err(login)
+
+
+def test_sighup_reloads_the_embedded_consumer_too(serve_factory) -> None:
+    server = serve_factory(consume=True)
+    text = server.config.read_text()
+    server.config.write_text(
+        text.replace('builders = ["unit"]', 'builders = ["unit", "lint"]', 1)
+        + '\n[builders.lint]\ncommand = ["true"]\n'
+    )
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log("event=reloaded")  # the consumer's line, after the server's
+    job = encode_job(Job("j", "main", "abc", 1, b"p\n", ["lint"], who="alice"))
+    result = server.ssh("tryserver", input=job)
+    assert result.returncode == 0, err(result)
+    name = result.stdout.decode().strip()
+
+    def finished() -> str:
+        text = server.ssh("tryserver", "status", name, "--json").stdout.decode()
+        return text if '"success"' in text else ""
+
+    assert '"lint"' in wait_until(finished, timeout=30, message=server.output)
+    assert server.stop() == 0, server.output()

@@ -153,7 +153,7 @@ def test_settings_defaults_and_checks(tmp_path: Path) -> None:
         32,
         300.0,
     )
-    assert s.host_key == os.path.join(config.state_dir, "ssh_host_ed25519_key")
+    assert s.host_key == os.path.join(config.state_dir, "serve", "ssh_host_ed25519_key")
     with pytest.raises(ConfigError, match="idle_timeout"):
         config_from_dict({"jobdir": "j", "serve": {"idle_timeout": 0}}, str(tmp_path / "c"))
 

@@ -12,11 +12,10 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, run, tryserver, venv_bin, wait_until
+from helpers import clean_env, run, tryserver, unprivileged, venv_bin, wait_until
 from hostile import HOSTILE_COMMANDS
 from sshd import SSH_KEYGEN, make_user_key
 
@@ -341,20 +340,6 @@ def test_new_is_a_regular_file(jobdir):
     assert result.returncode == 73, out(result)
     assert b"new/ is missing" in result.stderr
     assert os.listdir(jobdir.tmp) == []
-
-
-def unprivileged(argv: Sequence[str]) -> list[str]:
-    """*argv* run without the power to ignore file modes (root keeps its uid, loses the cap)."""
-    if os.geteuid() != 0:
-        return list(argv)
-    setpriv = shutil.which("setpriv")
-    if not setpriv:
-        pytest.fail("setpriv (util-linux) is needed to test permissions as root")
-    caps = "-dac_override,-dac_read_search,-fowner"
-    prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
-    if run([*prefix, "true"]).returncode != 0:  # e.g. a container without CAP_SETPCAP
-        pytest.skip("cannot drop capabilities here (the errno mapping is tested directly)")
-    return [*prefix, *argv]
 
 
 @pytest.mark.parametrize("sub", ["tmp", "new"])

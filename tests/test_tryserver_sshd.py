@@ -140,7 +140,9 @@ def test_ssh_without_a_command_is_refused(setup):
     assert result.returncode == 64, out(result, setup)
     assert b"interactive sessions are not allowed" in result.stderr
     assert listing(setup.jobdir) == EMPTY
-    assert setup.audit()[0]["outcome"] == "refused"
+    [line] = setup.audit()
+    assert line["outcome"] == "refused"
+    assert line["cmd"] == ""  # the client's (empty) command, not the forced command's options
 
 
 def test_ssh_with_a_tty_request_is_refused(setup):

@@ -49,6 +49,10 @@ class BadJob(TrysshError):
     exit_code = EX_DATAERR
 
 
+class JobTooLarge(BadJob):
+    """The job is over the size limit (found while reading it)."""
+
+
 class CannotCreate(TrysshError):
     exit_code = EX_CANTCREAT
 
@@ -63,6 +67,18 @@ class PermissionDenied(TrysshError):
 
 class ConfigError(TrysshError):
     exit_code = EX_CONFIG
+
+
+def describe_oserror(err: OSError, operation: str, path: str | None = None) -> str:
+    """One line naming the operation, the path(s) and the system's reason.
+
+    ``describe_oserror(err, "rename")`` gives ``rename /a -> /b: Permission denied``.
+    """
+    where = path or err.filename
+    text = operation if where is None else f"{operation} {where}"
+    if err.filename2 is not None and path is None:
+        text += f" -> {err.filename2}"
+    return f"{text}: {err.strerror or err}"
 
 
 def exit_code_for_oserror(err: OSError) -> int:

@@ -22,11 +22,13 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
     """Claim jobs from the jobdir, check the policy and run the builders.
 
     Logs one line per event on stderr (journald-friendly under systemd). SIGTERM stops
-    claiming, lets the running builds finish and exits 0. A job the policy refuses is kept
-    in cur/ with its reason in its record; nothing is dropped silently. Builders run here
-    (command), call out (webhook), or hand the job on once per receiver: forward (result
-    unknown, job "delivered") or buildbot (Buildbot builds it; its results are read back
-    from the master's REST API).
+    claiming, lets the running builds finish and exits 0. SIGHUP (systemctl reload) reads
+    the config again: jobs claimed afterwards use it, running jobs finish under theirs, and
+    a config that fails to check is refused (reload-failed line) and the old one stays.
+    A job the policy refuses is kept in cur/ with its reason in its record; nothing is
+    dropped silently. Builders run here (command), call out (webhook), or hand the job on
+    once per receiver: forward (result unknown, job "delivered") or buildbot (Buildbot
+    builds it; its results are read back from the master's REST API).
 
     \b
     Examples:
@@ -34,8 +36,13 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
       tryssh consume --config /etc/tryssh/config.toml --once   drain the queue (cron, tests)
       tryssh status JOB --config /etc/tryssh/config.toml       read a job's record here
 
+    With --once, jobs that cannot be claimed (cur/ not writable) end the run with the
+    error rather than a wait for ever.
+
     Exit codes: 0 stopped cleanly, 64 usage, 73 cannot create the jobdir's records or
-    logs, 78 config error (file, key and problem named).
+    logs (or the jobdir is not set up), 75 temporary failure, 77 permission denied (the
+    message names the path and the operation), 78 config error (file, key and problem
+    named).
     """
     from tryssh.core.logfmt import EventLog
     from tryssh.server.config import load_config

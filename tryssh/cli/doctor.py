@@ -25,11 +25,27 @@ from tryssh.server.doctor import diagnose
 )
 @click.option("--ssh-user", help="Check sshd's settings for this account with 'sshd -T' "
               "(needs root; default: the owner of --authorized-keys).")  # fmt: skip
+@click.option("--sshd-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Read sshd's settings from FILE (a second sshd) instead of the system's.")
+@click.option("--consumer-user", metavar="NAME", help="The consumer's account, whose access "
+              "to the jobdir and the builders' files is checked (default: the owner of "
+              "state_dir).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def doctor_cmd(
-    config_path: str | None, authorized_keys: str | None, ssh_user: str | None, as_json: bool
+    config_path: str | None,
+    authorized_keys: str | None,
+    ssh_user: str | None,
+    sshd_config: str | None,
+    consumer_user: str | None,
+    as_json: bool,
 ) -> None:
     """Check the config, the jobdir, the authorized_keys lines and sshd's settings.
+
+    Files are checked as the account that uses them (as root, doctor switches to it with
+    setpriv or runuser): each key's forced command is run as 'tryserver --version' by the
+    key file's owner, which must also read the config and write the jobdir; the
+    consumer's account must claim jobs and read the builders' files. The consumer
+    touches state_dir/consumer.heartbeat; doctor reports its age.
 
     Each finding is 'ok', 'warn' (works, but weaker than it should be) or 'problem'
     (will fail, or is unsafe). Nothing is changed. Exit 0 when there is no problem,
@@ -40,6 +56,7 @@ def doctor_cmd(
       tryssh doctor --config /etc/tryssh/config.toml
       tryssh doctor --config /etc/tryssh/config.toml \\
           --authorized-keys ~try/.ssh/authorized_keys --ssh-user try
+      tryssh doctor --ssh-user try --sshd-config /etc/ssh/sshd_config_try
 
     Exit codes: 0 no problem found, 1 a problem found, 64 usage.
     """
@@ -53,7 +70,7 @@ def doctor_cmd(
             ssh_user = None
     if not (config_path or authorized_keys or ssh_user):
         raise click.UsageError("nothing to check: give --config, --authorized-keys or --ssh-user")
-    findings = diagnose(config_path, authorized_keys, ssh_user)
+    findings = diagnose(config_path, authorized_keys, ssh_user, sshd_config, consumer_user)
     if as_json:
         click.echo(json.dumps([f._asdict() for f in findings], indent=2))
     else:

@@ -73,6 +73,8 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         0: "stopped cleanly",
         64: "usage",
         73: "cannot create the jobdir's records or logs",
+        75: "temporary failure",
+        77: "permission denied",
         78: "config error (file, key and problem named)",
     },
     "gc": {0: "ok", 64: "usage", 78: "config error"},
@@ -85,6 +87,14 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     },
     "passwd": {0: "ok", 64: "usage, or the passwords differ", 130: "interrupted"},
     "doctor": {0: "no problem found", 1: "a problem found", 64: "usage"},
+    "contrib": {0: "ok", 64: "usage", 66: "no such file (the message lists them)"},
+    "hostkey": {
+        0: "ok",
+        64: "usage",
+        66: "no host key found (or a key file unreadable)",
+        78: "config error",
+    },
+    "manpages": {0: "ok", 64: "usage", 73: "cannot create DIRECTORY or a page"},
 }
 
 

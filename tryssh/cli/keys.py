@@ -185,14 +185,19 @@ def list_cmd(authorized_keys: str | None, as_json: bool) -> None:
     if not entries:
         click.echo(f"no tryssh keys in {path}", err=True)
         return
+    rows = [["USER", "FINGERPRINT", "TYPE", "COMMENT", "OPTIONS"]]
     for entry in entries:
         extra = [
             opt
             for opt in keymod.split_options(entry.options)
             if opt.split("=", 1)[0].lower() not in ("restrict", "command")
         ]
-        fields = [entry.user or "-", entry.fingerprint, entry.type, entry.comment or "-"]
-        click.echo("  ".join(fields + extra))
+        rows.append([entry.user or "-", entry.fingerprint, entry.type, entry.comment or "-",
+                     " ".join(extra)])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + row[4:]
+        click.echo("  ".join(cells).rstrip())
 
 
 @keys.command("remove")

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "passwd": ("tryssh.cli.serve", "passwd_cmd"),
     "keys": ("tryssh.cli.keys", "keys"),
     "doctor": ("tryssh.cli.doctor", "doctor_cmd"),
+    "jobdir-setup": ("tryssh.cli.contrib", "jobdir_setup_cmd"),
+    "contrib": ("tryssh.cli.contrib", "contrib_cmd"),
+    "hostkey": ("tryssh.cli.hostkey", "hostkey_cmd"),
+    "manpages": ("tryssh.cli.manpages", "manpages_cmd"),
 }
 
 HELP = """\
@@ -55,6 +59,10 @@ Master side:
   tryssh passwd                   a password hash for serve's [users.NAME]
   tryssh keys add USER KEY        manage the try account's authorized_keys
   tryssh doctor --config FILE     check the whole setup
+  tryssh jobdir-setup DIR         create (or --check) the jobdir
+  tryssh contrib [NAME]           print a shipped file: units, sshd block, scripts
+  tryssh hostkey                  the host keys as known_hosts lines, for developers
+  tryssh manpages DIR             write the man pages (the --help texts)
 
 \b
 Exit codes: 0 ok, 1 a build failed, 2 nothing to cancel (finished), 64 usage or refused

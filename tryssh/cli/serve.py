@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING
 import click
 
 from tryssh.core.logfmt import ERR, INFO, EventLog
-from tryssh.errors import TrysshError, UsageError
+from tryssh.errors import ConfigError, TrysshError, UsageError
 
 if TYPE_CHECKING:
     from tryssh.server.config import Config
     from tryssh.server.consumer import Consumer
+    from tryssh.server.pb import PBDoor
+    from tryssh.server.serve import EmbeddedServer
 
 
 @click.command("serve")
 @click.option(
-    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    # Not dir_okay=False: a directory is the loader's one-line exit 78, not click's usage.
+    "--config", "config_path", required=True, type=click.Path(),
     help="the tryssh TOML config ([serve], [users.NAME], jobdir)",
 )  # fmt: skip
 @click.option("--consume", is_flag=True, help="also run the consumer in this process")
@@ -30,8 +33,18 @@ def serve_cmd(config_path: str, consume: bool) -> None:
     Prints a ready line on stdout once listening:
     'tryssh serve: listening on HOST:PORT, host key SHA256:... (ssh-ed25519)'.
     SIGTERM or SIGINT stops it: no new connections, running requests finish, exit 0.
-    The host key is generated on the first start (mode 0600) and its fingerprint printed.
+    SIGHUP (systemctl reload) reads the config again: users, keys, builders and policy
+    change for the next login or request; a config that fails to check is refused with a
+    log line and the old one stays; listen, host_key, jobdir and audit_log take a restart.
+    The host key is generated on the first start (mode 0600) and its fingerprint printed;
+    it must live in a directory only this account writes (default STATE_DIR/serve/).
     Keys in [users.NAME] are checked as strictly as by `tryssh keys add`.
+    Logins must finish within [serve] login_grace_time; connections not logged in yet are
+    capped per address and in all (per_source_max_startups, max_startups).
+
+    With a [pb] table it also opens Buildbot's PB door, for unchanged
+    "buildbot try --connect=pb" clients (needs pip install 'tryssh[pb]'; plaintext,
+    loopback unless insecure_network = true; see the README).
 
     \b
     Examples:
@@ -42,10 +55,12 @@ def serve_cmd(config_path: str, consume: bool) -> None:
       ssh -p 2222 alice@host buildbot tryserver --jobdir x < job
       buildbot try --connect=ssh --host host --port 2222 --username alice --jobdir x -b unit
       tryssh try --host host --port 2222 -u alice -b unit --wait
+      buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
 
     Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 73 cannot create the host key or
     state, 75 cannot listen (address in use), 78 config error (a weak or malformed key, a
-    bad [serve] value, no [users.NAME] account, a host key others can read).
+    bad [serve] or [pb] value, no [users.NAME] account, a host key or a pb_secret_file
+    others can read or replace, [pb] without Twisted or on a non-loopback address).
     """
     from tryssh.server.config import load_config
     from tryssh.server.serve import EmbeddedServer
@@ -57,18 +72,32 @@ def serve_cmd(config_path: str, consume: bool) -> None:
             f"tryssh serve: generated host key {server.settings.host_key} ({server.fingerprint})"
         )
     address = server.bind()
+    door = _pb_door(config, server) if config.pb is not None else None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    reload_wanted = threading.Event()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_wanted.set()  # the reload runs in a thread: a handler must not take locks
+
     # Kept until exit: a second signal during the shutdown must not kill in-flight requests.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     consumer = consumer_thread = None
     try:
         if consume:
             consumer, consumer_thread = _start_consumer(config, stop, server.log.events)
+        if door is not None:
+            click.echo(
+                f"tryssh serve: PB door (buildbot try --connect=pb) listening on "
+                f"{door.address}; its wire is plaintext"
+            )
+            door.start()
+        _start_reloader(server, consumer, door, reload_wanted, stop)
         click.echo(
             f"tryssh serve: listening on {address}, host key {server.fingerprint} "
             f"({server.host_key.get_name()})"
@@ -77,11 +106,46 @@ def serve_cmd(config_path: str, consume: bool) -> None:
         server.serve(stop)
     finally:
         stop.set()
+        if door is not None:
+            door.stop()
         if consumer is not None and consumer_thread is not None:
             consumer.stop()  # in-flight builds finish first
             consumer_thread.join()
             consumer.close()
     server.log.events(INFO, event="serve-stopped")
+
+
+def _pb_door(config: Config, server: EmbeddedServer) -> PBDoor:
+    """The PB door of ``[pb]``, bound; Twisted is only imported here."""
+    try:
+        from tryssh.server.pb import start_door
+    except ImportError as err:
+        raise ConfigError(
+            f"{config.path}: [pb] needs Twisted ({err.name} is missing): "
+            "pip install 'tryssh[pb]'"
+        ) from None
+    settings = server.settings
+    return start_door(config, server.log, server.limiter, settings.max_auth_tries)
+
+
+def _start_reloader(
+    server: EmbeddedServer, consumer: Consumer | None, door: PBDoor | None,
+    wanted: threading.Event, stop: threading.Event,
+) -> None:
+    """A thread that reloads the server (its PB door, its consumer) each time SIGHUP sets
+    *wanted*."""
+
+    def run() -> None:
+        while not stop.is_set():
+            if wanted.wait(0.25):
+                wanted.clear()
+                server.reload()
+                if door is not None:
+                    door.reload(server.config)
+                if consumer is not None:
+                    consumer.request_reload()
+
+    threading.Thread(target=run, name="tryssh-reload", daemon=True).start()
 
 
 def _start_consumer(
@@ -108,11 +172,21 @@ def _start_consumer(
 
 @click.command("passwd")
 @click.option("--stdin", "from_stdin", is_flag=True, help="read the password once from stdin")
-def passwd_cmd(from_stdin: bool) -> None:
+@click.option(
+    "--pb", "for_pb", is_flag=True,
+    help="print the PB door's secret (for pb_secret_file) instead of the SSH door's hash",
+)  # fmt: skip
+def passwd_cmd(from_stdin: bool, for_pb: bool) -> None:
     """Print a salted scrypt hash for password_hash in a [users.NAME] table.
 
     On a terminal the password is asked twice without echo; with --stdin it is read once
     (the first line) from stdin.
+
+    With --pb it prints the PB door's secret instead: "pb-md5:" and the MD5 of the
+    password. Buildbot's PB login needs exactly that on the server, so the line is as good
+    as the password for logging in to the PB door: keep it in a file of mode 0600 named by
+    pb_secret_file in [users.NAME], e.g.
+    (umask 077; tryssh passwd --pb > /etc/tryssh/alice.pb).
 
     Exit codes: 0 ok, 64 usage, or the passwords differ, 130 interrupted.
     """
@@ -132,6 +206,14 @@ def passwd_cmd(from_stdin: bool) -> None:
             raise UsageError("the passwords differ")
     if not password:
         raise UsageError("empty password refused")
+    if for_pb:
+        from tryssh.server.passwords import pb_secret
+
+        click.echo(pb_secret(password))
+        if not from_stdin:
+            click.echo('save it to a file of mode 0600; in the user\'s table: '
+                       'pb_secret_file = "<that file>"', err=True)  # fmt: skip
+        return
     click.echo(hash_password(password))
     if not from_stdin:
         click.echo('put it in the user\'s table: password_hash = "<the line above>"', err=True)

@@ -415,10 +415,13 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
             where = receipt.host or dest.jobdir
             # The jobid is what Buildbot knows the job by (its external_idstring).
             if receipt.job:
-                echo_stderr(f"delivered to {where} ({receipt.size} bytes, jobid {job.jobid}) as:")
+                echo_stderr(f"delivered to {where} ({receipt.size} bytes sent, jobid {job.jobid})"
+                            " as:")
             else:
-                echo_stderr(f"delivered to {where} ({receipt.size} bytes, jobid {job.jobid}) "
-                            "(the server did not name the job)")
+                echo_stderr(
+                    f"delivered to {where} ({receipt.size} bytes sent, jobid {job.jobid}) "
+                    "(the server did not name the job)"
+                )
         record = None
         if v["wait"]:
             if not receipt.job:
@@ -557,5 +560,13 @@ def _print_builders(answer: Any, as_json: bool) -> None:
         click.echo(json.dumps(answer))
         return
     names = answer.get("builders", []) if isinstance(answer, dict) else answer
-    for name in names or []:
-        click.echo(name if isinstance(name, str) else json.dumps(name))
+    described = answer.get("descriptions") if isinstance(answer, dict) else None
+    described = described if isinstance(described, dict) else {}
+    shown = [name if isinstance(name, str) else json.dumps(name) for name in names or []]
+    width = max((len(n) for n in shown), default=0)
+    for name in shown:
+        text = described.get(name)
+        # The server's words: one line each, control characters cannot reach the terminal.
+        text = " ".join(text.split()) if isinstance(text, str) else ""
+        text = "".join(c if c.isprintable() else "?" for c in text)
+        click.echo(f"{name:<{width}}  {text}" if text else name)

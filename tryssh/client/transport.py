@@ -47,6 +47,12 @@ RECEIPT_GRACE = 10.0  # seconds to wait for the receipt after a Ctrl-C that came
 EX_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+SENT_NOTE = (
+    "the bytes sent; the server's audit line and the job's record describe the job as "
+    "delivered, whose who the server sets"
+)
+
+
 @dataclass
 class Receipt:
     """What a delivery did: the job name (None if the server did not say) and the bytes sent."""
@@ -58,13 +64,15 @@ class Receipt:
     host: str | None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "job": self.job,
-            "size": self.size,
-            "sha256": self.sha256,
-            "transport": self.transport,
-            "host": self.host,
-        }
+        out: dict[str, object] = {
+            "job": self.job, "size": self.size, "sha256": self.sha256,
+            "transport": self.transport, "host": self.host,
+        }  # fmt: skip
+        if self.transport == "ssh":
+            # The server pins who, so the job it writes (and hashes in its audit line and
+            # the job's record) may differ from what was sent: say which one this is.
+            out["size_and_sha256_of"] = SENT_NOTE
+        return out
 
 
 class MaybeDelivered(TrysshError):

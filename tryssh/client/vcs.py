@@ -24,7 +24,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from tryssh.errors import EX_IOERR, EX_NOINPUT, EX_UNAVAILABLE, TrysshError, UsageError
+from tryssh.core.defaults import MAX_JOB_SIZE
+from tryssh.errors import (
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_UNAVAILABLE,
+    TrysshError,
+    UsageError,
+)
+
+# The servers' default job size limit: a bigger diff would be refused there anyway, and
+# reading one without a bound (``--diff /dev/zero``) would never end.
+MAX_DIFF = MAX_JOB_SIZE
 
 #: The marker each VCS keeps at the top of a working copy (svn >= 1.7 keeps one .svn only).
 MARKERS = {"git": ".git", "hg": ".hg", "svn": ".svn"}
@@ -792,7 +804,7 @@ def from_diff(
     if path == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
         try:
-            data = stream.read()
+            data = stream.read(MAX_DIFF + 1)
         except OSError as err:
             raise TrysshError(
                 f"cannot read the diff from stdin: {err.strerror}", EX_IOERR
@@ -800,12 +812,17 @@ def from_diff(
     else:
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_DIFF + 1)
         except OSError as err:
             code = (
                 EX_NOINPUT if err.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR) else EX_IOERR
             )
             raise TrysshError(f"cannot read diff {path}: {err.strerror}", code) from None
+    if len(data) > MAX_DIFF:
+        raise TrysshError(
+            f"the diff is larger than {MAX_DIFF // (1024 * 1024)} MiB, the job size limit",
+            EX_DATAERR,
+        )
     if not isinstance(data, bytes):
         raise TypeError("the diff stream must be binary")
     return SourceChange(

@@ -13,6 +13,7 @@ from typing import Any
 from tryssh.client.transport import Destination, run_remote, tryserver_command
 from tryssh.core.jobview import builder_line, head_line
 from tryssh.core.records import FINAL_STATES
+from tryssh.core.safetext import printable
 from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, REFUSALS, TempFail, TrysshError
 
 TYPE_CHECKING = False
@@ -114,4 +115,5 @@ def wait_for(
 
 
 def echo_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # The server's words (a branch name, a reason) must not drive the developer's terminal.
+    print(printable(line), file=sys.stderr, flush=True)

@@ -12,7 +12,9 @@ AUDIT_LOG = "audit.log"  # one line per request
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 2222
 SERVE_LISTEN = f"{SERVE_HOST}:{SERVE_PORT}"
-SERVE_HOST_KEY = "ssh_host_ed25519_key"  # in the state dir
+# In the state dir, in a 0700 directory of its own: the state dir is group-writable, and
+# whoever can write the key's directory can swap the key (tryssh serve checks).
+SERVE_HOST_KEY = "serve/ssh_host_ed25519_key"
 
 POLL_INTERVAL = 1.0  # seconds between listings of new/ where inotify is missing
 MAX_PARALLEL = 16  # jobs one consumer processes at once

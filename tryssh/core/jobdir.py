@@ -14,10 +14,18 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 import time
 from collections.abc import Callable
 
-from tryssh.errors import CannotCreate, TrysshError, exit_code_for_oserror
+from tryssh.errors import (
+    BadJob,
+    CannotCreate,
+    PermissionDenied,
+    TrysshError,
+    describe_oserror,
+    exit_code_for_oserror,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
@@ -33,6 +41,46 @@ _counter = itertools.count(1)
 
 class AlreadyTaken(TrysshError):
     """Another consumer claimed the job first."""
+
+
+class NotAJobFile(BadJob):
+    """A name in the jobdir that is not a regular file (FIFO, directory, symlink, ...)."""
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def open_job(path: str) -> int:
+    """A read-only fd of the job file at *path*, which must be a regular file.
+
+    Anything else raises :class:`NotAJobFile` saying what it is, without blocking (a FIFO
+    opened plainly waits for a writer for ever) and without following a symlink.
+    FileNotFoundError and other OSErrors (EACCES) pass through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotAJobFile("a symbolic link, not a job file") from None
+        if err.errno == errno.ENXIO:
+            raise NotAJobFile("a socket, not a job file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAJobFile(f"{_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a job file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _escaped_hostname() -> str:
@@ -109,15 +157,32 @@ class Jobdir:
             for sub in SUBDIRS:
                 os.makedirs(os.path.join(self.path, sub), mode=mode, exist_ok=True)
         except OSError as err:
-            raise CannotCreate(f"cannot create jobdir {self.path}: {err.strerror}") from None
+            raise CannotCreate(
+                f"cannot create jobdir {self.path}: {describe_oserror(err, 'mkdir')}"
+            ) from None
         return self
 
     def check(self) -> None:
-        """Raise CannotCreate unless tmp/, new/ and cur/ exist."""
+        """Raise CannotCreate unless tmp/, new/ and cur/ exist; PermissionDenied (naming
+        the path) when this account may not look at them."""
         for sub in SUBDIRS:
-            if not os.path.isdir(os.path.join(self.path, sub)):
+            path = os.path.join(self.path, sub)
+            try:
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                is_dir = False
+            except PermissionError as err:
+                # Not "missing": the account is not in the jobdir's group, or a mode is wrong.
+                raise PermissionDenied(
+                    f"jobdir {self.path}: permission denied: {describe_oserror(err, 'stat')} "
+                    "(is this account in the jobdir's group? tryssh jobdir-setup --check)"
+                ) from None
+            except OSError as err:
+                raise CannotCreate(f"jobdir {self.path}: {describe_oserror(err, 'stat')}") from None
+            if not is_dir:
                 raise CannotCreate(
-                    f"jobdir {self.path} is not set up: {sub}/ is missing (run tryssh-jobdir-setup)"
+                    f"jobdir {self.path} is not set up: {sub}/ is missing "
+                    "(run tryssh jobdir-setup)"
                 )
 
     def deliver(self, write: Callable[[int], T]) -> tuple[str, T]:
@@ -151,8 +216,13 @@ class Jobdir:
             except FileNotFoundError:
                 pass
             if isinstance(err, OSError):
+                # write and fsync name no file: the tmp/ file; link and rename name both.
+                what = describe_oserror(err, "write", tmp_path) if err.filename is None else (
+                    describe_oserror(err, "link")
+                )
                 raise TrysshError(
-                    f"cannot deliver job: {err.strerror}", exit_code_for_oserror(err)
+                    f"cannot deliver job: {what}",
+                    exit_code_for_oserror(err),
                 ) from None
             raise
         return name, result

@@ -17,6 +17,7 @@ import binascii
 import codecs
 import io
 import json
+import os
 from collections.abc import Callable
 
 from tryssh.core import netstring
@@ -276,8 +277,10 @@ def parse_job(data: bytes, *, allow_truncated_tail: bool = True) -> Job:
 
 
 def parse_job_file(path: str, *, limit: int | None = None) -> Job:
-    """Read the job file at *path*."""
-    with open(path, "rb") as f:
+    """Read the job file at *path*: a regular file (NotAJobFile, a BadJob, otherwise)."""
+    from tryssh.core.jobdir import open_job
+
+    with os.fdopen(open_job(path), "rb") as f:
         return transcode(f, limit=limit, keep_patch=True, allow_truncated_tail=True)
 
 
@@ -286,8 +289,11 @@ def read_job_head(path: str) -> Job:
     shows of a job not yet recorded. A v1-v4 patch is skipped with a seek; a v5/v6 file is
     read up to its patch when ``who`` comes before it, as tryserver delivers it, and
     otherwise streamed past the patch in fixed memory. Fields of the wrong type read as
-    None: the consumer, which reads the whole job, says what is wrong with it."""
-    with open(path, "rb") as f:
+    None: the consumer, which reads the whole job, says what is wrong with it.
+    Not a regular file (a FIFO would block for ever): NotAJobFile, a BadJob."""
+    from tryssh.core.jobdir import open_job
+
+    with os.fdopen(open_job(path), "rb") as f:
         reader = netstring.NetstringReader(f, chunk=64 * 1024)
         version = _read_version(reader)
         if version <= 4:
@@ -375,9 +381,39 @@ def _read_text(reader: netstring.NetstringReader, name: str) -> str:
         raise BadJob(f"the {name} field is larger than {MAX_FIELD} bytes")
     raw = reader.read_payload(length)
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadJob(f"the {name} field is not valid UTF-8") from None
+    return check_text(name, text)
+
+
+def check_text(name: str, text: str) -> str:
+    """*text* if it can be stored and shown: no NUL, no lone surrogate; BadJob otherwise.
+
+    Such a job could never build (a NUL cannot be an argument, a surrogate cannot be
+    written as UTF-8), so it is refused at the door rather than accepted and lost later.
+    """
+    if "\0" in text:
+        raise BadJob(f"the {name} field holds a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJob(f"the {name} field holds a lone surrogate, not text") from None
+    return text
+
+
+def check_builder_names(names: list[str] | None) -> list[str] | None:
+    """The same caps for every version: how many names, and their size together."""
+    if names is None:
+        return None
+    if len(names) > MAX_BUILDERS:
+        raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
+    if sum(len(n) for n in names) > MAX_FIELD:
+        raise BadJob(f"the builder names are larger than {MAX_FIELD} bytes together")
+    for i, name in enumerate(names):
+        check_text(f"builder name {i + 1}", name)
+    return names
 
 
 def _transcode_netstrings(
@@ -463,9 +499,10 @@ def _transcode_netstrings(
                 raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
             raw = reader.read_payload(length)
             try:
-                builders.append(raw.decode("utf-8"))
+                name = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise BadJob(f"builder name {len(builders) + 1} is not valid UTF-8") from None
+            builders.append(check_text(f"builder name {len(builders) + 1}", name))
             if emit:
                 emit(netstring.encode(raw))
     except netstring.TruncatedNetstring:
@@ -574,7 +611,7 @@ def _text_or_none(obj: dict[str, Any], key: str, default: str | None) -> str | N
     value = obj.get(key, default)
     if value is not None and not isinstance(value, str):
         raise BadJob(f"{key} must be a string or null, not {type(value).__name__}")
-    return value
+    return value if value is None else check_text(key, value)
 
 
 def job_from_json(obj: object, version: int) -> Job:
@@ -588,6 +625,7 @@ def job_from_json(obj: object, version: int) -> Job:
     jobid = obj["jobid"]
     if not isinstance(jobid, str):
         raise BadJob(f"jobid must be a string, not {type(jobid).__name__}")
+    check_text("jobid", jobid)
     level = obj["patch_level"]
     if isinstance(level, dict | list) or level is None:
         raise BadJob(f"patch_level must be a number, not {type(level).__name__}")
@@ -600,8 +638,7 @@ def job_from_json(obj: object, version: int) -> Job:
         not isinstance(builders, list) or not all(isinstance(b, str) for b in builders)
     ):
         raise BadJob("builderNames must be a list of strings or null")
-    if builders is not None and len(builders) > MAX_BUILDERS:
-        raise BadJob(f"the job names more than {MAX_BUILDERS} builders")
+    check_builder_names(builders)  # v1-v4 have the same caps, checked as they stream
     properties = obj.get("properties", {})
     if not isinstance(properties, dict):
         raise BadJob(f"properties must be an object, not {type(properties).__name__}")

@@ -12,6 +12,8 @@ view never fails on a record, it shows ``?`` instead.
 
 from __future__ import annotations
 
+from tryssh.core.safetext import printable
+
 TYPE_CHECKING = False  # typing is not imported at run time: tryserver status uses this
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,7 +64,9 @@ def status_lines(record: JobRecord | Mapping[str, Any], show_log: bool = True) -
         lines.append(details)
     builders = record.get("builders") or {}
     lines.extend(builder_line(name, entry or {}, show_log) for name, entry in builders.items())
-    return lines
+    # Branch names, reasons and builder names come from clients (or a server): no escape
+    # sequence may reach a terminal, and no newline may forge a line.
+    return [printable(line) for line in lines]
 
 
 def format_status(record: JobRecord | Mapping[str, Any]) -> str:
@@ -70,18 +74,22 @@ def format_status(record: JobRecord | Mapping[str, Any]) -> str:
     return "".join(line + "\n" for line in status_lines(record))
 
 
-def format_jobs(records: list[JobRecord]) -> str:
+def format_jobs(records: list[JobRecord], show_who: bool = False) -> str:
     """One line per job: name, state, branch, builders with results, comment (tab-separated;
-    the comment on one line, at most 60 characters)."""
+    the comment on one line, at most 60 characters). With *show_who* (the admin's view of
+    everyone's jobs) the user comes after the name."""
     lines = []
     for record in records:
         results = ",".join(
-            f"{n}={e.get('result') or e.get('state')}"
+            f"{printable(str(n))}={printable(str(e.get('result') or e.get('state')))}"
             for n, e in (record.get("builders") or {}).items()
         )
         comment = " ".join(str(record.get("comment") or "").split())[:60]
+        who = [record.get("who") or "-"] if show_who else []
+        fields = (record["job"], *who, record.get("state"), record.get("branch") or "-")
+        # Each field escaped on its own: a tab or newline in a branch cannot forge a column.
         lines.append(
-            f"{record['job']}\t{record.get('state')}\t{record.get('branch') or '-'}\t"
-            f"{results or '-'}\t{comment or '-'}\n"
+            "\t".join(printable(str(f)) for f in fields)
+            + f"\t{results or '-'}\t{printable(comment) or '-'}\n"
         )
     return "".join(lines)

@@ -10,7 +10,7 @@ so that the forced command can pass a large patch through in fixed-size chunks.
 
 from __future__ import annotations
 
-from tryssh.errors import BadJob
+from tryssh.errors import BadJob, JobTooLarge
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class NetstringReader:
         if data:
             self.consumed += len(data)
             if self._limit is not None and self.consumed > self._limit:
-                raise BadJob(f"job is larger than the limit of {self._limit} bytes")
+                raise JobTooLarge(f"job is larger than the limit of {self._limit} bytes")
         return data or b""
 
     def _take(self, size: int) -> bytes:

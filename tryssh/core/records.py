@@ -28,13 +28,15 @@ behind; the kernel drops the lock when the consumer dies, however it dies.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
+import stat
 
-from tryssh.core.jobdir import fsync_dir, is_job_name, job_time, write_all
+from tryssh.core.jobdir import fsync_dir, is_job_name, job_time, open_job, write_all
 from tryssh.core.logfmt import iso_time
-from tryssh.errors import TrysshError, exit_code_for_oserror
+from tryssh.errors import EX_DATAERR, TrysshError, exit_code_for_oserror
 
 TYPE_CHECKING = False  # typing is not imported at run time: tryserver status reads records
 if TYPE_CHECKING:
@@ -110,7 +112,7 @@ def now_iso() -> str:
 
 def parse_iso(text: str | None) -> float | None:
     """Seconds since the epoch for a timestamp written by :func:`now_iso` (None passes)."""
-    if not text:
+    if not text or not isinstance(text, str):
         return None
     try:
         stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -183,7 +185,7 @@ def overall_state(record: JobRecord) -> JobState:
     if record.get("cancelled"):
         return "cancelled"
     entries = list(record["builders"].values())
-    if any(e.get("reason") == INTERRUPTED for e in entries):
+    if any(str(e.get("reason") or "").startswith(INTERRUPTED) for e in entries):
         return "interrupted"
     results = [e.get("result") for e in entries]
     if "error" in results:
@@ -233,7 +235,7 @@ class RecordStore:
         os.mkdir(tmp, 0o2770)
         lines: dict[str, list[str]] = {}
         for job in self.final_jobs():
-            record = _load(self.final_path(job))
+            record = self.read_or_skip(job)  # a damaged record is left out of the index
             who = record.get("who") if record else None
             if isinstance(who, str) and who:
                 lines.setdefault(who, []).append(job)
@@ -267,7 +269,7 @@ class RecordStore:
             names.add(job)  # active/ is small; their records are checked below
         found = []
         for job in sorted(names, key=_time_key, reverse=True):
-            record = self.read(job)
+            record = self.read_or_skip(job)  # a damaged record must not break the list
             if record is not None and record.get("who") == who:
                 found.append(record)
                 if len(found) >= limit:
@@ -312,7 +314,8 @@ class RecordStore:
         directory = self.path if final else self.active
         target = self.final_path(job) if final else self.active_path(job)
         data = json.dumps(record, indent=1, sort_keys=False).encode("utf-8") + b"\n"
-        tmp = os.path.join(directory, f".{job}.{os.getpid()}.{id(record)}.tmp")
+        # The job's name shortened: the whole of it plus the suffix may not fit in NAME_MAX.
+        tmp = os.path.join(directory, f".{job[:100]}.{os.getpid()}.{id(record)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, RECORD_MODE)
         try:
             try:
@@ -337,8 +340,8 @@ class RecordStore:
             # which readers ignore (final wins) and startup removes.
             try:
                 os.unlink(self.active_path(job))
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone, or damaged (a directory): readers prefer the final record
             who = record.get("who")
             if isinstance(who, str) and who:
                 self._index(who, job)
@@ -349,10 +352,17 @@ class RecordStore:
             return None
         for path in (self.final_path(job), self.active_path(job), self.final_path(job)):
             # Checked twice: the job may finish between the two first reads.
-            record = _load(path)
+            record = _load(path, job)
             if record is not None:
                 return record
         return None
+
+    def read_or_skip(self, job: str) -> JobRecord | None:
+        """:meth:`read`, with a damaged record taken as no record (lists skip it)."""
+        try:
+            return self.read(job)
+        except DamagedRecord:
+            return None
 
     def exists(self, job: str) -> bool:
         return os.path.exists(self.final_path(job)) or os.path.exists(self.active_path(job))
@@ -374,7 +384,7 @@ class RecordStore:
     def active_records(self) -> Iterator[JobRecord]:
         """Records still queued or running (a stale active copy reads as its final record)."""
         for job in self.active_jobs():
-            record = self.read(job)
+            record = self.read_or_skip(job)
             if record is not None and record.get("state") in ACTIVE_STATES:
                 yield record
 
@@ -443,7 +453,11 @@ class RecordStore:
         """The pending cancel request of *job*, or None."""
         if not is_job_name(job):
             return None
-        return _load(self.cancel_path(job))
+        try:
+            request = _load(self.cancel_path(job), job, shape=False)
+        except DamagedRecord:
+            return None  # a damaged request is no request
+        return request if isinstance(request, dict) else None  # type: ignore[return-value]
 
     def cancel_requests(self) -> list[str]:
         """Jobs with a pending cancel request."""
@@ -470,8 +484,8 @@ class JobLock:
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting; False when someone holds it. FileNotFoundError
-        when the job file is gone."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        when the job file is gone, NotAJobFile when it is not a regular file."""
+        fd = open_job(self.path)  # a FIFO must not block, a symlink must not be followed
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -495,17 +509,75 @@ def lock_job(path: str) -> JobLock | None:
     return lock if lock.try_acquire() else None
 
 
-def _load(path: str) -> JobRecord | None:
+MAX_RECORD = 16 << 20  # bytes; a record is a few KiB, a bigger file is not one of ours
+
+
+class DamagedRecord(TrysshError):
+    """A record file that exists but cannot be used: unreadable, not JSON, wrong shape.
+
+    The message names the job, never the server's paths (it may reach an SSH client).
+    """
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, job: str, why: str, path: str) -> None:
+        super().__init__(f"the record of job {job} is damaged ({why})")
+        self.job = job
+        self.why = why
+        self.path = path
+
+
+def check_record(record: object) -> str | None:
+    """What is wrong with the shape of a loaded record, or None if readers can use it."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    state = record.get("state")
+    if not isinstance(record.get("job"), str) or state not in ACTIVE_STATES + FINAL_STATES:
+        return "no job name or no known state"
+    builders = record.get("builders")
+    if not isinstance(builders, dict) or not all(
+        isinstance(k, str) and isinstance(e, dict) for k, e in builders.items()
+    ):
+        return "builders is not an object of objects"
+    for key in ("received", "started", "finished", "updated", "reason", "who", "branch"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"{key} is a {type(record[key]).__name__}, not a string"
+    return None
+
+
+def _load(path: str, job: str, shape: bool = True) -> JobRecord | None:
+    """The record at *path*; None if there is none; DamagedRecord if it is unusable.
+
+    With *shape* False, any JSON is taken (a cancel request is not a job record).
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            return None  # no record can have such a name
+        raise DamagedRecord(job, err.strerror or "unreadable", path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DamagedRecord(job, "not a regular file", path)
+        if info.st_size > MAX_RECORD:
+            raise DamagedRecord(job, f"{info.st_size} bytes", path)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_RECORD + 1)
+    except OSError as err:
+        raise DamagedRecord(job, err.strerror or "unreadable", path) from None
+    finally:
+        os.close(fd)
     try:
         record = json.loads(data)
-    except ValueError:
-        return None  # never happens with atomic writes; a hand-edited file is skipped
-    return record if isinstance(record, dict) else None
+    except (ValueError, RecursionError):
+        raise DamagedRecord(job, "not JSON (truncated?)", path) from None
+    why = check_record(record) if shape else None
+    if why is not None:
+        raise DamagedRecord(job, why, path)
+    return record  # type: ignore[no-any-return]
 
 
 def user_index_name(who: str) -> str:

@@ -42,6 +42,8 @@ from typing import IO, Any
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
+from tryssh.core.safetext import redact_in, redact_url
+from tryssh.errors import describe_oserror
 from tryssh.server.config import Builder, Config
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
@@ -225,6 +227,7 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
             )
         except OSError as err:
             return Outcome("error", reason=f"cannot run {argv[0]}: {err.strerror}")
+        note_group(ctx.log_path, proc.pid)
         ctx.started(proc)
         try:
             status = proc.wait(timeout=ctx.builder.timeout)
@@ -236,6 +239,7 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         finally:
             # Whatever the build left running in its group goes too.
             _signal_group(proc.pid, signal.SIGKILL)
+            forget_group(ctx.log_path)
         _note(log, f"exit status {status} after {time.monotonic() - start:.2f}s")
         if ctx.cancelled_by is not None:
             return Outcome("cancelled", exit=status, reason=f"cancelled by {ctx.cancelled_by}")
@@ -246,6 +250,57 @@ def run_command(ctx: BuildContext, log: IO[bytes]) -> Outcome:
         return Outcome("failure", exit=status, reason=f"exit status {status}")
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
+
+
+# -- a build's process group outlives a consumer killed with -9: found and ended on resume --
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (in clock ticks since boot), which tells a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def note_group(log_path: str, pgid: int) -> None:
+    """Remember the running build's process group next to its log (``LOG.pgid``)."""
+    try:
+        with open(log_path + ".pgid", "w") as f:
+            f.write(f"{pgid} {_start_time(pgid) or '-'}\n")
+    except OSError:
+        pass  # only a crash's leftovers go unseen
+
+
+def forget_group(log_path: str) -> None:
+    try:
+        os.unlink(log_path + ".pgid")
+    except OSError:
+        pass
+
+
+def end_leftover_group(log_path: str) -> int | None:
+    """Kill a build left running by a consumer that died; its process group, or None.
+
+    The group is the one noted by :func:`note_group`, and only if its leader is still the
+    same process (same start time): a reused pid is never signalled.
+    """
+    try:
+        with open(log_path + ".pgid") as f:
+            pid_text, started = f.read().split()
+        pgid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    forget_group(log_path)
+    if pgid <= 1 or started == "-" or _start_time(pgid) != started:
+        return None
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline and _start_time(pgid) == started:
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+    return pgid
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -314,10 +369,12 @@ def run_webhook(
         try:
             headers["X-Tryssh-Signature-256"] = sign(read_secret(opts["secret_file"]), body)
         except OSError as err:
-            return Outcome("error", reason=f"cannot read secret_file: {err.strerror}")
+            reason = describe_oserror(err, "read secret_file", opts["secret_file"])
+            return Outcome("error", reason=f"cannot {reason}")
     retries = int(opts.get("retries", WEBHOOK_RETRIES))
     timeout = float(opts.get("timeout", WEBHOOK_TIMEOUT))
     url = ctx.builder.target
+    shown = redact_url(url)  # reasons and logs reach developers: no credentials in them
     problem = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -333,16 +390,16 @@ def run_webhook(
         except urllib.error.HTTPError as err:
             status, reply = err.code, err.read(4096) if err.fp else b""
         except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            problem = f"POST {url}: {reason}"
+            reason = redact_in(str(getattr(err, "reason", err)), url)
+            problem = f"POST {shown}: {reason}"
             _note(log, f"attempt {attempt + 1}: {problem}")
             continue
-        _note(log, f"attempt {attempt + 1}: POST {url}: HTTP {status}")
+        _note(log, f"attempt {attempt + 1}: POST {shown}: HTTP {status}")
         if reply:
             log.write(reply + b"\n")
         if 200 <= status < 300:
             return Outcome("success", exit=None, reason=f"HTTP {status}")
-        problem = f"POST {url}: HTTP {status}"
+        problem = f"POST {shown}: HTTP {status}"
         if status < 500 and status not in RETRY_STATUSES:
             break
     return Outcome("error", reason=problem)

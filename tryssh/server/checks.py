@@ -2,9 +2,10 @@
 
 Each builder's program must exist on the PATH the builder will run with (its ``env.PATH``,
 else this process's), its ``secret_file`` must be readable, a local ``forward`` target
-or ``buildbot`` jobdir must be a jobdir, and ``buildbot`` builders sharing a master's
-jobdir must share its ``api``. The checks yield :class:`Finding` s: ``tryssh doctor``
-lists them, and the consumer refuses to start on a ``problem`` (:func:`refuse_problems`).
+must be a jobdir, an ``ssh://`` forward's ``identity`` and ``known_hosts`` must exist (a
+``buildbot`` builder's jobdir alike), and ``buildbot`` builders sharing a master's jobdir
+must share its ``api``. The checks yield :class:`Finding` s: ``tryssh doctor`` lists them,
+and the consumer refuses to start on a ``problem`` (:func:`refuse_problems`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def builder_findings(builder: Builder) -> Iterator[Finding]:
     elif builder.kind == "webhook":
         yield Finding("warn", "builders", f"{where}: webhook without secret_file: unsigned")
     destination = builder.destination
+    if destination is not None and destination.startswith("ssh://"):
+        for key in ("identity", "known_hosts"):
+            value = builder.options.get(key)
+            if value is None:
+                yield Finding("warn", "builders", f"{where}: no {key}: ssh uses the consumer "
+                              "account's ~/.ssh")  # fmt: skip
+            elif not os.path.isfile(value):
+                problem = True
+                yield Finding("problem", "builders", f"{where}.{key}: {value} does not exist")
     if destination is not None and not destination.startswith("ssh://"):
         try:
             Jobdir(destination).check()
@@ -68,12 +78,17 @@ def builder_findings(builder: Builder) -> Iterator[Finding]:
 
 def config_findings(config: Config) -> Iterator[Finding]:
     """The findings for every builder of *config*."""
-    apis: dict[str | None, str] = {}
     for builder in config.builders.values():
         yield from builder_findings(builder)
+    yield from shared_api_findings(config)
+
+
+def shared_api_findings(config: Config) -> Iterator[Finding]:
+    """Builders that share a master's jobdir are sent a job together and followed together:
+    they must agree on where the results are read (``buildbot.api``)."""
+    apis: dict[str | None, str] = {}
+    for builder in config.builders.values():
         if builder.kind == "buildbot":
-            # Builders that share a master's jobdir are sent a job together and followed
-            # together: they must agree on where the results are read.
             api = apis.setdefault(builder.destination, builder.target["api"])
             if api != builder.target["api"]:
                 yield Finding("problem", "builders", f"builders.{builder.name}.buildbot.api: "

@@ -37,6 +37,7 @@ TOP_KEYS: dict[str, Any] = {
     "serve": dict,
     "consume": dict,
     "buildbot": dict,
+    "pb": dict,
 }
 BUILDER_KEYS: dict[str, Any] = {
     "command": list,
@@ -74,6 +75,7 @@ USER_KEYS: dict[str, Any] = {
     "max_job_size": int,
     "keys": list,
     "password_hash": str,
+    "pb_secret_file": str,
 }
 SERVE_KEYS: dict[str, Any] = {
     "listen": str,
@@ -84,6 +86,21 @@ SERVE_KEYS: dict[str, Any] = {
     "max_connections": int,
     "idle_timeout": (int, float),
     "banner": str,
+    "login_grace_time": (int, float),
+    "max_request_time": (int, float),
+    "max_auth_failures": int,
+    "per_source_max_startups": int,
+    "max_startups": str,
+    "stop_timeout": (int, float),
+}
+# The PB door (Buildbot's Try_Userpass), checked further in tryssh.server.pb.
+PB_KEYS: dict[str, Any] = {
+    "listen": str,
+    "insecure_network": bool,
+    "max_connections": int,
+    "max_tries_per_connection": int,
+    "login_timeout": (int, float),
+    "idle_timeout": (int, float),
 }
 CONSUME_KEYS: dict[str, Any] = {
     "poll_interval": (int, float),
@@ -96,8 +113,14 @@ SERVE_POSITIVE = (
     "auth_penalty_seconds",
     "max_connections",
     "idle_timeout",
+    "login_grace_time",
+    "max_request_time",
+    "max_auth_failures",
+    "per_source_max_startups",
+    "stop_timeout",
 )
 CONSUME_POSITIVE = ("poll_interval", "max_parallel")
+PB_POSITIVE = ("max_connections", "max_tries_per_connection", "login_timeout", "idle_timeout")
 
 
 @dataclass
@@ -143,6 +166,7 @@ class UserPolicy:
     max_job_size: int | None = None
     keys: list[str] = field(default_factory=list)
     password_hash: str | None = None
+    pb_secret_file: str | None = None  # the PB door's password-equivalent (tryssh passwd --pb)
 
 
 @dataclass
@@ -159,10 +183,15 @@ class Config:
     serve: dict[str, Any] = field(default_factory=dict)
     consume: dict[str, Any] = field(default_factory=dict)
     buildbot: dict[str, Any] = field(default_factory=dict)  # [buildbot]: api, token_file
+    pb: dict[str, Any] | None = None  # the [pb] table; None: no PB door
 
     def user(self, name: str) -> UserPolicy | None:
         """The policy for *name*: its own table, else ``[users."*"]``, else None (refused)."""
         return self.users.get(name) or self.users.get("*")
+
+    def hard_size_limit(self) -> int:
+        """The largest job any user may send: a bigger file is garbage for everyone."""
+        return max([self.max_job_size] + [u.max_job_size or 0 for u in self.users.values()])
 
 
 def _type_name(t: Any) -> str:
@@ -190,8 +219,31 @@ def _str_list(path: str, where: str, value: list[Any]) -> list[str]:
 
 
 def _positive(path: str, where: str, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{path}: {where}: must be greater than 0")
+    # "not > 0" refuses nan too; inf would mean "never" where a limit was asked for.
+    if value is not None and (not value > 0 or value == float("inf")):
+        raise ConfigError(f"{path}: {where}: must be greater than 0 and finite")
+
+
+def parse_max_startups(text: str, where: str = "max_startups") -> tuple[int, int, int]:
+    """sshd's ``START:RATE:FULL`` (or one number, FULL) → (start, rate %, full)."""
+    words = text.split(":")
+    if len(words) == 1:
+        words = [words[0], "100", words[0]]
+    if len(words) != 3 or not all(w.isdigit() for w in words):
+        raise ConfigError(f"{where}: expected START:RATE:FULL (e.g. 10:30:20), got {text!r}")
+    start, rate, full = (int(w) for w in words)
+    if not 0 < start <= full or not 0 < rate <= 100:
+        raise ConfigError(f"{where}: expected 0 < START <= FULL and 0 < RATE <= 100, got {text!r}")
+    return start, rate, full
+
+
+def _builder_name(path: str, name: str) -> None:
+    # The name becomes a directory under LOG_DIR/JOB/: "../../x" would write outside it.
+    if not name or name.startswith(".") or "/" in name or not name.isprintable():
+        raise ConfigError(
+            f"{path}: builders.{name!r}: a builder name may not be empty, start with '.', "
+            "or hold '/' or control characters"
+        )
 
 
 def load_config(path: str) -> Config:
@@ -203,6 +255,12 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: no such config file") from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     return config_from_dict(data, path)
@@ -233,6 +291,7 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
 
     for name, table in data.get("builders", {}).items():
         where = f"builders.{name}."
+        _builder_name(path, name)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: builders.{name}: must be a table")
         _check_table(path, where, table, BUILDER_KEYS)
@@ -264,6 +323,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                 table[key] = resolve(table[key])
         _positive(path, where + "timeout", table.get("timeout"))
         _positive(path, where + "concurrency", table.get("concurrency"))
+        if table.get("retries") is not None and table["retries"] < 0:
+            raise ConfigError(f"{path}: {where}retries: must be 0 or more")
         if "env" in table and not all(isinstance(v, str) for v in table["env"].values()):
             raise ConfigError(f"{path}: {where}env: values must be strings")
         options = {k: v for k, v in table.items() if k not in BUILDER_KINDS}
@@ -282,6 +343,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
             _positive(path, where + key, table.get(key))
             setattr(user, key, table.get(key))
         user.password_hash = table.get("password_hash")
+        if "pb_secret_file" in table:
+            user.pb_secret_file = resolve(table["pb_secret_file"])
         config.users[name] = user
 
     serve = data.get("serve", {})
@@ -290,6 +353,8 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         parse_listen(serve["listen"], f"{path}: serve.listen")
     for key in SERVE_POSITIVE:
         _positive(path, "serve." + key, serve.get(key))
+    if "max_startups" in serve:
+        parse_max_startups(serve["max_startups"], f"{path}: serve.max_startups")
     if "host_key" in serve:
         serve["host_key"] = resolve(serve["host_key"])
     config.serve = serve
@@ -298,6 +363,19 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     for key in CONSUME_POSITIVE:
         _positive(path, "consume." + key, consume.get(key))
     config.consume = consume
+    if "pb" in data:
+        pb = data["pb"]
+        _check_table(path, "pb.", pb, PB_KEYS)
+        for key in PB_POSITIVE:
+            _positive(path, "pb." + key, pb.get(key))
+        if "listen" in pb:
+            host, _port = parse_listen(pb["listen"], f"{path}: pb.listen")
+            if not pb.get("insecure_network") and not is_loopback(host):
+                raise ConfigError(
+                    f"{path}: pb.listen: {host} is not a loopback address and the PB wire is "
+                    "plaintext; use 127.0.0.1 with an ssh -L tunnel, or insecure_network = true"
+                )
+        config.pb = pb
     buildbot = data.get("buildbot", {})
     _check_table(path, "buildbot.", buildbot, TOP_BUILDBOT_KEYS)
     if "api" in buildbot:
@@ -306,6 +384,18 @@ def config_from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         buildbot["token_file"] = resolve(buildbot["token_file"])
     config.buildbot = buildbot
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost``; a name could resolve to anything."""
+    if host == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_url(path: str, where: str, url: str) -> None:

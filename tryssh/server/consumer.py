@@ -19,6 +19,11 @@ a builder that was running when the consumer died is **not** run again: its resu
 ``interrupted``; but a ``buildbot`` builder whose job Buildbot already has (its ``jobid``
 is recorded) is followed again through the API, not sent again. Nothing is lost, and
 nothing runs twice.
+
+Reload: SIGHUP (``systemctl reload``) reads the config file again. A config that fails to
+load or check is refused with a ``reload-failed`` line and the old one stays. Jobs claimed
+from then on use the new config; a job already being processed finishes under the config
+it started with. ``jobdir``, ``state_dir`` and ``max_parallel`` take a restart.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tryssh.core import defaults
-from tryssh.core.jobdir import AlreadyTaken, Jobdir
+from tryssh.core.jobdir import AlreadyTaken, Jobdir, unique_name
 from tryssh.core.jobfile import Job, parse_job
 from tryssh.core.logfmt import DEBUG, ERR, INFO, NOTICE, WARNING, EventLog, iso_time
 from tryssh.core.records import (
     FINAL_STATES,
     INTERRUPTED,
+    DamagedRecord,
     JobLock,
     RecordStore,
     builder_entry,
@@ -48,7 +54,14 @@ from tryssh.core.records import (
     now_iso,
     overall_state,
 )
-from tryssh.errors import BadJob, CannotCreate, TrysshError
+from tryssh.errors import (
+    BadJob,
+    CannotCreate,
+    ConfigError,
+    TrysshError,
+    describe_oserror,
+    exit_code_for_oserror,
+)
 from tryssh.server import builders as builders_mod
 from tryssh.server.checks import refuse_problems
 from tryssh.server.config import Config
@@ -57,6 +70,10 @@ from tryssh.server.policy import PolicyRefused, choose_builders
 
 INOTIFY_RESCAN = 60.0  # with inotify, still list new/ this often: a safety net
 GC_INTERVAL = 3600.0
+MAX_RECORDED_NAME = 250  # NAME_MAX (255) less ".json"
+RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
+HEARTBEAT_FILE = "consumer.heartbeat"  # in state_dir; its mtime says the consumer is alive
+HEARTBEAT_INTERVAL = 10.0  # touched at most this often, and at least every INOTIFY_RESCAN
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,10 +88,13 @@ Runner = Callable[[builders_mod.BuildContext], builders_mod.Outcome]
 class _JobRun:
     """The in-memory side of one job being processed: record, its lock, pending builders."""
 
-    def __init__(self, name: str, path: str, record: JobRecord) -> None:
+    def __init__(
+        self, name: str, path: str, record: JobRecord, config: Config | None = None
+    ) -> None:
         self.name = name
         self.path = path
         self.record = record
+        self.config = config  # the config the job started under: a reload does not change it
         self.lock = threading.Lock()  # guards record and its writes
         self.written = False
         self.job: Job | None = None
@@ -118,10 +138,18 @@ class Consumer:
         self._pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="tryssh-job")
         self._extra_threads: list[threading.Thread] = []
         self._last_gc: float | None = None
+        self.retry_interval = RETRY_INTERVAL
+        self._retry: dict[str, float] = {}  # job -> when to try again (no record could be written)
+        self._retry_lock = threading.Lock()
         self.processed = 0  # jobs this consumer finished (any final state)
         self._runs: dict[str, _JobRun] = {}  # jobs whose builders run here, for cancel
         self._runs_lock = threading.Lock()
         self.ident = f"{os.uname().nodename}:{os.getpid()}"  # recorded as the job's "consumer"
+        self._reload_wanted = threading.Event()
+        self._last_heartbeat: float | None = None
+        # Jobs left in new/ because the claim failed (e.g. cur/ not writable), each logged
+        # once: --once must not wait for them for ever.
+        self._claim_failures: dict[str, tuple[str, int]] = {}
 
     # -- life cycle --
 
@@ -134,13 +162,68 @@ class Consumer:
             os.makedirs(self.config.log_dir, mode=0o2750, exist_ok=True)
         except OSError as err:
             raise CannotCreate(
-                f"cannot create log directory {self.config.log_dir}: {err.strerror}"
+                f"cannot create log directory: {describe_oserror(err, 'mkdir')}"
             ) from None
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs finish (safe from a signal handler or a thread)."""
         self._stop.set()
         self._wake()
+
+    def _heartbeat(self) -> None:
+        """Touch state_dir/consumer.heartbeat so that ``tryssh doctor`` can see us alive."""
+        now = time.monotonic()
+        if self._last_heartbeat is not None and now - self._last_heartbeat < HEARTBEAT_INTERVAL:
+            return
+        self._last_heartbeat = now
+        path = os.path.join(self.config.state_dir, HEARTBEAT_FILE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o660)
+            try:
+                os.write(fd, f"{self.ident}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self.log(WARNING, event="heartbeat-failed", reason=describe_oserror(err, "write"))
+
+    def request_reload(self) -> None:
+        """Ask the main loop to read the config again (safe from a signal handler)."""
+        self._reload_wanted.set()
+        self._wake()
+
+    def reload(self, path: str | None = None) -> bool:
+        """Read and check the config again; keep the old one if the new one fails.
+
+        Returns whether the new config is now in use. Jobs being processed keep theirs.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            refuse_problems(config)
+            for key in ("jobdir", "state_dir"):
+                if getattr(config, key) != getattr(self.config, key):
+                    raise ConfigError(f"{path}: {key}: changed; a change of {key} takes a restart")
+        except TrysshError as err:
+            self.log(ERR, event="reload-failed", config=path, reason=err.message,
+                     kept="the config in use")  # fmt: skip
+            return False
+        max_parallel = int(config.consume.get("max_parallel", defaults.MAX_PARALLEL))
+        if max_parallel != self.max_parallel:
+            self.log(WARNING, event="reload-partial", reason="max_parallel takes a restart",
+                     max_parallel=self.max_parallel)  # fmt: skip
+        slots = dict(self._builder_slots)
+        for name, builder in config.builders.items():
+            old = self.config.builders.get(name)
+            if name not in slots or old is None or old.concurrency != builder.concurrency:
+                # A build running now releases the semaphore it took, the old one.
+                slots[name] = threading.BoundedSemaphore(builder.concurrency)
+        self._builder_slots = slots
+        self.poll_interval = float(config.consume.get("poll_interval", defaults.POLL_INTERVAL))
+        self.config = config
+        self.log(NOTICE, event="reloaded", config=path, builders=",".join(config.builders))
+        return True
 
     def _wake(self) -> None:
         try:
@@ -155,6 +238,7 @@ class Consumer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         watcher = None
         if self.use_inotify:
             try:
@@ -170,16 +254,27 @@ class Consumer:
             self.resume()
             self._maybe_gc()
             while not self._stop.is_set():
+                if self._reload_wanted.is_set():
+                    self._reload_wanted.clear()
+                    self.reload()
                 self._check_cancels()
+                self._retry_due()
                 self._drain()
+                self._heartbeat()
                 if once and self._idle_and_empty():
-                    break
+                    break  # a job left to retry stays in cur/: the next start resumes it
+                if once and self._only_unclaimable_left():
+                    count = len(self._claim_failures)
+                    reason, code = next(iter(self._claim_failures.values()))
+                    raise TrysshError(f"{count} jobs left in new/, cannot claim: {reason}", code)
                 self._maybe_gc()
+                with self._retry_lock:
+                    soon = self.retry_interval if self._retry else None
                 if watcher is not None:
-                    self._wait([watcher.fd, self._wake_r], INOTIFY_RESCAN)
+                    self._wait([watcher.fd, self._wake_r], min(INOTIFY_RESCAN, soon or 1e9))
                     watcher.drain()
                 else:
-                    self._wait([self._wake_r], self.poll_interval)
+                    self._wait([self._wake_r], min(self.poll_interval, soon or 1e9))
         finally:
             self.log(INFO, event="stopping", in_flight=self._in_flight)
             self._pool.shutdown(wait=True)
@@ -196,6 +291,13 @@ class Consumer:
                 os.close(fd)
             except OSError:
                 pass
+
+    def _only_unclaimable_left(self) -> bool:
+        with self._in_flight_lock:
+            busy = self._in_flight
+        if busy or not self._claim_failures:
+            return False
+        return set(self.jobdir.pending()) <= set(self._claim_failures)
 
     def _idle_and_empty(self) -> bool:
         with self._in_flight_lock:
@@ -247,23 +349,72 @@ class Consumer:
             if not self._take_slot():
                 return
             try:
-                path = self.jobdir.claim(name)
+                if len(name) > MAX_RECORDED_NAME:
+                    name, path = self._claim_renamed(name)
+                else:
+                    path = self.jobdir.claim(name)
             except AlreadyTaken:
                 self._slots.release()
                 self.log(DEBUG, job=name, event="taken-by-another-consumer")
                 continue
             except OSError as err:
-                # Left in new/ and tried again at the next scan (Buildbot forgets it).
+                # Left in new/ and tried again at the next scan (Buildbot forgets it);
+                # logged once, not at every scan.
                 self._slots.release()
-                self.log(ERR, job=name, event="claim-failed", reason=err.strerror)
+                reason = describe_oserror(err, "rename")
+                if name not in self._claim_failures:
+                    self.log(ERR, job=name, event="claim-failed", reason=reason)
+                self._claim_failures[name] = (reason, exit_code_for_oserror(err))
                 continue
+            self._claim_failures.pop(name, None)
             self._submit(name, path, None)
+
+    def _claim_renamed(self, name: str) -> tuple[str, str]:
+        """Claim a job whose name is too long for its record (``NAME.json``) under a new one.
+
+        tryserver never makes such names; one planted in new/ would otherwise end without
+        a record. The log ties the two names together.
+        """
+        new_name = unique_name()
+        target = os.path.join(self.jobdir.cur, new_name)
+        try:
+            os.rename(os.path.join(self.jobdir.new, name), target)
+        except FileNotFoundError:
+            raise AlreadyTaken(f"job {name} is already taken") from None
+        self.log(WARNING, job=new_name, event="renamed", reason="name too long for a record",
+                 was=name)  # fmt: skip
+        return new_name, target
+
+    def _retry_later(self, name: str, err: OSError) -> None:
+        """A job claimed but not recorded (ENOSPC, EIO): try it again soon, not at a restart.
+
+        Before, it stayed in cur/ with no record and its developer saw ``queued`` for good.
+        """
+        with self._retry_lock:
+            first = name not in self._retry
+            self._retry[name] = time.monotonic() + self.retry_interval
+        if first:
+            self.log(ERR, job=name, event="cannot-record", reason=err.strerror or str(err),
+                     retry=f"every {self.retry_interval:g}s")  # fmt: skip
+        self._wake()
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        with self._retry_lock:
+            due = [n for n, when in self._retry.items() if when <= now]
+            for name in due:
+                del self._retry[name]
+        for name in due:
+            if not self._take_slot():
+                return
+            self._submit(name, os.path.join(self.jobdir.cur, name), None)
 
     def _take_slot(self) -> bool:
         while not self._stop.is_set():
             if self._slots.acquire(timeout=0.2):
                 return True
             self._check_cancels()  # every slot busy: still notice cancel requests
+            self._heartbeat()  # and still alive
         return False
 
     # -- cancel requests --
@@ -279,7 +430,7 @@ class Consumer:
                 if request is not None:
                     self._cancel(run, request)
                 continue
-            record = self.store.read(name)
+            record = self.store.read_or_skip(name)
             if record is not None and record.get("state") in FINAL_STATES:
                 self.store.forget_cancel(name)
 
@@ -328,11 +479,15 @@ class Consumer:
         """Take over claimed, unfinished jobs no live consumer holds; returns how many."""
         count = 0
         for name in self.store.active_jobs():
-            final = self.store.read(name)
+            try:
+                final = self.store.read(name)
+            except DamagedRecord as err:
+                final = None  # its job is marked interrupted when processed (_process)
+                self.log(ERR, job=name, event="damaged-record", reason=err.message)
             if final is not None and final.get("state") in FINAL_STATES:
                 try:  # a stale active copy left by a crash just after the final write
                     os.unlink(self.store.active_path(name))
-                except FileNotFoundError:
+                except OSError:
                     pass
                 continue
             if self._resume_one(name):
@@ -355,6 +510,7 @@ class Consumer:
     # -- one job --
 
     def _process(self, name: str, path: str, hint: dict[str, Any] | None) -> None:
+        config = self.config  # this job's config, whatever a reload does meanwhile
         run: _JobRun | None = None
         lock = JobLock(path)
         try:
@@ -365,18 +521,31 @@ class Consumer:
             except FileNotFoundError:
                 self._job_file_gone(name, path)
                 return
+            except (BadJob, OSError) as err:
+                # A FIFO, directory, symlink or unreadable file: never a job, but its
+                # submitter gets a record saying why (before, a FIFO hung a slot for ever).
+                self._not_a_job(name, path, err)
+                return
             # Read again under the lock: another consumer may have finished it meanwhile.
-            record = self.store.read(name)
+            try:
+                record = self.store.read(name)
+            except DamagedRecord as err:
+                self._damaged(name, path, err)
+                return
             if record is not None and record.get("state") in FINAL_STATES:
                 return
             if record is not None:
-                run = self._resumed(name, path, record)
+                run = self._resumed(name, path, record, config)
             else:
                 assert lock.fd is not None
-                run = self._fresh(name, path, lock.fd)
+                run = self._fresh(name, path, lock.fd, config)
             if run is not None:
                 self._register(run)
                 self._run_builders(run)
+        except OSError as err:
+            # Its record could not be written: processed again soon, from what is on disk
+            # (no record: fresh; queued: resumed; running: interrupted), never lost.
+            self._retry_later(name, err)
         except Exception as err:
             self.log(ERR, job=name, event="internal-error", reason=f"{type(err).__name__}: {err}")
             if run is not None:
@@ -387,9 +556,38 @@ class Consumer:
             lock.release()
             self._finished_job()
 
+    def _not_a_job(self, name: str, path: str, err: Exception) -> None:
+        """A name in cur/ that cannot be opened as a job file: a ``rejected`` record."""
+        reason = err.message if isinstance(err, TrysshError) else (err.strerror or str(err))
+        if self.store.read_or_skip(name) is not None:
+            return  # recorded already (by us before a restart, or by another consumer)
+        self._reject(_JobRun(name, path, new_record(name, consumer=self.ident)),
+                     f"bad job: {reason}")  # fmt: skip
+
+    def _damaged(self, name: str, path: str, err: DamagedRecord) -> None:
+        """The job's record is damaged: it may have run already, so never build it again.
+
+        A truncated active record after a crash would otherwise make the job look new and
+        build it twice, the second time recorded as a plain success.
+        """
+        self.log(ERR, job=name, event="damaged-record", reason=err.message)
+        if os.path.dirname(err.path) != self.store.active:
+            return  # a damaged final record: the job is finished; the record is left alone
+        record = new_record(name, consumer=self.ident)
+        reason = f"{INTERRUPTED}: its record was damaged ({err.why}); not built again"
+        record.update(state="interrupted", finished=now_iso(), reason=reason)
+        try:
+            if os.path.isdir(err.path) and not os.path.islink(err.path):
+                os.rmdir(err.path)  # the final write removes a damaged file, not a directory
+        except OSError:
+            pass
+        self._write(_JobRun(name, path, record))
+        self.processed += 1
+        self.log(NOTICE, job=name, state="interrupted", reason=reason)
+
     def _job_file_gone(self, name: str, path: str) -> None:
         """The job file vanished (removed by hand): finish its record, if any, as error."""
-        record = self.store.read(name)
+        record = self.store.read_or_skip(name)
         if record is None or record.get("state") in FINAL_STATES:
             self.log(WARNING, job=name, event="vanished")
             return
@@ -401,44 +599,47 @@ class Consumer:
         record["reason"] = "the job file is gone from cur/"
         self._finish(_JobRun(name, path, record))
 
-    def _fresh(self, name: str, path: str, fd: int) -> _JobRun | None:
+    def _fresh(self, name: str, path: str, fd: int, config: Config) -> _JobRun | None:
         record = new_record(name, consumer=self.ident)
-        run = _JobRun(name, path, record)
+        run = _JobRun(name, path, record, config)
         try:
             info = os.fstat(fd)
             # Delivery sets the mtime, and the claim (a rename) keeps it: the arrival time.
             record["received"] = iso_time(info.st_mtime, micros=True)
             size = info.st_size
-            hard_limit = max(
-                [self.config.max_job_size]
-                + [u.max_job_size or 0 for u in self.config.users.values()]
-            )
+            hard_limit = config.hard_size_limit()
             record["size"] = size
+            if info.st_nlink > 1 and not self._delivering(name, info):
+                # A planted hard link to a file its planter cannot read (a consumer running
+                # as root would read it): refused unread, so nothing of it reaches a record.
+                raise BadJob(f"the file has {info.st_nlink} hard links: not a delivered job")
             if size > hard_limit:
                 raise BadJob(f"job is {size} bytes, more than any limit ({hard_limit})")
             data = _read_all(fd, size)
             record["sha256"] = hashlib.sha256(data).hexdigest()
             job = parse_job(data)
         except (BadJob, OSError) as err:
-            reason = err.message if isinstance(err, TrysshError) else err.strerror
+            reason = (
+                err.message if isinstance(err, TrysshError) else describe_oserror(err, "read", path)
+            )
             self._reject(run, f"bad job: {reason}")
             return None
         run.job = job
         record.update(job_fields(job))  # type: ignore[typeddict-item]
         who = job.who or ""
-        policy = self.config.user(who)
+        policy = config.user(who)
         try:
             if policy is not None and policy.max_pending is not None:
                 with self._pending_lock:
                     # Check and record as one step, so two jobs cannot both take the last place.
                     pending = self.store.pending_count(who)
                     names = choose_builders(
-                        self.config, who, job.builder_names, job.branch, size, pending
+                        config, who, job.builder_names, job.branch, size, pending
                     )
                     self._init_builders(run, names)
                     self._write(run)
             else:
-                names = choose_builders(self.config, who, job.builder_names, job.branch, size)
+                names = choose_builders(config, who, job.builder_names, job.branch, size)
                 self._init_builders(run, names)
         except PolicyRefused as err:
             self._reject(run, err.message)
@@ -446,9 +647,18 @@ class Consumer:
         self.log(INFO, job=name, who=who, state="queued", builders=",".join(names))
         return run
 
+    def _delivering(self, name: str, info: os.stat_result) -> bool:
+        """Whether tryserver's ``tmp/NAME`` is this very file (delivery links, then unlinks)."""
+        try:
+            twin = os.stat(os.path.join(self.jobdir.tmp, name), follow_symlinks=False)
+        except OSError:
+            return False
+        return (twin.st_dev, twin.st_ino) == (info.st_dev, info.st_ino)
+
     def _init_builders(self, run: _JobRun, names: list[str]) -> None:
         run.record["builders"] = {
-            n: builder_entry(log=builders_mod.log_path(self.config, run.name, n)) for n in names
+            n: builder_entry(log=builders_mod.log_path(run.config or self.config, run.name, n))
+            for n in names
         }
 
     def _reject(self, run: _JobRun, reason: str) -> None:
@@ -458,8 +668,10 @@ class Consumer:
         self.processed += 1
         self.log(NOTICE, job=run.name, who=record.get("who"), state="rejected", reason=reason)
 
-    def _resumed(self, name: str, path: str, record: JobRecord) -> _JobRun | None:
-        run = _JobRun(name, path, record)
+    def _resumed(
+        self, name: str, path: str, record: JobRecord, config: Config
+    ) -> _JobRun | None:
+        run = _JobRun(name, path, record, config)
         run.written = True
         interrupted = []
         now = now_iso()
@@ -471,7 +683,12 @@ class Consumer:
                     # again, do not send it twice.
                     entry.update(state="pending", follow=entry["jobid"])
                     continue
-                entry.update(state="done", result="error", reason=INTERRUPTED, finished=now)
+                reason = INTERRUPTED
+                # Its build may still run (the consumer died, not the build): end it, so
+                # that no build runs unseen and concurrency limits hold after a restart.
+                if entry.get("log") and (pgid := builders_mod.end_leftover_group(entry["log"])):
+                    reason += f"; its leftover process group {pgid} was killed"
+                entry.update(state="done", result="error", reason=reason, finished=now)
                 interrupted.append(bname)
         record["resumed"] = now
         record["resumed_from"] = record.get("consumer")
@@ -488,7 +705,9 @@ class Consumer:
                 with open(path, "rb") as f:
                     run.job = parse_job(f.read())
             except (OSError, BadJob) as err:
-                reason = err.message if isinstance(err, TrysshError) else err.strerror
+                reason = err.message if isinstance(err, TrysshError) else describe_oserror(
+                    err, "read"
+                )
                 for n in pending:
                     record["builders"][n].update(
                         state="done", result="error", reason=f"cannot read job: {reason}",
@@ -500,13 +719,14 @@ class Consumer:
             return None
         return run
 
-    def _units(self, names: list[str]) -> list[list[str]]:
+    def _units(self, run: _JobRun, names: list[str]) -> list[list[str]]:
         """The builders to run, grouped: each local builder alone, and the forward or
         buildbot builders that deliver to the same place together (one delivery each)."""
+        config = run.config or self.config
         units: list[list[str]] = []
         groups: dict[tuple[str, str], list[str]] = {}
         for name in names:
-            builder = self.config.builders.get(name)
+            builder = config.builders.get(name)
             if builder is None or builder.destination is None or self.runner is not (
                 builders_mod.run
             ):
@@ -522,7 +742,7 @@ class Consumer:
     def _run_builders(self, run: _JobRun) -> None:
         names = [n for n, e in run.record["builders"].items() if e["state"] == "pending"]
         run.remaining = len(names)
-        units = self._units(names)
+        units = self._units(run, names)
         threads = []
         for unit in units[1:]:
             thread = threading.Thread(
@@ -530,12 +750,14 @@ class Consumer:
             )
             thread.start()
             threads.append(thread)
-        self._build_unit(run, units[0])
-        for thread in threads:
-            thread.join()
+        try:
+            self._build_unit(run, units[0])
+        finally:
+            for thread in threads:  # a failure here must not leave builds running unseen
+                thread.join()
 
     def _build_unit(self, run: _JobRun, unit: list[str]) -> None:
-        builder = self.config.builders.get(unit[0])
+        builder = (run.config or self.config).builders.get(unit[0])
         if len(unit) == 1 and (
             self.runner is not builders_mod.run or builder is None or builder.destination is None
         ):
@@ -560,7 +782,9 @@ class Consumer:
 
     def _build_group(self, run: _JobRun, unit: list[str]) -> None:
         """One delivery for the forward or buildbot builders in *unit* (same receiver)."""
-        slots = [self._builder_slots[n] for n in sorted(unit)]  # one order: no deadlock
+        config = run.config or self.config
+        slots = [self._builder_slots.get(n) or threading.BoundedSemaphore(1)
+                 for n in sorted(unit)]  # one order: no deadlock  # fmt: skip
         for slot in slots:
             slot.acquire()
         try:
@@ -572,7 +796,7 @@ class Consumer:
                     entry.update(state="running", started=now)
                     assert run.job is not None
                     ctxs.append(builders_mod.BuildContext(
-                        self.config, run.name, run.job, run.path, self.config.builders[bname],
+                        config, run.name, run.job, run.path, config.builders[bname],
                         entry["log"], attempt=int(entry.get("attempt") or 1),
                     ))  # fmt: skip
                 run.record["state"] = "running"
@@ -602,13 +826,14 @@ class Consumer:
                 slot.release()
 
     def _build(self, run: _JobRun, bname: str) -> None:
-        builder = self.config.builders.get(bname)
+        config = run.config or self.config
+        builder = config.builders.get(bname)
         entry = run.record["builders"][bname]
         if builder is None:  # the config changed while the job waited
             self._builder_done(run, bname, builders_mod.Outcome(
                 "error", reason=f"builder {bname!r} is no longer configured"))  # fmt: skip
             return
-        slots = self._builder_slots[bname]
+        slots = self._builder_slots.get(bname) or threading.BoundedSemaphore(builder.concurrency)
         if not slots.acquire(blocking=False):
             with run.lock:
                 if not run.written:
@@ -629,7 +854,7 @@ class Consumer:
                     self._write(run)  # durable before the build starts: a crash can tell
                     assert run.job is not None
                     ctx = builders_mod.BuildContext(
-                        self.config, run.name, run.job, run.path, builder, entry["log"],
+                        config, run.name, run.job, run.path, builder, entry["log"],
                         attempt=int(entry.get("attempt") or 1),
                     )  # fmt: skip
                     run.contexts[bname] = ctx  # from now on a cancel stops it
@@ -655,10 +880,10 @@ class Consumer:
             if outcome.reason:
                 entry["reason"] = outcome.reason
             if run.cancelled is not None and outcome.result != "cancelled":
-                builder = self.config.builders.get(bname)
+                builder = (run.config or self.config).builders.get(bname)
                 entry["cancel"] = (
                     "already sent: a cancel cannot take it back"
-                    if builder is not None and builder.kind in ("webhook", "forward")
+                    if builder is not None and builder.kind in ("webhook", "forward", "buildbot")
                     else "finished before the cancel took effect"
                 )
             run.remaining -= 1

@@ -35,7 +35,7 @@ def collect(
     jobdir = Jobdir(config.jobdir)
     removed: list[str] = []
     for name in _old_enough(store.path, cutoff):
-        record = store.read(name)
+        record = store.read_or_skip(name)  # a damaged record is kept for a human to see
         if record is None or record.get("state") not in FINAL_STATES:
             continue
         when = parse_iso(record.get("finished")) or parse_iso(record.get("updated"))

@@ -71,3 +71,43 @@ def verify_password(password: str, encoded: str) -> bool:
         return False
     candidate = _scrypt(password, salt, n, r, p, len(digest))
     return hmac.compare_digest(candidate, digest)
+
+
+# -- the PB door's secret ---------------------------------------------------------------------
+#
+# Twisted PB logs in by challenge-response: the client sends MD5(MD5(password) + challenge).
+# To check that, the server must hold MD5(password) itself, which is therefore exactly as
+# good as the password for logging in to the PB door (not for anything else: the SSH door's
+# scrypt hash is separate). It lives in its own file, readable by the server's user only.
+
+PB_SCHEME = "pb-md5:"
+
+
+def pb_secret(password: str) -> str:
+    """The line ``tryssh passwd --pb`` prints: ``pb-md5:`` and MD5(password) in hex."""
+    digest = hashlib.md5(password.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return PB_SCHEME + digest
+
+
+def load_pb_secret(path: str) -> bytes:
+    """The 16-byte MD5 of the password stored at *path*; ConfigError if unsafe or malformed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConfigError(f"pb secret {path}: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"pb secret {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+            )
+        text = f.read(256).decode("ascii", "replace").strip()
+    if not text.startswith(PB_SCHEME):
+        raise ConfigError(f"pb secret {path}: expected a 'pb-md5:HEX' line (tryssh passwd --pb)")
+    try:
+        secret = bytes.fromhex(text[len(PB_SCHEME) :])
+    except ValueError:
+        secret = b""
+    if len(secret) != 16:
+        raise ConfigError(f"pb secret {path}: expected 32 hex digits after 'pb-md5:'")
+    return secret

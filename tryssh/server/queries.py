@@ -66,7 +66,7 @@ def answer(request: Request, config: Config | None, jobdir: Jobdir, user: str | 
         if request.json:
             return json.dumps({"user": user, "all_states": request.all_states,
                                "jobs": records}) + "\n"  # fmt: skip
-        return format_jobs(records)
+        return format_jobs(records, show_who=user is None)
     raise UsageError(f"{request.verb} is not available on this server")
 
 
@@ -213,7 +213,7 @@ def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> li
     # Job names start with the delivery time, so the name order is the age order and
     # only as many records as needed are read.
     for name in reversed(store.all_jobs()):
-        record = store.read(name)
+        record = store.read_or_skip(name)  # a damaged record must not break everyone's list
         if record is None or (user is not None and record.get("who") != user):
             continue
         found.append(record)

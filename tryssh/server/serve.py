@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import paramiko
 
 from tryssh.core import defaults
-from tryssh.core.logfmt import INFO, EventLog
+from tryssh.core.logfmt import ERR, INFO, NOTICE, EventLog
 from tryssh.core.netaddr import format_address, parse_listen
 from tryssh.core.request import CommandRefused
 from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
@@ -31,15 +32,21 @@ from tryssh.errors import (
     EX_SOFTWARE,
     ConfigError,
     TempFail,
+    TrysshError,
+    describe_oserror,
 )
 from tryssh.server.audit import AuditLog
-from tryssh.server.config import SERVE_POSITIVE, Config
+from tryssh.server.config import SERVE_POSITIVE, Config, parse_max_startups
 from tryssh.server.passwords import hash_password, parse_hash, verify_password
 from tryssh.server.tryserver import Options, RequestContext, clip, run_request
 
 MAX_SESSIONS = 10  # channels per connection, like sshd's MaxSessions
-AUTH_TIMEOUT = 60.0  # seconds to log in (or the idle timeout, if shorter)
+DROP_LOG_EVERY = 10.0  # seconds between two "refused" lines for one address
 POLL = 0.25  # how often the accept loop and the connection watchdogs look at their flags
+# Password checks at once: each scrypt costs ~32 MiB, so a burst of guesses must queue
+# instead of adding up (a burst of 32 took the server to 964 MB before this bound).
+HASH_SLOTS = 2
+HASH_WAIT = 10.0  # seconds an attempt waits for a slot before it fails (not counted as a guess)
 STOP_GRACE = 2.0  # seconds a client has to hang up after its last request when we stop
 
 
@@ -59,6 +66,12 @@ class Settings:
     max_connections: int = 32
     idle_timeout: float = 300.0
     banner: str | None = None
+    login_grace_time: float = 60.0  # accept to authenticated, however the bytes trickle in
+    max_request_time: float = 3600.0  # one request, however the bytes trickle in
+    max_auth_failures: int = 60  # failed passwords from all addresses per penalty window
+    per_source_max_startups: int = 8  # unauthenticated connections from one address
+    max_startups: tuple[int, int, int] = (10, 30, 20)  # like sshd's MaxStartups start:rate:full
+    stop_timeout: float = 60.0  # seconds requests in flight get to finish after SIGTERM
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -75,6 +88,8 @@ class Settings:
         for key in SERVE_POSITIVE:
             if key in serve:
                 setattr(settings, key, serve[key])
+        if "max_startups" in serve:
+            settings.max_startups = parse_max_startups(serve["max_startups"])
         return settings
 
 
@@ -85,6 +100,8 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
     """The host key at *path*, generated (ed25519, mode 0600) if missing; (key, created)."""
     created = False
     if not os.path.exists(path):
+        if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            check_key_place(path, None)  # never generate a key where others could swap it
         _generate_host_key(path)
         created = True
     st = os.stat(path)
@@ -92,6 +109,7 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
         raise ConfigError(
             f"host key {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it"
         )
+    check_key_place(path, st)
     try:
         key = paramiko.PKey.from_path(path)
     except (OSError, paramiko.SSHException, ValueError) as err:
@@ -99,16 +117,55 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
     pub = path + ".pub"
     if not os.path.exists(pub):
         # Scripts build known_hosts lines from it (the demo does).
-        with open(pub, "w") as f:
-            f.write(f"{key.get_name()} {key.get_base64()} tryssh-serve\n")
+        _write_public(pub, f"{key.get_name()} {key.get_base64()} tryssh-serve\n".encode())
     return key, created
+
+
+def check_key_place(path: str, st: os.stat_result | None) -> None:
+    """ConfigError unless the key and its directory are the service account's alone.
+
+    Anyone who can write the directory can replace the key (and so impersonate the server
+    to every developer): sshd's StrictModes, for the host key.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    dst = os.stat(directory)
+    me = os.geteuid()
+    if (st is not None and st.st_uid != me) or dst.st_uid != me or dst.st_mode & 0o022:
+        raise ConfigError(
+            f"host key {path}: it and its directory must belong to this account and its "
+            f"directory be writable by it alone (directory mode {dst.st_mode & 0o7777:o}): "
+            f"move it to a directory of mode 0700 and set [serve] host_key"
+        )
+
+
+def _write_public(path: str, data: bytes) -> None:
+    """Write a public file with mode 0644 whatever the umask (000 would make it 0666)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o644)
+        f.write(data)
+
+
+def make_private_dirs(path: str, mode: int = 0o750) -> None:
+    """``mkdir -p`` whose new directories get *mode*, whatever the umask (000: 0777)."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue
+        os.chmod(directory, mode)
 
 
 def _generate_host_key(path: str) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    make_private_dirs(os.path.dirname(os.path.abspath(path)), 0o700)
     private = Ed25519PrivateKey.generate()
     data = private.private_bytes(
         serialization.Encoding.PEM,
@@ -122,8 +179,7 @@ def _generate_host_key(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    with open(path + ".pub", "wb") as f:
-        f.write(public + b" tryssh-serve\n")
+    _write_public(path + ".pub", public + b" tryssh-serve\n")
 
 
 @dataclass
@@ -179,38 +235,88 @@ class Log:
         try:
             self.audit.write(**fields)
         except OSError as err:
-            self.say(f"cannot write the audit log: {err.strerror}")
+            self.say(f"cannot {describe_oserror(err, 'write audit log', self.audit.path)}")
 
 
 class AuthLimiter:
-    """Failed authentications per source address, and the lockout after too many."""
+    """Failed password checks: per source address (with a lockout) and for all addresses.
+
+    An attempt is reserved with :meth:`begin` before its hash is computed and settled with
+    :meth:`end`: attempts in flight count against the limits, so parallel connections cannot
+    get more guesses evaluated than the limit (32 at once got 40 past a limit of 10 when only
+    finished failures counted).
+    """
 
     SWEEP_AT = 1024  # addresses tracked before forgiven ones are swept out
 
     def __init__(
-        self, max_failures: int, penalty: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_failures: int,
+        penalty: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_global_failures: int = 0,
     ) -> None:
         self.max_failures = max_failures
         self.penalty = penalty
         self.clock = clock
+        self.max_global_failures = max_global_failures  # 0: no global limit
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
+        self._global: deque[float] = deque()
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def locked(self, address: str) -> float:
         """Seconds the address stays locked out (0 if it may try)."""
         with self._lock:
-            until = self._locked_until.get(address, 0.0)
-            left = until - self.clock()
-            if left <= 0:
-                self._locked_until.pop(address, None)
-                return 0.0
-            return left
+            return self._locked_left(address, self.clock())
+
+    def _locked_left(self, address: str, now: float) -> float:
+        left = self._locked_until.get(address, 0.0) - now
+        if left <= 0:
+            self._locked_until.pop(address, None)
+            return 0.0
+        return left
+
+    def begin(self, address: str) -> str | None:
+        """Reserve one password check for *address*; None if it may go on, else why not."""
+        now = self.clock()
+        with self._lock:
+            if self._locked_left(address, now):
+                return "address locked out"
+            recent = self._failures.get(address, ())
+            fresh = sum(1 for t in recent if t >= now - self.penalty)
+            in_flight = self._in_flight.get(address, 0)
+            if fresh + in_flight >= self.max_failures:
+                return "too many attempts in flight from this address"
+            if self.max_global_failures:
+                while self._global and self._global[0] < now - self.penalty:
+                    self._global.popleft()
+                if len(self._global) + sum(self._in_flight.values()) >= self.max_global_failures:
+                    return "too many failed logins from all addresses"
+            self._in_flight[address] = in_flight + 1
+            return None
+
+    def end(self, address: str, ok: bool | None) -> bool:
+        """Settle a reserved check (None: never evaluated); True if it just locked *address*."""
+        with self._lock:
+            left = self._in_flight.get(address, 0) - 1
+            if left > 0:
+                self._in_flight[address] = left
+            else:
+                self._in_flight.pop(address, None)
+        if ok is None:
+            return False
+        if ok:
+            self.success(address)
+            return False
+        return self.failure(address)
 
     def failure(self, address: str) -> bool:
         """Count one failure; True if it just locked the address out."""
         now = self.clock()
         with self._lock:
+            self._global.append(now)
             recent = self._failures.setdefault(address, deque())
             recent.append(now)
             # Failures older than the penalty window are forgiven.
@@ -236,13 +342,40 @@ class AuthLimiter:
 # -- channel adapters -------------------------------------------------------------------------
 
 
+class RequestClock:
+    """A request's two timeouts: idle (no traffic) and a hard deadline (``max_request_time``).
+
+    The idle timeout restarts on every byte; the deadline does not, so a client trickling a
+    byte now and then cannot hold a request (and its slot) for ever.
+    """
+
+    def __init__(self, channel: paramiko.Channel, idle: float, max_time: float) -> None:
+        self.channel = channel
+        self.idle = idle
+        self.max_time = max_time
+        self.deadline = time.monotonic() + max_time
+
+    def arm(self) -> None:
+        """Set the channel's timeout for the next read or write; TempFail once past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.expired()
+        self.channel.settimeout(min(self.idle, left))
+
+    def expired(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise TempFail(f"request took longer than {self.max_time:g} s; gave up")
+
+
 class ChannelStdin:
     """The channel's data as a binary stdin: ``read(n)`` returns b"" at EOF."""
 
-    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None], idle: float) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
+    ) -> None:
         self.channel = channel
         self.touch = touch
-        self.idle = idle
+        self.clock = clock
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -250,10 +383,12 @@ class ChannelStdin:
             while chunk := self.read(1 << 16):
                 chunks.append(chunk)
             return b"".join(chunks)
+        self.clock.arm()
         try:
             data = self.channel.recv(size)
         except TimeoutError:
-            raise TempFail(f"no input for {self.idle:g} s: idle timeout") from None
+            self.clock.expired()
+            raise TempFail(f"no input for {self.clock.idle:g} s: idle timeout") from None
         self.touch()
         return data
 
@@ -261,16 +396,21 @@ class ChannelStdin:
 class ChannelStdout:
     """The channel's data as a text stdout (``buffer``: the same channel, for bytes)."""
 
-    def __init__(self, channel: paramiko.Channel, touch: Callable[[], None]) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
+    ) -> None:
         self.channel = channel
         self.touch = touch
+        self.clock = clock
         self.buffer = self
 
     def write(self, text: str | bytes) -> int:
         data = text.encode("utf-8") if isinstance(text, str) else text
+        self.clock.arm()
         try:
             self.channel.sendall(data)
         except TimeoutError:
+            self.clock.expired()
             raise TempFail("client stopped reading: idle timeout") from None
         self.touch()
         return len(text)
@@ -305,7 +445,8 @@ class ClientHandler(paramiko.ServerInterface):
         self.last_activity = self.started
         self.wake = threading.Event()
         self.workers: dict[int, threading.Thread] = {}
-        self.sessions = 0
+        self.channels: dict[int, paramiko.Channel] = {}
+        self.pty_refused: set[int] = set()  # channels whose session ended with a refused pty
         self._lock = threading.Lock()
         self.transport: paramiko.Transport | None = None
 
@@ -317,6 +458,19 @@ class ClientHandler(paramiko.ServerInterface):
     def close_soon(self, reason: str) -> None:
         self.close_reason = self.close_reason or reason
         self.wake.set()
+
+    @property
+    def authenticated(self) -> bool:
+        transport = self.transport
+        return self.user is not None or (transport is not None and transport.is_authenticated())
+
+    def expire(self, reason: str) -> None:
+        """Close at once, from another thread: paramiko's own timeouts restart on every byte."""
+        self.close_soon(reason)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # -- authentication ----------------------------------------------------------------------
 
@@ -369,20 +523,34 @@ class ClientHandler(paramiko.ServerInterface):
     def check_auth_password(self, username: str, password: str) -> int:
         if self._locked_out() or not self._count_try():
             return paramiko.AUTH_FAILED
-        account = self.server.accounts.get(username)
-        encoded = account.password_hash if account else None
-        # Unknown users cost the same scrypt as known ones: timing must not name users.
-        ok = verify_password(password, encoded or self.server.dummy_hash) and encoded is not None
+        limiter = self.server.limiter
+        why = limiter.begin(self.address)
+        if why is not None:
+            # Refused before any hashing: a guess that is not evaluated cannot succeed.
+            self.failures += 1
+            self.outcome = "auth refused"
+            self.log.say(f"{self.peer}: password attempt for {username!r} refused: {why}")
+            self.log.record(
+                event="auth", outcome="refused", method="password", user=username,
+                reason=why, **{"from": self.peer},
+            )  # fmt: skip
+            return paramiko.AUTH_FAILED
+        ok: bool | None = None
+        try:
+            ok = self._check_password(username, password)
+        finally:
+            locked = limiter.end(self.address, ok)
+        if ok is None:
+            return paramiko.AUTH_FAILED
         if ok:
             self.method, self.key_fp = "password", None
-            self.server.limiter.success(self.address)
             return paramiko.AUTH_SUCCESSFUL
         self.failures += 1
         self.outcome = "auth failed"
         self.log.record(
             event="auth", outcome="failed", method="password", user=username, **{"from": self.peer}
         )
-        if self.server.limiter.failure(self.address):
+        if locked:
             self.log.say(
                 f"{self.peer}: {self.settings.max_auth_failures_per_address} failed logins from "
                 f"{self.address}: locked out for {self.settings.auth_penalty_seconds:g} s"
@@ -394,6 +562,20 @@ class ClientHandler(paramiko.ServerInterface):
                 **{"from": self.peer},
             )
         return paramiko.AUTH_FAILED
+
+    def _check_password(self, username: str, password: str) -> bool | None:
+        """True/False once checked; None if no hashing slot freed up in time (not a guess)."""
+        if not self.server.hash_slots.acquire(timeout=HASH_WAIT):
+            self.log.say(f"{self.peer}: password check for {username!r} dropped: server busy")
+            return None
+        try:
+            account = self.server.accounts.get(username)
+            encoded = account.password_hash if account else None
+            # Unknown users cost the same scrypt as known ones: timing must not name users.
+            checked = verify_password(password, encoded or self.server.dummy_hash)
+            return checked and encoded is not None
+        finally:
+            self.server.hash_slots.release()
 
     # -- channels: only "session", and only exec on it -------------------------------------------
 
@@ -409,12 +591,25 @@ class ClientHandler(paramiko.ServerInterface):
         if kind != "session":
             self._refuse(f"channel type {kind}")
             return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        # Decide under the lock, log outside it: _refuse takes the lock too (not reentrant).
         with self._lock:
-            if self.sessions >= MAX_SESSIONS or self.server.stopping.is_set():
-                self._refuse("session (too many sessions)")
-                return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
-            self.sessions += 1
+            full = self._open_sessions() >= MAX_SESSIONS
+        if full or self.server.stopping.is_set():
+            self._refuse("session (too many sessions)" if full else "session (server stopping)")
+            return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
         return paramiko.OPEN_SUCCEEDED
+
+    def _open_sessions(self) -> int:
+        """Channels still open or still running a request (call with the lock held).
+
+        paramiko queues every opened channel for ``accept()``; taking them here keeps that
+        queue empty and lets a channel closed without a request stop counting.
+        """
+        transport = self.transport
+        while transport is not None and (channel := transport.accept(0)) is not None:
+            self.channels[channel.get_id()] = channel
+        self.channels = {i: c for i, c in self.channels.items() if not c.closed}
+        return len(self.channels.keys() | self.workers.keys())
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin: Any, destination: Any) -> int:
         self._refuse(f"port forwarding to {destination[0]}:{destination[1]}")
@@ -429,6 +624,10 @@ class ClientHandler(paramiko.ServerInterface):
 
     def check_channel_pty_request(self, channel: Any, *args: Any) -> bool:
         self._refuse("pty")
+        # The client failed (OpenSSH's ssh -tt exits 255): its session ends here, whatever it
+        # asks next, as with sshd. Before, the exec that follows delivered the job anyway.
+        with self._lock:
+            self.pty_refused.add(channel.get_id())
         return False
 
     def check_channel_shell_request(self, channel: Any) -> bool:
@@ -454,23 +653,26 @@ class ClientHandler(paramiko.ServerInterface):
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         self.touch()
+        worker = None
         with self._lock:
-            if channel.get_id() in self.workers or self.user is None:
-                return False
-            # Accept even a bad command: the worker answers it with a message and exit 64,
-            # as the forced command does, instead of a bare "exec request failed".
-            worker = threading.Thread(
-                target=self._run_exec,
-                args=(channel, command),
-                name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
-                daemon=True,
-            )
-            self.workers[channel.get_id()] = worker
-            self.requests += 1
+            refused = channel.get_id() in self.pty_refused
+            if not refused and channel.get_id() not in self.workers and self.user is not None:
+                # Accept even a bad command: the worker answers it with a message and exit
+                # 64, as the forced command does, instead of a bare "exec request failed".
+                worker = threading.Thread(
+                    target=self._run_exec,
+                    args=(channel, command),
+                    name=f"tryssh-exec-{self.peer}-{channel.get_id()}",
+                    daemon=True,
+                )
+                self.workers[channel.get_id()] = worker
+                self.requests += 1
+        if refused:
+            self._refuse("exec after a refused pty")
         # Not started here: paramiko sends the reply that accepts the exec only after this
         # returns, and a fast worker would otherwise send its exit status and close the
         # channel first (the client then sees "Channel closed"). _channel_request starts it.
-        return True
+        return worker is not None
 
     def _channel_request(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
         """paramiko's handler of a channel request, then the exec's worker, if one waits.
@@ -510,13 +712,14 @@ class ClientHandler(paramiko.ServerInterface):
             env = {"SSH_ORIGINAL_COMMAND": text}
             return RequestContext(opts, env=env, config=config, audit=audit)
 
+        clock = RequestClock(channel, self.settings.idle_timeout, self.settings.max_request_time)
         channel.settimeout(self.settings.idle_timeout)
         code = EX_SOFTWARE
         try:
             code = run_request(
                 open_request,
-                ChannelStdin(channel, self.touch, self.settings.idle_timeout),  # type: ignore[arg-type]
-                ChannelStdout(channel, self.touch),  # type: ignore[arg-type]
+                ChannelStdin(channel, self.touch, clock),  # type: ignore[arg-type]
+                ChannelStdout(channel, self.touch, clock),  # type: ignore[arg-type]
                 fields,
                 say=lambda line: self._send_stderr(channel, line + "\n"),
                 warn=self.log.say,
@@ -538,7 +741,6 @@ class ClientHandler(paramiko.ServerInterface):
                 pass
             with self._lock:
                 self.workers.pop(channel.get_id(), None)
-                self.sessions -= 1
             self.touch()
             self.wake.set()
 
@@ -564,7 +766,7 @@ class ClientHandler(paramiko.ServerInterface):
     @property
     def auth_timeout(self) -> float:
         # Like sshd's LoginGraceTime: an unauthenticated client holds a connection slot.
-        return min(self.settings.idle_timeout, AUTH_TIMEOUT)
+        return min(self.settings.idle_timeout, self.settings.login_grace_time)
 
     def _serve(self) -> None:
         settings = self.settings
@@ -580,8 +782,9 @@ class ClientHandler(paramiko.ServerInterface):
         try:
             transport.start_server(server=self)
         except (paramiko.SSHException, EOFError, OSError) as err:
-            self.outcome = "handshake failed"
-            self.log.say(f"{self.peer}: handshake failed: {err or type(err).__name__}")
+            self.outcome = self.close_reason or "handshake failed"
+            why = self.close_reason or err or type(err).__name__
+            self.log.say(f"{self.peer}: handshake failed: {why}")
             transport.close()
             self._record_end()
             return
@@ -606,6 +809,11 @@ class ClientHandler(paramiko.ServerInterface):
                 # A client whose request just ended gets a moment to hang up first: closing
                 # under it makes ssh exit 255 for a job that was delivered.
                 self.close_reason = "server stopping"
+                break
+            stopping_for = now - self.server.stopped_at if self.server.stopping.is_set() else 0
+            if stopping_for > settings.stop_timeout:
+                # A request trickling in must not hold the shutdown for max_request_time.
+                self.close_reason = "server stopping: requests still running after stop_timeout"
                 break
             if self.wake.wait(POLL):
                 self.wake.clear()
@@ -686,17 +894,71 @@ class EmbeddedServer:
         self.dummy_hash = hash_password(os.urandom(16).hex())
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
         self.fingerprint = blob_fingerprint(self.host_key.asbytes())
-        os.makedirs(os.path.dirname(config.audit_log) or ".", exist_ok=True)
+        make_private_dirs(os.path.dirname(config.audit_log) or ".")
         self.log = Log(AuditLog(config.audit_log), events)
         self.limiter = AuthLimiter(
-            self.settings.max_auth_failures_per_address, self.settings.auth_penalty_seconds
+            self.settings.max_auth_failures_per_address,
+            self.settings.auth_penalty_seconds,
+            max_global_failures=self.settings.max_auth_failures,
         )
+        self.hash_slots = threading.BoundedSemaphore(HASH_SLOTS)
+        self.random = random.SystemRandom()
+        self._drops: dict[str, tuple[float, int]] = {}  # address -> (last logged, unlogged)
         self.stopping = threading.Event()
+        self.stopped_at = 0.0
         self.connections: set[ClientHandler] = set()
         self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.sock: socket.socket | None = None
         self.address = ""
+
+    def reload(self, path: str | None = None) -> bool:
+        """Read the config again (SIGHUP); keep the old one if the new one fails to check.
+
+        Users, keys, passwords, builders and policy change for the next login or request;
+        a request already running finishes under the config it started with. The listen
+        address, host key, jobdir and audit log take a restart. Returns whether the new
+        config is in use.
+        """
+        from tryssh.server.config import load_config
+
+        path = path or self.config.path
+        try:
+            config = load_config(path)
+            settings = Settings.from_config(config)
+            accounts = accounts_from_config(config)
+            if not accounts:
+                raise ConfigError(f"{path}: no [users.NAME] entries: nobody could log in")
+        except TrysshError as err:
+            self.log.say(f"reload refused, the config in use stays: {err.message}", ERR)
+            self.log.record(event="reload", outcome="refused", reason=err.message)
+            return False
+        kept = [
+            key
+            for key, old, new in (
+                ("serve.listen", (self.settings.host, self.settings.port),
+                 (settings.host, settings.port)),
+                ("serve.host_key", self.settings.host_key, settings.host_key),
+                ("jobdir", self.config.jobdir, config.jobdir),
+                ("audit_log", self.config.audit_log, config.audit_log),
+            )
+            if old != new
+        ]  # fmt: skip
+        settings.host, settings.port = self.settings.host, self.settings.port
+        settings.host_key = self.settings.host_key
+        config.jobdir, config.audit_log = self.config.jobdir, self.config.audit_log
+        with self._lock:
+            self.settings = settings
+            self.accounts = accounts
+            self.any_password = any(a.password_hash for a in accounts.values())
+            self.config = config
+        self.log.say(
+            f"reloaded {path}: {len(accounts)} users, {len(config.builders)} builders"
+            + (f" ({', '.join(kept)} unchanged until a restart)" if kept else ""),
+            NOTICE,
+        )
+        self.log.record(event="reload", outcome="ok")
+        return True
 
     def bind(self) -> str:
         """Bind and listen; return the address actually bound (port 0 resolved)."""
@@ -727,8 +989,12 @@ class EmbeddedServer:
     def serve(self, stop: threading.Event) -> None:
         """Accept until *stop* is set; then stop accepting and finish the connections."""
         assert self.sock is not None, "bind() first"
+        reaped = time.monotonic()
         try:
             while not stop.is_set():
+                if time.monotonic() - reaped >= POLL:
+                    self._reap()
+                    reaped = time.monotonic()
                 try:
                     client, addr = self.sock.accept()
                 except TimeoutError:
@@ -739,6 +1005,7 @@ class EmbeddedServer:
                 self._start_connection(client, addr)
         finally:
             self.sock.close()
+            self.stopped_at = time.monotonic()
             self.stopping.set()
             with self._lock:
                 connections = list(self.connections)
@@ -748,8 +1015,64 @@ class EmbeddedServer:
             for thread in threads:
                 thread.join()
 
+    def _reap(self) -> None:
+        """Close connections still not logged in after ``login_grace_time``, from accept on."""
+        now = time.monotonic()
+        with self._lock:
+            late = [
+                c
+                for c in self.connections
+                if now - c.started > c.auth_timeout and not c.authenticated
+            ]
+        for conn in late:
+            conn.expire("authentication timeout")
+
+    def _refusal(self, address: str) -> str | None:
+        """Why a new connection from *address* is dropped at once, if it is (lock held).
+
+        Unauthenticated connections are capped per address (``per_source_max_startups``) and
+        in all (``max_startups``, with sshd's random early drop), so a flood from one address
+        cannot take every slot, and a flood from many gets only some.
+        """
+        settings = self.settings
+        if len(self.connections) >= settings.max_connections:
+            return f"{settings.max_connections} connections already open"
+        startups = [c for c in self.connections if not c.authenticated]
+        mine = sum(1 for c in startups if c.address == address)
+        if mine >= settings.per_source_max_startups:
+            return f"{mine} connections from {address} not logged in yet (per_source_max_startups)"
+        start, rate, full = settings.max_startups
+        if len(startups) >= full:
+            return f"{len(startups)} connections not logged in yet (max_startups)"
+        if len(startups) >= start:
+            # sshd's MaxStartups: drop with rate% at START, rising linearly to 100% at FULL.
+            chance = rate / 100 + (1 - rate / 100) * (len(startups) - start) / (full - start or 1)
+            if self.random.random() < chance:
+                return f"{len(startups)} connections not logged in yet (max_startups random drop)"
+        return None
+
+    def _log_drop(self, address: str, peer: str, refusal: str) -> None:
+        """Log a dropped connection: at most one line per address every DROP_LOG_EVERY s.
+
+        A flood is hundreds of drops a second; logging each would flood the log (and the
+        disk) in turn. The next line says how many were dropped without a line.
+        """
+        now = time.monotonic()
+        last, unlogged = self._drops.get(address, (-DROP_LOG_EVERY, 0))
+        if now - last < DROP_LOG_EVERY:
+            self._drops[address] = (last, unlogged + 1)
+            return
+        if len(self._drops) > 4096:  # bounded: forget the addresses quiet for a while
+            self._drops = {a: v for a, v in self._drops.items() if now - v[0] < DROP_LOG_EVERY}
+        self._drops[address] = (now, 0)
+        more = f" (and {unlogged} more from {address} since the last line)" if unlogged else ""
+        self.log.say(f"{peer}: refused: {refusal}{more}")
+        self.log.record(event="connection", outcome="dropped", reason=refusal,
+                        unlogged=unlogged or None, **{"from": peer})  # fmt: skip
+
     def _start_connection(self, client: socket.socket, addr: Any) -> None:
         peer = format_address(addr[0], addr[1])
+        address = peer.rsplit(":", 1)[0]
         client.settimeout(None)
         try:
             # Each answer ends in a small packet; without this it waits for the client's
@@ -759,16 +1082,13 @@ class EmbeddedServer:
             pass  # not TCP (a test's socketpair): nothing to tune
         with self._lock:
             self.threads = [t for t in self.threads if t.is_alive()]
-            too_many = len(self.connections) >= self.settings.max_connections
-            if not too_many:
+            refusal = self._refusal(address)
+            if refusal is None:
                 conn = ClientHandler(self, client, peer)
                 self.connections.add(conn)
-        if too_many:
-            self.log.say(
-                f"{peer}: refused: {self.settings.max_connections} connections already open"
-            )
-            self.log.record(event="connection", outcome="too many connections", **{"from": peer})
+        if refusal is not None:
             client.close()
+            self._log_drop(address, peer, refusal)
             return
         thread = threading.Thread(target=conn.run, name=f"tryssh-conn-{peer}", daemon=True)
         with self._lock:

@@ -27,6 +27,7 @@ from tryssh.errors import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
     REFUSALS,
+    JobTooLarge,
     PermissionDenied,
     TempFail,
     TrysshError,
@@ -56,6 +57,7 @@ usage: tryserver --jobdir DIR [--user NAME] [--max-size BYTES] [--config FILE]
                  [--audit-log FILE] [--max-time SECONDS]
                  [deliver | status JOB | builders | jobs | log JOB [BUILDER]
                   | watch JOB | cancel JOB] [--json]
+       tryserver --version | --help
 
 Receive a try job on stdin and deliver it into the jobdir (tmp/, then new/).
 Meant to be an OpenSSH forced command:
@@ -70,6 +72,7 @@ options:
   --audit-log FILE   where to append the audit line (default DIR/audit.log)
   --max-time SECONDS give up on a request after this long (default 86400, as qmail)
   --json             answer as JSON
+  --version          print "tryserver VERSION" and exit
 requests:
   deliver (default)  read a job from stdin and deliver it; print its name
   status JOB         the state of one of your jobs
@@ -132,6 +135,11 @@ def parse_argv(argv: list[str]) -> Options:
                 setattr(opts, attr, value)
         elif word in ("-h", "--help"):
             raise SystemExit(sys.stdout.write(USAGE) and EX_OK)
+        elif word == "--version":
+            # tryssh doctor runs this as the key's account: can it execute us at all?
+            from tryssh import __version__
+
+            raise SystemExit(sys.stdout.write(f"tryserver {__version__}\n") and EX_OK)
         else:
             opts.words.append(word)
         i += 1
@@ -205,12 +213,28 @@ class RequestContext:
         def write(fd: int) -> tuple[int, str, str | None]:
             writer = JobWriter(fd)
             try:
-                job = transcode(stdin, emit=writer, pin_who=self.opts.user,
-                                limit=self.max_size, chunk=READ_CHUNK)  # fmt: skip
+                try:
+                    job = transcode(stdin, emit=writer, pin_who=self.opts.user,
+                                    limit=self.max_size, chunk=READ_CHUNK)  # fmt: skip
+                except JobTooLarge:
+                    if not self.opts.user:
+                        raise
+                    # In the consumer's words: whose limit it is.
+                    raise JobTooLarge(f"job is larger than the limit of {self.max_size} bytes "
+                                      f"for {self.opts.user!r}") from None  # fmt: skip
+                sha256 = writer.hexdigest()  # the job is all written: its final size
+                if self.config is not None:
+                    # The consumer's check at the door, on the parsed header fields and the
+                    # size: raising here removes the tmp/ file, so a job the consumer would
+                    # refuse never reaches new/.
+                    from tryssh.server.policy import check_at_door
+
+                    check_at_door(self.config, job.who or "", job.builder_names, job.branch,
+                                  writer.size)  # fmt: skip
             except BaseException:
                 writer.abort()  # before the caller closes fd: no write may follow it
                 raise
-            return writer.size, writer.hexdigest(), job.jobid
+            return writer.size, sha256, job.jobid
 
         name, (size, sha256, jobid) = self.jobdir.deliver(write)
         # jobid: what Buildbot's Try_Jobdir records as the buildset's external_idstring.
@@ -442,7 +466,7 @@ def run_request(
             except OSError as err:
                 # The job (if any) is already delivered: a failure code now would make the
                 # client retry and deliver it twice. Say so, keep the outcome.
-                warn(f"cannot write the audit log: {err.strerror}")
+                warn(f"cannot write the audit log {log.path}: {err.strerror}")
         if ctx is not None:
             ctx.close()
     return code
@@ -452,6 +476,14 @@ def clip(text: str) -> str:
     """The client's command for the audit log: never more than the parser would accept."""
     limit = command.MAX_COMMAND
     return text if len(text) <= limit else f"{text[:limit]}...[{len(text)} characters]"
+
+
+def _client_command(env: dict[str, str] | os._Environ[str], argv: list[str]) -> str:
+    """What the client asked for: its command under sshd (empty for an interactive login,
+    never the forced command's own options), else our arguments (a local run)."""
+    if "SSH_ORIGINAL_COMMAND" in env:
+        return env["SSH_ORIGINAL_COMMAND"]
+    return "" if "SSH_CONNECTION" in env else " ".join(argv)
 
 
 def _give_up(signum: int, frame: object) -> None:
@@ -478,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "user": None,
         "from": ssh_peer(env),
         "key": ssh_key_fingerprint(env),
-        "cmd": clip(env.get("SSH_ORIGINAL_COMMAND", " ".join(args))),
+        "cmd": clip(_client_command(env, args)),
     }
 
     def open_request() -> RequestContext:
