@@ -328,8 +328,14 @@ def drop_in(buildbot_master: BuildbotMaster, tmp_path_factory: pytest.TempPathFa
     API, one without it."""
     base = tmp_path_factory.mktemp("drop-in")
     config = base / "tryssh.toml"
-    config.write_text(f"jobdir = {toml(str(buildbot_master.jobdir))}\n"
-                      f"[buildbot]\napi = {toml(buildbot_master.api)}\n")  # fmt: skip
+    # The policy at the door names Buildbot's builders: declared as buildbot builders whose
+    # jobdir is this very jobdir (a drop-in config: no consumer may run on it).
+    table = {"jobdir": str(buildbot_master.jobdir), "api": buildbot_master.api}
+    config.write_text(
+        f"jobdir = {toml(str(buildbot_master.jobdir))}\n"
+        f"[buildbot]\napi = {toml(buildbot_master.api)}\n"
+        + "".join(f"[builders.try-{vc}]\nbuildbot = {inline(table)}\n" for vc in VCS)
+        + '[users."*"]\n')  # fmt: skip
     tryserver = venv_bin("tryserver")
     with_api = start_ssh(base / "api", f"{tryserver} --config {config} --user alice")
     without = start_ssh(base / "plain", f"{tryserver} --jobdir {buildbot_master.jobdir} "

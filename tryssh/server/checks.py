@@ -85,9 +85,14 @@ def config_findings(config: Config) -> Iterator[Finding]:
 
 def shared_api_findings(config: Config) -> Iterator[Finding]:
     """Builders that share a master's jobdir are sent a job together and followed together:
-    they must agree on where the results are read (``buildbot.api``)."""
+    they must agree on where the results are read (``buildbot.api``). A builder whose
+    jobdir is the config's own declares a drop-in (a master reads this jobdir): a consumer
+    on it would hand each job back to itself, so that is a problem."""
     apis: dict[str | None, str] = {}
     for builder in config.builders.values():
+        if builder.destination == config.jobdir:
+            yield Finding("problem", "builders", f"builders.{builder.name}: delivers into this "
+                          "config's own jobdir (a drop-in declaration): run no consumer on it")
         if builder.kind == "buildbot":
             api = apis.setdefault(builder.destination, builder.target["api"])
             if api != builder.target["api"]:
