@@ -266,9 +266,12 @@ def _start_time(pid: int) -> str | None:
 
 def note_group(log_path: str, pgid: int) -> None:
     """Remember the running build's process group next to its log (``LOG.pgid``)."""
+    # Written aside and renamed: a consumer killed mid-write must not leave an empty note
+    # (the orphan it names would then go unseen at the next start).
     try:
-        with open(log_path + ".pgid", "w") as f:
+        with open(log_path + ".pgid.tmp", "w") as f:
             f.write(f"{pgid} {_start_time(pgid) or '-'}\n")
+        os.replace(log_path + ".pgid.tmp", log_path + ".pgid")
     except OSError:
         pass  # only a crash's leftovers go unseen
 
