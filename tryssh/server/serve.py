@@ -367,8 +367,9 @@ class RequestClock:
             raise TempFail(f"request took longer than {self.max_time:g} s; gave up")
 
 
-class ChannelStdin:
-    """The channel's data as a binary stdin: ``read(n)`` returns b"" at EOF."""
+class _ChannelEnd:
+    """One direction of a request's channel: every transfer re-arms the request's clock and
+    marks the connection active."""
 
     def __init__(
         self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
@@ -376,6 +377,10 @@ class ChannelStdin:
         self.channel = channel
         self.touch = touch
         self.clock = clock
+
+
+class ChannelStdin(_ChannelEnd):
+    """The channel's data as a binary stdin: ``read(n)`` returns b"" at EOF."""
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -393,16 +398,12 @@ class ChannelStdin:
         return data
 
 
-class ChannelStdout:
+class ChannelStdout(_ChannelEnd):
     """The channel's data as a text stdout (``buffer``: the same channel, for bytes)."""
 
-    def __init__(
-        self, channel: paramiko.Channel, touch: Callable[[], None], clock: RequestClock
-    ) -> None:
-        self.channel = channel
-        self.touch = touch
-        self.clock = clock
-        self.buffer = self
+    @property
+    def buffer(self) -> ChannelStdout:
+        return self
 
     def write(self, text: str | bytes) -> int:
         data = text.encode("utf-8") if isinstance(text, str) else text
