@@ -39,7 +39,7 @@ from sshd import Sshd, UserKey, client_options, make_user_key, write_known_hosts
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
 from tryssh.core.records import RecordStore
-from tryssh.errors import EX_UNAVAILABLE
+from tryssh.errors import EX_TEMPFAIL, EX_UNAVAILABLE
 
 VCS = ("git", "hg", "svn")
 FULL = os.environ.get("TRYSSH_BUILDBOT_MATRIX") == "full"
@@ -420,6 +420,178 @@ def test_stop_through_the_api_cancels_a_running_try_build(buildbot_master: Build
     assert view is not None and view["state"] == "error"
     assert view["builders"]["try-git"]["reason"].startswith("Buildbot: CANCELLED")
     assert api.stop("to-be-stopped", "again") == 0  # finished: nothing left to stop
+
+
+def test_cancel_of_a_buildbot_builder_stops_its_build_through_the_api(front: Front,
+                                                                     tmp_path: Path) -> None:
+    """``tryssh cancel`` of a job Buildbot is building: the consumer asks the master to
+    stop it, the build ends CANCELLED, and the job, its ``--wait`` and ``status`` end
+    ``cancelled`` (not success, not a hang)."""
+    from tryssh.server.buildbot import Api, job_view
+
+    wc = front.master.checkout("git", tmp_path / "wc")
+    (wc / "check.sh").write_text("sleep 60\n")  # the test step hangs until stopped
+    marker = f"cancel-me-{tmp_path.name}"
+    [waiting] = start_all([(front.try_argv("-b", "try-git", "--wait", "-C", marker), wc)],
+                          front.env())  # fmt: skip
+    api = Api(front.master.api)
+    store = front.store()
+
+    def running() -> tuple[str, str] | None:
+        for name in store.active_jobs():
+            record = store.read(name) or {}
+            jobid = record.get("builders", {}).get("try-git", {}).get("jobid")
+            if record.get("comment") == marker and jobid:
+                view = job_view(api, jobid)
+                if view and view["builders"].get("try-git", {}).get("state") == "running":
+                    return name, jobid
+        return None
+
+    name, jobid = wait_until(running, timeout=WAIT, interval=0.2,
+                             message=lambda: f"the build did not start:\n"
+                             f"{front.master.log_tail(15)}")  # fmt: skip
+    cancel = subprocess.run(
+        [venv_bin("tryssh"), "cancel", "--config", str(front.config), "--json", name],
+        capture_output=True, text=True, timeout=WAIT, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    answer = json.loads(cancel.stdout)
+    assert answer["cancelled"] is True and answer["state"] == "cancelled"
+    entry = answer["record"]["builders"]["try-git"]
+    assert entry["result"] == "cancelled"
+    assert entry["reason"].startswith("cancelled by ")
+    assert "Buildbot: CANCELLED" in entry["reason"]
+    assert entry["cancel"].startswith("asked Buildbot to stop buildset ")
+    assert entry["url"].startswith(front.master.api + "#/builders/")
+    # Buildbot's own word: the build was stopped, not left to run out its sleep.
+    assert front.master.results_by_builder(jobid) == {"try-git": 6}  # CANCELLED
+    [(code, out, err)] = finish_all([waiting])
+    assert code == EX_TEMPFAIL, err  # --wait ends at once, with the cancelled state
+    assert json.loads(out)["result"]["state"] == "cancelled"
+    status = subprocess.run(
+        [venv_bin("tryssh"), "status", "--config", str(front.config), name],
+        capture_output=True, text=True, timeout=WAIT, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert status.returncode == EX_TEMPFAIL, status.stderr
+    assert f"job {name}: cancelled" in status.stdout
+    assert "try-git: cancelled (cancelled by" in status.stdout
+    assert "asked Buildbot to stop buildset" in status.stdout
+    log = Path(entry["log"]).read_text()
+    assert "cancel: asked Buildbot to stop buildset" in log and "result: cancelled" in log
+
+
+class ReadOnlyApi:
+    """Buildbot's API behind a proxy on loopback that passes every GET to the master and
+    refuses every control call (POST) with 503: a stop that cannot get through."""
+
+    def __init__(self, master: BuildbotMaster) -> None:
+        import threading
+        import urllib.error
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[str] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = master.api + self.path.lstrip("/")
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310
+                        status, body = answer.status, answer.read()
+                except urllib.error.HTTPError as err:
+                    status, body = err.code, err.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                posts.append(self.path)
+                self.send_error(503, "read-only")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_stop_buildbot_refuses_is_one_note_and_the_build_is_still_followed(
+    buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    """The API does not take the stop: the entry says why in one line, the consumer goes
+    on claiming, and the builder ends with what Buildbot reports (here, success)."""
+    import io
+    import threading
+
+    from tryssh.server.buildbot import Api, job_view
+    from tryssh.server.config import load_config
+    from tryssh.server.consumer import Consumer, EventLog
+
+    proxy = ReadOnlyApi(buildbot_master)
+    go = tmp_path / "go"  # the build's test step waits for it (a minute at most)
+    slow = (b"--- a/check.sh\n+++ b/check.sh\n@@ -1 +1,2 @@\n"
+            b"+i=0; while [ ! -e " + str(go).encode() + b" ] && [ $i -lt 600 ]; "
+            b"do sleep 0.1; i=$((i+1)); done\n grep -q good state.txt\n")  # fmt: skip
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    table = {"jobdir": str(buildbot_master.jobdir), "api": proxy.url, "poll_interval": 0.2,
+             "builders": ["try-git"]}  # fmt: skip
+    (tmp_path / "tryssh.toml").write_text(
+        f"jobdir = {toml(jobdir.path)}\n[consume]\npoll_interval = 0.1\n"
+        f"[builders.bb]\nbuildbot = {inline(table)}\n"
+        '[builders.lint]\ncommand = ["true"]\n[users."*"]\n')  # fmt: skip
+    store = RecordStore(str(jobdir.path) + "/state")
+    out = io.StringIO()
+    consumer = Consumer(load_config(str(tmp_path / "tryssh.toml")), log=EventLog(out))
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        jobid = f"stop-refused-{tmp_path.name}"
+        name = jobdir.deliver_bytes(encode_job(Job(jobid, None, None, 1, slow, ["bb"],
+                                                   who="carol")))  # fmt: skip
+
+        def running() -> bool:
+            view = job_view(Api(buildbot_master.api), jobid)
+            return bool(view) and view["builders"]["try-git"]["state"] == "running"
+
+        wait_until(running, timeout=WAIT, interval=0.2, message="the build did not start")
+        store.request_cancel(name, "carol")
+        entry = wait_until(lambda: (store.read(name) or {}).get("builders", {}).get("bb", {})
+                           .get("cancel") and store.read(name)["builders"]["bb"],
+                           timeout=WAIT, message="no cancel note")  # fmt: skip
+        # The consumer goes on: another job is claimed and built meanwhile.
+        other = jobdir.deliver_bytes(encode_job(Job("other", None, None, 1, None, ["lint"],
+                                                    who="dave")))  # fmt: skip
+        wait_until(lambda: (store.read(other) or {}).get("state") == "success", timeout=WAIT)
+        assert (store.read(name) or {}).get("state") == "running"  # still followed
+        go.touch()
+        record = wait_until(lambda: (r := store.read(name)) and r["state"] != "running" and r,
+                            timeout=WAIT, message="the job did not end")  # fmt: skip
+    finally:
+        go.touch()
+        consumer.stop()
+        thread.join(60)
+        consumer.close()
+        proxy.close()
+    assert entry["cancel"].startswith("could not ask Buildbot to stop buildset ")
+    assert entry["cancel"].endswith("(stop): HTTP 503") and "\n" not in entry["cancel"]
+    assert len(proxy.posts) == 1 and proxy.posts[0].startswith("/api/v2/builds/")  # once
+    final = record["builders"]["bb"]
+    assert final["result"] == "success"  # what Buildbot reported: it was not stopped
+    assert final["cancel"] == entry["cancel"]
+    assert record["state"] == "cancelled" and record["cancelled"]["by"] == "carol"
+    assert buildbot_master.results_by_builder(jobid) == {"try-git": 0}
+    log = out.getvalue()
+    assert "event=cancel" in log and "could not ask Buildbot" in log
+    assert "Traceback" not in log
 
 
 def test_restarted_consumer_follows_a_delivered_job_and_a_reused_jobid_gets_a_fresh_one(

@@ -130,18 +130,22 @@ class Api:
     def stop(self, jobid: str, reason: str) -> int:
         """Stop every build, and cancel every request not started yet, of the try job
         *jobid* (tryssh's cancel); how many were asked to stop."""
+        return sum(self.stop_buildset(b["bsid"], reason) for b in self.buildsets(jobid)
+                   if not b.get("complete"))  # fmt: skip
+
+    def stop_buildset(self, bsid: int, reason: str) -> int:
+        """Stop the running builds of buildset *bsid* and cancel its requests not started
+        yet (Buildbot ends both CANCELLED); how many were asked to stop. Unavailable when
+        the master does not answer or refuses (its authz must allow ``stop``/``cancel``)."""
         count = 0
-        for buildset in self.buildsets(jobid):
-            if buildset.get("complete"):
-                continue
-            for view in self.builds(buildset["bsid"]).values():
-                if view["state"] == "running" and view.get("buildid") is not None:
-                    self.post(f"builds/{view['buildid']}", "stop", {"reason": reason})
-                    count += 1
-                elif view["state"] == "pending":
-                    self.post(f"buildrequests/{view['buildrequestid']}", "cancel",
-                              {"reason": reason})  # fmt: skip
-                    count += 1
+        for view in self.builds(bsid).values():
+            if view["state"] == "running" and view.get("buildid") is not None:
+                self.post(f"builds/{view['buildid']}", "stop", {"reason": reason})
+                count += 1
+            elif view["state"] == "pending":
+                self.post(f"buildrequests/{view['buildrequestid']}", "cancel",
+                          {"reason": reason})  # fmt: skip
+                count += 1
         return count
 
     def buildsets(self, jobid: str) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ gone): that is a result, written to the build's log file.
   becomes of it there: the result is ``unknown`` (job state ``delivered``), never success.
 - ``buildbot = { jobdir = PATH | "ssh://...", api = URL, builders = [...] }``: deliver the
   job to a Buildbot master, then follow its buildset through Buildbot's REST API
-  (:mod:`tryssh.server.buildbot`) and take Buildbot's results as this builder's.
+  (:mod:`tryssh.server.buildbot`) and take Buildbot's results as this builder's. A
+  cancel asks the master (through the same API) to stop the job's builds.
 
 Forward and buildbot builders that deliver to the same place form one *group*
 (:func:`run_group`): a job is sent there once, naming only that receiver's builders
@@ -45,6 +46,10 @@ from tryssh.core.jobfile import Job, encode_job
 from tryssh.core.safetext import redact_in, redact_url
 from tryssh.errors import describe_oserror
 from tryssh.server.config import Builder, Config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.server.buildbot import Api
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a build that overran
 WEBHOOK_TIMEOUT = 30.0  # per request, unless the builder sets timeout
@@ -96,17 +101,24 @@ class BuildContext:
         self.cancelled_by: str | None = None  # set by cancel()
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()  # wakes a buildbot follow loop at once
 
     def cancel(self, by: str) -> None:
         """Stop this build: its whole process group gets SIGTERM, then SIGKILL after
-        KILL_GRACE seconds if it is still there. Safe from any thread, any time."""
+        KILL_GRACE seconds if it is still there (a buildbot build: its follow loop asks
+        the master to stop it). Safe from any thread, any time; never blocks."""
         with self._lock:
             if self.cancelled_by is not None:
                 return
             self.cancelled_by = by
             proc = self._proc
+        self._cancelled.set()
         if proc is not None:
             _stop_group(proc)
+
+    def wait_cancelled(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for a cancel; whether one came."""
+        return self._cancelled.wait(timeout)
 
     def started(self, proc: subprocess.Popen[bytes]) -> bool:
         """Note the build's process; False (and stop it) if a cancel came first."""
@@ -614,12 +626,23 @@ def _run_buildbot(
     deadline = start + max(ctx.builder.timeout for ctx in ctxs)
     pickup = start + float(table.get("pickup_timeout", PICKUP_TIMEOUT))
     shown: dict[str, Any] = {}
+    stopped_for: str | None = None  # who cancelled, once Buildbot was asked to stop
     while True:
         try:
             view = buildbot.job_view(api, jobid, since)
         except TrysshError as err:
             fail_all(f"{err.message} (jobid {jobid})")
             return
+        by = first.cancelled_by
+        if by is not None and stopped_for is None and view is not None:
+            # A cancel: Buildbot is asked once (a stop is not retried blindly), from this
+            # thread, never the consumer's main loop; its builds then end CANCELLED.
+            stopped_for = by
+            if view["state"] == "running":
+                note = _stop_buildsets(api, view["bsids"],
+                                       f"tryssh job {first.name} cancelled by {by}", logs)
+                for ctx in ctxs:
+                    progress(ctx.builder.name, {"cancel": note})
         now = time.monotonic()
         if view is None and now > pickup:
             fail_all(f"Buildbot made no buildset for jobid {jobid} within "
@@ -634,7 +657,7 @@ def _run_buildbot(
                     logs.note(f"Buildbot builder {name}: {build['state']}"
                               + (f" {build['url']}" if build["url"] else ""))  # fmt: skip
             for ctx in ctxs:
-                _report(ctx, builds, jobid, finish, progress)
+                _report(ctx, builds, jobid, finish, progress, stopped_for)
             if view["state"] != "running":
                 for ctx in ctxs:  # names Buildbot never built (not in its list)
                     finish(ctx.builder.name, Outcome(
@@ -644,15 +667,36 @@ def _run_buildbot(
         if now > deadline:
             fail_all(f"no result from Buildbot within {deadline - start:g}s (jobid {jobid})")
             return
-        sleep(poll)
+        if first.cancelled_by is None:
+            first.wait_cancelled(poll)  # a cancel wakes the loop at once
+        else:
+            sleep(poll)
+
+
+def _stop_buildsets(api: Api, bsids: list[int], reason: str, logs: _GroupLog) -> str:
+    """Ask Buildbot to stop the job's buildsets; one line saying what came of it."""
+    from tryssh.errors import TrysshError
+
+    which = ", ".join(str(b) for b in bsids)
+    try:
+        count = sum(api.stop_buildset(bsid, reason) for bsid in bsids)
+    except TrysshError as err:
+        note = f"could not ask Buildbot to stop buildset {which}: {err.message}"
+    else:
+        note = (f"asked Buildbot to stop buildset {which} ({count} build"
+                f"{'' if count == 1 else 's'})" if count
+                else f"Buildbot had nothing left to stop in buildset {which}")  # fmt: skip
+    logs.note(f"cancel: {note}")
+    return note
 
 
 def _report(
     ctx: BuildContext, builds: dict[str, dict[str, Any]], jobid: str, finish: Done,
-    progress: Progress,
+    progress: Progress, stopped_for: str | None = None,
 ) -> None:
     """Finish *ctx*'s builder once all its Buildbot builds are done (the worst result
-    wins); until then pass the first build's URL on."""
+    wins; ``cancelled`` when tryssh had Buildbot stop them, *stopped_for* saying who
+    asked); until then pass the first build's URL on."""
     mine = [builds[n] for n in ctx.builder.remote_names if n in builds]
     if not mine:
         return
@@ -666,6 +710,12 @@ def _report(
     results = [b["result"] for b in mine]
     result = next((r for r in ("error", "failure") if r in results), "success")
     reasons = [b["reason"] for b in mine if b.get("reason")]
+    if stopped_for is not None and any(b["buildbot_result"] == "CANCELLED" for b in mine):
+        # Stopped at our request: the same result as a cancelled local build.
+        result = "cancelled"
+        reasons = [f"cancelled by {stopped_for} (Buildbot: CANCELLED)"] + [
+            b["reason"] for b in mine if b.get("reason") and b["buildbot_result"] != "CANCELLED"
+        ]
     finish(ctx.builder.name, Outcome(result, reason="; ".join(reasons) or None, fields=fields))
 
 

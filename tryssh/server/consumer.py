@@ -74,6 +74,7 @@ MAX_RECORDED_NAME = 250  # NAME_MAX (255) less ".json"
 RETRY_INTERVAL = 5.0  # seconds before a job that could not be recorded (disk full) is retried
 HEARTBEAT_FILE = "consumer.heartbeat"  # in state_dir; its mtime says the consumer is alive
 HEARTBEAT_INTERVAL = 10.0  # touched at most this often, and at least every INOTIFY_RESCAN
+SENT = "already sent: a cancel cannot take it back"  # a webhook's or forward's cancel note
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -445,8 +446,9 @@ class Consumer:
 
     def _cancel(self, run: _JobRun, request: dict[str, Any]) -> None:
         """Stop *run*: pending builders will not start, running commands are stopped
-        (their process group: TERM, then KILL); a webhook or forward already sent stays
-        sent and its entry says so."""
+        (their process group: TERM, then KILL), a buildbot builder's follow loop asks the
+        master to stop its builds (from its own thread: this never blocks on the network);
+        a webhook or forward already sent stays sent and its entry says so."""
         by = str(request.get("by") or "?")
         with run.lock:
             if run.cancelled is not None or run.record.get("state") in FINAL_STATES:
@@ -455,6 +457,11 @@ class Consumer:
             run.record["cancelled"] = {"by": by, "requested": request.get("requested"),
                                        "seen": now_iso()}  # fmt: skip
             run.record["reason"] = f"cancelled by {by}"
+            builders = (run.config or self.config).builders
+            for bname, entry in run.record["builders"].items():
+                kind = getattr(builders.get(bname), "kind", None)
+                if entry.get("state") == "done" and kind in ("webhook", "forward"):
+                    entry["cancel"] = SENT  # its receiver may be building it still
             contexts = list(run.contexts.values())
             if run.written:
                 self._write(run)
@@ -785,23 +792,45 @@ class Consumer:
         config = run.config or self.config
         slots = [self._builder_slots.get(n) or threading.BoundedSemaphore(1)
                  for n in sorted(unit)]  # one order: no deadlock  # fmt: skip
-        for slot in slots:
-            slot.acquire()
-        try:
-            ctxs = []
+        # Delivered before a restart: Buildbot has it, so even a cancel must follow it
+        # (and ask Buildbot to stop it) rather than drop it.
+        follow = next((run.record["builders"][n].get("follow") for n in unit
+                       if run.record["builders"][n].get("follow")), None)  # fmt: skip
+
+        def waiting() -> None:  # its record says "queued" while the slot is busy
             with run.lock:
-                now = now_iso()
+                if not run.written:
+                    self._write(run)
+
+        taken = _take_slots(slots, lambda: run.cancelled is not None and not follow, waiting)
+        try:
+            ctxs: list[builders_mod.BuildContext] | None = []
+            with run.lock:
+                cancelled = run.cancelled
+                if taken is None or (cancelled is not None and not follow):
+                    ctxs = None  # cancelled before the hand-over: never sent
+                else:
+                    now = now_iso()
+                    for bname in unit:
+                        entry = run.record["builders"][bname]
+                        entry.update(state="running", started=now)
+                        assert run.job is not None
+                        ctx = builders_mod.BuildContext(
+                            config, run.name, run.job, run.path, config.builders[bname],
+                            entry["log"], attempt=int(entry.get("attempt") or 1),
+                        )  # fmt: skip
+                        ctxs.append(ctx)
+                        run.contexts[bname] = ctx  # from now on a cancel reaches it
+                    run.record["state"] = "running"
+                    run.record["started"] = run.record["started"] or now
+                    self._write(run)
+            if ctxs is None:
                 for bname in unit:
-                    entry = run.record["builders"][bname]
-                    entry.update(state="running", started=now)
-                    assert run.job is not None
-                    ctxs.append(builders_mod.BuildContext(
-                        config, run.name, run.job, run.path, config.builders[bname],
-                        entry["log"], attempt=int(entry.get("attempt") or 1),
-                    ))  # fmt: skip
-                run.record["state"] = "running"
-                run.record["started"] = run.record["started"] or now
-                self._write(run)
+                    self._builder_done(run, bname, _cancelled_outcome(run))
+                return
+            if cancelled is not None:  # came before these contexts: _cancel did not see them
+                for ctx in ctxs:
+                    ctx.cancel(str(cancelled.get("by") or "?"))
             self.log(INFO, job=run.name, who=run.record.get("who"), state="running",
                      builder=",".join(unit), to=ctxs[0].builder.destination)  # fmt: skip
 
@@ -814,15 +843,16 @@ class Consumer:
                         return
                     entry.update(fields)
                     self._write(run)
+                if "cancel" in fields:
+                    self.log(NOTICE, job=run.name, who=run.record.get("who"), builder=bname,
+                             event="cancel", note=fields["cancel"])  # fmt: skip
 
-            follow = next((run.record["builders"][n].get("follow") for n in unit
-                           if run.record["builders"][n].get("follow")), None)  # fmt: skip
             builders_mod.run_group(
                 ctxs, lambda bname, outcome: self._builder_done(run, bname, outcome), progress,
                 follow=follow,
             )
         finally:
-            for slot in slots:
+            for slot in taken or ():
                 slot.release()
 
     def _build(self, run: _JobRun, bname: str) -> None:
@@ -881,11 +911,10 @@ class Consumer:
                 entry["reason"] = outcome.reason
             if run.cancelled is not None and outcome.result != "cancelled":
                 builder = (run.config or self.config).builders.get(bname)
-                entry["cancel"] = (
-                    "already sent: a cancel cannot take it back"
-                    if builder is not None and builder.kind in ("webhook", "forward", "buildbot")
-                    else "finished before the cancel took effect"
-                )
+                if builder is not None and builder.kind in ("webhook", "forward"):
+                    entry["cancel"] = SENT
+                elif not entry.get("cancel"):  # a buildbot builder's says what Buildbot did
+                    entry["cancel"] = "finished before the cancel took effect"
             run.remaining -= 1
             last = run.remaining <= 0
             self.log(INFO, job=run.name, who=run.record.get("who"), builder=bname,
@@ -924,6 +953,25 @@ class Consumer:
             run.cancelled is not None or self.store.cancel_request(run.name) is not None
         ):
             self.store.forget_cancel(run.name)  # carried out, or too late: done with it
+
+
+def _take_slots(
+    slots: list[threading.BoundedSemaphore], cancelled: Callable[[], bool],
+    waiting: Callable[[], None],
+) -> list[threading.BoundedSemaphore] | None:
+    """Take every one of *slots* in their order (*waiting*() when one is busy); None,
+    holding none, once *cancelled*()."""
+    taken: list[threading.BoundedSemaphore] = []
+    for slot in slots:
+        if not slot.acquire(blocking=False):
+            waiting()
+            while not slot.acquire(timeout=0.25):
+                if cancelled():
+                    for held in taken:
+                        held.release()
+                    return None
+        taken.append(slot)
+    return taken
 
 
 def _cancelled_outcome(run: _JobRun) -> builders_mod.Outcome:
