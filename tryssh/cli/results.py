@@ -125,8 +125,9 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
 
     The consumer stops the job's running builds (their whole process group: SIGTERM, then
     SIGKILL after a grace period), does not start the others, and records the state
-    `cancelled` with who asked. A webhook or forward already sent cannot be taken back:
-    its entry says so. Only the job's owner may cancel it; on the master, the admin may
+    `cancelled` with who asked. A buildbot builder's master is asked (REST API) to stop
+    the job's builds. A webhook or forward already sent cannot be taken back: its entry
+    says so. Only the job's owner may cancel it; on the master, the admin may
     cancel any job with --config.
 
     \b
