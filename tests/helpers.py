@@ -49,6 +49,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class LoopbackHttp:
+    """A real HTTP server on 127.0.0.1 (port chosen by the kernel) serving *handler* in a
+    thread; ``url`` is its base URL. :meth:`close` when done."""
+
+    def __init__(self, handler: type) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def venv_bin(name: str) -> str:
     """Absolute path of the console script ``name`` installed next to the running Python.
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from buildbot_master import BuildbotMaster, vcs_env
-from helpers import venv_bin, wait_until
+from helpers import LoopbackHttp, venv_bin, wait_until
 from sshd import Sshd, UserKey, client_options, make_user_key, write_known_hosts
 
 from tryssh.core.jobdir import Jobdir
@@ -485,10 +485,9 @@ class ReadOnlyApi:
     refuses every control call (POST) with 503: a stop that cannot get through."""
 
     def __init__(self, master: BuildbotMaster) -> None:
-        import threading
         import urllib.error
         import urllib.request
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.posts: list[str] = []
         posts = self.posts
@@ -514,14 +513,11 @@ class ReadOnlyApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LoopbackHttp(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def test_a_stop_buildbot_refuses_is_one_note_and_the_build_is_still_followed(
