@@ -178,6 +178,10 @@ def front(buildbot_master: BuildbotMaster, tmp_path_factory: pytest.TempPathFact
     proc = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
+        # Up before the first --wait: a jobdir no consumer keeps records for says at once
+        # that it cannot report results.
+        wait_until(lambda: (jobdir / "state" / "consumer.heartbeat").exists(), timeout=60,
+                   message=lambda: (base / "consume.log").read_text())  # fmt: skip
         yield Front(config, jobdir, buildbot_master, home, ssh)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -221,7 +225,14 @@ def test_consumer_buildbot_builders_pass_and_fail(front: Front, prefix: str, tmp
     """try-*: the master's jobdir on this machine; ssh-*: over SSH (an ssh:// jobdir)."""
     copies = working_copies(front.master, tmp_path, MATRIX if prefix == "try" else GIT_BAD)
     argvs = [(front.try_argv("-b", f"{prefix}-{vc}", "--wait"), wc) for vc, _, wc in copies]
-    check_matrix(finish_all(start_all(argvs, front.env())), copies, front.master, prefix)
+    results = finish_all(start_all(argvs, front.env()))
+    check_matrix(results, copies, front.master, prefix)
+    for (_, _, err), (vc, kind, _) in zip(results, copies, strict=True):
+        if kind == "bad":  # why, without Buildbot's web UI: its failed step's log, copied
+            assert f"Buildbot builder try-{vc}: step 'test' failed; the end of its log" in err
+            assert "sh check.sh\nprogram finished with exit code 1\n" in err
+            assert err.count("step 'test' failed") == 1
+            assert "  PATH=" not in err  # the worker's environment stays out
 
 
 def test_two_buildbot_builders_give_one_buildset_and_a_mixed_job_builds_both_sides(

@@ -29,6 +29,7 @@ HTTP_TIMEOUT = 10.0
 RETRIES = 4
 BACKOFF_BASE = 0.5  # seconds, doubled after each failed attempt
 BACKOFF_MAX = 30.0
+TAIL_LINES = 30  # of a failed step's log, copied into the tryssh builder's log
 BUILDSET_FIELDS = ("bsid", "external_idstring", "results", "complete", "submitted_at",
                    "complete_at")  # fmt: skip
 
@@ -148,6 +149,33 @@ class Api:
                 count += 1
         return count
 
+    def failed_step_tail(
+        self, buildid: int, lines: int = TAIL_LINES
+    ) -> tuple[str, list[str]] | None:
+        """The first failed step of build *buildid* and the last *lines* lines of its
+        stdio log (``steps``, ``logs``, ``logs/ID/contents``); None when no step failed."""
+        fields = [("field", f) for f in ("stepid", "number", "name", "results")]
+        steps = self.get(f"builds/{buildid}/steps", fields).get("steps", [])
+        failed = [s for s in steps if s.get("results") not in (None, 0, 1, 3)]  # 3: SKIPPED
+        if not failed:
+            return None
+        step = min(failed, key=lambda s: s.get("number") or 0)
+        logs = self.get(f"steps/{step['stepid']}/logs").get("logs", [])
+        log = next((lg for lg in logs if lg.get("type") == "s"), logs[0] if logs else None)
+        if log is None:
+            return step["name"], []
+        # Three times as many: Buildbot's indented header lines are left out below.
+        offset = max(0, int(log.get("num_lines") or 0) - 3 * lines)
+        window = [("offset", str(offset)), ("limit", str(3 * lines))]
+        chunks = self.get(f"logs/{log['logid']}/contents", window).get("logchunks", [])
+        text = "".join(str(c.get("content") or "") for c in chunks).splitlines()
+        if log.get("type") == "s":
+            # A stdio log's lines start with their stream: o(ut), e(rr), h(eader). Of the
+            # header, the worker's environment, argv and directory (indented) stay out of
+            # tryssh's logs; the command and its exit code stay in.
+            text = [ln[1:] for ln in text if ln[:1] != "h" or not ln[1:2].isspace()]
+        return step["name"], text[-lines:]
+
     def buildsets(self, jobid: str) -> list[dict[str, Any]]:
         """The buildsets of the try job whose job file said ``jobid``."""
         params = [("external_idstring", jobid)] + [("field", f) for f in BUILDSET_FIELDS]
@@ -251,7 +279,7 @@ def job_view(api: Api, jobid: str, since: float | None = None) -> dict[str, Any]
             builders[name] = {
                 "state": view["state"], "result": view["result"], "reason": describe(view),
                 "url": view["url"], "state_string": view["state_string"],
-                "buildbot_result": view["buildbot_result"],
+                "buildbot_result": view["buildbot_result"], "buildid": view.get("buildid"),
             }  # fmt: skip
     results = [b["result"] for b in builders.values()]
     if not all(b.get("complete") for b in buildsets) or None in results:

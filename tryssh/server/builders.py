@@ -627,6 +627,16 @@ def _run_buildbot(
     pickup = start + float(table.get("pickup_timeout", PICKUP_TIMEOUT))
     shown: dict[str, Any] = {}
     stopped_for: str | None = None  # who cancelled, once Buildbot was asked to stop
+
+    tailed: set[str] = set()
+
+    def with_tail(name: str, outcome: Outcome) -> None:
+        # _report may finish a builder again while its buildset completes: copy once.
+        if outcome.result in ("failure", "error") and name not in tailed:
+            tailed.add(name)
+            _copy_failed_steps(api, outcome.fields.get("builds") or {}, logs, name)
+        finish(name, outcome)
+
     while True:
         try:
             view = buildbot.job_view(api, jobid, since)
@@ -657,7 +667,7 @@ def _run_buildbot(
                     logs.note(f"Buildbot builder {name}: {build['state']}"
                               + (f" {build['url']}" if build["url"] else ""))  # fmt: skip
             for ctx in ctxs:
-                _report(ctx, builds, jobid, finish, progress, stopped_for)
+                _report(ctx, builds, jobid, with_tail, progress, stopped_for)
             if view["state"] != "running":
                 for ctx in ctxs:  # names Buildbot never built (not in its list)
                     finish(ctx.builder.name, Outcome(
@@ -671,6 +681,31 @@ def _run_buildbot(
             first.wait_cancelled(poll)  # a cancel wakes the loop at once
         else:
             sleep(poll)
+
+
+def _copy_failed_steps(
+    api: Api, builds: dict[str, dict[str, Any]], logs: _GroupLog, name: str
+) -> None:
+    """Copy the tail of each failed Buildbot build's failed step into *name*'s log, so
+    that ``tryssh log`` and ``--wait`` show why without opening Buildbot's web UI."""
+    from tryssh.errors import TrysshError
+
+    for remote, build in builds.items():
+        if build.get("result") not in ("failure", "error") or build.get("buildid") is None:
+            continue
+        try:
+            found = api.failed_step_tail(build["buildid"])
+        except TrysshError as err:  # the result stands; only the excerpt is missing
+            logs.note(f"Buildbot builder {remote}: cannot read its step logs: {err.message}",
+                      name)  # fmt: skip
+            continue
+        if found is None:
+            continue
+        step, lines = found
+        logs.note(f"Buildbot builder {remote}: step {step!r} failed; the end of its log"
+                  f" ({build.get('url')}):", name)  # fmt: skip
+        log = logs.files[name]
+        log.write("".join(f"{line}\n" for line in lines).encode("utf-8", "replace"))
 
 
 def _stop_buildsets(api: Api, bsids: list[int], reason: str, logs: _GroupLog) -> str:
