@@ -335,3 +335,32 @@ def write_bad(data: bytes):
             raise
 
     return write
+
+
+string_bytes = st.lists(
+    st.sampled_from([b"a", b"\\", b'"', b"n", b"u", b"x", b"0", b"\x01", b"\t", b"\x7f",
+                     b"\xc3\xa9", b"\\n", b'\\"', b"\\\\", b"\\u0041", b"\\ud83d"]),
+    max_size=24,
+).map(b"".join)  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(string_bytes)
+def test_the_fast_check_of_string_content_accepts_only_what_json_accepts(piece):
+    from json.decoder import scanstring
+
+    from tryssh.core.jobsplice import _plain_ascii_content
+
+    if _plain_ascii_content(piece):
+        # json's own scanner takes all of it as the inside of one string
+        _value, end = scanstring(piece.decode("ascii") + '"', 0, True)
+        assert end == len(piece) + 1
+
+
+def test_the_fast_check_takes_what_createjobfile_writes_for_a_plain_diff():
+    from tryssh.core.jobsplice import _plain_ascii_content
+
+    lines = "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n" + "+\tint a_b = 1; /* a/b */ char *s = \"\\\\n\";\n" * 5
+    body = json.dumps(lines + '+\tputs("é\\n");\n')[1:-1].encode()
+    assert _plain_ascii_content(body)
+    assert not _plain_ascii_content(body + b'"')  # the string's end: json's scanner finds it

@@ -43,6 +43,12 @@ MAX_MEMBERS = 1000  # top-level members (Buildbot's client writes 11)
 _WS = re.compile(rb"[ \t\n\r]*")
 _HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_CONTROL = bytes(range(0x20, 0x100))  # deleting these leaves a string's control bytes
+# A backslash not followed by one of the escapes json.dumps writes for ASCII text (a \u
+# escape of a surrogate included: it must pair up). It also matches some valid text
+# (\\x: an escaped backslash, then x): such a piece only goes down the exact path.
+_UNUSUAL_ESCAPE = re.compile(rb'\\(?:[^nt"\\/bfru]|u(?![0-9a-fA-F]{4})|u[dD][89a-fA-F])')
+_MAX_QUOTES = 16  # escaped quotes checked one by one in a piece, before json's scanner
 _DECODER = json.JSONDecoder()
 _NOT_OBJECTS = {b"[": "list", b'"': "str", b"t": "bool", b"f": "bool", b"n": "NoneType",
                 **{bytes([c]): "number" for c in b"-0123456789"}}  # fmt: skip
@@ -69,6 +75,34 @@ class MemoryOutput:
 
     def rewrite_head(self, old_length: int, head: bytes) -> None:
         self.data[:old_length] = head
+
+
+def _plain_ascii_content(piece: bytes) -> bool:
+    """Whether *piece* is certainly the inside of a JSON string, not its end: ASCII, no
+    control byte, every escape one of \\n \\t \\" \\\\ \\/ \\b \\f \\r, every quote escaped.
+
+    False means "not sure", never "invalid": the caller then runs json's own scanner. This
+    is the common case (createJobfile's output) checked with C loops that run near memory
+    speed and build nothing per escape, where ``scanstring`` builds the decoded text: it
+    makes the splice of a large v5 job several times faster.
+    """
+    if piece.endswith(b"\\") or not piece.isascii() or piece.translate(None, _NOT_CONTROL):
+        return False
+    if _UNUSUAL_ESCAPE.search(piece) is not None:
+        return False
+    # Every quote must be escaped (after an odd run of backslashes). Checked one by one,
+    # so only a few: a piece full of quotes (source code) goes to json's scanner.
+    quote = piece.find(b'"')
+    for _ in range(_MAX_QUOTES):
+        if quote < 0:
+            return True
+        start = quote
+        while piece[start - 1] == 0x5C:  # the backslashes before it (piece[-1] is none)
+            start -= 1
+        if (quote - start) % 2 == 0:
+            return False  # an unescaped quote: the string ends in this piece
+        quote = piece.find(b'"', quote + 1)
+    return False
 
 
 def _safe_cut(data: bytes) -> int:
@@ -258,6 +292,8 @@ class Splicer:
                 if done:
                     self.buf, self.pos = piece[end + 1 :] + carry, 0
                 b64.feed(content, decoded=False)
+            elif b64 is None and self.left and _plain_ascii_content(piece):
+                content, done = piece, False
             else:
                 content, done = self._scan_piece(piece, carry, b64)
             self.out.write(content)

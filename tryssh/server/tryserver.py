@@ -244,11 +244,12 @@ class RequestContext:
 class JobWriter:
     """Writes a job to the open tmp file *fd* as it streams, hashing it on the way.
 
-    Once a job is big (past SMALL_JOB), writing and hashing move to a thread: both release
-    the GIL, so they overlap with reading and checking the rest (a bounded queue keeps
-    memory flat). The splice of a v5/v6 job may rewrite the head once at the end (its
-    netstring length was a guess); the bytes after it then move, and the hash is taken
-    again from the file.
+    Once a job is big (past SMALL_JOB), writing and hashing move to two threads, one each:
+    both release the GIL, so they overlap with each other and with reading and checking
+    the rest (bounded queues keep memory flat). One thread doing both made every big job
+    wait for their sum. The splice of a v5/v6 job may rewrite the head once at the end
+    (its netstring length was a guess); the bytes after it then move, and the hash is
+    taken again from the file.
     """
 
     def __init__(self, fd: int) -> None:
@@ -258,15 +259,17 @@ class JobWriter:
         self.digest: _Hash | None = None
         self.rewritten = False
         self.started = 0  # bytes handed to the kernel's writeback so far
-        self._queue: Any = None  # queue.Queue of chunks for the writer thread, when running
-        self._thread: Any = None
+        self.written = 0  # bytes the writing thread has written (its own count)
+        self._queues: list[Any] = []  # queue.Queue of chunks per thread, while they run
+        self._threads: list[Any] = []
         self._error: BaseException | None = None
 
     def write(self, data: bytes) -> None:
-        if self._thread is not None:
+        if self._threads:
             if self._error is not None:
                 self._stop()
-            self._queue.put(data)
+            for q in self._queues:
+                q.put(data)
             self.size += len(data)
             return
         write_all(self.fd, data)
@@ -296,37 +299,48 @@ class JobWriter:
         import queue
         import threading
 
-        self._queue = queue.Queue(maxsize=4)  # 1 MiB in flight: serve runs many at once
-        self._thread = threading.Thread(target=self._run, args=(self.size,), daemon=True)
-        self._thread.start()
+        self.written = self.size
+        for work in (self._write_chunks, self._hash_chunks):
+            q: Any = queue.Queue(maxsize=4)  # 1 MiB in flight: serve runs many at once
+            thread = threading.Thread(target=self._drain, args=(q, work), daemon=True)
+            self._queues.append(q)
+            self._threads.append(thread)
+            thread.start()
 
-    def _run(self, written: int) -> None:
-        assert self.digest is not None
-        while (data := self._queue.get()) is not None:
+    def _drain(self, q: Any, work: Callable[[bytes], object]) -> None:
+        while (data := q.get()) is not None:
             if self._error is not None:
                 continue  # keep taking chunks, so that the reader never blocks on a dead queue
             try:
-                write_all(self.fd, data)
-                self.digest.update(data)
-                written += len(data)
-                self._writeback(written)
+                work(data)
             except BaseException as err:  # reported by the reading thread: _stop()
                 self._error = err
 
+    def _write_chunks(self, data: bytes) -> None:
+        write_all(self.fd, data)
+        self.written += len(data)
+        self._writeback(self.written)
+
+    def _hash_chunks(self, data: bytes) -> None:
+        assert self.digest is not None
+        self.digest.update(data)
+
     def abort(self) -> None:
-        """Stop the writer thread without writing what is still queued."""
-        if self._thread is not None:
+        """Stop the threads without writing what is still queued."""
+        if self._threads:
             self._error = self._error or TempFail("delivery aborted")
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+            self._join()
+
+    def _join(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._queues, self._threads = [], []
 
     def _stop(self) -> None:
-        """Wait until everything queued is written; raise what the writer hit."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        """Wait until everything queued is written and hashed; raise what the threads hit."""
+        self._join()
         if self._error is not None:
             raise self._error
 
