@@ -627,7 +627,6 @@ def _run_buildbot(
     pickup = start + float(table.get("pickup_timeout", PICKUP_TIMEOUT))
     shown: dict[str, Any] = {}
     stopped_for: str | None = None  # who cancelled, once Buildbot was asked to stop
-
     tailed: set[str] = set()
 
     def with_tail(name: str, outcome: Outcome) -> None:
