@@ -180,6 +180,28 @@ _SHORT_ESCAPES = b'"\\\n\r\t\b\f'
 _LONG_ESCAPES = bytes(c for c in range(0x20) if bytes([c]) not in _SHORT_ESCAPES) + b"\x7f"
 _ALL_BUT_SHORT = bytes(c for c in range(256) if bytes([c]) not in _SHORT_ESCAPES)
 _ALL_BUT_LONG = bytes(c for c in range(256) if bytes([c]) not in _LONG_ESCAPES)
+# The escapes _escape_json writes with bytes.replace, the backslash's first (the others
+# add backslashes); any other byte that is not printable ASCII goes to json's encoder.
+_REPLACEMENTS = ((b"\\", b"\\\\"), (b'"', b'\\"'), (b"\n", b"\\n"), (b"\t", b"\\t"),
+                 (b"\r", b"\\r"))  # fmt: skip
+_PLAIN = bytes(range(0x20, 0x7F)) + b"\n\t\r"
+
+
+def _escape_json(chunk: bytes) -> bytes:
+    """*chunk* (ASCII) as ``json.dumps`` writes it inside a string, without the quotes.
+
+    A diff is printable ASCII and line ends: then one ``bytes.replace`` per escape (each a
+    memchr-speed pass) does the job five times faster than json's encoder, which builds
+    the text character by character. Anything else goes to that encoder.
+    """
+    if chunk.translate(None, _PLAIN):
+        from json.encoder import encode_basestring_ascii
+
+        return encode_basestring_ascii(chunk.decode("ascii"))[1:-1].encode("ascii")
+    for char, escape in _REPLACEMENTS:
+        if char in chunk:
+            chunk = chunk.replace(char, escape)
+    return chunk
 
 
 class EncodedJob:
@@ -240,11 +262,8 @@ class EncodedJob:
                 for start in range(0, len(patch), step):
                     yield binascii.b2a_base64(view[start : start + step], newline=False)
             else:
-                from json.encoder import encode_basestring_ascii
-
                 for start in range(0, len(patch), ENCODE_CHUNK):
-                    text = patch[start : start + ENCODE_CHUNK].decode("ascii")
-                    yield encode_basestring_ascii(text)[1:-1].encode("ascii")
+                    yield _escape_json(patch[start : start + ENCODE_CHUNK])
         yield self._suffix + b","
 
     def __bytes__(self) -> bytes:
