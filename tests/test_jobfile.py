@@ -638,7 +638,8 @@ def test_buildbot_clients_bytes_repr_baserev_is_unwrapped(baserev, want):
 
 
 @given(st.lists(st.sampled_from([b"a", b"+x y\n", b"\t", b"\r\n", b'"', b"\\", b"\x01",
-                                 b"\x7f", b"~", b" ", b"\x1f", b"\\n"]), max_size=40)
+                                 b"\x7f", b"~", b" ", b"\x1f", b"\\n", b"\x08", b"\x0c"]),
+                        max_size=40)
        .map(b"".join))  # fmt: skip
 def test_the_patch_escaper_writes_what_json_dumps_writes(chunk):
     from tryssh.core.jobfile import _escape_json
