@@ -12,6 +12,8 @@
    at most 3x.
 3. *Big uploads*: 8 concurrent 64 MiB v5 jobs into a fresh serve: its peak RSS. Target
    (issue 15): at most 100 MB.
+4. *One big try*: ``tryssh try --diff`` of a 64 MiB patch into serve, against OpenSSH's
+   ``ssh host tryserver < job`` sending the same job. Target (issue 15): at least 0.9x.
 
 As in bench_client, sshd logs in to the /bin/sh account ``tryssh-bench`` when run as root.
 Usage: ``.venv/bin/python bench/bench_serve.py [--quick] [--json]`` (--quick: C = 1 and 10,
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import forced_command_sshd, one_line_change  # noqa: E402
+from bench_client import diff_of, forced_command_sshd, one_line_change  # noqa: E402
 from bench_tryserver import big_json_job  # noqa: E402
 from sshd import client_options, make_user_key, write_known_hosts  # noqa: E402
 
@@ -231,6 +233,43 @@ def big_uploads(tmp: Path, key, count: int, size_mb: int) -> dict[str, float]:  
         job.unlink()
 
 
+def big_try(tmp: Path, key, size_mb: int, runs: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``tryssh try --diff`` of a *size_mb* MiB patch into serve, against OpenSSH's ``ssh
+    host tryserver < job`` sending the job tryssh would build (issue 15: >= 0.9x)."""
+    diff = tmp / "big.diff"
+    diff.write_bytes(diff_of(size_mb * MIB))
+    job = tmp / "big-try.job"
+    job.write_bytes(encode_job(Job("1-2", "main", "abc", 1, diff.read_bytes(), ["unit"])))
+    serve = Serve(tmp / "serve-try", key.public_line, (size_mb + 16) * MIB)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["HOME"] = str(tmp)
+    tryssh = [str(BIN / "tryssh"), "try", "-c", "ssh", "--host", "127.0.0.1", "--port",
+              str(serve.port), "-u", "alice", "-i", key.private_path, "--known-hosts",
+              str(serve.known_hosts), "-b", "unit", "-q", "--baserev", "abc", "--diff",
+              str(diff)]  # fmt: skip
+    openssh = ssh_argv(serve.port, "alice", key.private_path, serve.known_hosts)
+    times: dict[str, list[float]] = {"tryssh try --diff": [], "ssh host tryserver < job": []}
+    try:
+        for attempt in range(runs + 1):
+            for label, argv, stdin in (("tryssh try --diff", tryssh, None),
+                                       ("ssh host tryserver < job", openssh, job)):  # fmt: skip
+                with open(stdin or os.devnull, "rb") as f:
+                    start = time.perf_counter()
+                    subprocess.run(argv, stdin=f, cwd=tmp, env=env, check=True,
+                                   capture_output=True, timeout=300)  # fmt: skip
+                    if attempt:  # the first round warms the caches
+                        times[label].append(time.perf_counter() - start)
+                clean(serve.jobdir)
+    finally:
+        serve.stop()
+        diff.unlink()
+    size = job.stat().st_size
+    job.unlink()
+    rates = {label: size / statistics.median(v) / 1e6 for label, v in times.items()}
+    return {"job_mb": size / 1e6, "runs": runs, **rates,
+            "ratio": rates["tryssh try --diff"] / rates["ssh host tryserver < job"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -244,17 +283,21 @@ def main() -> int:
         key = make_user_key(tmp, "key")
         rows = concurrency(levels, tmp, key)
         big = big_uploads(tmp, key, 8, big_mb)
+        upload = big_try(tmp, key, big_mb, 1 if args.quick else 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     targets = {f"serve, 8 concurrent {big_mb} MiB v5 uploads: peak RSS <= 100 MB":
                big["peak_rss_mb"] <= 100}  # fmt: skip
+    targets[f"tryssh try --diff of {big_mb} MiB into serve >= 0.9x OpenSSH sending the job"] = (
+        upload["ratio"] >= 0.9
+    )
     one = {r["door"]: r["seconds"] for r in rows if r["clients"] == "1-line"}
     rows = [r for r in rows if r["clients"] != "1-line"]
     one_ratio = one["tryssh try into serve"] / one["ssh into sshd"]
     targets["one-line change into serve <= 3x ssh host tryserver < job"] = one_ratio <= 3
     if args.json:
         print(json.dumps({"concurrency": rows, "one_line": one, "big_uploads": big,
-                          "targets": targets}, indent=2))  # fmt: skip
+                          "big_try": upload, "targets": targets}, indent=2))  # fmt: skip
         return 0 if all(targets.values()) else 1
     print(f"serve benchmark: {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s; "
           "baseline: sshd + tryserver at the same concurrency")  # fmt: skip
@@ -271,6 +314,9 @@ def main() -> int:
           f"{one['ssh into sshd'] * 1000:.0f} ms: x{one_ratio:.2f}")  # fmt: skip
     print(f"  8 concurrent {big['job_mb']:.0f} MB v5 uploads into serve: {big['seconds']:.1f} s, "
           f"peak RSS {big['peak_rss_mb']:.1f} MB")  # fmt: skip
+    print(f"  one {upload['job_mb']:.0f} MB try into serve (median of {upload['runs']}): "
+          f"tryssh try --diff {upload['tryssh try --diff']:.0f} MB/s, ssh host tryserver < job "
+          f"{upload['ssh host tryserver < job']:.0f} MB/s: x{upload['ratio']:.2f}")  # fmt: skip
     print("Targets")
     for name, ok in targets.items():
         print(f"  {'ok    ' if ok else 'MISSED'} {name}")

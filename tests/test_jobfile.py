@@ -635,3 +635,13 @@ def test_buildbot_clients_bytes_repr_baserev_is_unwrapped(baserev, want):
     job, out = passthrough(v5({**BASE_JSON, "baserev": baserev}))
     assert job.baserev == want and parse_job(out).baserev == want
     assert bytes_repr_revision(baserev) == (None if want == baserev else (want or ""))
+
+
+@given(st.lists(st.sampled_from([b"a", b"+x y\n", b"\t", b"\r\n", b'"', b"\\", b"\x01",
+                                 b"\x7f", b"~", b" ", b"\x1f", b"\\n", b"\x08", b"\x0c"]),
+                        max_size=40)
+       .map(b"".join))  # fmt: skip
+def test_the_patch_escaper_writes_what_json_dumps_writes(chunk):
+    from tryssh.core.jobfile import _escape_json
+
+    assert _escape_json(chunk) == json.dumps(chunk.decode("ascii"))[1:-1].encode("ascii")

@@ -278,10 +278,13 @@ def test_read_job_head_stops_at_a_v5_patch_once_who_is_known(tmp_path):
 # -- EncodedJob: the client's job, encoded as it is sent ----------------------------------------
 
 ascii_patches = st.binary(max_size=300).map(lambda b: bytes(c & 0x7F for c in b))
+# Printable ASCII and the bytes json writes as two-character escapes: the replace-only path.
+plain_patches = st.text(st.sampled_from('ab "\\/\n\r\t\b\f~+-'), max_size=300).map(str.encode)
 
 
 @settings(max_examples=150)
-@given(jobs(), st.none() | ascii_patches | st.binary(max_size=300), st.integers(1, 9))
+@given(jobs(), st.none() | ascii_patches | plain_patches | st.binary(max_size=300),
+       st.integers(1, 9))
 def test_encoded_job_equals_encode_job(job, patch, step):
     import tryssh.core.jobfile as jobfile
 
@@ -360,7 +363,8 @@ def test_the_fast_check_of_string_content_accepts_only_what_json_accepts(piece):
 def test_the_fast_check_takes_what_createjobfile_writes_for_a_plain_diff():
     from tryssh.core.jobsplice import _plain_ascii_content
 
-    lines = "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n" + "+\tint a_b = 1; /* a/b */ char *s = \"\\\\n\";\n" * 5
+    line = "+\tint a_b = 1; /* a/b */ char *s = \"\\\\n\";\n"
+    lines = "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n" + line * 5
     body = json.dumps(lines + '+\tputs("é\\n");\n')[1:-1].encode()
     assert _plain_ascii_content(body)
     assert not _plain_ascii_content(body + b'"')  # the string's end: json's scanner finds it

@@ -29,6 +29,7 @@ from tryssh.client.sshoptions import (
 from tryssh.client.transport import (
     DEFAULT_TRYSERVER_CMD,
     Destination,
+    EarlyConnection,
     MaybeDelivered,
     deliver,
     open_connection,
@@ -382,6 +383,25 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
         repository=v["repository"], project=v["project"], vc=v["vc"], diff=v["diff"],
         untracked=bool(v["untracked"]), allow_empty=bool(v["allow_empty"]),
     )
+    early = None
+    if not v["dry_run"] and v["connect"] != "local":
+        # Connect while the job is built: the two take about the longer of them, not the sum.
+        early = EarlyConnection(_destination(v, quiet))
+    try:
+        _build_and_send(ctx, v, req, cwd, quiet, early)
+    finally:
+        if early is not None:
+            early.close()  # the job could not be built or sent: close what opened
+
+
+def _build_and_send(
+    ctx: click.Context,
+    v: dict[str, Any],
+    req: TryRequest,
+    cwd: str,
+    quiet: bool,
+    early: EarlyConnection | None,
+) -> None:
     change = gather_change(req, cwd)
     job = build_job(change, req)
     from tryssh.core.jobfile import EncodedJob
@@ -397,7 +417,7 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
             click.echo(f"job:        {encoded.size} bytes (version {encoded.version}); "
                        "not sent (--dry-run)")  # fmt: skip
         ctx.exit(EX_OK)
-    dest = _destination(v, quiet)
+    dest = early.dest if early is not None else _destination(v, quiet)
     if not quiet:  # the stats cost a pass over the patch: only when someone reads them
         for line in summary_lines(job, change, change.stats):
             echo_stderr(line)
@@ -405,7 +425,7 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
         for note in getattr(change, "notes", []):
             if note.startswith("WARNING"):
                 echo_stderr(f"tryssh: {note}")
-    conn = None if dest.connect == "local" else open_connection(dest)
+    conn = None if early is None else early.get()
     try:
         try:
             receipt = deliver(encoded, dest, conn)

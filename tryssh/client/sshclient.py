@@ -468,8 +468,15 @@ def _public_blob(path: str) -> str | None:
     return words[1] if len(words) >= 2 else None
 
 
-def load_private_key(path: str, batch_mode: bool = False) -> paramiko.PKey:
-    """Load an identity file, asking for its passphrase on a terminal if it is encrypted."""
+class NeedsPassphrase(PermissionDenied):
+    """An identity file needs its passphrase, and this connection may not ask for it."""
+
+
+def load_private_key(
+    path: str, batch_mode: bool = False, interactive: bool = True
+) -> paramiko.PKey:
+    """Load an identity file, asking for its passphrase on a terminal if it is encrypted
+    (unless not *interactive*: then NeedsPassphrase, for the caller to ask in its time)."""
     try:
         return paramiko.PKey.from_path(path)
     except paramiko.PasswordRequiredException:
@@ -488,6 +495,8 @@ def load_private_key(path: str, batch_mode: bool = False) -> paramiko.PKey:
             f"identity file {path} is encrypted and {why} for its passphrase; add it to "
             "ssh-agent (ssh-add) first"
         )
+    if not interactive:
+        raise NeedsPassphrase(f"identity file {path} needs its passphrase")
     for _ in range(3):
         passphrase = getpass.getpass(f"Enter passphrase for key '{path}': ")
         try:
@@ -552,7 +561,7 @@ def authenticate(transport: paramiko.Transport, target: Target, opts: SshOptions
     tried: list[str] = []
     for label, candidate in _candidates(target, opts):
         key = (
-            load_private_key(candidate, target.batch_mode)
+            load_private_key(candidate, target.batch_mode, opts.interactive)
             if isinstance(candidate, str) else candidate
         )
         tried.append(label)
@@ -741,6 +750,7 @@ def _connect_hop(spec: str, opts: SshOptions, depth: int, via: Connection | None
         host=host, port=port, user=user, known_hosts=opts.known_hosts,
         accept_new_host_key=opts.accept_new_host_key, timeout=opts.timeout,
         ssh_config=opts.ssh_config, agent=opts.agent, quiet=opts.quiet,
+        interactive=opts.interactive,
     )
     return connect(hop, depth, _via=via)
 

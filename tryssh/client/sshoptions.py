@@ -49,6 +49,7 @@ class SshOptions:
     quiet: bool = False
     options: dict[str, str] = field(default_factory=dict)
     proxy_jump: str | None = None  # -J; wins over ProxyJump in the config
+    interactive: bool = True  # False: raise NeedsPassphrase rather than ask on the terminal
 
 
 def parse_destination(text: str) -> tuple[str | None, str, int | None]:

@@ -481,6 +481,52 @@ def open_connection(dest: Destination) -> Connection:
     return connect(dest.ssh)
 
 
+class EarlyConnection:
+    """The SSH connection to *dest*, opened in a thread while the caller builds the job.
+
+    Connecting is mostly waiting (DNS, the key exchange, the server's checks) and building
+    a job is mostly VCS subprocesses and reading files: side by side, the command takes
+    about the longer of the two, not their sum. The connection never asks on the terminal
+    from the thread (the job's summary may be printing): a key that needs its passphrase
+    is opened again by :meth:`get`, in order.
+    """
+
+    def __init__(self, dest: Destination) -> None:
+        import dataclasses
+
+        assert dest.ssh is not None
+        self.dest = dest
+        self._opts = dataclasses.replace(dest.ssh, interactive=False)
+        self._conn: Connection | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tryssh-connect", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from tryssh.client.sshclient import NeedsPassphrase, connect
+
+        try:
+            self._conn = connect(self._opts)
+        except NeedsPassphrase:
+            pass  # get() connects again and asks
+        except BaseException as err:  # raised by get(), in the caller's thread
+            self._error = err
+
+    def get(self) -> Connection:
+        """The open connection; the error that stopped it, raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._conn if self._conn is not None else open_connection(self.dest)
+
+    def close(self) -> None:
+        """Close the connection if it opened (the job could not be sent after all)."""
+        self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+
+
+
 def deliver(data: bytes | EncodedJob, dest: Destination, conn: Connection | None) -> Receipt:
     """Deliver *data* with the chosen transport (*conn* is open for ssh and scp). Over ssh
     an :class:`EncodedJob` is encoded as it is sent."""

@@ -178,8 +178,31 @@ ENCODE_CHUNK = 1 << 20
 # The bytes json.dumps writes as a two-character escape, and those it writes as \u00XX.
 _SHORT_ESCAPES = b'"\\\n\r\t\b\f'
 _LONG_ESCAPES = bytes(c for c in range(0x20) if bytes([c]) not in _SHORT_ESCAPES) + b"\x7f"
-_ALL_BUT_SHORT = bytes(c for c in range(256) if bytes([c]) not in _SHORT_ESCAPES)
 _ALL_BUT_LONG = bytes(c for c in range(256) if bytes([c]) not in _LONG_ESCAPES)
+_AS_THEMSELVES = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # json leaves these
+# The escapes _escape_json writes with bytes.replace, the backslash's first (the others
+# add backslashes); a byte that needs a \u00XX escape goes to json's encoder.
+_REPLACEMENTS = tuple((bytes([c]), json.dumps(chr(c))[1:-1].encode())
+                     for c in sorted(_SHORT_ESCAPES, key=lambda c: c != ord("\\")))  # fmt: skip
+_PLAIN = _AS_THEMSELVES + _SHORT_ESCAPES
+
+
+def _escape_json(chunk: bytes, plain: bool = False) -> bytes:
+    """*chunk* (ASCII) as ``json.dumps`` writes it inside a string, without the quotes.
+
+    A diff is printable ASCII and line ends: then one ``bytes.replace`` per escape (each a
+    memchr-speed pass) does the job five times faster than json's encoder, which builds
+    the text character by character. Anything else goes to that encoder. *plain*: the
+    caller knows the chunk needs no \\u00XX escape.
+    """
+    if not plain and chunk.translate(None, _PLAIN):
+        from json.encoder import encode_basestring_ascii
+
+        return encode_basestring_ascii(chunk.decode("ascii"))[1:-1].encode("ascii")
+    for char, escape in _REPLACEMENTS:
+        if char in chunk:
+            chunk = chunk.replace(char, escape)
+    return chunk
 
 
 class EncodedJob:
@@ -195,6 +218,7 @@ class EncodedJob:
         self.version = 5
         self._patch = patch
         self._whole: bytes | None = None
+        self._plain = False  # the patch needs no \u00XX escape (then replaces do it all)
         if patch is not None and not patch.isascii():
             try:
                 patch.decode("utf-8")
@@ -218,8 +242,12 @@ class EncodedJob:
             if self.version == 6:
                 patch_len = (len(patch) + 2) // 3 * 4
             else:
-                patch_len = (len(patch) + len(patch.translate(None, _ALL_BUT_SHORT))
-                             + 5 * len(patch.translate(None, _ALL_BUT_LONG)))  # fmt: skip
+                # One pass over the patch: the bytes json escapes (\n and \" two bytes long,
+                # a control byte six), then the long ones among those few.
+                escaped = patch.translate(None, _AS_THEMSELVES)
+                long = len(escaped.translate(None, _ALL_BUT_LONG))
+                patch_len = len(patch) + len(escaped) + 4 * long
+                self._plain = not long
         self._json_len = len(self._prefix) + patch_len + len(self._suffix)
         self._head = netstring.encode(b"%d" % self.version) + netstring.header(self._json_len)
         self.size = len(self._head) + self._json_len + 1
@@ -240,11 +268,8 @@ class EncodedJob:
                 for start in range(0, len(patch), step):
                     yield binascii.b2a_base64(view[start : start + step], newline=False)
             else:
-                from json.encoder import encode_basestring_ascii
-
                 for start in range(0, len(patch), ENCODE_CHUNK):
-                    text = patch[start : start + ENCODE_CHUNK].decode("ascii")
-                    yield encode_basestring_ascii(text)[1:-1].encode("ascii")
+                    yield _escape_json(patch[start : start + ENCODE_CHUNK], self._plain)
         yield self._suffix + b","
 
     def __bytes__(self) -> bytes:
