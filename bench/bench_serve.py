@@ -78,7 +78,8 @@ class Serve:
             f'[serve]\nlisten = "127.0.0.1:0"\nhost_key = "{root / "hostkey"}"\n'
             "max_connections = 256\n"
             '[builders.unit]\ncommand = ["true"]\n'
-            f'[users.alice]\nkeys = ["{key_line}"]\nbuilders = ["unit"]\n'
+            '[builders.b1]\ncommand = ["true"]\n'  # the builder bench_tryserver's big jobs name
+            f'[users.alice]\nkeys = ["{key_line}"]\nbuilders = ["unit", "b1"]\n'
         )
         self.root = root
         self.proc = subprocess.Popen([str(BIN / "tryssh"), "serve", "--config", str(config)],
