@@ -130,13 +130,20 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
     says so. Only the job's owner may cancel it; on the master, the admin may
     cancel any job with --config.
 
+    Where a Buildbot master reads the server's jobdir itself (the drop-in set-up, no
+    consumer): a job Buildbot has not taken yet is taken back from new/; one it has
+    taken is stopped through the master's REST API (the server's [buildbot] api), and
+    its builds end CANCELLED; without that api the server says it cannot stop it (69).
+
     \b
     Examples:
       tryssh cancel --host ci JOB
       tryssh cancel --config /etc/tryssh/tryssh.toml JOB      on the master
     Exit codes: 0 cancelled (or, if the consumer has not claimed it yet, the request is
     recorded), 2 the job had already finished: nothing to cancel, 64 usage, 66 no such
-    job (or not yours), 75 connection trouble, 77 refused, 78 config error,
+    job (or not yours), 69 drop-in without [buildbot] api: the server cannot stop a job
+    Buildbot has taken, 75 connection trouble, or Buildbot's API did not take the stop
+    (or has no buildset for the job yet: ask again), 77 refused, 78 config error,
     130 interrupted (Ctrl-C).
     """
     v = _merge(ctx, values, os.getcwd())
@@ -155,6 +162,7 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
             _already_final(ctx, stderr.decode("utf-8", "replace"), as_json, job)
         if status != 0:
             raise _remote_error(status, stderr, "tryserver cancel")
+        told = _told(bytes(answer))
         record = None
         if not no_wait:
             waiter = LiveWait(dest, lambda: open_connection(dest), job, None, conn=conn,
@@ -166,7 +174,19 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
             finally:
                 if waiter.conn is not None and waiter.conn is not conn:
                     waiter.conn.close()
-    _report_cancel(job, record, as_json)
+    _report_cancel(job, record, as_json, told)
+
+
+def _told(answer: bytes) -> str | None:
+    """The server's own line when it did the cancel itself (the drop-in set-up: taken
+    back from new/, or Buildbot asked to stop); None when a consumer carries it out."""
+    try:
+        told = json.loads(answer)
+    except ValueError:
+        return None
+    if isinstance(told, dict) and told.get("how") not in (None, "consumer"):
+        return str(told.get("message") or "")
+    return None
 
 
 def _already_final(ctx: click.Context, message: str, as_json: bool, job: str) -> None:
@@ -178,18 +198,22 @@ def _already_final(ctx: click.Context, message: str, as_json: bool, job: str) ->
     ctx.exit(EX_ALREADY_FINAL)
 
 
-def _report_cancel(job: str, record: dict[str, Any] | None, as_json: bool) -> None:
+def _report_cancel(job: str, record: dict[str, Any] | None, as_json: bool,
+                   told: str | None = None) -> None:  # fmt: skip
+    """Say how the job ended (*record*: None when it was not seen to end); *told* is the
+    server's line when it did the cancel itself (the drop-in set-up)."""
     state = record.get("state") if record else None
+    after = f" ({told})" if told else ""
     if as_json:
         click.echo(json.dumps({"job": job, "cancelled": state == "cancelled", "state": state,
-                               "record": record}))  # fmt: skip
+                               "record": record, "message": told}))  # fmt: skip
     elif record is None:
-        click.echo(f"cancel requested for {job}; the consumer stops it when it gets to it")
+        click.echo(told or f"cancel requested for {job}; the consumer stops it when it gets to it")
     elif state == "cancelled":
         by = (record.get("cancelled") or {}).get("by")
-        click.echo(f"job {job}: cancelled" + (f" by {by}" if by else ""))
+        click.echo(f"job {job}: cancelled" + (f" by {by}" if by else "") + after)
     else:
-        click.echo(f"job {job}: finished ({state}) before the cancel took effect")
+        click.echo(f"job {job}: finished ({state}) before the cancel took effect{after}")
 
 
 def _cancel_local(ctx: click.Context, config_path: str, job: str, as_json: bool,
@@ -198,24 +222,29 @@ def _cancel_local(ctx: click.Context, config_path: str, job: str, as_json: bool,
 
     from tryssh.server.config import load_config
     from tryssh.server.queries import local_status
-    from tryssh.server.results import AlreadyFinal, request_cancel
+    from tryssh.server.results import AlreadyFinal, drop_in_cancel, is_drop_in, request_cancel
 
     config = load_config(config_path)
     record = local_status(config, job)
+    by = f"{getpass.getuser()} (admin)"
+    answer = io.BytesIO()
     try:
-        request_cancel(config.state_dir, record, f"{getpass.getuser()} (admin)", True,
-                       io.BytesIO())  # fmt: skip
+        if is_drop_in(config, config.state_dir, job):
+            drop_in_cancel(config.jobdir, config.state_dir, config.buildbot, record, by, True,
+                           answer, lambda: local_status(config, job))  # fmt: skip
+        else:
+            request_cancel(config.state_dir, record, by, True, answer)
     except AlreadyFinal as err:
         _already_final(ctx, err.message, as_json, job)
     final = None
     deadline = time.monotonic() + (0 if no_wait else CANCEL_WAIT)
     while time.monotonic() < deadline:
         current = local_status(config, job)
-        if current.get("state") not in ("queued", "running"):
+        if current.get("state") not in ("queued", "claimed", "running"):
             final = current
             break
         time.sleep(0.1)
-    _report_cancel(job, final, as_json)
+    _report_cancel(job, final, as_json, _told(answer.getvalue()))
 
 
 @click.command("jobs", context_settings=SETTINGS)

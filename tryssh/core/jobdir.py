@@ -131,6 +131,9 @@ class Jobdir:
         self.tmp = os.path.join(self.path, "tmp")
         self.new = os.path.join(self.path, "new")
         self.cur = os.path.join(self.path, "cur")
+        # Jobs a cancel took back from new/ before anyone claimed them (the drop-in set-up,
+        # where Buildbot reads new/): a directory no Buildbot master and no consumer reads.
+        self.withdrawn = os.path.join(self.path, "withdrawn")
 
     def __repr__(self) -> str:
         return f"Jobdir({self.path!r})"
@@ -143,6 +146,27 @@ class Jobdir:
 
     def cur_path(self, name: str) -> str:
         return os.path.join(self.cur, name)
+
+    def withdrawn_path(self, name: str) -> str:
+        return os.path.join(self.withdrawn, name)
+
+    def withdraw(self, name: str) -> bool:
+        """Take job *name* back from ``new/`` into ``withdrawn/`` (a rename, so a reader
+        that already opened it reads on, and exactly one of us and a claimer wins); False
+        when someone claimed it first. Never deletes a file."""
+        if not is_job_name(name):
+            raise TrysshError(f"not a job name: {name!r}")
+        try:
+            os.mkdir(self.withdrawn, 0o2770)
+        except FileExistsError:
+            pass
+        try:
+            os.rename(self.new_path(name), self.withdrawn_path(name))
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.new)
+        fsync_dir(self.withdrawn)
+        return True
 
     def claimed(self) -> list[str]:
         """Names of the jobs in ``cur/`` (claimed by a consumer, finished or not)."""

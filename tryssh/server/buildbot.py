@@ -242,6 +242,20 @@ def describe(view: dict[str, Any]) -> str | None:
     return text
 
 
+def stop_buildsets(api: Api, bsids: list[int], reason: str) -> tuple[bool, str]:
+    """Ask Buildbot to stop the buildsets *bsids* (:meth:`Api.stop_buildset`); whether
+    it took the request, and one line saying what came of it."""
+    which = ", ".join(str(b) for b in bsids)
+    try:
+        count = sum(api.stop_buildset(bsid, reason) for bsid in bsids)
+    except TrysshError as err:
+        return False, f"could not ask Buildbot to stop buildset {which}: {err.message}"
+    if not count:
+        return True, f"Buildbot had nothing left to stop in buildset {which}"
+    builds = f"{count} build{'' if count == 1 else 's'}"
+    return True, f"asked Buildbot to stop buildset {which} ({builds})"
+
+
 # Buildbot's clock and ours may differ a little; a buildset this much older than the
 # delivery is still taken as the job's.
 CLOCK_SLACK = 60.0

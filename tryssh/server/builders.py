@@ -709,17 +709,9 @@ def _copy_failed_steps(
 
 def _stop_buildsets(api: Api, bsids: list[int], reason: str, logs: _GroupLog) -> str:
     """Ask Buildbot to stop the job's buildsets; one line saying what came of it."""
-    from tryssh.errors import TrysshError
+    from tryssh.server.buildbot import stop_buildsets
 
-    which = ", ".join(str(b) for b in bsids)
-    try:
-        count = sum(api.stop_buildset(bsid, reason) for bsid in bsids)
-    except TrysshError as err:
-        note = f"could not ask Buildbot to stop buildset {which}: {err.message}"
-    else:
-        note = (f"asked Buildbot to stop buildset {which} ({count} build"
-                f"{'' if count == 1 else 's'})" if count
-                else f"Buildbot had nothing left to stop in buildset {which}")  # fmt: skip
+    _stopped, note = stop_buildsets(api, bsids, reason)
     logs.note(f"cancel: {note}")
     return note
 

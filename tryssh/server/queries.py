@@ -12,7 +12,10 @@ drop-in set-up), both with no builders yet, so a client can poll right after del
 In the drop-in set-up a config with ``[buildbot] api = URL`` makes ``status`` ask that
 master for the job's builds by ``jobid``. When neither a consumer's records nor an API
 can ever tell more, the answer says ``"followable": false`` and ``tryssh try --wait``
-stops at once instead of waiting forever.
+stops at once instead of waiting forever. A drop-in job that ``cancel`` took back from
+``new/`` (``withdrawn/``) answers ``cancelled``; one whose builds Buildbot ended CANCELLED
+after tryssh asked (a cancel request is the evidence) answers ``cancelled`` too, like the
+consumer's ``buildbot`` builders.
 
 This module runs inside the forced command, so it imports only what it needs.
 """
@@ -121,7 +124,10 @@ def job_status(
     if record is None:
         found = _unrecorded(jobdir, job)
         if found is not None and (user is None or found[0].get("who") == user):
-            _from_buildbot(found[0], found[1], state_dir, buildbot or {})
+            if found[0]["state"] == "cancelled":
+                _withdrawn(found[0], state_dir)
+            else:
+                _from_buildbot(found[0], found[1], state_dir, buildbot or {})
         record = found[0] if found is not None else None
     if record is None or (user is not None and record.get("who") != user):
         raise NoSuchJob(f"no such job: {job}")
@@ -146,7 +152,8 @@ def _unrecorded(jobdir: str, job: str) -> tuple[JobRecord, os.stat_result] | Non
     from tryssh.errors import BadJob
 
     where = Jobdir(jobdir)
-    for path, state in ((where.new_path(job), "queued"), (where.cur_path(job), "claimed")):
+    for path, state in ((where.new_path(job), "queued"), (where.cur_path(job), "claimed"),
+                        (where.withdrawn_path(job), "cancelled")):  # fmt: skip
         try:
             head = read_job_head(path)
             info = os.stat(path)
@@ -156,6 +163,25 @@ def _unrecorded(jobdir: str, job: str) -> tuple[JobRecord, os.stat_result] | Non
             return None  # unreadable here: the consumer will record why
         return new_record(job, state=state, **job_fields(head)), info
     return None
+
+
+def _withdrawn(record: JobRecord, state_dir: str) -> None:
+    """Complete the stand-in of a job ``cancel`` took back from new/ before anyone claimed
+    it: who asked, from the cancel request."""
+    from tryssh.core.records import RecordStore
+
+    request = RecordStore(state_dir).cancel_request(record["job"]) or {}
+    by = request.get("by") or "?"
+    record["cancelled"] = {"by": by, "requested": request.get("requested")}
+    record["reason"] = f"cancelled by {by} before Buildbot took it"
+
+
+def no_consumer(state_dir: str) -> bool:
+    """No consumer ever ran on this jobdir (it makes ``active/``): whoever takes its jobs
+    (a Buildbot master: the drop-in set-up) keeps no tryssh record."""
+    from tryssh.core.records import RecordStore
+
+    return not os.path.isdir(RecordStore(state_dir).active)
 
 
 def _from_buildbot(
@@ -168,8 +194,7 @@ def _from_buildbot(
 
     api_url = buildbot.get("api")
     if not api_url:
-        if not os.path.isdir(state_dir):
-            # No consumer ever ran on this jobdir: whoever takes its jobs keeps no record.
+        if no_consumer(state_dir):
             record["followable"] = False
             record["reason"] = (
                 "this server cannot report results: no consumer keeps records here and no "
@@ -191,12 +216,34 @@ def _from_buildbot(
     if view is not None:
         record.update(state=view["state"], builders=view["builders"])  # type: ignore[typeddict-item]
         record["buildbot"] = {"api": api_url, "bsids": view["bsids"]}
+        _cancelled_by_request(record, state_dir)
     elif record["state"] == "claimed" and time.time() - info.st_ctime > NO_BUILDSET_GRACE:
         record["state"] = "error"
         record["reason"] = (
             f"Buildbot took the job but made no buildset for jobid {record['jobid']} "
             "(a builder not in its Try_Jobdir's list? see the master's log)"
         )
+
+
+def _cancelled_by_request(record: JobRecord, state_dir: str) -> None:
+    """Builds Buildbot ended CANCELLED after tryssh asked (``tryserver cancel`` left a
+    request: the evidence) are ``cancelled``, and so is the job once Buildbot is done: the
+    consumer's mapping. A build someone else stopped (the web UI) stays ``error``."""
+    from tryssh.core.records import RecordStore
+
+    request = RecordStore(state_dir).cancel_request(record["job"])
+    if request is None:
+        return
+    by = request.get("by") or "?"
+    stopped = False
+    for entry in record["builders"].values():
+        if entry.get("buildbot_result") == "CANCELLED":
+            entry.update(result="cancelled", reason=f"cancelled by {by} (Buildbot: CANCELLED)")
+            stopped = True
+    if stopped and record["state"] != "running":
+        record["state"] = "cancelled"
+        record["reason"] = f"cancelled by {by}"
+        record["cancelled"] = {"by": by, "requested": request.get("requested")}
 
 
 def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[JobRecord]:

@@ -7,7 +7,9 @@
   whole record with ``--json``) until the job is final; a heartbeat line every
   :data:`HEARTBEAT` seconds keeps the connection (and the waiting developer) alive.
 - ``cancel JOB`` leaves a durable cancel request for the consumer
-  (:meth:`tryssh.core.records.RecordStore.request_cancel`).
+  (:meth:`tryssh.core.records.RecordStore.request_cancel`); in the drop-in set-up (a
+  Buildbot master reads the jobdir, no consumer) it takes the job back from ``new/`` or
+  has Buildbot stop its buildset (:func:`drop_in_cancel`).
 
 Like ``status`` they answer only for the pinned user's own jobs: another user's job, or
 a builder of it, answers exactly like a job that does not exist (66). They wait with
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
     from tryssh.core.request import Request
+    from tryssh.server.config import Config
     from tryssh.server.tryserver import RequestContext
 
 CHUNK = 256 * 1024
@@ -292,12 +295,108 @@ def _watch_line(record: dict[str, Any], as_json: bool) -> bytes:
 
 
 def cancel(ctx: RequestContext, request: Request, out: BinaryIO) -> int:
-    """Leave a cancel request for one of the caller's jobs (the consumer carries it out)."""
+    """Cancel one of the caller's jobs: leave a request for the consumer or, in the drop-in
+    set-up, take the job back from new/ or have Buildbot stop its buildset."""
     assert request.job is not None
     jobdir, state_dir, _log_dir = state_dirs(ctx.config, ctx.jobdir)
     user = ctx.opts.user
-    record = job_status(jobdir, state_dir, request.job, user)
-    return request_cancel(state_dir, record, user or "admin", request.json, out)
+    buildbot = ctx.config.buildbot if ctx.config is not None else {}
+    record = job_status(jobdir, state_dir, request.job, user, buildbot)
+    by = user or "admin"
+    if is_drop_in(ctx.config, state_dir, request.job):
+        again = lambda: job_status(jobdir, state_dir, record["job"], user, buildbot)  # noqa: E731
+        return drop_in_cancel(jobdir, state_dir, buildbot, record, by, request.json, out, again)
+    return request_cancel(state_dir, record, by, request.json, out)
+
+
+def is_drop_in(config: Config | None, state_dir: str, job: str) -> bool:
+    """Whether *job* is in Buildbot's hands with no tryssh consumer: it has no record, and
+    the config names the master that reads this jobdir (``[buildbot] api``), or no
+    consumer ever ran here and no config says one will (none, or only builders declared
+    into this very jobdir)."""
+    from tryssh.server.queries import no_consumer
+
+    if RecordStore(state_dir).read(job) is not None:
+        return False
+    if config is not None and config.buildbot.get("api"):
+        return True
+    if not no_consumer(state_dir):
+        return False
+    return config is None or all(b.destination == config.jobdir for b in config.builders.values())
+
+
+# How long a cancel waits for the buildset of a job Buildbot has just claimed (it makes
+# one at once; a master that is slower is answered "ask again", exit 75).
+BUILDSET_WAIT = 10.0
+
+
+def drop_in_cancel(
+    jobdir: str, state_dir: str, buildbot: dict[str, Any], record: dict[str, Any], by: str,
+    as_json: bool, out: BinaryIO, reread: Any,
+) -> int:  # fmt: skip
+    """Cancel a job a Buildbot master reads straight from the jobdir (no consumer).
+
+    Still in new/: the job is renamed into ``withdrawn/`` (Buildbot's MaildirService
+    claims with a rename too, so exactly one of us wins, and nothing it may have opened
+    is deleted). Claimed: the job's own buildset (the same lookup as ``status``, safe
+    against a reused jobid) is stopped through ``[buildbot] api``. The cancel request is
+    written first: it is what makes ``status`` read Buildbot's CANCELLED as ``cancelled``.
+    """
+    from tryssh.errors import EX_UNAVAILABLE
+
+    job = record["job"]
+    if record.get("state") in FINAL_STATES:
+        raise AlreadyFinal(f"job {job} has already finished ({record['state']}): nothing to cancel")
+    store = RecordStore(state_dir)
+    if record.get("state") == "queued":
+        asked = store.request_cancel(job, by)
+        if Jobdir(jobdir).withdraw(job):
+            return _answer(out, as_json, job, "queued", asked,
+                           f"cancelled {job}: taken back from new/ before Buildbot took it",
+                           "withdrawn")
+        record = reread()  # Buildbot claimed it meanwhile
+    api_url = buildbot.get("api")
+    if not api_url:
+        raise TrysshError(f"this server cannot stop job {job}: Buildbot has claimed it and "
+                          "there is no [buildbot] api in this server's config", EX_UNAVAILABLE)
+    deadline = time.monotonic() + BUILDSET_WAIT
+    while "buildbot" not in record and record.get("state") not in FINAL_STATES:
+        if record.get("reason"):  # the API did not answer, or its token is unreadable
+            raise TrysshError(str(record["reason"]), EX_TEMPFAIL)
+        if time.monotonic() > deadline:
+            raise TrysshError(f"not started yet: Buildbot has claimed job {job} but has no "
+                              f"buildset for jobid {record.get('jobid')} yet; ask again",
+                              EX_TEMPFAIL)  # fmt: skip
+        time.sleep(POLL)
+        record = reread()
+    state = record.get("state")
+    if state in FINAL_STATES:
+        raise AlreadyFinal(f"job {job} has already finished ({state}): nothing to cancel")
+    from tryssh.server.buildbot import Api, read_token, stop_buildsets
+
+    asked = store.request_cancel(job, by)
+    try:
+        api = Api(api_url, read_token(buildbot.get("token_file")), retries=1)
+    except OSError as err:
+        raise TrysshError(f"cannot read buildbot.token_file: {err.strerror}", EX_TEMPFAIL) from None
+    took, note = stop_buildsets(api, record["buildbot"]["bsids"],
+                                f"tryssh job {job} cancelled by {by}")  # fmt: skip
+    if not took:
+        raise TrysshError(note, EX_TEMPFAIL)
+    return _answer(out, as_json, job, state, asked, note, "buildbot")
+
+
+def _answer(out: BinaryIO, as_json: bool, job: str, state: Any, asked: dict[str, Any],
+            message: str, how: str) -> int:  # fmt: skip
+    """Say what was done: *how* is ``consumer`` (a request it carries out), ``withdrawn``
+    (taken back from new/) or ``buildbot`` (its API was asked to stop the buildset)."""
+    if as_json:
+        text = json.dumps({"job": job, "state": state, "cancel": asked, "how": how,
+                           "message": message})  # fmt: skip
+    else:
+        text = message
+    _write(out, text.encode("utf-8") + b"\n")
+    return EX_OK
 
 
 def request_cancel(
@@ -309,9 +408,5 @@ def request_cancel(
     if state in FINAL_STATES:
         raise AlreadyFinal(f"job {job} has already finished ({state}): nothing to cancel")
     asked = RecordStore(state_dir).request_cancel(job, by)
-    if as_json:
-        text = json.dumps({"job": job, "state": state, "cancel": asked})
-    else:
-        text = f"cancel requested for {job} (was {state})"
-    _write(out, text.encode("utf-8") + b"\n")
-    return EX_OK
+    return _answer(out, as_json, job, state, asked, f"cancel requested for {job} (was {state})",
+                   "consumer")

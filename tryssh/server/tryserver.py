@@ -87,10 +87,13 @@ requests:
                      a builder's log as bytes; --follow streams it until the builder
                      ends and exits with its result (0 success, 1 failure, 75 error)
   watch JOB          one line per change of the job's record until it is final
-  cancel JOB         ask the consumer to stop the job (exit 2: it had finished already)
+  cancel JOB         ask the consumer to stop the job (exit 2: it had finished already);
+                     drop-in (Buildbot reads the jobdir): take it back from new/, or
+                     stop its buildset through [buildbot] api (69: no api configured)
 exit codes: 0 ok, 1 the followed builder failed, 2 nothing to cancel, 64 usage or
-            refused command, 65 bad job, 66 no such job (or builder, or log),
-            73 cannot create, 75 temporary failure, 77 permission denied, 78 config error
+            refused command, 65 bad job, 66 no such job (or builder, or log), 69 cannot
+            stop (drop-in without api), 73 cannot create, 75 temporary failure,
+            77 permission denied, 78 config error
 """
 
 
