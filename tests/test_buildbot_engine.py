@@ -410,6 +410,163 @@ def test_drop_in_job_buildbot_took_but_never_built_is_an_error(
     assert status["state"] == "error" and "made no buildset" in status["reason"]
 
 
+def claimed_with_comment(master: BuildbotMaster, comment: str) -> str | None:
+    """The name of the job in the master's cur/ whose comment is *comment* (or None)."""
+    from tryssh.core.jobfile import read_job_head
+
+    cur = master.jobdir / "cur"
+    for name in os.listdir(cur):
+        if read_job_head(str(cur / name)).comment == comment:
+            return name
+    return None
+
+
+def test_drop_in_cancel_stops_the_buildset_through_the_api(
+    drop_in: tuple[Ssh, Ssh], buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    """``tryssh cancel`` over the door whose tryserver knows the master's API: Buildbot
+    stops the job's build (CANCELLED), and the waiting ``--wait`` and ``status`` end
+    ``cancelled``, not ``error``, not a hang."""
+    from tryssh.server.buildbot import Api, job_view
+
+    ssh, _ = drop_in
+    wc = buildbot_master.checkout("git", tmp_path / "wc")
+    (wc / "check.sh").write_text("sleep 60\n")  # the test step hangs until stopped
+    marker = f"drop-in-cancel-{tmp_path.name}"
+    env = vcs_env(tmp_path)
+    [waiting] = start_all([([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
+                             "-C", marker, "--wait", "--json"], wc)], env)  # fmt: skip
+    api = Api(buildbot_master.api)
+
+    def running() -> tuple[str, str] | None:
+        from tryssh.core.jobfile import read_job_head
+
+        name = claimed_with_comment(buildbot_master, marker)
+        if name is None:
+            return None
+        jobid = read_job_head(str(buildbot_master.jobdir / "cur" / name)).jobid
+        view = job_view(api, jobid)
+        if view and view["builders"].get("try-git", {}).get("state") == "running":
+            return name, jobid
+        return None
+
+    name, jobid = wait_until(running, timeout=WAIT, interval=0.2,
+                             message=lambda: f"the build did not start:\n"
+                             f"{buildbot_master.log_tail(15)}")  # fmt: skip
+    cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
+                            capture_output=True, text=True, timeout=WAIT, check=False,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    [line] = cancel.stdout.splitlines()
+    assert line.startswith(f"job {name}: cancelled by alice (asked Buildbot to stop buildset ")
+    assert line.endswith(" (1 build))")
+    # Buildbot's own word: the build was stopped, not left to run out its sleep.
+    assert buildbot_master.results_by_builder(jobid) == {"try-git": 6}  # CANCELLED
+    [(code, out, err)] = finish_all([waiting])
+    assert code == EX_TEMPFAIL, err
+    result = json.loads(out)["result"]
+    assert result["state"] == "cancelled"
+    entry = result["builders"]["try-git"]
+    assert entry["result"] == "cancelled"
+    assert entry["reason"] == "cancelled by alice (Buildbot: CANCELLED)"
+    assert entry["url"].startswith(buildbot_master.api + "#/builders/")
+    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), name],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert status.returncode == EX_TEMPFAIL, status.stderr
+    assert f"job {name}: cancelled" in status.stdout
+    assert "try-git: cancelled (cancelled by alice (Buildbot: CANCELLED))" in status.stdout
+    again = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
+                           capture_output=True, text=True, timeout=60, check=False,
+                           stdin=subprocess.DEVNULL)  # fmt: skip
+    assert again.returncode == 2 and "already finished (cancelled)" in again.stderr
+
+
+def test_drop_in_cancel_without_api_says_it_cannot_stop_a_claimed_job(
+    drop_in: tuple[Ssh, Ssh], buildbot_master: BuildbotMaster, tmp_path: Path
+) -> None:
+    _, ssh = drop_in
+    wc = buildbot_master.checkout("git", tmp_path / "wc")
+    edit(wc, BAD)
+    sent = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
+                           "--json"], cwd=wc, env=vcs_env(tmp_path), capture_output=True,
+                          text=True, timeout=WAIT, check=False)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    name = json.loads(sent.stdout)["job"]
+    wait_until(lambda: (buildbot_master.jobdir / "cur" / name).exists(), timeout=60,
+               message="Buildbot did not take the job from new/")  # fmt: skip
+    cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cancel.returncode == EX_UNAVAILABLE, cancel.stderr
+    [line] = cancel.stderr.splitlines()
+    assert line.startswith(f"tryssh: this server cannot stop job {name}: Buildbot has claimed")
+    assert "no [buildbot] api" in line and "consumer" not in line
+    assert cancel.stdout == ""
+    # Nothing was recorded that would pretend otherwise: status still cannot follow it.
+    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json", name],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert json.loads(status.stdout)["followable"] is False
+    assert buildbot_master.results_by_builder(json.loads(sent.stdout)["jobid"]) == {
+        "try-git": 2}  # built all the same  # fmt: skip
+
+
+def test_drop_in_cancel_takes_a_queued_job_back_from_new(tmp_path: Path) -> None:
+    """A job no master has taken yet (here, no master reads this jobdir) is renamed out of
+    new/ into withdrawn/, where no Buildbot master looks: it never builds, and its status
+    says ``cancelled``."""
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    ssh = start_ssh(tmp_path / "ssh", f"{venv_bin('tryserver')} --jobdir {jobdir.path} "
+                    "--user alice")  # fmt: skip
+    try:
+        wc = tmp_path / "wc"
+        wc.mkdir()
+        (wc / "change.diff").write_bytes(PATCH_BAD)
+        sent = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
+                               "--diff", "change.diff", "--baserev", "HEAD", "--json"], cwd=wc,
+                              env=vcs_env(tmp_path), capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        name = json.loads(sent.stdout)["job"]
+        assert jobdir.pending() == [name]
+        cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
+                                capture_output=True, text=True, timeout=60, check=False,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
+        assert cancel.returncode == 0, cancel.stderr
+        assert cancel.stdout == (f"job {name}: cancelled by alice (taken back from new/ "
+                                 "before Buildbot took it)\n")  # fmt: skip
+        assert jobdir.pending() == [] and os.listdir(jobdir.cur) == []
+        assert os.listdir(jobdir.withdrawn) == [name]  # kept, never deleted
+        status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json",
+                                 name], capture_output=True, text=True, timeout=60,
+                                check=False)  # fmt: skip
+        assert status.returncode == EX_TEMPFAIL, status.stderr
+        record = json.loads(status.stdout)
+        assert record["state"] == "cancelled" and record["cancelled"]["by"] == "alice"
+        assert record["reason"] == "cancelled by alice before Buildbot took it"
+    finally:
+        ssh.sshd.stop()
+
+
+def test_withdraw_loses_to_a_claim_and_never_deletes(tmp_path: Path) -> None:
+    """A job claimed first (Buildbot's MaildirService renames new/ to cur/) cannot be
+    withdrawn; one withdrawn first cannot be claimed. Either way the file is kept."""
+    from tryssh.errors import TrysshError
+
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    data = encode_job(Job("race", None, None, 1, PATCH_BAD, ["try-git"], who="alice"))
+    first, second = jobdir.deliver_bytes(data), jobdir.deliver_bytes(data)
+    jobdir.claim(first)
+    assert jobdir.withdraw(first) is False
+    assert os.path.exists(jobdir.cur_path(first))
+    assert jobdir.withdraw(second) is True
+    with pytest.raises(TrysshError, match="already taken"):
+        jobdir.claim(second)
+    assert Path(jobdir.withdrawn_path(second)).read_bytes() == data
+    with pytest.raises(TrysshError, match="not a job name"):
+        jobdir.withdraw("../cur/" + first)
+
+
 def test_stop_through_the_api_cancels_a_running_try_build(buildbot_master: BuildbotMaster
                                                           ) -> None:  # fmt: skip
     """What a cancel does to a job Buildbot builds: its build ends CANCELLED, tryssh's error."""

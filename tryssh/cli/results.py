@@ -15,7 +15,7 @@ from tryssh.cli.try_ import _connection_options, _destination, _merge, open_conn
 from tryssh.client.display import LineFilter
 from tryssh.client.results import LiveWait, stream_remote
 from tryssh.client.transport import _remote_error, tryserver_command
-from tryssh.errors import EX_TEMPFAIL, TempFail, TrysshError, UsageError
+from tryssh.errors import EX_TEMPFAIL, EX_UNAVAILABLE, TempFail, TrysshError, UsageError
 
 CANCEL_WAIT = 30.0  # seconds `tryssh cancel` waits to report how the job ended
 EX_ALREADY_FINAL = 2  # as tryssh.server.results: nothing was cancelled
@@ -160,6 +160,9 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
                                        conn.opts.timeout)  # fmt: skip
         if status == EX_ALREADY_FINAL:
             _already_final(ctx, stderr.decode("utf-8", "replace"), as_json, job)
+        if status == EX_UNAVAILABLE:  # a drop-in server that cannot stop Buildbot's build
+            text = stderr.decode("utf-8", "replace").strip().removeprefix("tryserver: ")
+            raise TrysshError(text.splitlines()[-1] if text else "cannot cancel", EX_UNAVAILABLE)
         if status != 0:
             raise _remote_error(status, stderr, "tryserver cancel")
         told = _told(bytes(answer))
@@ -208,7 +211,8 @@ def _report_cancel(job: str, record: dict[str, Any] | None, as_json: bool,
         click.echo(json.dumps({"job": job, "cancelled": state == "cancelled", "state": state,
                                "record": record, "message": told}))  # fmt: skip
     elif record is None:
-        click.echo(told or f"cancel requested for {job}; the consumer stops it when it gets to it")
+        click.echo(f"job {job}: {told}" if told
+                   else f"cancel requested for {job}; the consumer stops it when it gets to it")
     elif state == "cancelled":
         by = (record.get("cancelled") or {}).get("by")
         click.echo(f"job {job}: cancelled" + (f" by {by}" if by else "") + after)

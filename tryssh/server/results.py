@@ -352,7 +352,7 @@ def drop_in_cancel(
         asked = store.request_cancel(job, by)
         if Jobdir(jobdir).withdraw(job):
             return _answer(out, as_json, job, "queued", asked,
-                           f"cancelled {job}: taken back from new/ before Buildbot took it",
+                           "taken back from new/ before Buildbot took it",
                            "withdrawn")
         record = reread()  # Buildbot claimed it meanwhile
     api_url = buildbot.get("api")
