@@ -31,7 +31,7 @@ BACKOFF_BASE = 0.5  # seconds, doubled after each failed attempt
 BACKOFF_MAX = 30.0
 TAIL_LINES = 30  # of a failed step's log, copied into the tryssh builder's log
 BUILDSET_FIELDS = ("bsid", "external_idstring", "results", "complete", "submitted_at",
-                   "complete_at")  # fmt: skip
+                   "complete_at", "reason")  # fmt: skip
 
 
 class Unavailable(TrysshError):
@@ -254,6 +254,20 @@ def stop_buildsets(api: Api, bsids: list[int], reason: str) -> tuple[bool, str]:
         return True, f"Buildbot had nothing left to stop in buildset {which}"
     builds = f"{count} build{'' if count == 1 else 's'}"
     return True, f"asked Buildbot to stop buildset {which} ({builds})"
+
+
+def try_reason(who: str | None) -> str:
+    """The reason Buildbot's ``Try_Jobdir`` gives the buildset of a job whose ``who`` is
+    *who* (tryserver pins ``who``, so this names the job's owner)."""
+    return "'try' job" + (f" by user {who}" if who else "")
+
+
+def foreign_buildsets(api: Api, jobid: str, bsids: list[int], who: str | None) -> list[str]:
+    """Of the buildsets *bsids* of *jobid*, those Buildbot says another user's try job
+    made (a reused jobid), each as ``N ("REASON")``: a cancel must not stop them."""
+    reasons = {b["bsid"]: b.get("reason") for b in api.buildsets(jobid)}
+    want = try_reason(who)
+    return [f"{b} ({reasons.get(b)!r})" for b in bsids if reasons.get(b) != want]
 
 
 # Buildbot's clock and ours may differ a little; a buildset this much older than the

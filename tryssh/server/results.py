@@ -342,19 +342,33 @@ def drop_in_cancel(
     against a reused jobid) is stopped through ``[buildbot] api``. The cancel request is
     written first: it is what makes ``status`` read Buildbot's CANCELLED as ``cancelled``.
     """
-    from tryssh.errors import EX_UNAVAILABLE
-
     job = record["job"]
     if record.get("state") in FINAL_STATES:
         raise AlreadyFinal(f"job {job} has already finished ({record['state']}): nothing to cancel")
     store = RecordStore(state_dir)
-    if record.get("state") == "queued":
-        asked = store.request_cancel(job, by)
-        if Jobdir(jobdir).withdraw(job):
-            return _answer(out, as_json, job, "queued", asked,
-                           "taken back from new/ before Buildbot took it",
-                           "withdrawn")
-        record = reread()  # Buildbot claimed it meanwhile
+    if record.get("state") != "queued":
+        return _stop_claimed(store, buildbot, record, by, as_json, out, reread)
+    fresh = store.cancel_request(job) is None
+    asked = store.request_cancel(job, by)  # before the rename: status reads who asked
+    if Jobdir(jobdir).withdraw(job):
+        return _answer(out, as_json, job, "queued", asked,
+                       "taken back from new/ before Buildbot took it", "withdrawn")
+    try:  # Buildbot claimed it meanwhile
+        return _stop_claimed(store, buildbot, reread(), by, as_json, out, reread)
+    except TrysshError:
+        if fresh:  # not carried out: no request stays behind to be read as evidence
+            store.forget_cancel(job)
+        raise
+
+
+def _stop_claimed(
+    store: RecordStore, buildbot: dict[str, Any], record: dict[str, Any], by: str,
+    as_json: bool, out: BinaryIO, reread: Any,
+) -> int:  # fmt: skip
+    """Stop the buildset of a job Buildbot has claimed, through ``[buildbot] api``."""
+    from tryssh.errors import EX_UNAVAILABLE
+
+    job = record["job"]
     api_url = buildbot.get("api")
     if not api_url:
         raise TrysshError(f"this server cannot stop job {job}: Buildbot has claimed it and "
@@ -372,15 +386,27 @@ def drop_in_cancel(
     state = record.get("state")
     if state in FINAL_STATES:
         raise AlreadyFinal(f"job {job} has already finished ({state}): nothing to cancel")
-    from tryssh.server.buildbot import Api, read_token, stop_buildsets
+    from tryssh.errors import EX_NOPERM
+    from tryssh.server.buildbot import Api, foreign_buildsets, read_token, stop_buildsets
 
-    asked = store.request_cancel(job, by)
     try:
         api = Api(api_url, read_token(buildbot.get("token_file")), retries=1)
     except OSError as err:
         raise TrysshError(f"cannot read buildbot.token_file: {err.strerror}", EX_TEMPFAIL) from None
-    took, note = stop_buildsets(api, record["buildbot"]["bsids"],
-                                f"tryssh job {job} cancelled by {by}")  # fmt: skip
+    bsids = record["buildbot"]["bsids"]
+    # Another job may carry the same jobid (the client chooses it): status may then read
+    # that job's buildset (harmless, the web UI shows it to all), but a stop must not hit
+    # it. Buildbot's buildset reason names the job's who, which tryserver pinned.
+    try:
+        foreign = foreign_buildsets(api, str(record.get("jobid") or ""), bsids,
+                                    record.get("who"))  # fmt: skip
+    except TrysshError as err:  # Unavailable: the master did not answer; try again
+        raise TrysshError(err.message, EX_TEMPFAIL) from None
+    if foreign:
+        raise TrysshError(f"not stopping buildset {', '.join(foreign)}: Buildbot made it for "
+                          f"another try job with jobid {record.get('jobid')}", EX_NOPERM)
+    asked = store.request_cancel(job, by)
+    took, note = stop_buildsets(api, bsids, f"tryssh job {job} cancelled by {by}")
     if not took:
         raise TrysshError(note, EX_TEMPFAIL)
     return _answer(out, as_json, job, state, asked, note, "buildbot")
