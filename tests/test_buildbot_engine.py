@@ -548,6 +548,37 @@ def test_drop_in_cancel_takes_a_queued_job_back_from_new(tmp_path: Path) -> None
         ssh.sshd.stop()
 
 
+def test_the_admin_cancels_a_queued_drop_in_job_with_the_config(tmp_path: Path) -> None:
+    """On the master, ``tryssh cancel --config`` of a drop-in config (no [buildbot] api;
+    its builders are declared into its own jobdir: no consumer) takes a queued job back
+    the same way; a consumer config's queued job is left to its consumer (a request)."""
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    config = tmp_path / "tryssh.toml"
+    config.write_text(f"jobdir = {toml(jobdir.path)}\n[builders.try-git]\n"
+                      f"forward = {toml(jobdir.path)}\n[users.\"*\"]\n")  # fmt: skip
+    name = jobdir.deliver_bytes(encode_job(Job("admin", None, None, 1, PATCH_BAD, ["try-git"],
+                                               who="bob")))  # fmt: skip
+    cancel = subprocess.run([venv_bin("tryssh"), "cancel", "--config", str(config), "--json",
+                             name], capture_output=True, text=True, timeout=60, check=False,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    answer = json.loads(cancel.stdout)
+    assert answer["cancelled"] is True and answer["state"] == "cancelled"
+    assert answer["message"] == "taken back from new/ before Buildbot took it"
+    assert os.listdir(jobdir.withdrawn) == [name] and jobdir.pending() == []
+    # A consumer's config: the request is left for the consumer, the job stays in new/.
+    consumer = tmp_path / "consumer.toml"
+    consumer.write_text(f"jobdir = {toml(jobdir.path)}\n[builders.lint]\n"
+                        'command = ["true"]\n[users."*"]\n')  # fmt: skip
+    other = jobdir.deliver_bytes(encode_job(Job("c", None, None, 1, None, ["lint"], who="bob")))
+    cancel = subprocess.run([venv_bin("tryssh"), "cancel", "--config", str(consumer),
+                             "--no-wait", other], capture_output=True, text=True, timeout=60,
+                            check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    assert "the consumer stops it" in cancel.stdout
+    assert jobdir.pending() == [other]
+
+
 def test_withdraw_loses_to_a_claim_and_never_deletes(tmp_path: Path) -> None:
     """A job claimed first (Buildbot's MaildirService renames new/ to cur/) cannot be
     withdrawn; one withdrawn first cannot be claimed. Either way the file is kept."""
