@@ -7,6 +7,7 @@ Buildbot's own ``Try_Jobdir.parseJob``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -178,12 +179,15 @@ def test_ssh_submit_from_git_clone_is_read_by_buildbot(world: World) -> None:
 def test_json_receipt(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)
-    receipt = json.loads(ok(world.tryssh("try", *world.to(server), "-b", "unit", "--json", "-q")))
+    receipt = json.loads(ok(world.tryssh("try", *world.to(server), "-b", "unit", "--json", "-q",
+                                          "--who", "alice")))  # fmt: skip
     [path] = world.delivered()
     assert receipt["job"] == path.name
     assert receipt["transport"] == "ssh" and receipt["builders"] == ["unit"]
     assert str(server.port) in receipt["host"]
-    assert receipt["size"] > 0 and len(receipt["sha256"]) == 64
+    # who is already what the server pins: the job is delivered as it was sent
+    assert receipt["size"] == path.stat().st_size
+    assert receipt["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     # The server pins who: the receipt says its size and sha256 are of the bytes sent.
     assert receipt["size_and_sha256_of"].startswith("the bytes sent;")
 

@@ -44,3 +44,22 @@ def test_try_dry_run_does_not_import_paramiko(tmp_path):
     (tmp_path / "p.diff").write_text("--- a/f\n+++ b/f\n@@ -1 +1 @@\n-one\n+two\n")
     argv = ["try", "--dry-run", "--diff", "p.diff", "--baserev", "abc", "--host", "example.org"]
     assert heavy_in(loaded_modules(argv, tmp_path)) == set()
+
+
+def test_a_connection_loads_paramiko_without_invoke_or_importlib_metadata():
+    code = (
+        "import sys, json\n"
+        "import tryssh.client.sshclient, paramiko\n"
+        "print(json.dumps([paramiko.__version__, sorted(m for m in ('invoke', "
+        "'importlib.metadata', 'email') if m in sys.modules)]))\n"
+        "from importlib import metadata\n"  # still importable afterwards, the real one
+        "print(metadata.version('paramiko'))\n"
+    )
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    first, second = result.stdout.decode().splitlines()
+    import json
+
+    version, loaded = json.loads(first)
+    assert loaded == []
+    assert version == second  # paramiko's banner carries its true version
