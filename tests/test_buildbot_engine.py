@@ -27,7 +27,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
 from tryssh.core.records import RecordStore
 from tryssh.errors import EX_TEMPFAIL, EX_UNAVAILABLE
+from tryssh.server.buildbot import Api, job_view
 
 VCS = ("git", "hg", "svn")
 FULL = os.environ.get("TRYSSH_BUILDBOT_MATRIX") == "full"
@@ -410,6 +411,26 @@ def test_drop_in_job_buildbot_took_but_never_built_is_an_error(
     assert status["state"] == "error" and "made no buildset" in status["reason"]
 
 
+def tryssh(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run the real ``tryssh`` client (text output, no stdin, no check)."""
+    return subprocess.run([venv_bin("tryssh"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+
+
+def try_git_running(api: Api, jobid: str) -> bool:
+    """Whether Buildbot builds the try-git build of the job *jobid* right now."""
+    view = job_view(api, jobid)
+    return bool(view) and view["builders"].get("try-git", {}).get("state") == "running"
+
+
+def wait_running(master: BuildbotMaster, find: Callable[[], tuple[str, str] | None]
+                 ) -> tuple[str, str]:  # fmt: skip
+    """(job, jobid) once *find* sees the job's build running."""
+    return wait_until(find, timeout=WAIT, interval=0.2, message=lambda: f"the build did "
+                      f"not start:\n{master.log_tail(15)}")  # fmt: skip
+
+
 def claimed_with_comment(master: BuildbotMaster, comment: str) -> str | None:
     """The name of the job in the master's cur/ whose comment is *comment* (or None)."""
     from tryssh.core.jobfile import read_job_head
@@ -427,8 +448,6 @@ def test_drop_in_cancel_stops_the_buildset_through_the_api(
     """``tryssh cancel`` over the door whose tryserver knows the master's API: Buildbot
     stops the job's build (CANCELLED), and the waiting ``--wait`` and ``status`` end
     ``cancelled``, not ``error``, not a hang."""
-    from tryssh.server.buildbot import Api, job_view
-
     ssh, _ = drop_in
     wc = buildbot_master.checkout("git", tmp_path / "wc")
     (wc / "check.sh").write_text("sleep 60\n")  # the test step hangs until stopped
@@ -445,17 +464,10 @@ def test_drop_in_cancel_stops_the_buildset_through_the_api(
         if name is None:
             return None
         jobid = read_job_head(str(buildbot_master.jobdir / "cur" / name)).jobid
-        view = job_view(api, jobid)
-        if view and view["builders"].get("try-git", {}).get("state") == "running":
-            return name, jobid
-        return None
+        return (name, jobid) if try_git_running(api, jobid) else None
 
-    name, jobid = wait_until(running, timeout=WAIT, interval=0.2,
-                             message=lambda: f"the build did not start:\n"
-                             f"{buildbot_master.log_tail(15)}")  # fmt: skip
-    cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
-                            capture_output=True, text=True, timeout=WAIT, check=False,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    name, jobid = wait_running(buildbot_master, running)
+    cancel = tryssh("cancel", *ssh.tryssh_args(), name, timeout=WAIT)
     assert cancel.returncode == 0, cancel.stderr
     [line] = cancel.stdout.splitlines()
     assert line.startswith(f"job {name}: cancelled by alice (asked Buildbot to stop buildset ")
@@ -470,15 +482,11 @@ def test_drop_in_cancel_stops_the_buildset_through_the_api(
     assert entry["result"] == "cancelled"
     assert entry["reason"] == "cancelled by alice (Buildbot: CANCELLED)"
     assert entry["url"].startswith(buildbot_master.api + "#/builders/")
-    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), name],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    status = tryssh("status", *ssh.tryssh_args(), name)
     assert status.returncode == EX_TEMPFAIL, status.stderr
     assert f"job {name}: cancelled" in status.stdout
     assert "try-git: cancelled (cancelled by alice (Buildbot: CANCELLED))" in status.stdout
-    again = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
-                           capture_output=True, text=True, timeout=60, check=False,
-                           stdin=subprocess.DEVNULL)  # fmt: skip
+    again = tryssh("cancel", *ssh.tryssh_args(), name)
     assert again.returncode == 2 and "already finished (cancelled)" in again.stderr
 
 
@@ -488,24 +496,20 @@ def test_drop_in_cancel_without_api_says_it_cannot_stop_a_claimed_job(
     _, ssh = drop_in
     wc = buildbot_master.checkout("git", tmp_path / "wc")
     edit(wc, BAD)
-    sent = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
-                           "--json"], cwd=wc, env=vcs_env(tmp_path), capture_output=True,
-                          text=True, timeout=WAIT, check=False)  # fmt: skip
+    sent = tryssh("try", *ssh.tryssh_args(), "-b", "try-git", "--json", cwd=wc,
+                  env=vcs_env(tmp_path), timeout=WAIT)  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     name = json.loads(sent.stdout)["job"]
     wait_until(lambda: (buildbot_master.jobdir / "cur" / name).exists(), timeout=60,
                message="Buildbot did not take the job from new/")  # fmt: skip
-    cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    cancel = tryssh("cancel", *ssh.tryssh_args(), name)
     assert cancel.returncode == EX_UNAVAILABLE, cancel.stderr
     [line] = cancel.stderr.splitlines()
     assert line.startswith(f"tryssh: this server cannot stop job {name}: Buildbot has claimed")
     assert "no [buildbot] api" in line and "consumer" not in line
     assert cancel.stdout == ""
     # Nothing was recorded that would pretend otherwise: status still cannot follow it.
-    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json", name],
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    status = tryssh("status", *ssh.tryssh_args(), "--json", name)
     assert json.loads(status.stdout)["followable"] is False
     assert buildbot_master.results_by_builder(json.loads(sent.stdout)["jobid"]) == {
         "try-git": 2}  # built all the same  # fmt: skip
@@ -522,24 +526,18 @@ def test_drop_in_cancel_takes_a_queued_job_back_from_new(tmp_path: Path) -> None
         wc = tmp_path / "wc"
         wc.mkdir()
         (wc / "change.diff").write_bytes(PATCH_BAD)
-        sent = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
-                               "--diff", "change.diff", "--baserev", "HEAD", "--json"], cwd=wc,
-                              env=vcs_env(tmp_path), capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
+        sent = tryssh("try", *ssh.tryssh_args(), "-b", "try-git", "--diff", "change.diff",
+                      "--baserev", "HEAD", "--json", cwd=wc, env=vcs_env(tmp_path))  # fmt: skip
         assert sent.returncode == 0, sent.stderr
         name = json.loads(sent.stdout)["job"]
         assert jobdir.pending() == [name]
-        cancel = subprocess.run([venv_bin("tryssh"), "cancel", *ssh.tryssh_args(), name],
-                                capture_output=True, text=True, timeout=60, check=False,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
+        cancel = tryssh("cancel", *ssh.tryssh_args(), name)
         assert cancel.returncode == 0, cancel.stderr
         assert cancel.stdout == (f"job {name}: cancelled by alice (taken back from new/ "
                                  "before Buildbot took it)\n")  # fmt: skip
         assert jobdir.pending() == [] and os.listdir(jobdir.cur) == []
         assert os.listdir(jobdir.withdrawn) == [name]  # kept, never deleted
-        status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json",
-                                 name], capture_output=True, text=True, timeout=60,
-                                check=False)  # fmt: skip
+        status = tryssh("status", *ssh.tryssh_args(), "--json", name)
         assert status.returncode == EX_TEMPFAIL, status.stderr
         record = json.loads(status.stdout)
         assert record["state"] == "cancelled" and record["cancelled"]["by"] == "alice"
@@ -558,9 +556,7 @@ def test_the_admin_cancels_a_queued_drop_in_job_with_the_config(tmp_path: Path) 
                       f"forward = {toml(jobdir.path)}\n[users.\"*\"]\n")  # fmt: skip
     name = jobdir.deliver_bytes(encode_job(Job("admin", None, None, 1, PATCH_BAD, ["try-git"],
                                                who="bob")))  # fmt: skip
-    cancel = subprocess.run([venv_bin("tryssh"), "cancel", "--config", str(config), "--json",
-                             name], capture_output=True, text=True, timeout=60, check=False,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    cancel = tryssh("cancel", "--config", str(config), "--json", name)
     assert cancel.returncode == 0, cancel.stderr
     answer = json.loads(cancel.stdout)
     assert answer["cancelled"] is True and answer["state"] == "cancelled"
@@ -571,9 +567,7 @@ def test_the_admin_cancels_a_queued_drop_in_job_with_the_config(tmp_path: Path) 
     consumer.write_text(f"jobdir = {toml(jobdir.path)}\n[builders.lint]\n"
                         'command = ["true"]\n[users."*"]\n')  # fmt: skip
     other = jobdir.deliver_bytes(encode_job(Job("c", None, None, 1, None, ["lint"], who="bob")))
-    cancel = subprocess.run([venv_bin("tryssh"), "cancel", "--config", str(consumer),
-                             "--no-wait", other], capture_output=True, text=True, timeout=60,
-                            check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+    cancel = tryssh("cancel", "--config", str(consumer), "--no-wait", other)
     assert cancel.returncode == 0, cancel.stderr
     assert "the consumer stops it" in cancel.stdout
     assert jobdir.pending() == [other]
@@ -626,8 +620,6 @@ def test_cancel_of_a_buildbot_builder_stops_its_build_through_the_api(front: Fro
     """``tryssh cancel`` of a job Buildbot is building: the consumer asks the master to
     stop it, the build ends CANCELLED, and the job, its ``--wait`` and ``status`` end
     ``cancelled`` (not success, not a hang)."""
-    from tryssh.server.buildbot import Api, job_view
-
     wc = front.master.checkout("git", tmp_path / "wc")
     (wc / "check.sh").write_text("sleep 60\n")  # the test step hangs until stopped
     marker = f"cancel-me-{tmp_path.name}"
@@ -640,15 +632,11 @@ def test_cancel_of_a_buildbot_builder_stops_its_build_through_the_api(front: Fro
         for name in store.active_jobs():
             record = store.read(name) or {}
             jobid = record.get("builders", {}).get("try-git", {}).get("jobid")
-            if record.get("comment") == marker and jobid:
-                view = job_view(api, jobid)
-                if view and view["builders"].get("try-git", {}).get("state") == "running":
-                    return name, jobid
+            if record.get("comment") == marker and jobid and try_git_running(api, jobid):
+                return name, jobid
         return None
 
-    name, jobid = wait_until(running, timeout=WAIT, interval=0.2,
-                             message=lambda: f"the build did not start:\n"
-                             f"{front.master.log_tail(15)}")  # fmt: skip
+    name, jobid = wait_running(front.master, running)
     cancel = subprocess.run(
         [venv_bin("tryssh"), "cancel", "--config", str(front.config), "--json", name],
         capture_output=True, text=True, timeout=WAIT, check=False, stdin=subprocess.DEVNULL,
