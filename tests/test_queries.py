@@ -200,7 +200,10 @@ def test_unrecorded_job_is_queued_then_claimed_and_says_whether_anything_can_fol
     Jobdir(config.jobdir).claim(name)  # what Buildbot's MaildirService does
     record = local_status(config, name, "alice")
     assert record["state"] == "claimed" and record["followable"] is False
-    os.makedirs(config.state_dir)  # a consumer's records: it will tell
+    os.makedirs(os.path.join(config.state_dir, "cancel"))  # a drop-in cancel's: no records
+    record = local_status(config, name, "alice")
+    assert record["followable"] is False
+    RecordStore(config.state_dir).create()  # a consumer's records: it will tell
     record = local_status(config, name, "alice")
     assert record["state"] == "claimed" and "followable" not in record
     # The text answer shows the jobid too.
