@@ -157,13 +157,17 @@ class Jobdir:
         if not is_job_name(name):
             raise TrysshError(f"not a job name: {name!r}")
         try:
-            os.mkdir(self.withdrawn, 0o2770)
-        except FileExistsError:
-            pass
-        try:
+            try:
+                os.mkdir(self.withdrawn, 0o2770)
+            except FileExistsError:
+                pass
             os.rename(self.new_path(name), self.withdrawn_path(name))
         except FileNotFoundError:
             return False
+        except OSError as err:  # the jobdir is not writable here: the job stays in new/
+            raise TrysshError(f"cannot take job {name} back from new/: "
+                              f"{describe_oserror(err, 'rename')}",
+                              exit_code_for_oserror(err)) from None  # fmt: skip
         fsync_dir(self.new)
         fsync_dir(self.withdrawn)
         return True

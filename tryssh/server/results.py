@@ -350,10 +350,11 @@ def drop_in_cancel(
         return _stop_claimed(store, buildbot, record, by, as_json, out, reread)
     fresh = store.cancel_request(job) is None
     asked = store.request_cancel(job, by)  # before the rename: status reads who asked
-    if Jobdir(jobdir).withdraw(job):
-        return _answer(out, as_json, job, "queued", asked,
-                       "taken back from new/ before Buildbot took it", "withdrawn")
-    try:  # Buildbot claimed it meanwhile
+    try:
+        if Jobdir(jobdir).withdraw(job):
+            return _answer(out, as_json, job, "queued", asked,
+                           "taken back from new/ before Buildbot took it", "withdrawn")
+        # Buildbot claimed it meanwhile.
         return _stop_claimed(store, buildbot, reread(), by, as_json, out, reread)
     except TrysshError:
         if fresh:  # not carried out: no request stays behind to be read as evidence
