@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -38,10 +37,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import paramiko
+from benchlib import serve_port
 
 from tryssh.server.passwords import hash_password
 
-READY = re.compile(r"listening on (\S+):(\d+), host key")
 BIN = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "tryssh")
 # --against DIR: run the tryssh package found in DIR instead (a before/after comparison);
 # the venv's editable-install finder is dropped so that DIR's copy is the one imported.
@@ -82,14 +81,7 @@ class Server:
         argv = [sys.executable, "-c", AGAINST, against] if against else [BIN]
         self.proc = subprocess.Popen([*argv, "serve", "--config", config], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            match = READY.search(line)
-            if match:
-                self.port = int(match.group(2))
-                break
-        else:
-            raise SystemExit("tryssh serve did not start")
+        self.port = serve_port(self.proc)
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import print_targets  # noqa: E402
+
 from tryssh.core.records import RecordStore, new_record  # noqa: E402
 from tryssh.server.config import config_from_dict  # noqa: E402
 from tryssh.server.consumer import Consumer  # noqa: E402
@@ -166,10 +168,7 @@ def main() -> int:
           f"x{big['jobs_command'] / small['jobs_command']:.2f}, listing "
           f"x{big['jobs_listing'] / small['jobs_listing']:.2f}; listing vs the full scan at "
           f"{sizes[-1]}: x{big['jobs_listing'] / big['jobs_listing_full_scan']:.3f}")  # fmt: skip
-    print("Targets")
-    for name, ok in targets.items():
-        print(f"  {'ok    ' if ok else 'MISSED'} {name}")
-    return 0 if all(targets.values()) else 1
+    return print_targets(targets)
 
 
 if __name__ == "__main__":

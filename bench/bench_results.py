@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_tryserver import RSS_WRAPPER  # noqa: E402
+from benchlib import serve_port  # noqa: E402
 from sshd import Sshd, client_options, make_user_key, write_known_hosts  # noqa: E402
 
 from tryssh.client.results import LiveWait  # noqa: E402
@@ -54,7 +54,6 @@ from tryssh.core.jobdir import Jobdir, unique_name  # noqa: E402
 from tryssh.core.records import RecordStore, builder_entry, new_record  # noqa: E402
 
 BIN = Path(sys.executable).parent
-READY = re.compile(r"listening on (\S+):(\d+)")
 
 
 class Site:
@@ -88,15 +87,7 @@ class Site:
         self.serve = subprocess.Popen([str(BIN / "tryssh"), "serve", "--config", str(self.config)],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                       text=True)  # fmt: skip
-        assert self.serve.stdout is not None
-        for line in self.serve.stdout:
-            match = READY.search(line)
-            if match:
-                self.serve_port = int(match.group(2))
-                break
-        else:
-            raise SystemExit("bench: tryssh serve did not start")
-        threading.Thread(target=self.serve.stdout.read, daemon=True).start()
+        self.serve_port = serve_port(self.serve)
         pub = (self.tmp / "serve_host_key.pub").read_text().split()
         with open(self.known, "a") as f:
             f.write(f"[127.0.0.1]:{self.serve_port} {pub[0]} {pub[1]}\n")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_client import diff_of, forced_command_sshd, one_line_change  # noqa: E402
 from bench_tryserver import big_json_job  # noqa: E402
+from benchlib import print_targets, serve_port  # noqa: E402
 from sshd import client_options, make_user_key, write_known_hosts  # noqa: E402
 
 from tryssh.core.jobdir import Jobdir  # noqa: E402
@@ -48,7 +48,6 @@ from tryssh.core.jobfile import Job, encode_job  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1 << 20
-READY = re.compile(r"listening on (\S+):(\d+), host key (SHA256:\S+)")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -85,15 +84,7 @@ class Serve:
         self.proc = subprocess.Popen([str(BIN / "tryssh"), "serve", "--config", str(config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)  # fmt: skip
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            match = READY.search(line)
-            if match:
-                self.port = int(match.group(2))
-                break
-        else:
-            raise SystemExit("bench: tryssh serve did not start")
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain
+        self.port = serve_port(self.proc)
         keytype, blob = (root / "hostkey.pub").read_text().split()[:2]
         self.known_hosts = root / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {keytype} {blob}\n")
@@ -318,10 +309,7 @@ def main() -> int:
     print(f"  one {upload['job_mb']:.0f} MB try into serve (median of {upload['runs']}): "
           f"tryssh try --diff {upload['tryssh try --diff']:.0f} MB/s, ssh host tryserver < job "
           f"{upload['ssh host tryserver < job']:.0f} MB/s: x{upload['ratio']:.2f}")  # fmt: skip
-    print("Targets")
-    for name, ok in targets.items():
-        print(f"  {'ok    ' if ok else 'MISSED'} {name}")
-    return 0 if all(targets.values()) else 1
+    return print_targets(targets)
 
 
 if __name__ == "__main__":

@@ -456,13 +456,13 @@ def _build_and_send(
                 echo_stderr(f"tryssh: this server cannot report the results of {receipt.job}"
                             f" ({record.get('reason') or 'no record, no Buildbot API'}); "
                             "not waiting")  # fmt: skip
-        out = receipt.as_dict()
-        out["jobid"] = job.jobid  # Buildbot's external_idstring for this job
-        out["builders"] = job.builder_names or []
-        if record is not None:
-            out["state"] = record.get("state")
-            out["result"] = record
         if v["as_json"]:
+            out = receipt.as_dict()  # its sha256 is worked out here, only for --json
+            out["jobid"] = job.jobid  # Buildbot's external_idstring for this job
+            out["builders"] = job.builder_names or []
+            if record is not None:
+                out["state"] = record.get("state")
+                out["result"] = record
             click.echo(json.dumps(out))
         elif not v["wait"] and receipt.job:
             click.echo(receipt.job)

@@ -394,6 +394,18 @@ class ChannelStdin(_ChannelEnd):
         except TimeoutError:
             self.clock.expired()
             raise TempFail(f"no input for {self.clock.idle:g} s: idle timeout") from None
+        if data and len(data) < size and self.channel.recv_ready():
+            # Take what else has come already, up to size: the job's reader pays per
+            # call, and a packet is only 32 KiB.
+            parts = [data]
+            got = len(data)
+            while got < size and self.channel.recv_ready():
+                more = self.channel.recv(size - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
         self.touch()
         return data
 
