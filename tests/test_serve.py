@@ -7,6 +7,7 @@ host key the server generated.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -528,6 +529,25 @@ def test_oversized_job_refused(serve_factory: object, tmp_path: Path) -> None:
     assert result.returncode == 65, err(result)
     assert "larger than the limit" in err(result)
     assert server.delivered() == [] and server.leftovers() == []
+
+
+def test_drop_in_cancel_over_serve_takes_a_queued_job_back(serve_factory: object) -> None:
+    """serve carries out the drop-in cancel as tryserver does: with ``[buildbot] api`` (a
+    master reads the jobdir; none runs here, so the job stays in new/) a queued job is
+    renamed into withdrawn/ and its status says cancelled."""
+    server: Serve = serve_factory(  # type: ignore[operator]
+        top_toml='[buildbot]\napi = "http://127.0.0.1:9/"')  # fmt: skip
+    delivered = server.ssh("tryserver", input=make_job())
+    assert delivered.returncode == 0, err(delivered)
+    name = delivered.stdout.decode().strip()
+    result = server.ssh("tryserver", "cancel", name)
+    assert result.returncode == 0, err(result)
+    assert result.stdout == b"taken back from new/ before Buildbot took it\n"
+    assert server.delivered() == []
+    assert os.listdir(server.jobdir / "withdrawn") == [name]
+    status = server.ssh("tryserver", "status", name, "--json")
+    record = json.loads(status.stdout)
+    assert record["state"] == "cancelled" and record["cancelled"]["by"] == "alice"
 
 
 # -- passwords and limits -------------------------------------------------------------------
