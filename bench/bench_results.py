@@ -67,6 +67,8 @@ class Site:
         self.config = tmp / "tryssh.toml"
         self.config.write_text(
             f'jobdir = "{self.jobdir.path}"\n[serve]\nlisten = "127.0.0.1:0"\n'
+            # 20 developers connect at once from one address (sshd: MaxStartups below)
+            'max_startups = "100:30:100"\nper_source_max_startups = 100\n'
             f'host_key = "{tmp / "serve_host_key"}"\n[builders.unit]\ncommand = ["true"]\n'
             f'[users.alice]\nkeys = ["{self.key.public_line}"]\nbuilders = ["unit"]\n'
         )
@@ -78,7 +80,8 @@ class Site:
                              str(self.rss_file), str(BIN / "tryserver"), "--config",
                              str(self.config), "--user", "alice"])  # fmt: skip
         self.sshd = Sshd([f'restrict,command="{forced}" {self.key.public_line}',
-                          self.plain_key.public_line], directory=tmp / "sshd").start()  # fmt: skip
+                          self.plain_key.public_line], directory=tmp / "sshd",
+                         extra_config=["MaxStartups 100"]).start()  # fmt: skip
         self.known = write_known_hosts(tmp / "known_hosts", self.sshd)
         self.serve: subprocess.Popen[str] | None = None
         self.serve_port = 0

@@ -76,6 +76,8 @@ class Serve:
             f'jobdir = "{self.jobdir.path}"\nmax_job_size = {max_job}\n'
             f'[serve]\nlisten = "127.0.0.1:0"\nhost_key = "{root / "hostkey"}"\n'
             "max_connections = 256\n"
+            # 100 clients at once from one address: sshd's side gets MaxStartups 400 too
+            'max_startups = "400:30:400"\nper_source_max_startups = 400\n'
             '[builders.unit]\ncommand = ["true"]\n'
             '[builders.b1]\ncommand = ["true"]\n'  # the builder bench_tryserver's big jobs name
             f'[users.alice]\nkeys = ["{key_line}"]\nbuilders = ["unit", "b1"]\n'
