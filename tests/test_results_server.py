@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,17 +164,17 @@ def test_watch_streams_each_change_until_final(site: Path) -> None:
     assert len(records) >= 2  # at least one change was seen on the way
 
 
-def test_cancel_stops_a_long_build_within_seconds(site: Path) -> None:
+def test_cancel_stops_a_long_build(site: Path) -> None:
     name = deliver(site, "alice", ["sleepy", "ok"])
     wait_until(lambda: (store(site).read(name) or {}).get("builders", {}).get("sleepy", {})
                .get("state") == "running")  # fmt: skip
-    started = time.monotonic()
     proc = tryserver(site, "cancel", name)
     assert proc.returncode == 0, proc.stderr
     assert f"cancel requested for {name}".encode() in proc.stdout
+    # The build sleeps far longer than this wait: cancelled in time means it was stopped
+    # (no tighter wall-clock bound: a loaded CI machine must not fail it).
     record = wait_until(lambda: (r := store(site).read(name)) and r["state"] == "cancelled" and r,
-                        timeout=5)  # fmt: skip
-    assert time.monotonic() - started < 5
+                        timeout=30)  # fmt: skip
     assert record["cancelled"]["by"] == "alice"
     assert record["builders"]["sleepy"]["result"] == "cancelled"
     assert record["builders"]["sleepy"]["reason"] == "cancelled by alice"
