@@ -305,3 +305,29 @@ def test_exit_codes_and_status_lines() -> None:
         {"job": "J", "state": "rejected", "reason": "builder x not allowed", "builders": {}}
     )
     assert lines == ["job J: rejected (builder x not allowed)"]
+
+
+def test_a_job_that_cannot_be_built_is_reported_without_waiting_for_a_silent_host(
+    repo: Path, tmp_path: Path
+) -> None:
+    """try connects while it builds the job; when the job cannot be built (here: an empty
+    diff), that error comes at once, not after the handshake with a host that never answers
+    (its timeout here is 60 s; the run's own is 20 s)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts, never sends a banner
+    try:
+        git(repo, "checkout", "--", "a.txt")
+        result = subprocess.run(
+            [venv_bin("tryssh"), "try", "--host", "127.0.0.1", "--port",
+             str(silent.getsockname()[1]), "--timeout", "60", "--known-hosts",
+             str(tmp_path / "kh"), "-q"],
+            cwd=repo, env={**os.environ, **GIT_ENV, "HOME": str(tmp_path)},
+            capture_output=True, timeout=20,
+        )  # fmt: skip
+        ok(result, 65)
+        assert "empty" in result.stderr.decode()
+    finally:
+        silent.close()

@@ -509,6 +509,8 @@ class EarlyConnection:
         self._opts = dataclasses.replace(dest.ssh, interactive=False)
         self._conn: Connection | None = None
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False  # close() came first: the thread closes what it opens
         self._thread = threading.Thread(target=self._run, name="tryssh-connect", daemon=True)
         self._thread.start()
 
@@ -516,11 +518,17 @@ class EarlyConnection:
         from tryssh.client.sshclient import NeedsPassphrase, connect
 
         try:
-            self._conn = connect(self._opts)
+            conn = connect(self._opts)
         except NeedsPassphrase:
-            pass  # get() connects again and asks
+            return  # get() connects again and asks
         except BaseException as err:  # raised by get(), in the caller's thread
             self._error = err
+            return
+        with self._lock:
+            if not self._abandoned:
+                self._conn = conn
+                return
+        conn.close()
 
     def get(self) -> Connection:
         """The open connection; the error that stopped it, raised here."""
@@ -530,11 +538,13 @@ class EarlyConnection:
         return self._conn if self._conn is not None else open_connection(self.dest)
 
     def close(self) -> None:
-        """Close the connection if it opened (the job could not be sent after all)."""
-        self._thread.join()
-        if self._conn is not None:
-            self._conn.close()
-
+        """Close the connection, or have the thread close it when it opens: a job that
+        could not be built reports that at once, not after a slow host's handshake."""
+        with self._lock:
+            self._abandoned = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def deliver(data: bytes | EncodedJob, dest: Destination, conn: Connection | None) -> Receipt:
