@@ -42,6 +42,10 @@ FAILED = ("failure", "error")
 # -- one streamed request -------------------------------------------------------------------
 
 
+# Large reads: each one shifts what paramiko still holds (up to the window) down.
+RECV_SIZE = 1 << 20
+
+
 def stream_remote(
     conn: Connection,
     command: str,
@@ -67,7 +71,7 @@ def stream_remote(
         errors = _Drain(chan.recv_stderr)
         errors.start()
         try:
-            while data := chan.recv(65536):
+            while data := chan.recv(RECV_SIZE):
                 on_data(data)
         except TimeoutError:
             raise TempFail(f"{what}: nothing from {conn.target} for {idle:g}s") from None
