@@ -4,7 +4,9 @@ A git repository of 20,000 files (200 directories) whose working tree rewrites 1
 (a ~5 MB diff). In one run: the median wall time of ``git diff HEAD`` and of ``tryssh try
 --dry-run``, and the split of tryssh's time: interpreter start-up and imports, the VCS step
 (``vcs.extract``: git's own diff plus the index copy), the patch statistics and the job
-encoding. Target (issue 12): tryssh <= 1.5x git diff.
+encoding. git diff is timed with the index as ``git commit`` left it (racily clean
+entries: every diff reads them again) and refreshed (as ``git status`` leaves it); the
+target (issue 12: tryssh <= 1.5x git diff) is judged against the refreshed one.
 
 Usage: ``.venv/bin/python bench/bench_dry_run.py [--runs N] [--files N] [--json]``.
 Exit status 1 if the target is missed.
@@ -57,14 +59,14 @@ import time
 t0 = time.perf_counter()
 import tryssh.cli.try_
 from tryssh.client.job import TryRequest, build_job, gather_change
-from tryssh.core.jobfile import encode_job
+from tryssh.core.jobfile import EncodedJob
 t1 = time.perf_counter()
 req = TryRequest()
 change = gather_change(req)
 t2 = time.perf_counter()
 change.stats
 t3 = time.perf_counter()
-encode_job(build_job(change, req))
+EncodedJob(build_job(change, req)).size  # what --dry-run prints: the job's size
 t4 = time.perf_counter()
 print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 """
@@ -99,21 +101,32 @@ def main() -> int:
         size = len(subprocess.run(["git", "diff", "HEAD"], cwd=repo, env=env,
                                   capture_output=True, check=True).stdout)
         tryssh = [str(BIN / "tryssh"), "try", "--dry-run"]
+        # git diff's own time depends on the index: files written in the second the index
+        # was (racily clean) are read again on every diff, and git diff never writes the
+        # index back. Measured both ways; the target is judged against the refreshed index
+        # (what `git status` leaves, so what a working developer has): the stricter one.
+        stale_t = median_time(["git", "diff", "HEAD"], args.runs, env, repo)
+        subprocess.run(["git", "update-index", "-q", "--refresh"], cwd=repo, env=env,
+                       capture_output=True, check=False)  # exit 1: files are modified
         median_time(tryssh, 1, env, repo)  # warm the caches
         git_t = median_time(["git", "diff", "HEAD"], args.runs, env, repo)
         try_t = median_time(tryssh, args.runs, env, repo)
         parts = split(args.runs, env, repo)
         ratio = try_t / git_t
         figures = {"files": args.files, "diff_bytes": size, "git_diff_seconds": git_t,
-                   "tryssh_dry_run_seconds": try_t, "ratio": ratio, "split_seconds": parts,
-                   "target_met": ratio <= 1.5}
+                   "git_diff_seconds_index_as_committed": stale_t,
+                   "tryssh_dry_run_seconds": try_t, "ratio": ratio,
+                   "ratio_to_index_as_committed": try_t / stale_t, "split_seconds": parts,
+                   "target_met": ratio <= 1.5}  # fmt: skip
         if args.json:
             print(json.dumps(figures, indent=2))
         else:
             print(f"{args.files} files, {size / 1e6:.1f} MB diff, median of {args.runs}:")
-            print(f"  git diff HEAD        {git_t * 1000:8.1f} ms")
-            print(f"  tryssh try --dry-run {try_t * 1000:8.1f} ms")
-            print(f"  tryssh / git diff = {ratio:.2f} (target <= 1.50)")
+            print(f"  git diff HEAD, index as git commit left it {stale_t * 1000:8.1f} ms")
+            print(f"  git diff HEAD, index refreshed             {git_t * 1000:8.1f} ms")
+            print(f"  tryssh try --dry-run                       {try_t * 1000:8.1f} ms")
+            print(f"  tryssh / git diff = {ratio:.2f} (target <= 1.50; against the index as "
+                  f"committed: {try_t / stale_t:.2f})")  # fmt: skip
             print("  split: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()))
         return 0 if ratio <= 1.5 else 1
     finally:
