@@ -374,9 +374,8 @@ def test_drop_in_without_api_says_it_cannot_report(
     _, ssh = drop_in
     wc = buildbot_master.checkout("git", tmp_path / "wc")
     edit(wc, BAD)
-    result = subprocess.run([venv_bin("tryssh"), "try", *ssh.tryssh_args(), "-b", "try-git",
-                             "--wait", "--json"], cwd=wc, env=vcs_env(tmp_path),
-                            capture_output=True, text=True, timeout=WAIT, check=False)  # fmt: skip
+    result = tryssh("try", *ssh.tryssh_args(), "-b", "try-git", "--wait", "--json", cwd=wc,
+                    env=vcs_env(tmp_path), timeout=WAIT)  # fmt: skip
     assert result.returncode == EX_UNAVAILABLE, result.stderr
     assert "this server cannot report the results" in result.stderr
     receipt = json.loads(result.stdout)
@@ -384,9 +383,7 @@ def test_drop_in_without_api_says_it_cannot_report(
     # Buildbot builds it all the same (and fails it): what --wait could not tell.
     assert buildbot_master.results_by_builder(receipt["jobid"]) == {"try-git": 2}
     # status now says "claimed": the job has left new/.
-    status = subprocess.run([venv_bin("tryssh"), "status", *ssh.tryssh_args(), "--json",
-                             receipt["job"]], capture_output=True, text=True, timeout=60,
-                            check=False)  # fmt: skip
+    status = tryssh("status", *ssh.tryssh_args(), "--json", receipt["job"])
     assert status.returncode == 0, status.stderr
     record = json.loads(status.stdout)
     assert record["state"] == "claimed" and record["jobid"] == receipt["jobid"]

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from helpers import LoopbackHttp
+from helpers import LoopbackHttp, wait_until
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.jobfile import Job, encode_job
@@ -147,15 +147,15 @@ def test_command_timeout_kills_the_process_group(tmp_path):
     assert outcome.result == "error" and "timed out" in outcome.reason
     assert time.monotonic() - start < 10
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(child, 0)
         except ProcessLookupError:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("the build's background child survived the timeout")
+            return True
+        return False
+
+    wait_until(gone, timeout=5, message="the build's background child survived the timeout")
 
 
 def test_command_that_cannot_start_is_error(tmp_path):

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -385,7 +384,6 @@ def test_stale_active_copy_is_cleaned_at_start(tmp_path):
     consume_once(config)
     assert store.active_jobs() == []
     assert store.read(name)["state"] == "success"
-    time.sleep(0)  # nothing else to wait for
 
 
 # --- permissions: named paths, no endless loop -----------------------------------------

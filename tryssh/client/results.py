@@ -23,7 +23,13 @@ from tryssh.client.display import (
     paint,
     safe_text,
 )
-from tryssh.client.transport import SYSEXITS, _Drain, _remote_error, tryserver_command
+from tryssh.client.transport import (
+    RECV_SIZE,
+    SYSEXITS,
+    _Drain,
+    _remote_error,
+    tryserver_command,
+)
 from tryssh.client.wait import remote_query, wait_for
 from tryssh.core.records import FINAL_STATES
 from tryssh.errors import EX_NOINPUT, EX_NOPERM, EX_USAGE, TempFail, TrysshError
@@ -40,10 +46,6 @@ RECONNECT_MAX = 30.0
 FAILED = ("failure", "error")
 
 # -- one streamed request -------------------------------------------------------------------
-
-
-# Large reads: each one shifts what paramiko still holds (up to the window) down.
-RECV_SIZE = 1 << 20
 
 
 def stream_remote(

@@ -180,6 +180,10 @@ def _remote_error(status: int, stderr: bytes, what: str) -> TrysshError:
     return RemoteFailure(f"{what} failed (exit {status}): {message}", code)
 
 
+# Large reads: each one shifts what paramiko still holds (up to the window) down.
+RECV_SIZE = 1 << 20
+
+
 class _Drain(threading.Thread):
     """Read one stream of a channel to the end in the background."""
 
@@ -192,7 +196,7 @@ class _Drain(threading.Thread):
     def run(self) -> None:
         try:
             while True:
-                chunk = self.read(65536)
+                chunk = self.read(RECV_SIZE)
                 if not chunk:
                     return
                 self.data += chunk
