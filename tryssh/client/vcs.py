@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from tryssh.client.patchstats import SVN_BINARY_MARKER as _SVN_BINARY_MARKER
+from tryssh.client.patchstats import PatchStats, patch_stats
 from tryssh.core.defaults import MAX_JOB_SIZE
 from tryssh.errors import (
     EX_DATAERR,
@@ -49,19 +51,7 @@ _TOP_COMMANDS = {
 }
 
 _HEX_NODE = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
-_HUNK = re.compile(rb"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 _SVNVERSION = re.compile(r"^(\d+)(?::(\d+))?([MSP]*)$")
-_SVN_BINARY_MARKER = b"Cannot display: file marked as a binary type."
-
-
-@dataclass(frozen=True)
-class PatchStats:
-    """What a patch touches: files, added and removed lines, and its size in bytes."""
-
-    files: int
-    added: int
-    removed: int
-    size: int
 
 
 @dataclass
@@ -87,95 +77,6 @@ class SourceChange:
     @property
     def stats(self) -> PatchStats:
         return patch_stats(self.patch)
-
-
-def patch_stats(patch: bytes) -> PatchStats:
-    """Count files, added and removed lines in a unified/git/svn/hg diff; never raises.
-
-    A file is counted once per header, whichever of ``Index:`` (svn), ``diff --git`` (git,
-    hg, svn --git) or a ``---``/``+++`` pair introduces it, so git binary patches and mode-only
-    changes count as files too. Lines inside hunks are counted from the hunk header's lengths,
-    so a removed line that starts with ``--`` is not mistaken for a header.
-    """
-    files = added = removed = 0
-    lines = patch.split(b"\n")
-    old_left = new_left = 0  # lines still expected in the current hunk
-    opened: str | None = None  # which header opened the current file and saw no content yet
-    i = 0
-    while i < len(lines):
-        if old_left > 0 or new_left > 0:
-            step = _hunk_run(lines, i, old_left, new_left)
-            if step is not None:  # the fast path: a run of lines counted at C speed
-                n, plus, minus, context = step
-                added += plus
-                removed += minus
-                old_left -= minus + context
-                new_left -= plus + context
-                i += n
-                continue
-        line = lines[i]
-        i += 1
-        if old_left > 0 or new_left > 0:
-            if line.startswith(b"+"):
-                added += 1
-                new_left -= 1
-            elif line.startswith(b"-"):
-                removed += 1
-                old_left -= 1
-            elif line.startswith(b"\\"):
-                pass  # "\ No newline at end of file"
-            else:
-                # A context line (or a truncated hunk: then this line ends it).
-                if line.startswith(b" ") or line == b"":
-                    old_left -= 1
-                    new_left -= 1
-                else:
-                    old_left = new_left = 0
-                    i -= 1  # read it again as a header
-            continue
-        if line.startswith(b"Index: "):
-            files += 1
-            opened = "index"
-        elif line.startswith(b"diff --git "):
-            if opened != "index":
-                files += 1
-            opened = "git"
-        elif line.startswith(b"--- ") and i < len(lines) and lines[i].startswith(b"+++ "):
-            if opened is None:
-                files += 1
-            opened = None
-            i += 1
-        elif m := _HUNK.match(line):
-            old_left = int(m.group(1)) if m.group(1) is not None else 1
-            new_left = int(m.group(2)) if m.group(2) is not None else 1
-            opened = None
-        elif line.startswith((b"GIT binary patch", b"Binary files ", _SVN_BINARY_MARKER)):
-            opened = None
-    return PatchStats(files=files, added=added, removed=removed, size=len(patch))
-
-
-def _hunk_run(
-    lines: list[bytes], i: int, old_left: int, new_left: int
-) -> tuple[int, int, int, int] | None:
-    """Count the next ``max(old_left, new_left)`` lines of a hunk in one go.
-
-    A hunk still has at least that many lines, so they are all its own if each is a
-    ``+``, ``-``, context or ``\\`` line; returns (lines, added, removed, context), or None
-    when the run holds anything else (a truncated hunk): the caller then goes line by line.
-    """
-    n = max(old_left, new_left)
-    run = lines[i : i + n]
-    if len(run) < n:
-        return None
-    firsts = b"".join([line[:1] for line in run])
-    plus, minus = firsts.count(b"+"), firsts.count(b"-")
-    space, marks = firsts.count(b" "), firsts.count(b"\\")
-    if plus + minus + space + marks != len(firsts):
-        return None
-    context = space + (n - len(firsts))  # empty lines are context too
-    if minus + context > old_left or plus + context > new_left:
-        return None
-    return n, plus, minus, context
 
 
 # --------------------------------------------------------------------------- running tools

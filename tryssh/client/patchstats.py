@@ -1,0 +1,202 @@
+"""Count the files, added and removed lines of a unified/git/svn/hg diff, at C speed.
+
+``tryssh try --dry-run`` prints these counts for patches of many megabytes, so the patch is
+never split into lines: header lines are read one at a time by offset, and the lines of a hunk
+are counted a run or a block at a time by ``bytes.count`` and ``re`` searches that take
+start/end offsets and copy nothing. The counts are exactly those of the line-by-line reading
+that :func:`patch_stats` describes (tests/test_patchstats.py keeps that reading as its
+reference and compares the two with hypothesis).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_HUNK = re.compile(rb"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+# The usual git file header with its first hunk header, matched in one go: the lines between
+# (index, modes, renames, copies) change no count, so walking them one by one is wasted time.
+_GIT_FILE = re.compile(
+    rb"diff --git [^\n]*\n"
+    rb"(?:(?:index|old mode|new mode|deleted file mode|new file mode|similarity index"
+    rb"|dissimilarity index|rename from|rename to|copy from|copy to) [^\n]*\n)*"
+    rb"--- [^\n]*\n\+\+\+ [^\n]*\n"
+    rb"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@[^\n]*\n"
+).match
+# The end of a run of lines that start with the same byte: the first newline followed by another
+# byte (an empty line included). Keyed by that first byte.
+_RUN_END = {
+    ord("+"): re.compile(rb"\n[^+]").search,
+    ord("-"): re.compile(rb"\n[^-]").search,
+    ord(" "): re.compile(rb"\n[^ ]").search,
+    ord("\\"): re.compile(rb"\n[^\\]").search,
+}
+# The end of a block of hunk-like lines: the first line that is empty or starts with another byte.
+_BLOCK_END = re.compile(rb"\n[^-+ \\]").search
+#: What svn prints in place of a binary file's diff.
+SVN_BINARY_MARKER = b"Cannot display: file marked as a binary type."
+_BINARY = (b"GIT binary patch", b"Binary files ", SVN_BINARY_MARKER)
+_NL, _AT, _MINUS, _PLUS, _SPACE = b"\n@-+ "  # first bytes compared as ints
+_D, _I = b"dI"
+_BINARY_FIRSTS = b"GBC"
+# Hunks this small (by their header) are counted a block at a time from their first line: the
+# few calls per block beat a search per run when runs are a line or three (code, with context).
+_SMALL_HUNK = 32
+# After a run this short the rest of the hunk is tried as one block, for the same reason.
+_SHORT_RUN = 8
+
+
+@dataclass(frozen=True)
+class PatchStats:
+    """What a patch touches: files, added and removed lines, and its size in bytes."""
+
+    files: int
+    added: int
+    removed: int
+    size: int
+
+
+def patch_stats(patch: bytes) -> PatchStats:
+    """Count files, added and removed lines in a unified/git/svn/hg diff; never raises.
+
+    A file is counted once per header, whichever of ``Index:`` (svn), ``diff --git`` (git,
+    hg, svn --git) or a ``---``/``+++`` pair introduces it, so git binary patches and mode-only
+    changes count as files too. Lines inside hunks are counted from the hunk header's lengths,
+    so a removed line that starts with ``--`` is not a header: a hunk lasts while either length
+    has lines left; in it ``+`` and ``-`` lines use up one length, context (`` ``-led or empty)
+    lines both, ``\\`` lines neither, and any other line ends a truncated hunk and is read
+    again as a header.
+    """
+    files = added = removed = 0
+    n = len(patch)
+    # A run that reaches the end of the patch stops before a final newline: the empty "line"
+    # after it changes no count.
+    tail = n - 1 if patch.endswith(b"\n") else n
+    find, count, startswith = patch.find, patch.count, patch.startswith
+    old_left = new_left = 0  # lines still expected in the current hunk (may go below 0)
+    opened: str | None = None  # which header opened the current file and saw no content yet
+    block_ok = by_block = False  # whether this hunk may, and should next, be counted by block
+    pos = 0  # the start of the next line
+    while pos < n:
+        if old_left > 0 or new_left > 0:
+            first = patch[pos]
+            if first == _NL:  # an empty context line (its space stripped by a mailer or editor)
+                old_left -= 1
+                new_left -= 1
+                pos += 1
+                continue
+            run_end = _RUN_END.get(first)
+            if run_end is None:  # a truncated hunk: read this line again as a header
+                old_left = new_left = 0
+                continue
+            # Every line of a hunk follows a newline (its header's at least), so "\n+" counts
+            # added lines from pos - 1 on.
+            if by_block:
+                m = _BLOCK_END(patch, pos)
+                end = m.start() if m is not None else tail
+                lines = count(b"\n", pos, end) + 1
+                plus = count(b"\n+", pos - 1, end)
+                minus = count(b"\n-", pos - 1, end)
+                marks = count(b"\n\\", pos - 1, end) if find(b"\\", pos, end) >= 0 else 0
+                context = lines - plus - minus - marks
+                # Within both lengths, the hunk holds every line of the block (bar trailing
+                # "\" lines, which change nothing as headers either).
+                if minus + context <= old_left and plus + context <= new_left:
+                    added += plus
+                    removed += minus
+                    old_left -= minus + context
+                    new_left -= plus + context
+                    pos = end + 1
+                    continue
+                # The hunk ends inside the block: go run by run, and never scan it again.
+                block_ok = by_block = False
+            m = run_end(patch, pos)
+            end = m.start() if m is not None else tail
+            run = count(b"\n", pos, end) + 1
+            # How many of the run's lines the hunk takes before both lengths are used up.
+            if first == _PLUS:
+                took = run if old_left > 0 else min(run, new_left)
+                added += took
+                new_left -= took
+            elif first == _MINUS:
+                took = run if new_left > 0 else min(run, old_left)
+                removed += took
+                old_left -= took
+            elif first == _SPACE:
+                took = min(run, max(old_left, new_left))
+                old_left -= took
+                new_left -= took
+            else:  # "\ No newline at end of file"
+                took = run
+            pos = end + 1 if took == run else _after_lines(patch, pos, end, took)
+            by_block = block_ok and run < _SHORT_RUN
+            continue
+        nl = find(b"\n", pos)
+        after = nl + 1 if nl >= 0 else n
+        first = patch[pos]
+        if first == _AT:
+            if (m := _HUNK.match(patch, pos)) is not None:
+                old_left, new_left = _length(m[1], n), _length(m[2], n)
+                opened = None
+                block_ok = True
+                by_block = max(old_left, new_left) < _SMALL_HUNK
+        elif first == _D:
+            if (m := _GIT_FILE(patch, pos)) is not None:
+                if opened != "index":
+                    files += 1
+                opened = None
+                old_left, new_left = _length(m[1], n), _length(m[2], n)
+                block_ok = True
+                by_block = max(old_left, new_left) < _SMALL_HUNK
+                after = m.end()
+            elif startswith(b"diff --git ", pos):
+                if opened != "index":
+                    files += 1
+                opened = "git"
+        elif first == _I:
+            if startswith(b"Index: ", pos):
+                files += 1
+                opened = "index"
+        elif first == _MINUS:
+            if nl >= 0 and startswith(b"--- ", pos) and startswith(b"+++ ", after):
+                if opened is None:
+                    files += 1
+                opened = None
+                nl = find(b"\n", after)  # the "+++" line is part of the header
+                after = nl + 1 if nl >= 0 else n
+        elif first in _BINARY_FIRSTS and startswith(_BINARY, pos):
+            opened = None
+        pos = after
+    return PatchStats(files=files, added=added, removed=removed, size=n)
+
+
+def _length(digits: bytes | None, most: int) -> int:
+    """A hunk header's line count (1 when left out), at most ``most``.
+
+    Any count above the lines left in the patch acts the same, and the cap spares int() a
+    count of thousands of digits (which it refuses).
+    """
+    if digits is None:
+        return 1
+    if len(digits) > 18:
+        digits = digits.lstrip(b"0") or b"0"
+        if len(digits) > 18:
+            return most + 2
+    return int(digits)
+
+
+def _after_lines(patch: bytes, pos: int, end: int, lines: int) -> int:
+    """Where the line after the next ``lines`` lines from ``pos`` starts (``end`` is past them).
+
+    Halving by count keeps a long run linear where a find per line would crawl.
+    """
+    while lines > 16:
+        mid = (pos + end) // 2
+        here = patch.count(b"\n", pos, mid)
+        if here >= lines:
+            end = mid
+        else:
+            pos, lines = mid, lines - here
+    for _ in range(lines):
+        pos = patch.find(b"\n", pos) + 1
+    return pos
