@@ -152,8 +152,9 @@ def test_long_runs_cut_by_the_hunk_lengths() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"")), min_size=18,
-                max_size=120))
+@given(
+    st.lists(st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"")), min_size=18, max_size=120)
+)
 def test_after_lines(lines: list[bytes]) -> None:
     # Where a hunk that ends inside a long run leaves it, whether found by halving or not.
     patch = b"\n".join(lines)
