@@ -31,6 +31,8 @@ _RUN_END = {
     ord(" "): re.compile(rb"\n[^ ]").search,
     ord("\\"): re.compile(rb"\n[^\\]").search,
 }
+# The end of a run of empty lines.
+_NOT_NL = re.compile(rb"[^\n]").search
 # The end of a block of hunk-like lines: the first line that is empty or starts with another byte.
 _BLOCK_END = re.compile(rb"\n[^-+ \\]").search
 #: What svn prints in place of a binary file's diff.
@@ -80,10 +82,13 @@ def patch_stats(patch: bytes) -> PatchStats:
     while pos < n:
         if old_left > 0 or new_left > 0:
             first = patch[pos]
-            if first == _NL:  # an empty context line (its space stripped by a mailer or editor)
-                old_left -= 1
-                new_left -= 1
-                pos += 1
+            if first == _NL:
+                # Empty context lines (their space stripped by a mailer or editor), a byte each.
+                m = _NOT_NL(patch, pos)
+                took = min((m.start() if m is not None else n) - pos, max(old_left, new_left))
+                old_left -= took
+                new_left -= took
+                pos += took
                 continue
             run_end = _RUN_END.get(first)
             if run_end is None:  # a truncated hunk: read this line again as a header
