@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_HUNK = re.compile(rb"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+# A hunk header line, with its newline (if any: it may end the patch).
+_HUNK = re.compile(rb"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@[^\n]*\n?").match
 # The usual git file header with its first hunk header, matched in one go: the lines between
 # (index, modes, renames, copies) change no count, so walking them one by one is wasted time.
 _GIT_FILE = re.compile(
@@ -136,25 +137,29 @@ def patch_stats(patch: bytes) -> PatchStats:
             pos = end + 1 if took == run else _after_lines(patch, pos, end, took)
             by_block = block_ok and run < _SHORT_RUN
             continue
+        first = patch[pos]
+        # A hunk header, or a git file header up to its first hunk's: one match, no find.
+        if first == _AT:
+            m = _HUNK(patch, pos)
+        elif first == _D:
+            m = _GIT_FILE(patch, pos)
+            if m is not None and opened != "index":
+                files += 1
+        else:
+            m = None
+        if m is not None:
+            old, new = m.groups()
+            old_left = int(old) if old is not None and len(old) < 19 else _length(old, n)
+            new_left = int(new) if new is not None and len(new) < 19 else _length(new, n)
+            opened = None
+            block_ok = True
+            by_block = max(old_left, new_left) < _SMALL_HUNK
+            pos = m.end()
+            continue
         nl = find(b"\n", pos)
         after = nl + 1 if nl >= 0 else n
-        first = patch[pos]
-        if first == _AT:
-            if (m := _HUNK.match(patch, pos)) is not None:
-                old_left, new_left = _length(m[1], n), _length(m[2], n)
-                opened = None
-                block_ok = True
-                by_block = max(old_left, new_left) < _SMALL_HUNK
-        elif first == _D:
-            if (m := _GIT_FILE(patch, pos)) is not None:
-                if opened != "index":
-                    files += 1
-                opened = None
-                old_left, new_left = _length(m[1], n), _length(m[2], n)
-                block_ok = True
-                by_block = max(old_left, new_left) < _SMALL_HUNK
-                after = m.end()
-            elif startswith(b"diff --git ", pos):
+        if first == _D:
+            if startswith(b"diff --git ", pos):
                 if opened != "index":
                     files += 1
                 opened = "git"
