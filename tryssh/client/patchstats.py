@@ -66,9 +66,9 @@ def patch_stats(patch: bytes) -> PatchStats:
     hg, svn --git) or a ``---``/``+++`` pair introduces it, so git binary patches and mode-only
     changes count as files too. Lines inside hunks are counted from the hunk header's lengths,
     so a removed line that starts with ``--`` is not a header: a hunk lasts while either length
-    has lines left; in it ``+`` and ``-`` lines use up one length, context (`` ``-led or empty)
-    lines both, ``\\`` lines neither, and any other line ends a truncated hunk and is read
-    again as a header.
+    has lines left; in it ``+`` and ``-`` lines use up one length, context lines (a space
+    first, or empty) both, ``\\`` lines neither, and any other line ends a truncated hunk
+    and is read again as a header.
     """
     files = added = removed = 0
     n = len(patch)
@@ -103,6 +103,7 @@ def patch_stats(patch: bytes) -> PatchStats:
                 lines = count(b"\n", pos, end) + 1
                 plus = count(b"\n+", pos - 1, end)
                 minus = count(b"\n-", pos - 1, end)
+                # "\" lines are rare: a memchr for the byte spares most blocks a count.
                 marks = count(b"\n\\", pos - 1, end) if find(b"\\", pos, end) >= 0 else 0
                 context = lines - plus - minus - marks
                 # Within both lengths, the hunk holds every line of the block (bar trailing
