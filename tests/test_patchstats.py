@@ -122,10 +122,13 @@ def test_examples() -> None:
     # format-patch's signature after the last hunk is not a removed line.
     mail = rewrite + b"-- \n2.39.0\n\n"
     assert patch_stats(mail) == PatchStats(1, 4, 3, len(mail))
-    # A short hunk ends at the next header; a long one takes the following lines.
+    # A hunk cut short ends at a line no hunk holds, which is read again as a header.
     short = b"--- a\n+++ b\n@@ -1 +1,3 @@\n-x\n+y\ndiff --git a/c b/c\n"
     assert patch_stats(short) == PatchStats(2, 1, 1, len(short))
-    for patch in (rewrite, sql, mail, short, rewrite.replace(b"\n", b"\r\n"), rewrite[:-1]):
+    # Plain diffs one after the other: the second "---"/"+++" pair follows a hunk directly.
+    plain = b"--- a\n+++ b\n@@ -1,2 +1,2 @@\n x\n-y\n+z\n--- c\n+++ d\n@@ -1 +1 @@\n-p\n+q\n"
+    assert patch_stats(plain) == PatchStats(2, 2, 2, len(plain))
+    for patch in (rewrite, sql, mail, short, plain, rewrite.replace(b"\n", b"\r\n"), rewrite[:-1]):
         same(patch)
 
 
