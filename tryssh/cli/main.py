@@ -155,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         from tryssh.server.tryserver import main as tryserver_main
 
         return tryserver_main(argv[1:])
+    if argv[:1] == ["try"]:
+        # git diff runs on another core while click and the rest load (see prefetch).
+        from tryssh.client import prefetch
+
+        prefetch.start(argv[1:])
+        try:
+            return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
+        finally:
+            prefetch.finish()
     return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
 
 
