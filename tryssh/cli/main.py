@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
-from typing import Any
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing is not imported before tryssh try has started git (prefetch)
+    from collections.abc import Callable
+    from typing import Any
+
     import click
 
 EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
