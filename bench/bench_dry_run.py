@@ -4,9 +4,11 @@ A git repository of 20,000 files (200 directories) whose working tree rewrites 1
 (a ~5 MB diff). In one run: the median wall time of ``git diff HEAD`` and of ``tryssh try
 --dry-run``, and the split of tryssh's time: interpreter start-up and imports, the VCS step
 (``vcs.extract``: git's own diff plus the index copy), the patch statistics and the job
-encoding. git diff is timed with the index as ``git commit`` left it (racily clean
-entries: every diff reads them again) and refreshed (as ``git status`` leaves it); the
-target (issue 12: tryssh <= 1.5x git diff) is judged against the refreshed one.
+encoding, measured one after another; the command itself overlaps the first two (it reads
+the change in a thread while it loads, see ``tryssh.client.prefetch``). git diff is
+timed with the index as ``git commit`` left it (racily clean entries: every diff reads
+them again) and refreshed (as ``git status`` leaves it); the target (issue 12: tryssh
+<= 1.5x git diff) is judged against the refreshed one.
 
 Usage: ``.venv/bin/python bench/bench_dry_run.py [--runs N] [--files N] [--json]``.
 Exit status 1 if the target is missed.
@@ -127,7 +129,11 @@ def main() -> int:
             print(f"  tryssh try --dry-run                       {try_t * 1000:8.1f} ms")
             print(f"  tryssh / git diff = {ratio:.2f} (target <= 1.50; against the index as "
                   f"committed: {try_t / stale_t:.2f})")  # fmt: skip
-            print("  split: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()))
+            print("  split, one step after another: "
+                  + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items()))
+            hidden = parts["startup"] + parts["vcs"] + parts["stats"] + parts["encode"] - try_t
+            print(f"  the command reads the change while it loads (prefetch): {hidden * 1000:.0f}"
+                  " ms of the split's sum overlap")  # fmt: skip
         return 0 if ratio <= 1.5 else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,6 +111,15 @@ def same(patch: bytes) -> None:
 
 def test_vcs_still_exports_patch_stats() -> None:
     assert vcs.patch_stats is patch_stats and vcs.PatchStats is PatchStats
+
+
+def test_patch_stats_is_a_frozen_value() -> None:
+    stats = PatchStats(1, 2, 3, 4)
+    assert stats == PatchStats(files=1, added=2, removed=3, size=4) != PatchStats(1, 2, 3, 5)
+    assert len({stats, PatchStats(1, 2, 3, 4)}) == 1 and stats != (1, 2, 3, 4)
+    assert repr(stats) == "PatchStats(files=1, added=2, removed=3, size=4)"
+    with pytest.raises(AttributeError):
+        stats.files = 2  # type: ignore[misc]
 
 
 def test_examples() -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
-from typing import Any
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing is not imported before tryssh try has started git (prefetch)
+    from collections.abc import Callable
+    from typing import Any
+
     import click
 
 EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -155,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         from tryssh.server.tryserver import main as tryserver_main
 
         return tryserver_main(argv[1:])
+    if argv[:1] == ["try"]:
+        # git diff runs on another core while click and the rest load (see prefetch).
+        from tryssh.client import prefetch
+
+        prefetch.start(argv[1:])
+        try:
+            return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
+        finally:
+            prefetch.finish()
     return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
 
 

@@ -402,7 +402,9 @@ def _build_and_send(
     quiet: bool,
     early: EarlyConnection | None,
 ) -> None:
-    change = gather_change(req, cwd)
+    from tryssh.client import prefetch
+
+    change = prefetch.take(req, cwd) or gather_change(req, cwd)
     job = build_job(change, req)
     from tryssh.core.jobfile import EncodedJob
 

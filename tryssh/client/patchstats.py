@@ -11,7 +11,6 @@ reference and compares the two with hypothesis).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 # A hunk header line, with its newline (if any: it may end the patch).
 _HUNK = re.compile(rb"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@[^\n]*\n?").match
@@ -49,14 +48,44 @@ _SMALL_HUNK = 32
 _SHORT_RUN = 8
 
 
-@dataclass(frozen=True)
 class PatchStats:
-    """What a patch touches: files, added and removed lines, and its size in bytes."""
+    """What a patch touches: files, added and removed lines, and its size in bytes.
 
+    A plain frozen value, not a dataclass: vcs imports this before ``tryssh try`` can start
+    git (see prefetch), and dataclasses would bring ``inspect`` and ``ast`` in.
+    """
+
+    __slots__ = ("added", "files", "removed", "size")
     files: int
     added: int
     removed: int
     size: int
+
+    def __init__(self, files: int, added: int, removed: int, size: int) -> None:
+        for name, value in (("files", files), ("added", added), ("removed", removed),
+                            ("size", size)):  # fmt: skip
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _fields(self) -> tuple[int, int, int, int]:
+        return (self.files, self.added, self.removed, self.size)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not PatchStats:
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"PatchStats(files={self.files}, added={self.added}, removed={self.removed}, "
+                f"size={self.size})")  # fmt: skip
 
 
 def patch_stats(patch: bytes) -> PatchStats:

@@ -19,10 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from tryssh.client.patchstats import SVN_BINARY_MARKER as _SVN_BINARY_MARKER
 from tryssh.client.patchstats import PatchStats, patch_stats
@@ -35,6 +32,10 @@ from tryssh.errors import (
     TrysshError,
     UsageError,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 # The servers' default job size limit: a bigger diff would be refused there anyway, and
 # reading one without a bound (``--diff /dev/zero``) would never end.
@@ -52,9 +53,9 @@ _TOP_COMMANDS = {
 
 _HEX_NODE = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 _SVNVERSION = re.compile(r"^(\d+)(?::(\d+))?([MSP]*)$")
+_PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size for unprivileged users
 
 
-@dataclass
 class SourceChange:
     """A change to send: the base revision and the patch that turns it into the work tree.
 
@@ -62,17 +63,37 @@ class SourceChange:
     patch part only some tools can apply); they are not errors. ``upstream_branch`` is, for
     git, the name of the upstream branch on its remote (``main`` for ``origin/main``): the
     branch the master can fetch, which may differ from the local ``branch``.
+
+    A plain class, not a dataclass: this module is imported before every ``tryssh try``
+    can start git (see prefetch), and dataclasses would bring ``inspect`` and ``ast`` in.
     """
 
-    vcs: str
-    baserev: str | None
-    patch: bytes
-    patch_level: int
-    branch: str | None
-    repository: str | None
-    topdir: str
-    notes: list[str] = field(default_factory=list)
-    upstream_branch: str | None = None
+    def __init__(
+        self,
+        *,
+        vcs: str,
+        baserev: str | None,
+        patch: bytes,
+        patch_level: int,
+        branch: str | None,
+        repository: str | None,
+        topdir: str,
+        notes: list[str] | None = None,
+        upstream_branch: str | None = None,
+    ) -> None:
+        self.vcs = vcs
+        self.baserev = baserev
+        self.patch = patch
+        self.patch_level = patch_level
+        self.branch = branch
+        self.repository = repository
+        self.topdir = topdir
+        self.notes = notes if notes is not None else []
+        self.upstream_branch = upstream_branch
+
+    def __repr__(self) -> str:
+        return (f"SourceChange(vcs={self.vcs!r}, baserev={self.baserev!r}, "
+                f"patch=<{len(self.patch)} bytes>, branch={self.branch!r})")  # fmt: skip
 
     @property
     def stats(self) -> PatchStats:
@@ -120,6 +141,9 @@ def _run(
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             check=False,
+            # A big pipe: git diff writes on at its pace while this thread waits for the
+            # GIL (tryssh try loads its modules meanwhile, see prefetch).
+            pipesize=_PIPE_SIZE,
         )
     except FileNotFoundError as err:
         if err.filename == cwd:
@@ -147,6 +171,8 @@ def redact_url(url: str) -> str:
     ``git@host:path`` and plain paths are returned unchanged.
     """
     try:
+        import urllib.parse  # only for a repository URL: not on every try's path
+
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return url
@@ -475,6 +501,24 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
         return patch
 
 
+def _copy_rest(src: BinaryIO, out: BinaryIO) -> None:
+    """Copy what is left of *src* to the end of *out* (a new file) in the kernel: one call
+    that does not hold the GIL, where a Python loop would wait for it at every chunk while
+    tryssh try loads its modules (see prefetch)."""
+    offset = src.tell()
+    size = os.fstat(src.fileno()).st_size
+    try:
+        while offset < size:
+            done = os.copy_file_range(src.fileno(), out.fileno(), size - offset,
+                                      offset_src=offset)  # fmt: skip
+            if done == 0:
+                break  # the file shrank meanwhile
+            offset += done
+    except OSError:  # a file system without it: the portable way, from where it stopped
+        src.seek(offset)
+        shutil.copyfileobj(src, out)
+
+
 class _IndexCache:
     """A refreshed private copy of the git index at *index_path*, in the user's cache
     (``$XDG_CACHE_HOME/tryssh/git-index/``), valid while that index is unchanged."""
@@ -482,9 +526,9 @@ class _IndexCache:
     def __init__(self, index_path: str) -> None:
         self.index_path = os.path.abspath(index_path)
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        import hashlib
+        from tryssh.core.sshkeys import light_sha256  # hashlib would load OpenSSL first
 
-        name = hashlib.sha256(os.fsencode(self.index_path)).hexdigest()[:32]
+        name = light_sha256(os.fsencode(self.index_path)).hexdigest()[:32]
         self.path = os.path.join(base, "tryssh", "git-index", name)
         self.key = self._key()
 
@@ -506,7 +550,7 @@ class _IndexCache:
                 if key != self.key or not mtime.isdigit():
                     return False
                 with open(target, "wb") as out:
-                    shutil.copyfileobj(f, out)
+                    _copy_rest(f, out)
             os.utime(target, ns=(int(mtime), int(mtime)))
         except OSError:
             return False
@@ -522,7 +566,8 @@ class _IndexCache:
             mtime = os.stat(refreshed).st_mtime_ns
             with open(refreshed, "rb") as f, open(tmp, "wb") as out:
                 out.write(f"{self.key} {mtime}\n".encode("ascii"))
-                shutil.copyfileobj(f, out)
+                out.flush()
+                _copy_rest(f, out)
             os.replace(tmp, self.path)
         except OSError:
             try:
