@@ -771,8 +771,12 @@ def test_git_stale_index_is_refreshed_once_in_the_users_cache(tmp_path: Path, mo
                            capture_output=True, check=True)  # fmt: skip
     changed = set(fresh.stdout.decode().split())
     assert changed and all(name.encode() in first.patch for name in changed)  # only real edits
+    kept_stat = os.stat(kept[0])
     assert extract("git", str(work)).patch == first.patch  # from the cached copy
     assert index.read_bytes() == before
+    # git had nothing to refresh in it: the cached copy is not written again.
+    again = os.stat(kept[0])
+    assert (again.st_ino, again.st_mtime_ns) == (kept_stat.st_ino, kept_stat.st_mtime_ns)
     # The user's index changes (git add): the copy is made again from it, for its new state.
     git(work, "add", "-u")
     assert extract("git", str(work)).patch == first.patch

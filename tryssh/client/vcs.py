@@ -531,6 +531,7 @@ class _IndexCache:
         name = light_sha256(os.fsencode(self.index_path)).hexdigest()[:32]
         self.path = os.path.join(base, "tryssh", "git-index", name)
         self.key = self._key()
+        self.copied: tuple[int, int] | None = None  # size and mtime of the copy made from it
 
     def _key(self) -> str | None:
         try:
@@ -552,8 +553,10 @@ class _IndexCache:
                 with open(target, "wb") as out:
                     _copy_rest(f, out)
             os.utime(target, ns=(int(mtime), int(mtime)))
+            st = os.stat(target)
         except OSError:
             return False
+        self.copied = (st.st_size, st.st_mtime_ns)
         return True
 
     def keep(self, refreshed: str) -> None:
@@ -562,8 +565,11 @@ class _IndexCache:
             return  # the user's index changed meanwhile: the copy may not match it
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
+            st = os.stat(refreshed)
+            if self.copied == (st.st_size, st.st_mtime_ns):
+                return  # git left the cached copy as it was: it is still the one to keep
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            mtime = os.stat(refreshed).st_mtime_ns
+            mtime = st.st_mtime_ns
             with open(refreshed, "rb") as f, open(tmp, "wb") as out:
                 out.write(f"{self.key} {mtime}\n".encode("ascii"))
                 out.flush()
