@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -331,6 +330,8 @@ def load_config_file(path: str, *, project: bool = False) -> dict[str, object]:
             data = f.read()
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    import tomllib  # only when there is a file to read
+
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -4,11 +4,14 @@ import paramiko."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 
 from tryssh.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -96,6 +99,8 @@ def enable_debug_log(verbosity: int) -> None:
     """``-v``: paramiko's log on stderr (INFO once, DEBUG from ``-vv``), like ``ssh -v``."""
     if verbosity <= 0:
         return
+    import logging  # only with -v: paramiko loads it anyway, a dry run need not
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("debug%(verbosity)s: %(name)s: %(message)s"))
     handler.addFilter(_Verbosity(verbosity))
@@ -104,11 +109,16 @@ def enable_debug_log(verbosity: int) -> None:
     log.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
 
 
-class _Verbosity(logging.Filter):
+class _Verbosity:
+    """A log filter (any object with a ``filter`` method is one) that lets INFO through at
+    ``-v`` and DEBUG from ``-vv``, and names the level in the line."""
+
     def __init__(self, verbosity: int) -> None:
-        super().__init__()
         self.verbosity = min(verbosity, 3)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.verbosity = self.verbosity
-        return record.levelno >= (logging.INFO if self.verbosity == 1 else logging.DEBUG)
+        return record.levelno >= (_INFO if self.verbosity == 1 else _DEBUG)
+
+
+_INFO, _DEBUG = 20, 10  # logging.INFO and logging.DEBUG, without importing logging

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
 import threading
@@ -366,6 +365,8 @@ def deliver_ssh(
         return iter((data,)) if isinstance(data, bytes) else data.chunks()
 
     def digest() -> str:  # the same bytes again: the job is encoded the same each time
+        import hashlib  # OpenSSL's: loaded only when someone reads the digest (--json)
+
         sha = hashlib.sha256()
         for chunk in chunks():
             sha.update(chunk)
@@ -442,7 +443,7 @@ def deliver_scp(conn: Connection, data: bytes, jobdir: str, show_progress: bool 
             raise
     finally:
         sftp.close()
-    return Receipt(name, len(data), lambda: hashlib.sha256(data).hexdigest(), "scp",
+    return Receipt(name, len(data), lambda: _sha256_hex(data), "scp",
                    str(conn.target))
 
 
@@ -467,7 +468,13 @@ def deliver_local(data: bytes, jobdir: str) -> Receipt:
         raise TrysshError(
             f"cannot deliver into {jobdir}: {err.strerror or err}", exit_code_for_oserror(err)
         ) from None
-    return Receipt(name, len(data), lambda: hashlib.sha256(data).hexdigest(), "local", None)
+    return Receipt(name, len(data), lambda: _sha256_hex(data), "local", None)
+
+
+def _sha256_hex(data: bytes) -> str:
+    import hashlib  # OpenSSL's: loaded only when someone reads the digest (--json)
+
+    return hashlib.sha256(data).hexdigest()
 
 
 # -- choosing the transport ------------------------------------------------------------------
