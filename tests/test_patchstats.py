@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tryssh.client import vcs
-from tryssh.client.patchstats import PatchStats, _after_lines, patch_stats
+from tryssh.client.patchstats import PatchStats, StreamCounter, _after_lines, patch_stats
 
 # --------------------------------------------------------------------------- the reference
 
@@ -313,3 +313,47 @@ def test_same_as_reference_on_long_hunks(parts: list[list[bytes]], times: int, c
         new = int(m[2] or 1) * times - cut
         lines += [b"@@ -1,%d +1,%d @@" % (max(old, 0), max(new, 0)), *body]
     same(b"\n".join(lines) + b"\n")
+
+
+# --------------------------------------------------------------------------- counted as read
+
+
+def counted_in_pieces(patch: bytes, cuts: list[int]) -> PatchStats | None:
+    counter = StreamCounter()
+    last = 0
+    for cut in sorted(c % (len(patch) + 1) for c in cuts):
+        counter.feed(patch[last:cut])
+        last = cut
+    counter.feed(patch[last:])
+    return counter.result(patch)
+
+
+GIT_LIKE = st.lists(file_diff(), min_size=1, max_size=6).map(
+    lambda parts: b"diff --git a/x b/x\n" + b"".join(line + b"\n" for p in parts for line in p)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(GIT_LIKE, diff(), st.lists(TOKEN, max_size=60).map(b"".join)),
+       st.lists(st.integers(0, 10_000), max_size=8))  # fmt: skip
+def test_counting_as_git_writes_adds_up_to_the_whole(patch: bytes, cuts: list[int]) -> None:
+    """The counts of a patch fed in any pieces (file parts counted as soon as the next one
+    starts) are patch_stats' of the whole, or None where they might not add up."""
+    stats = counted_in_pieces(patch, cuts)
+    if stats is not None:
+        assert stats == patch_stats(patch)
+    else:
+        assert b"\nIndex: " in patch or not patch.startswith(b"diff --git ")
+
+
+def test_counting_as_git_writes_counts_git_output() -> None:
+    part = b"diff --git a/f b/f\nindex 1..2 100644\n--- a/f\n+++ b/f\n@@ -1,2 +1,2 @@\n-a\n+b\n c\n"
+    patch = part * 50
+    for size in (1, 7, 12, 13, 100, len(patch)):
+        assert counted_in_pieces(patch, list(range(size, len(patch), size))) == PatchStats(
+            50, 50, 50, len(patch)
+        )
+    assert counted_in_pieces(b"", []) == PatchStats(0, 0, 0, 0)
+    svn = b"Index: f\n===\n--- f\n+++ f\n@@ -1 +1 @@\n-a\n+b\n"
+    assert counted_in_pieces(svn, []) is None
+    assert counted_in_pieces(part + svn, [len(part)]) is None

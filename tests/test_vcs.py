@@ -745,6 +745,25 @@ def test_git_extraction_runs_few_git_processes(tmp_path: Path, monkeypatch) -> N
     ]  # fmt: skip
 
 
+def test_git_patch_is_counted_while_git_writes_it(tmp_path: Path) -> None:
+    """A patch of several pipe reads (many files, a binary one, a mode change, no final
+    newline) is counted file by file as git writes it, to patch_stats' counts of the whole."""
+    _origin, work, _base = git_origin_and_clone(tmp_path)
+    git_mutate(work)
+    for i in range(300):
+        (work / f"many{i:03d}.txt").write_text("".join(f"line {j} of {i}\n" for j in range(400)))
+    git(work, "add", "-A", "--", *[f"many{i:03d}.txt" for i in range(300)])
+    (work / "many000.txt").write_text("changed, with no final newline")
+    (work / "many001.txt").chmod(0o755)
+    change = extract("git", str(work))
+    assert len(change.patch) > 3 * (1 << 19) and b"GIT binary patch" in change.patch
+    assert change._stats is not None  # counted while read, not afterwards
+    assert change.stats == patch_stats(change.patch)
+    assert (change.stats.files, change.stats.added, change.stats.removed) == numstat(
+        change.patch, work
+    )
+
+
 def test_git_stale_index_is_refreshed_once_in_the_users_cache(tmp_path: Path, monkeypatch) -> None:
     """A stale index (every file's stat data changed) is refreshed in the private copy,
     which is kept and used again while the user's index is the same; the user's index

@@ -210,6 +210,47 @@ def patch_stats(patch: bytes) -> PatchStats:
     return PatchStats(files=files, added=added, removed=removed, size=n)
 
 
+_FILE_START = b"\ndiff --git "
+
+
+class StreamCounter:
+    """:func:`patch_stats` of a git diff fed in pieces as git writes it: each file's part
+    is counted as soon as the next one starts, so that little is left when git is done.
+
+    The counts of whole ``diff --git`` parts add up to the whole patch's: at such a line
+    patch_stats starts a file afresh whatever came before (a hunk left open ends there),
+    unless an ``Index:`` header (svn) opened one, which git never writes. :meth:`result`
+    checks that, and says None (count the patch at once) where it does not hold.
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # fed, not counted: the part whose end is not known yet
+        self._files = self._added = self._removed = 0
+
+    def feed(self, data: bytes) -> None:
+        start = len(self._pending)
+        self._pending += data
+        # A part's start may straddle the previous piece and this one.
+        cut = self._pending.rfind(_FILE_START, max(0, start - len(_FILE_START)))
+        if cut > 0:
+            self._count(bytes(self._pending[: cut + 1]))
+            del self._pending[: cut + 1]
+
+    def result(self, patch: bytes) -> PatchStats | None:
+        """The counts of *patch* (all that was fed), or None if they may not add up."""
+        if (patch and not patch.startswith(b"diff --git ")) or b"\nIndex: " in patch:
+            return None
+        self._count(bytes(self._pending))
+        self._pending.clear()
+        return PatchStats(self._files, self._added, self._removed, len(patch))
+
+    def _count(self, part: bytes) -> None:
+        stats = patch_stats(part)
+        self._files += stats.files
+        self._added += stats.added
+        self._removed += stats.removed
+
+
 def _length(digits: bytes | None, most: int) -> int:
     """A hunk header's line count (1 when left out), at most ``most``.
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from tryssh.client.patchstats import SVN_BINARY_MARKER as _SVN_BINARY_MARKER
-from tryssh.client.patchstats import PatchStats, patch_stats
+from tryssh.client.patchstats import PatchStats, StreamCounter, patch_stats
 from tryssh.core.defaults import MAX_JOB_SIZE
 from tryssh.errors import (
     EX_DATAERR,
@@ -80,6 +80,7 @@ class SourceChange:
         topdir: str,
         notes: list[str] | None = None,
         upstream_branch: str | None = None,
+        stats: PatchStats | None = None,
     ) -> None:
         self.vcs = vcs
         self.baserev = baserev
@@ -90,6 +91,7 @@ class SourceChange:
         self.topdir = topdir
         self.notes = notes if notes is not None else []
         self.upstream_branch = upstream_branch
+        self._stats = stats  # counted while the patch was read, or None
 
     def __repr__(self) -> str:
         return (f"SourceChange(vcs={self.vcs!r}, baserev={self.baserev!r}, "
@@ -97,7 +99,9 @@ class SourceChange:
 
     @property
     def stats(self) -> PatchStats:
-        return patch_stats(self.patch)
+        if self._stats is None:
+            self._stats = patch_stats(self.patch)
+        return self._stats
 
 
 # --------------------------------------------------------------------------- running tools
@@ -151,11 +155,17 @@ def _run(
         raise TrysshError(f"{argv[0]} is not installed (or not on PATH)", EX_UNAVAILABLE) from None
     except OSError as err:
         raise TrysshError(f"cannot run {argv[0]}: {err.strerror}", EX_UNAVAILABLE) from None
-    if proc.returncode not in ok:
-        detail = _first_line(proc.stderr) or _first_line(proc.stdout) or "no message"
-        what = " ".join(a for a in argv[:2] if not a.startswith("-"))
-        raise TrysshError(f"{what} failed (exit {proc.returncode}): {detail}", EX_UNAVAILABLE)
+    _check_exit(argv, proc.returncode, ok, proc.stderr, proc.stdout)
     return proc
+
+
+def _check_exit(
+    argv: Sequence[str], code: int, ok: tuple[int, ...], stderr: bytes, stdout: bytes
+) -> None:
+    if code not in ok:
+        detail = _first_line(stderr) or _first_line(stdout) or "no message"
+        what = " ".join(a for a in argv[:2] if not a.startswith("-"))
+        raise TrysshError(f"{what} failed (exit {code}): {detail}", EX_UNAVAILABLE)
 
 
 def _text(data: bytes) -> str:
@@ -354,7 +364,7 @@ def _extract_git(
     elif branch is None:
         base = _git_merge_base(topdir, head_id, current, upstream, notes)
 
-    patch = _git_diff(topdir, base, include_untracked, index_path)
+    patch, stats = _git_diff(topdir, base, include_untracked, index_path)
     return SourceChange(
         vcs="git",
         baserev=base,
@@ -365,6 +375,7 @@ def _extract_git(
         topdir=topdir,
         notes=notes,
         upstream_branch=upstream_branch,
+        stats=stats,
     )
 
 
@@ -442,7 +453,9 @@ def _git_merge_base(
     return _text(mb.stdout)
 
 
-def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) -> bytes:
+def _git_diff(
+    topdir: str, base: str, include_untracked: bool, index_path: str
+) -> tuple[bytes, PatchStats | None]:
     """Diff ``base`` against the work tree, without ever writing the user's index (at
     *index_path*).
 
@@ -481,24 +494,39 @@ def _git_diff(topdir: str, base: str, include_untracked: bool, index_path: str) 
                     env=add_env,
                     stdin=listing,
                 )
-        patch = _git(
-            topdir,
-            *cfg,
-            "diff",
-            "--binary",
-            "--full-index",
-            "--no-color",
-            "--no-ext-diff",
-            "--no-textconv",
-            "--src-prefix=a/",
-            "--dst-prefix=b/",
-            base,
-            "--",
-            env=env,
-        ).stdout
+        argv = ["git", *cfg, "diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+                "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", base, "--"]  # fmt: skip
+        patch, stats = _read_counting(argv, topdir, env)
         if cache is not None:
             cache.keep(tmp_index)
-        return patch
+        return patch, stats
+
+
+def _read_counting(
+    argv: list[str], cwd: str, env: Mapping[str, str]
+) -> tuple[bytes, PatchStats | None]:
+    """Run git diff and read its patch as git writes it, counting each file's lines
+    meanwhile (see StreamCounter): the counting is done, but for the last file, when git is.
+    The counts are None when they must be taken from the whole patch."""
+    parts: list[bytes] = []
+    counter = StreamCounter()
+    with tempfile.TemporaryFile() as err:  # not a pipe: git's warnings never block it
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=err,
+                                    pipesize=_PIPE_SIZE)  # fmt: skip
+        except OSError:
+            return _run(argv, cwd, env=env).stdout, None  # the same call, for its error
+        with proc:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            while chunk := os.read(fd, _PIPE_SIZE):
+                parts.append(chunk)
+                counter.feed(chunk)
+        err.seek(0)
+        _check_exit(argv, proc.returncode, (0,), err.read(), b"")
+    patch = b"".join(parts)
+    return patch, counter.result(patch)
 
 
 def _copy_rest(src: BinaryIO, out: BinaryIO) -> None:
