@@ -3,7 +3,8 @@
 A git repository of 20,000 files (200 directories) whose working tree rewrites 1,667 of them
 (a ~5 MB diff). In one run: the median wall time of ``git diff HEAD`` and of ``tryssh try
 --dry-run``, and the split of tryssh's time: interpreter start-up and imports, the VCS step
-(``vcs.extract``: git's own diff plus the index copy), the patch statistics and the job
+(``vcs.extract``: git's own diff plus the index copy, the patch counted as git writes
+it), what is left of the patch statistics after that and the job
 encoding, measured one after another; the command itself overlaps the first two (it reads
 the change in a thread while it loads, see ``tryssh.client.prefetch``). git diff is
 timed with the index as ``git commit`` left it (racily clean entries: every diff reads

@@ -145,8 +145,8 @@ def _run(
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             check=False,
-            # A big pipe: git diff writes on at its pace while this thread waits for the
-            # GIL (tryssh try loads its modules meanwhile, see prefetch).
+            # A big pipe: hg's or svn's diff writes on at its pace while this thread waits
+            # for the GIL (tryssh try loads its modules meanwhile, see prefetch).
             pipesize=_PIPE_SIZE,
         )
     except FileNotFoundError as err:
