@@ -8,6 +8,7 @@ whole tree.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -154,13 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _main(argv)
     try:
-        return _main(sys.argv[1:])
+        code = _main(sys.argv[1:])
     finally:
         # The process ends now: its last garbage collection need not walk every object that
         # click and the rest made at import (about 10 ms of a 250 ms try --dry-run).
         import gc
 
         gc.freeze()
+    _exit_if_threads_run(code)
+    return code
+
+
+def _exit_if_threads_run(code: int) -> None:
+    """Exit now, output flushed, if a thread still runs: a connection ``try`` gave up on
+    when its job could not be built. The interpreter's own exit stops such a thread
+    wherever it is, and inside paramiko's cryptography (Rust) that aborts or crashes the
+    process (exit 134 or 139 instead of the error's code)."""
+    import threading
+
+    if threading.active_count() <= 1:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can be said there
+    os._exit(code)
 
 
 def _main(argv: list[str]) -> int:

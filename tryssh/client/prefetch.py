@@ -103,4 +103,4 @@ def finish() -> None:
         try:
             pending.wait()  # not long: a Ctrl-C reached git too
         except KeyboardInterrupt:
-            pass  # a second Ctrl-C: exit now (the copy goes with the interpreter's exit)
+            pass  # a second Ctrl-C: exit now (a private index copy may stay in $TMPDIR)
