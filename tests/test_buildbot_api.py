@@ -133,3 +133,49 @@ def test_an_answer_cut_short_is_retried_like_a_connection_error():
     finally:
         server.close()
     assert delays == [0.5, 1.0] and answers == 3
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, 77), (401, 77), (503, 75)])
+def test_a_stop_buildbot_refuses_is_77_and_one_it_cannot_take_now_is_75(status, code):
+    """A real HTTP server on loopback answers the stop: 401/403 (its authz does not let
+    the token stop builds) will not get better by asking again, a 503 may."""
+    from http.server import BaseHTTPRequestHandler
+
+    from helpers import LoopbackHttp
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # Buildbot's answers for a buildset with one running build
+            path = self.path.partition("?")[0]
+            body = {
+                "/api/v2/buildrequests": b'{"buildrequests": [{"buildrequestid": 3, '
+                                         b'"builderid": 1, "complete": false}]}',
+                "/api/v2/builds": b'{"builds": [{"buildid": 7, "number": 1, "builderid": 1, '
+                                  b'"complete": false, "results": null}]}',
+                "/api/v2/builders": b'{"builders": [{"builderid": 1, "name": "unit"}]}',
+            }[path]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = LoopbackHttp(Handler)
+    try:
+        api = buildbot.Api(server.url, retries=0)
+        got, note = buildbot.stop_buildsets(api, [5], "tryssh job X cancelled by alice")
+    finally:
+        server.close()
+    assert got == code
+    assert note.startswith("could not ask Buildbot to stop buildset 5: ")
+    assert f"HTTP {status}" in note and "\n" not in note
+    if status == 403:
+        assert "authz" in note

@@ -142,9 +142,9 @@ def cancel_cmd(ctx: click.Context, job: str, as_json: bool, no_wait: bool,
     Exit codes: 0 cancelled (or, if the consumer has not claimed it yet, the request is
     recorded), 2 the job had already finished: nothing to cancel, 64 usage, 66 no such
     job (or not yours), 69 drop-in without [buildbot] api: the server cannot stop a job
-    Buildbot has taken, 75 connection trouble, or Buildbot's API did not take the stop
-    (or has no buildset for the job yet: ask again), 77 refused, 78 config error,
-    130 interrupted (Ctrl-C).
+    Buildbot has taken, 75 connection trouble, or Buildbot's API did not answer the stop
+    (or has no buildset for the job yet: ask again), 77 refused (also: Buildbot's authz
+    does not let the server's token stop builds), 78 config error, 130 interrupted (Ctrl-C).
     """
     v = _merge(ctx, values, os.getcwd())
     if v.get("master_config"):

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tryssh.errors import EX_UNAVAILABLE, TrysshError
+from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, TrysshError
 
 RESULT_NAMES = ("SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED")
 RESULT_MAP = {0: "success", 1: "success", 2: "failure"}  # every other code is "error"
@@ -38,6 +38,13 @@ class Unavailable(TrysshError):
     """Buildbot's API did not answer (or answered nonsense) after every retry."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class Refused(Unavailable):
+    """Buildbot answered a control call with 401 or 403: its authz does not let this
+    token do that. Asking again will not help; the site's config must change."""
+
+    exit_code = EX_NOPERM
 
 
 def result_name(code: int | None) -> str:
@@ -121,6 +128,9 @@ class Api:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                raise Refused(f"POST {url} ({method}): HTTP {err.code}: Buildbot's authz does "
+                              "not allow it for tryssh's token ([buildbot] token_file)") from None
             raise Unavailable(f"POST {url} ({method}): HTTP {err.code}") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             raise Unavailable(f"POST {url} ({method}): {getattr(err, 'reason', err)}") from None
@@ -242,18 +252,20 @@ def describe(view: dict[str, Any]) -> str | None:
     return text
 
 
-def stop_buildsets(api: Api, bsids: list[int], reason: str) -> tuple[bool, str]:
-    """Ask Buildbot to stop the buildsets *bsids* (:meth:`Api.stop_buildset`); whether
-    it took the request, and one line saying what came of it."""
+def stop_buildsets(api: Api, bsids: list[int], reason: str) -> tuple[int, str]:
+    """Ask Buildbot to stop the buildsets *bsids* (:meth:`Api.stop_buildset`); 0 if it
+    took the request, else the exit code of why not (77 refused by its authz, 75 no
+    answer: worth asking again), and one line saying what came of it."""
     which = ", ".join(str(b) for b in bsids)
     try:
         count = sum(api.stop_buildset(bsid, reason) for bsid in bsids)
     except TrysshError as err:
-        return False, f"could not ask Buildbot to stop buildset {which}: {err.message}"
+        code = EX_NOPERM if isinstance(err, Refused) else EX_TEMPFAIL
+        return code, f"could not ask Buildbot to stop buildset {which}: {err.message}"
     if not count:
-        return True, f"Buildbot had nothing left to stop in buildset {which}"
+        return 0, f"Buildbot had nothing left to stop in buildset {which}"
     builds = f"{count} build{'' if count == 1 else 's'}"
-    return True, f"asked Buildbot to stop buildset {which} ({builds})"
+    return 0, f"asked Buildbot to stop buildset {which} ({builds})"
 
 
 def try_reason(who: str | None) -> str:

@@ -407,9 +407,9 @@ def _stop_claimed(
         raise TrysshError(f"not stopping buildset {', '.join(foreign)}: Buildbot made it for "
                           f"another try job with jobid {record.get('jobid')}", EX_NOPERM)
     asked = store.request_cancel(job, by)
-    took, note = stop_buildsets(api, bsids, f"tryssh job {job} cancelled by {by}")
-    if not took:
-        raise TrysshError(note, EX_TEMPFAIL)
+    code, note = stop_buildsets(api, bsids, f"tryssh job {job} cancelled by {by}")
+    if code:
+        raise TrysshError(note, code)
     return _answer(out, as_json, job, state, asked, note, "buildbot")
 
 
