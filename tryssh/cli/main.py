@@ -188,16 +188,17 @@ def _main(argv: list[str]) -> int:
         from tryssh.server.tryserver import main as tryserver_main
 
         return tryserver_main(argv[1:])
-    if argv[:1] == ["try"]:
+    reading_ahead = argv[:1] == ["try"]
+    if reading_ahead:
         # git diff runs on another core while click and the rest load (see prefetch).
         from tryssh.client import prefetch
 
         prefetch.start(argv[1:])
-        try:
-            return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
-        finally:
+    try:
+        return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
+    finally:
+        if reading_ahead:
             prefetch.finish()
-    return root_group().main(args=argv, prog_name="tryssh", standalone_mode=False)
 
 
 if __name__ == "__main__":

@@ -364,20 +364,13 @@ def deliver_ssh(
     def chunks() -> Iterator[bytes]:
         return iter((data,)) if isinstance(data, bytes) else data.chunks()
 
-    def digest() -> str:  # the same bytes again: the job is encoded the same each time
-        import hashlib  # OpenSSL's: loaded only when someone reads the digest (--json)
-
-        sha = hashlib.sha256()
-        for chunk in chunks():
-            sha.update(chunk)
-        return sha.hexdigest()
-
     progress = Progress(size, "sending", show_progress)
     stdout, _stderr = run_remote(conn, command, chunks(), progress)
     # tryssh's tryserver prints the job name; Buildbot's prints nothing.
     lines = stdout.decode("utf-8", "replace").split()
     name = lines[0] if lines else None
-    return Receipt(name, size, digest, "ssh", str(conn.target))
+    # The same bytes again when asked: the job is encoded the same each time.
+    return Receipt(name, size, lambda: _sha256_hex(chunks()), "ssh", str(conn.target))
 
 
 # -- sftp -----------------------------------------------------------------------------------
@@ -443,8 +436,7 @@ def deliver_scp(conn: Connection, data: bytes, jobdir: str, show_progress: bool 
             raise
     finally:
         sftp.close()
-    return Receipt(name, len(data), lambda: _sha256_hex(data), "scp",
-                   str(conn.target))
+    return Receipt(name, len(data), lambda: _sha256_hex((data,)), "scp", str(conn.target))
 
 
 # -- local ----------------------------------------------------------------------------------
@@ -468,13 +460,17 @@ def deliver_local(data: bytes, jobdir: str) -> Receipt:
         raise TrysshError(
             f"cannot deliver into {jobdir}: {err.strerror or err}", exit_code_for_oserror(err)
         ) from None
-    return Receipt(name, len(data), lambda: _sha256_hex(data), "local", None)
+    return Receipt(name, len(data), lambda: _sha256_hex((data,)), "local", None)
 
 
-def _sha256_hex(data: bytes) -> str:
+def _sha256_hex(chunks: Iterable[bytes]) -> str:
+    """The SHA-256 of what was sent, for a Receipt."""
     import hashlib  # OpenSSL's: loaded only when someone reads the digest (--json)
 
-    return hashlib.sha256(data).hexdigest()
+    sha = hashlib.sha256()
+    for chunk in chunks:
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 # -- choosing the transport ------------------------------------------------------------------

@@ -711,7 +711,7 @@ def _stop_buildsets(api: Api, bsids: list[int], reason: str, logs: _GroupLog) ->
     """Ask Buildbot to stop the job's buildsets; one line saying what came of it."""
     from tryssh.server.buildbot import stop_buildsets
 
-    _stopped, note = stop_buildsets(api, bsids, reason)
+    _code, note = stop_buildsets(api, bsids, reason)
     logs.note(f"cancel: {note}")
     return note
 

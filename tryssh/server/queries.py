@@ -168,12 +168,20 @@ def _unrecorded(jobdir: str, job: str) -> tuple[JobRecord, os.stat_result] | Non
 def _withdrawn(record: JobRecord, state_dir: str) -> None:
     """Complete the stand-in of a job ``cancel`` took back from new/ before anyone claimed
     it: who asked, from the cancel request."""
+    cancelled = _cancel_asked(state_dir, record["job"]) or {"by": "?", "requested": None}
+    record["cancelled"] = cancelled
+    record["reason"] = f"cancelled by {cancelled['by']} before Buildbot took it"
+
+
+def _cancel_asked(state_dir: str, job: str) -> dict[str, Any] | None:
+    """Who asked to cancel *job* and when (a record's ``cancelled``), from its cancel
+    request; None when there is none."""
     from tryssh.core.records import RecordStore
 
-    request = RecordStore(state_dir).cancel_request(record["job"]) or {}
-    by = request.get("by") or "?"
-    record["cancelled"] = {"by": by, "requested": request.get("requested")}
-    record["reason"] = f"cancelled by {by} before Buildbot took it"
+    request = RecordStore(state_dir).cancel_request(job)
+    if request is None:
+        return None
+    return {"by": request.get("by") or "?", "requested": request.get("requested")}
 
 
 def no_consumer(state_dir: str) -> bool:
@@ -229,12 +237,10 @@ def _cancelled_by_request(record: JobRecord, state_dir: str) -> None:
     """Builds Buildbot ended CANCELLED after tryssh asked (``tryserver cancel`` left a
     request: the evidence) are ``cancelled``, and so is the job once Buildbot is done: the
     consumer's mapping. A build someone else stopped (the web UI) stays ``error``."""
-    from tryssh.core.records import RecordStore
-
-    request = RecordStore(state_dir).cancel_request(record["job"])
-    if request is None:
+    cancelled = _cancel_asked(state_dir, record["job"])
+    if cancelled is None:
         return
-    by = request.get("by") or "?"
+    by = cancelled["by"]
     stopped = False
     for entry in record["builders"].values():
         if entry.get("buildbot_result") == "CANCELLED":
@@ -243,7 +249,7 @@ def _cancelled_by_request(record: JobRecord, state_dir: str) -> None:
     if stopped and record["state"] != "running":
         record["state"] = "cancelled"
         record["reason"] = f"cancelled by {by}"
-        record["cancelled"] = {"by": by, "requested": request.get("requested")}
+        record["cancelled"] = cancelled
 
 
 def recent_jobs(state_dir: str, user: str | None, limit: int = JOBS_LIMIT) -> list[JobRecord]:

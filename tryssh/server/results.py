@@ -27,7 +27,7 @@ import time
 
 from tryssh.core.jobdir import Jobdir
 from tryssh.core.records import FINAL_STATES, RecordStore
-from tryssh.errors import EX_OK, EX_TEMPFAIL, TrysshError, UsageError
+from tryssh.errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, TrysshError, UsageError
 from tryssh.server.queries import NoSuchJob, job_status, state_dirs
 
 TYPE_CHECKING = False
@@ -367,8 +367,6 @@ def _stop_claimed(
     as_json: bool, out: BinaryIO, reread: Any,
 ) -> int:  # fmt: skip
     """Stop the buildset of a job Buildbot has claimed, through ``[buildbot] api``."""
-    from tryssh.errors import EX_UNAVAILABLE
-
     job = record["job"]
     api_url = buildbot.get("api")
     if not api_url:
@@ -387,7 +385,6 @@ def _stop_claimed(
     state = record.get("state")
     if state in FINAL_STATES:
         raise AlreadyFinal(f"job {job} has already finished ({state}): nothing to cancel")
-    from tryssh.errors import EX_NOPERM
     from tryssh.server.buildbot import Api, foreign_buildsets, read_token, stop_buildsets
 
     try:
