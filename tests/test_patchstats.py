@@ -318,8 +318,8 @@ def test_same_as_reference_on_long_hunks(parts: list[list[bytes]], times: int, c
 # --------------------------------------------------------------------------- counted as read
 
 
-def counted_in_pieces(patch: bytes, cuts: list[int]) -> PatchStats | None:
-    counter = StreamCounter()
+def counted_in_pieces(patch: bytes, cuts: list[int], batch: int = 1) -> PatchStats | None:
+    counter = StreamCounter(batch=batch)
     last = 0
     for cut in sorted(c % (len(patch) + 1) for c in cuts):
         counter.feed(patch[last:cut])
@@ -335,11 +335,14 @@ GIT_LIKE = st.lists(file_diff(), min_size=1, max_size=6).map(
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(GIT_LIKE, diff(), st.lists(TOKEN, max_size=60).map(b"".join)),
-       st.lists(st.integers(0, 10_000), max_size=8))  # fmt: skip
-def test_counting_as_git_writes_adds_up_to_the_whole(patch: bytes, cuts: list[int]) -> None:
-    """The counts of a patch fed in any pieces (file parts counted as soon as the next one
-    starts) are patch_stats' of the whole, or None where they might not add up."""
-    stats = counted_in_pieces(patch, cuts)
+       st.lists(st.integers(0, 10_000), max_size=8), st.integers(1, 200))  # fmt: skip
+def test_counting_as_git_writes_adds_up_to_the_whole(
+    patch: bytes, cuts: list[int], batch: int
+) -> None:
+    """The counts of a patch fed in any pieces (the file parts that have ended counted
+    once *batch* bytes wait) are patch_stats' of the whole, or None where they might not
+    add up."""
+    stats = counted_in_pieces(patch, cuts, batch)
     if stats is not None:
         assert stats == patch_stats(patch)
     else:

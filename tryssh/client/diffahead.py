@@ -97,6 +97,24 @@ def _packed_ref(gitdir: str, ref: bytes) -> bytes | None:
     return packed[packed.rfind(b"\n", 0, end) + 1 : end]
 
 
+def read_counting(fd: int) -> tuple[list[bytes], StreamCounter]:
+    """Read a git diff from the pipe *fd* to its end, counting its lines as git writes it
+    (see StreamCounter): the counting is done, but for the end, when git is."""
+    from tryssh.client.patchstats import StreamCounter
+
+    counter = StreamCounter()
+    parts = []
+    # One buffer for every read: git writes a few KiB at a time, and a new 1 MiB buffer
+    # per read would be an mmap, an mremap and a munmap each time.
+    buffer = bytearray(PIPE_SIZE)
+    view = memoryview(buffer)
+    while size := os.readv(fd, [buffer]):
+        chunk = view[:size].tobytes()
+        parts.append(chunk)
+        counter.feed(chunk)
+    return parts, counter
+
+
 def start(cwd: str) -> DiffAhead | None:
     """Start the diff of the working copy around *cwd* against HEAD, if git's files say
     where it is; None if they do not (the change is then read the usual way only)."""
@@ -170,16 +188,9 @@ class DiffAhead:
         return pid, read_end
 
     def _drain(self) -> None:
-        """Read the patch as git writes it, counting each file's lines meanwhile (see
-        StreamCounter); then reap git."""
+        """Read the patch as git writes it, counting it meanwhile; then reap git."""
         try:
-            from tryssh.client.patchstats import StreamCounter
-
-            counter = StreamCounter()
-            while chunk := os.read(self._fd, PIPE_SIZE):
-                self._parts.append(chunk)
-                counter.feed(chunk)
-            self._counter = counter
+            self._parts, self._counter = read_counting(self._fd)
         except Exception:  # noqa: S110 - an unread patch is never used (returncode stays None)
             pass
         finally:

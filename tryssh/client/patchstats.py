@@ -223,18 +223,23 @@ class StreamCounter:
     checks that, and says None (count the patch at once) where it does not hold.
     """
 
-    def __init__(self) -> None:
-        self._pending = bytearray()  # fed, not counted: the part whose end is not known yet
+    def __init__(self, batch: int = 1 << 18) -> None:
+        self._pending = bytearray()  # fed, not counted: the parts whose end is not known yet
         self._files = self._added = self._removed = 0
+        # Counted *batch* bytes or more at a time: git writes a few KiB at a time, and a
+        # count per piece (or per file) would cost several times the whole count.
+        self._batch = batch
+        self._searched = 0  # no part starts before this in _pending (but one may straddle it)
 
     def feed(self, data: bytes) -> None:
-        start = len(self._pending)
         self._pending += data
-        # A part's start may straddle the previous piece and this one.
-        cut = self._pending.rfind(_FILE_START, max(0, start - len(_FILE_START)))
+        if len(self._pending) < self._batch:
+            return
+        cut = self._pending.rfind(_FILE_START, self._searched)
         if cut > 0:
             self._count(bytes(self._pending[: cut + 1]))
             del self._pending[: cut + 1]
+        self._searched = max(0, len(self._pending) - len(_FILE_START))
 
     def result(self, patch: bytes) -> PatchStats | None:
         """The counts of *patch* (all that was fed), or None if they may not add up."""

@@ -21,10 +21,10 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
-from tryssh.client.diffahead import DIFF_OPTIONS, PIPE_SIZE
+from tryssh.client.diffahead import DIFF_OPTIONS, PIPE_SIZE, read_counting
 from tryssh.client.gitindex import IndexCache, copy_index
 from tryssh.client.patchstats import SVN_BINARY_MARKER as _SVN_BINARY_MARKER
-from tryssh.client.patchstats import PatchStats, StreamCounter, patch_stats
+from tryssh.client.patchstats import PatchStats, patch_stats
 from tryssh.client.toolenv import tool_env
 from tryssh.core.defaults import MAX_JOB_SIZE
 from tryssh.errors import (
@@ -498,10 +498,8 @@ def _read_counting(
     argv: list[str], cwd: str, env: Mapping[str, str]
 ) -> tuple[bytes, PatchStats | None]:
     """Run git diff and read its patch as git writes it, counting each file's lines
-    meanwhile (see StreamCounter): the counting is done, but for the last file, when git is.
-    The counts are None when they must be taken from the whole patch."""
-    parts: list[bytes] = []
-    counter = StreamCounter()
+    meanwhile (see read_counting). The counts are None when they must be taken from the
+    whole patch."""
     with tempfile.TemporaryFile() as err:  # not a pipe: git's warnings never block it
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
@@ -511,10 +509,7 @@ def _read_counting(
             return _run(argv, cwd, env=env).stdout, None  # the same call, for its error
         with proc:
             assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-            while chunk := os.read(fd, PIPE_SIZE):
-                parts.append(chunk)
-                counter.feed(chunk)
+            parts, counter = read_counting(proc.stdout.fileno())
         err.seek(0)
         _check_exit(argv, proc.returncode, (0,), err.read(), b"")
     patch = b"".join(parts)
