@@ -21,6 +21,7 @@ Stdlib only, and imported before click: this module is what makes the diff start
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 from tryssh.client.gitindex import IndexCache
@@ -128,8 +129,8 @@ def start(cwd: str) -> DiffAhead | None:
         return None
     try:
         return DiffAhead(top, commit)
-    except OSError:
-        return None  # no private directory, no git: the usual way reports what matters
+    except Exception:  # no private directory, no git, no thread: the usual way reports it
+        return None
 
 
 class DiffAhead:
@@ -156,11 +157,16 @@ class DiffAhead:
             self._remove_tmpdir()
             raise
         self._thread = threading.Thread(target=self._drain, name="tryssh-diff-ahead", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            os.kill(self._pid, signal.SIGTERM)
+            os.close(self._fd)
+            os.waitpid(self._pid, 0)
+            self._remove_tmpdir()
+            raise
 
     def _spawn(self) -> tuple[int, int]:
-        import signal
-
         # As the usual way runs it (tryssh.client.vcs._git_diff), in topdir: -C does what
         # a cwd does, which posix_spawn cannot set.
         argv = ["git", "-C", self.topdir, *DIFF_OPTIONS, self.commit, "--"]
@@ -224,8 +230,6 @@ class DiffAhead:
 
     def discard(self) -> None:
         """Stop git if it still runs, and remove the private index. Safe to call twice."""
-        import signal
-
         with self._lock:
             if not self._done:  # not reaped yet: the pid is still git's
                 os.kill(self._pid, signal.SIGTERM)

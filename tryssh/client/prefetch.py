@@ -51,9 +51,17 @@ class Prefetch:
         self._ahead = diffahead.start(cwd)
         # Imported here, before the thread starts: the first git then starts without
         # waiting for the GIL that click's imports would hold in the main thread.
-        import tryssh.client.vcs  # noqa: F401
-        self._thread = threading.Thread(target=self._read, name="tryssh-prefetch", daemon=True)
-        self._thread.start()
+        try:
+            import tryssh.client.vcs  # noqa: F401
+
+            self._thread = threading.Thread(target=self._read, name="tryssh-prefetch",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+        except BaseException:
+            if self._ahead is not None:
+                self._ahead.discard()
+            sys.setswitchinterval(self._interval)
+            raise
 
     def _read(self) -> None:
         try:
