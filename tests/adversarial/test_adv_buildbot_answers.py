@@ -376,3 +376,20 @@ def test_the_consumers_buildbot_builder_ends_in_one_line_not_an_internal_error(
     assert "buildrequests[0].buildrequestid missing, not an integer" in outcome.reason
     assert "\n" not in outcome.reason
     assert len(target.pending()) == 1  # handed over once
+
+
+def test_doctor_says_an_api_that_answers_nonsense_is_a_problem(master, tmp_path):
+    """A ``buildbot.api`` URL that answers JSON but not Buildbot's (a wrong path behind a
+    proxy, say) is a problem that names it, not "answers"."""
+    from tryssh.server.doctor import check_builders
+
+    state, url = master
+    state.set("/api/v2/builders", {"builders": "none"})
+    target = Jobdir(str(tmp_path / "bb")).create()
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    config = config_from_dict({"jobdir": jobdir.path, "builders": {"bb": {"buildbot": {
+        "jobdir": target.path, "api": url}}}}, str(tmp_path / "tryssh.toml"))  # fmt: skip
+    findings = list(check_builders(config))
+    assert [f.level for f in findings] == ["ok", "problem"]  # the jobdir, then the API
+    assert findings[1].message.startswith("builders.bb.buildbot.api: Buildbot's API answered")
+    assert findings[1].message.endswith("with builders without a list")
