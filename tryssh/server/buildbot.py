@@ -7,7 +7,10 @@ only on a field that is also selected with ``field=``, hence the explicit field 
 Buildbot's results map to tryssh's: SUCCESS and WARNINGS are ``success``, FAILURE is
 ``failure``; SKIPPED, EXCEPTION, RETRY and CANCELLED are ``error`` with the reason. A master
 that does not answer is retried with exponential backoff; after that the caller gets
-:class:`Unavailable`, never a result it did not see. Standard library only (urllib).
+:class:`Unavailable`, never a result it did not see. So does a master (or a proxy in front
+of it) whose answer is not what tryssh reads: larger than :data:`MAX_ANSWER`, not JSON, or
+without the lists and fields of :data:`SHAPES` (checked once, in :meth:`Api.get`, so that
+nothing after it meets a wrong type). Standard library only (urllib).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from tryssh.core.safetext import printable
 from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, TrysshError
 
 RESULT_NAMES = ("SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED")
@@ -32,12 +36,85 @@ BACKOFF_MAX = 30.0
 TAIL_LINES = 30  # of a failed step's log, copied into the tryssh builder's log
 BUILDSET_FIELDS = ("bsid", "external_idstring", "results", "complete", "submitted_at",
                    "complete_at", "reason")  # fmt: skip
+# An answer is read into memory whole: a master (or proxy) may not make it larger than this.
+# A log is read as a window of lines (failed_step_tail), so this bounds logs too.
+MAX_ANSWER = 16 * 2**20
+NONE = type(None)
+# Of each list Buildbot answers with, the fields tryssh reads and the types it reads them
+# as (NONE: the field may be null or left out). Whatever else an object holds is ignored.
+SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "buildsets": {"bsid": (int,), "submitted_at": (int, float, NONE), "reason": (str, NONE)},
+    "builders": {"builderid": (int,), "name": (str,)},
+    "buildrequests": {"buildrequestid": (int,), "builderid": (int,), "results": (int, NONE)},
+    "builds": {"buildid": (int,), "number": (int,), "builderid": (int,),
+               "results": (int, NONE), "state_string": (str, NONE)},
+    "steps": {"stepid": (int,), "number": (int, NONE), "name": (str,)},
+    "logs": {"logid": (int,), "num_lines": (int, NONE)},
+    "logchunks": {"content": (str, NONE)},
+}  # fmt: skip
+KINDS = {int: "an integer", float: "a number", str: "a string", NONE: "null", bool: "a boolean",
+         list: "a list", dict: "an object"}  # fmt: skip
 
 
 class Unavailable(TrysshError):
     """Buildbot's API did not answer (or answered nonsense) after every retry."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class Malformed(ValueError):
+    """An answer that is not the JSON tryssh reads (retried like a connection error)."""
+
+
+class TooLarge(Malformed):
+    """An answer larger than :data:`MAX_ANSWER` (not retried: it will not shrink)."""
+
+
+def read_answer(response: http.client.HTTPResponse) -> Any:
+    """The JSON value *response* carries, read whole but never more than MAX_ANSWER bytes;
+    TooLarge or Malformed (both ValueError) when it is not that."""
+    too_large = TooLarge(f"more than {MAX_ANSWER // 2**20} MiB")
+    length = response.length  # None: chunked, or up to the connection's close
+    if length is not None and length > MAX_ANSWER:  # said so up front: nothing is read
+        raise too_large
+    # With a Content-Length, read() says IncompleteRead when the answer is cut short (a
+    # read(n) would not); without one, read(n) reads no more than n bytes.
+    data = response.read() if length is not None else response.read(MAX_ANSWER + 1)
+    if len(data) > MAX_ANSWER:
+        raise too_large
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as err:  # RecursionError: [[[[... nested too deep
+        raise Malformed(f"no JSON ({one_line(err, 80)})") from None
+
+
+def check_shape(answer: Any, key: str) -> list[dict[str, Any]]:
+    """The list *key* of *answer*, every item an object whose fields of :data:`SHAPES`
+    have the types tryssh reads them as; Malformed, naming what is wrong, otherwise."""
+    items = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        raise Malformed(f"{key} without a list")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise Malformed(f"{key}[{index}] {kind_of(item)}, not an object")
+        for field, kinds in SHAPES[key].items():
+            value = item.get(field)
+            if isinstance(value, bool) or not isinstance(value, kinds):  # JSON true is no int
+                what = kind_of(value) if field in item else "missing"
+                want = " or ".join(KINDS[k] for k in kinds if k is not int or float not in kinds)
+                raise Malformed(f"{key}[{index}].{field} {what}, not {want}")
+    return items
+
+
+def kind_of(value: Any) -> str:
+    """The JSON kind of *value*, as a message names it (``a string``)."""
+    return KINDS.get(type(value), type(value).__name__)
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """A master's own words (an error message) as one printable line of at most *limit*."""
+    line = printable(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 class Refused(Unavailable):
@@ -85,8 +162,11 @@ class Api:
         self.sleep = sleep
         self._builder_names: dict[int, str] = {}
 
-    def get(self, path: str, params: list[tuple[str, str]] | tuple = ()) -> dict[str, Any]:
-        """``GET api/v2/PATH?PARAMS`` as JSON, retried with backoff; Unavailable at the end."""
+    def get(
+        self, path: str, params: list[tuple[str, str]] | tuple = (), key: str | None = None
+    ) -> dict[str, Any]:
+        """``GET api/v2/PATH?PARAMS`` as a JSON object, retried with backoff; Unavailable at
+        the end. With *key*, the object's list *key* is checked (:func:`check_shape`)."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         url = f"{self.url}api/v2/{path}{query}"
         headers = {"Accept": "application/json", "User-Agent": "tryssh"}
@@ -100,20 +180,32 @@ class Api:
             request = urllib.request.Request(url, headers=headers)  # noqa: S310
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    answer = json.loads(response.read())
+                    answer = read_answer(response)
                 if not isinstance(answer, dict):
-                    raise ValueError("not a JSON object")
+                    raise Malformed(f"{kind_of(answer)}, not an object")
+                if key is not None:
+                    check_shape(answer, key)
                 return answer
             except urllib.error.HTTPError as err:
-                problem = f"GET {url}: HTTP {err.code}"
+                problem = f"does not answer: GET {url}: HTTP {err.code}"
                 if err.code < 500 and err.code not in (408, 429):
                     break  # a 4xx will not improve on retry
             except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
                 # HTTPException: a connection cut mid-answer (IncompleteRead) and the like
-                problem = f"GET {url}: {getattr(err, 'reason', None) or type(err).__name__}"
-            except ValueError as err:
-                problem = f"GET {url}: the answer is not Buildbot's JSON ({err})"
-        raise Unavailable(f"Buildbot's API does not answer: {problem}")
+                reason = getattr(err, "reason", None) or type(err).__name__
+                problem = f"does not answer: GET {url}: {reason}"
+            except ValueError as err:  # Malformed (a proxy's error page may be passing)
+                problem = f"answered GET {url} with {err}"
+                if isinstance(err, TooLarge):
+                    break  # it will not shrink
+        raise Unavailable(f"Buildbot's API {problem}")
+
+    def items(
+        self, path: str, params: list[tuple[str, str]] | tuple, key: str
+    ) -> list[dict[str, Any]]:
+        """The list *key* of ``GET api/v2/PATH``: objects whose fields tryssh reads have the
+        types it reads them as (:data:`SHAPES`), else Unavailable."""
+        return self.get(path, params, key)[key]
 
     def post(self, path: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """A JSON-RPC control call (``POST api/v2/PATH``), once: a stop is not retried blindly.
@@ -126,7 +218,7 @@ class Api:
         request = urllib.request.Request(url, data=body.encode(), headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                answer = json.loads(response.read())
+                answer = read_answer(response)
         except urllib.error.HTTPError as err:
             if err.code in (401, 403):
                 raise Refused(f"POST {url} ({method}): HTTP {err.code}: Buildbot's authz does "
@@ -134,8 +226,10 @@ class Api:
             raise Unavailable(f"POST {url} ({method}): HTTP {err.code}") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             raise Unavailable(f"POST {url} ({method}): {getattr(err, 'reason', err)}") from None
-        if isinstance(answer, dict) and answer.get("error"):
-            raise Unavailable(f"POST {url} ({method}): {answer['error'].get('message')}")
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error:  # JSON-RPC's is an object with a message; a proxy's may be anything
+            message = error.get("message") if isinstance(error, dict) else error
+            raise Unavailable(f"POST {url} ({method}): {one_line(message)}")
         return answer if isinstance(answer, dict) else {}
 
     def stop(self, jobid: str, reason: str) -> int:
@@ -165,20 +259,20 @@ class Api:
         """The first failed step of build *buildid* and the last *lines* lines of its
         stdio log (``steps``, ``logs``, ``logs/ID/contents``); None when no step failed."""
         fields = [("field", f) for f in ("stepid", "number", "name", "results")]
-        steps = self.get(f"builds/{buildid}/steps", fields).get("steps", [])
+        steps = self.items(f"builds/{buildid}/steps", fields, "steps")
         failed = [s for s in steps if s.get("results") not in (None, 0, 1, 3)]  # 3: SKIPPED
         if not failed:
             return None
         step = min(failed, key=lambda s: s.get("number") or 0)
-        logs = self.get(f"steps/{step['stepid']}/logs").get("logs", [])
+        logs = self.items(f"steps/{step['stepid']}/logs", (), "logs")
         log = next((lg for lg in logs if lg.get("type") == "s"), logs[0] if logs else None)
         if log is None:
             return step["name"], []
         # Three times as many: Buildbot's indented header lines are left out below.
         offset = max(0, int(log.get("num_lines") or 0) - 3 * lines)
         window = [("offset", str(offset)), ("limit", str(3 * lines))]
-        chunks = self.get(f"logs/{log['logid']}/contents", window).get("logchunks", [])
-        text = "".join(str(c.get("content") or "") for c in chunks).splitlines()
+        chunks = self.items(f"logs/{log['logid']}/contents", window, "logchunks")
+        text = "".join(c.get("content") or "" for c in chunks).splitlines()
         if log.get("type") == "s":
             # A stdio log's lines start with their stream: o(ut), e(rr), h(eader). Of the
             # header, the worker's environment, argv and directory (indented) stay out of
@@ -189,13 +283,12 @@ class Api:
     def buildsets(self, jobid: str) -> list[dict[str, Any]]:
         """The buildsets of the try job whose job file said ``jobid``."""
         params = [("external_idstring", jobid)] + [("field", f) for f in BUILDSET_FIELDS]
-        return list(self.get("buildsets", params).get("buildsets", []))
+        return self.items("buildsets", params, "buildsets")
 
     def builder_name(self, builderid: int) -> str:
         if builderid not in self._builder_names:
-            for builder in self.get("builders", [("field", "builderid"), ("field", "name")]).get(
-                "builders", []
-            ):
+            fields = [("field", "builderid"), ("field", "name")]
+            for builder in self.items("builders", fields, "builders"):
                 self._builder_names[builder["builderid"]] = builder["name"]
         return self._builder_names.get(builderid, f"builder {builderid}")
 
@@ -208,11 +301,11 @@ class Api:
         ``state`` (pending, running, done), ``result`` (tryssh's), ``buildbot_result``
         (Buildbot's name), ``state_string``, ``url``, ``complete_at``."""
         found: dict[str, dict[str, Any]] = {}
-        requests = self.get("buildrequests", [("buildsetid", str(bsid))]).get("buildrequests", [])
+        requests = self.items("buildrequests", [("buildsetid", str(bsid))], "buildrequests")
         for request in requests:
             name = self.builder_name(request["builderid"])
             brid = request["buildrequestid"]
-            builds = self.get("builds", [("buildrequestid", str(brid))]).get("builds", [])
+            builds = self.items("builds", [("buildrequestid", str(brid))], "builds")
             view: dict[str, Any] = {"builder": name, "buildrequestid": brid, "state": "pending",
                                     "result": None, "buildbot_result": None,
                                     "state_string": None, "url": None,
@@ -279,7 +372,7 @@ def foreign_buildsets(api: Api, jobid: str, bsids: list[int], who: str | None) -
     made (a reused jobid), each as ``N ("REASON")``: a cancel must not stop them."""
     reasons = {b["bsid"]: b.get("reason") for b in api.buildsets(jobid)}
     want = try_reason(who)
-    return [f"{b} ({reasons.get(b)!r})" for b in bsids if reasons.get(b) != want]
+    return [f"{b} ({reasons.get(b)!r:.100})" for b in bsids if reasons.get(b) != want]
 
 
 # Buildbot's clock and ours may differ a little; a buildset this much older than the

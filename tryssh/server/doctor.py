@@ -199,8 +199,10 @@ def buildbot_api_finding(builder: Builder) -> Finding:
 
     where = f"builders.{builder.name}.buildbot.api"
     try:
+        # The builders list, checked as the builds' reads check it: not just any JSON.
         Api(builder.target["api"], read_token(builder.target.get("token_file")),
-            retries=0).get("builders")  # fmt: skip
+            retries=0).items("builders", [("field", "builderid"), ("field", "name")],
+                             "builders")  # fmt: skip
     except (OSError, TrysshError) as err:
         reason = err.message if isinstance(err, TrysshError) else err.strerror
         return Finding("problem", "builders", f"{where}: {reason}")
