@@ -98,7 +98,7 @@ def collect(
             # Cancelled before anyone claimed it: the ctime is the withdrawal (see above).
             if not is_job_name(name) or name in pruned or info.st_ctime >= cutoff:
                 continue
-            if store.exists(name) or _queued(jobdir, name):
+            if _has_record(store, name) or _queued(jobdir, name):
                 continue  # a record decides (above), or the name is also a live job
             log = os.path.join(config.log_dir, name)
             logs = [log] if os.path.lexists(log) else []
@@ -139,9 +139,13 @@ def _job_exists(jobdir: Jobdir, store: RecordStore, name: str) -> bool:
     return (
         _queued(jobdir, name)
         or os.path.lexists(jobdir.withdrawn_path(name))
-        or os.path.lexists(store.active_path(name))
-        or os.path.lexists(store.final_path(name))
+        or _has_record(store, name)
     )
+
+
+def _has_record(store: RecordStore, name: str) -> bool:
+    """Whether *name* has a record, active or final (damaged ones too: a human decides)."""
+    return os.path.lexists(store.active_path(name)) or os.path.lexists(store.final_path(name))
 
 
 def _remove(path: str) -> None:
