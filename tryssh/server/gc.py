@@ -60,13 +60,33 @@ def collect(
     """Remove what is older than *older_than_days*; return the paths removed (or that
     would be, with *dry_run*)."""
     now = time.time() if now is None else now
-    cutoff = now - older_than_days * DAY
-    store = RecordStore(config.state_dir)
     jobdir = Jobdir(config.jobdir)
-    removed: list[str] = []
-    pruned: set[str] = set()  # jobs removed in this run: their cancel requests went with them
+    store = RecordStore(config.state_dir)
     with _Dir(jobdir.withdrawn) as withdrawn, _Dir(store.cancel_dir) as cancel:
-        for name in _old_enough(store.path, cutoff):
+        run = _Run(config, jobdir, store, withdrawn, cancel, now - older_than_days * DAY, dry_run)
+        run.finished_jobs()
+        run.withdrawn_jobs()
+        run.cancel_requests(now)
+    stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
+    return run.removed + [jobdir.tmp_path(n) for n in stale]
+
+
+class _Run:
+    """One gc run: what it removed (or would), and the jobs it pruned."""
+
+    def __init__(self, config: Config, jobdir: Jobdir, store: RecordStore, withdrawn: _Dir,
+                 cancel: _Dir, cutoff: float, dry_run: bool) -> None:  # fmt: skip
+        self.log_dir = config.log_dir
+        self.jobdir, self.store = jobdir, store
+        self.withdrawn, self.cancel = withdrawn, cancel
+        self.cutoff, self.dry_run = cutoff, dry_run
+        self.removed: list[str] = []
+        self.pruned: set[str] = set()  # their cancel requests went with them
+
+    def finished_jobs(self) -> None:
+        """Jobs whose final record says they finished before the cutoff."""
+        store, withdrawn, cancel = self.store, self.withdrawn, self.cancel
+        for name in _old_enough(store.path, self.cutoff):
             record = store.read_or_skip(name)  # a damaged record is kept for a human to see
             if record is None or record.get("state") not in FINAL_STATES:
                 continue
@@ -76,16 +96,14 @@ def collect(
                     when = os.stat(store.final_path(name)).st_mtime
                 except FileNotFoundError:
                     continue
-            if when >= cutoff:
+            if when >= self.cutoff:
                 continue
-            paths = [jobdir.cur_path(name), os.path.join(config.log_dir, name)]
+            paths = [self.jobdir.cur_path(name), os.path.join(self.log_dir, name)]
             paths = [p for p in paths if os.path.lexists(p)]
-            in_withdrawn = withdrawn.holds(name)
-            in_cancel = cancel.holds(name)
-            removed += paths + [withdrawn.path_of(name)] * in_withdrawn
-            removed += [store.final_path(name)] + [cancel.path_of(name)] * in_cancel
-            pruned.add(name)
-            if dry_run:
+            self.removed += paths + [withdrawn.path_of(name)] * withdrawn.holds(name)
+            self.removed += [store.final_path(name)] + [cancel.path_of(name)] * cancel.holds(name)
+            self.pruned.add(name)
+            if self.dry_run:
                 continue
             # The job file first and the record last: an interrupted gc leaves a record whose
             # job is gone (harmless), never a job without its record (which would run again).
@@ -94,37 +112,39 @@ def collect(
             withdrawn.remove(name)
             store.remove(name)
             cancel.remove(name)
-        for name, info in withdrawn.files():
-            # Cancelled before anyone claimed it: the ctime is the withdrawal (see above).
-            if not is_job_name(name) or name in pruned or info.st_ctime >= cutoff:
+
+    def withdrawn_jobs(self) -> None:
+        """Jobs a drop-in cancel took back from new/ before the cutoff (no record)."""
+        for name, info in self.withdrawn.files():
+            # The ctime is the withdrawal, the mtime the delivery (see the module's text).
+            if not is_job_name(name) or name in self.pruned or info.st_ctime >= self.cutoff:
                 continue
-            if _has_record(store, name) or _queued(jobdir, name):
+            if _has_record(self.store, name) or _queued(self.jobdir, name):
                 continue  # a record decides (above), or the name is also a live job
-            log = os.path.join(config.log_dir, name)
+            log = os.path.join(self.log_dir, name)
             logs = [log] if os.path.lexists(log) else []
-            removed += [withdrawn.path_of(name), *logs]
-            removed += [cancel.path_of(name)] * cancel.holds(name)
-            pruned.add(name)
-            if dry_run:
+            self.removed += [self.withdrawn.path_of(name), *logs]
+            self.removed += [self.cancel.path_of(name)] * self.cancel.holds(name)
+            self.pruned.add(name)
+            if self.dry_run:
                 continue
-            withdrawn.remove(name)  # the job first, the request (status reads it) last
+            self.withdrawn.remove(name)  # the job first, the request (status reads it) last
             for path in logs:
                 _remove(path)
-            cancel.remove(name)
-        for name, info in cancel.files():
+            self.cancel.remove(name)
+
+    def cancel_requests(self, now: float) -> None:
+        """Requests whose job is gone, and stale tmp files of interrupted requests."""
+        for name, info in self.cancel.files():
             if name.startswith("."):  # an interrupted request's .JOB.PID.tmp
-                if name.endswith(".tmp") and now - info.st_mtime > TMP_MAX_AGE:
-                    removed.append(cancel.path_of(name))
-                    if not dry_run:
-                        cancel.remove(name)
-                continue
-            if not is_job_name(name) or name in pruned or _job_exists(jobdir, store, name):
-                continue
-            removed.append(cancel.path_of(name))
-            if not dry_run:
-                cancel.remove(name)
-    stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
-    return removed + [jobdir.tmp_path(n) for n in stale]
+                stale = name.endswith(".tmp") and now - info.st_mtime > TMP_MAX_AGE
+            else:
+                stale = is_job_name(name) and name not in self.pruned and not _job_exists(
+                    self.jobdir, self.store, name)  # fmt: skip
+            if stale:
+                self.removed.append(self.cancel.path_of(name))
+                if not self.dry_run:
+                    self.cancel.remove(name)
 
 
 def _queued(jobdir: Jobdir, name: str) -> bool:
