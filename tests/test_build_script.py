@@ -61,6 +61,18 @@ def test_branch_without_base_revision(tmp_path, repo):
     assert "empty patch" in result.stderr
 
 
+def test_the_private_git_config_is_gone_when_the_build_runs(tmp_path, repo):
+    """The script execs the build command: its EXIT trap never runs then, and every build
+    used to leave a tryssh-gitconfig.* file behind in $TMPDIR."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    result = build(tmp_path, repo["path"], ["sh", "-c", 'ls -A "$TMPDIR"; git config --global -l'],
+                   TRY_BASEREV=repo["first"], TMPDIR=str(tmpdir))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # nothing in $TMPDIR, and no global git settings
+    assert list(tmpdir.iterdir()) == []
+
+
 def test_the_commands_failure_is_the_builds(tmp_path, repo):
     result = build(tmp_path, repo["path"], CHECK, TRY_BASEREV=repo["first"])  # no patch
     assert result.returncode == 1

@@ -63,3 +63,17 @@ def test_a_connection_loads_paramiko_without_invoke_or_importlib_metadata():
     version, loaded = json.loads(first)
     assert loaded == []
     assert version == second  # paramiko's banner carries its true version
+
+
+def test_the_diff_ahead_starts_before_anything_heavy_is_loaded():
+    """diffahead is what lets git's diff start while tryssh loads: it must load nothing
+    that takes time itself (subprocess, re, click, typing, tempfile, shutil, hashlib)."""
+    code = ("import sys\nbefore = set(sys.modules)\nimport tryssh.client.diffahead\n"
+            "print(' '.join(sorted(set(sys.modules) - before)))\n")  # fmt: skip
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    loaded = set(result.stdout.decode().split())
+    assert "tryssh.client.diffahead" in loaded
+    slow = {"subprocess", "re", "click", "typing", "tempfile", "shutil", "hashlib", "_hashlib",
+            "tryssh.client.vcs", "tryssh.client.patchstats"}  # fmt: skip
+    assert loaded & slow == set()

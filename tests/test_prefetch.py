@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from helpers import GIT_ENV, git, run, venv_bin
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tryssh.client import prefetch
+from tryssh.client import diffahead, prefetch, vcs
 from tryssh.client.job import TryRequest, gather_change
 
 FIELDS = ("vcs", "baserev", "patch", "patch_level", "branch", "repository", "topdir", "notes",
@@ -131,3 +133,130 @@ def test_a_command_that_fails_early_leaves_no_private_index(repo: Path) -> None:
     code, _, err = tryssh(repo, "try", "--dry-run", "--properties", "broken")
     assert code == 64, err
     assert list(tmp.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the diff ahead
+
+
+def extract_with(ahead: diffahead.DiffAhead | None, cwd: Path) -> object:
+    try:
+        return vcs.extract(*vcs.detect_vcs(str(cwd)), ahead=ahead)
+    finally:
+        if ahead is not None:
+            ahead.discard()
+
+
+def test_the_diff_started_ahead_is_the_one_a_plain_try_runs(repo: Path) -> None:
+    git(repo, "reset", "-q", "--hard", "origin/main")  # no local commit: the base is HEAD
+    (repo / "a.txt").write_text("one\ntwo\n")
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None and ahead.commit == git(repo, "rev-parse", "HEAD")
+    taken = ahead.take(str(repo), ahead.commit, str(repo / ".git" / "index"))
+    assert taken is not None
+    patch, stats = taken
+    usual = vcs.extract("git", str(repo))
+    assert patch == usual.patch and b"+two" in patch
+    assert stats == usual.stats
+
+
+@pytest.mark.parametrize("change", ["local-commits", "head-moved", "index-changed", "branch"])
+def test_a_diff_ahead_that_is_not_the_one_asked_for_is_not_used(
+    repo: Path, change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever changed between the read of git's files and git's own answers, the change
+    is what the usual read gives, and nothing is left in $TMPDIR."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    if change != "local-commits":  # the fixture's clone has one: its base is the upstream
+        git(repo, "reset", "-q", "--soft", "origin/main")
+    if change == "head-moved":  # detached: the base is HEAD, wherever it goes
+        git(repo, "checkout", "-q", "--detach")
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None
+    if change == "head-moved":
+        git(repo, "commit", "-q", "-m", "meanwhile")
+    elif change == "index-changed":
+        (repo / "new.txt").write_text("staged meanwhile\n")
+        git(repo, "add", "new.txt")
+    if change == "branch":
+        try:
+            got = vcs.extract("git", str(repo), branch="main", ahead=ahead)
+        finally:
+            ahead.discard()
+        assert fields(got) == fields(vcs.extract("git", str(repo), branch="main"))
+    else:
+        got = extract_with(ahead, repo)
+        assert fields(got) == fields(vcs.extract("git", str(repo)))
+    if change == "index-changed":
+        assert b"staged meanwhile" in got.patch
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_diff_ahead_that_is_dropped_is_stopped_and_reaped(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None
+    ahead.discard()
+    ahead.discard()  # twice is harmless
+    with pytest.raises(ChildProcessError):
+        os.waitpid(ahead._pid, os.WNOHANG)  # reaped: no zombie left
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["GIT_DIR", "worktree", "nested-hg", "no-git", "unborn"])
+def test_nothing_is_started_where_git_files_do_not_say_enough(
+    repo: Path, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = repo
+    if where == "GIT_DIR":
+        monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    elif where == "worktree":  # a linked worktree's .git is a file
+        cwd = tmp_path / "linked"
+        git(repo, "worktree", "add", "-q", str(cwd))
+    elif where == "nested-hg":
+        cwd = repo / "sub"
+        (cwd / ".hg").mkdir(parents=True)
+    elif where == "no-git":
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+    elif where == "unborn":
+        cwd = tmp_path / "fresh"
+        git(tmp_path, "init", "-q", str(cwd))
+    assert diffahead.start(str(cwd)) is None
+    assert not list(tmp_path.glob("tryssh-git-*"))
+
+
+def test_head_is_read_from_loose_and_packed_refs_and_detached(repo: Path) -> None:
+    gitdir = str(repo / ".git")
+    head = git(repo, "rev-parse", "HEAD")
+    assert diffahead.head_commit(gitdir) == head
+    git(repo, "pack-refs", "--all")
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    assert diffahead.head_commit(gitdir) == head
+    git(repo, "checkout", "-q", "--detach")
+    assert diffahead.head_commit(gitdir) == head
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.one_of(st.binary(max_size=80),
+                      st.builds(lambda s: b"ref: " + s, st.binary(max_size=60)),
+                      st.sampled_from([b"ref: ../../../etc/passwd\n", b"ref: refs/heads/x\0y\n",
+                                       b"ref: refs/heads/../../HEAD\n", b"0" * 39 + b"\n",
+                                       b"ref: refs/heads/main"])),
+       ref=st.binary(max_size=80))  # fmt: skip
+def test_any_head_file_gives_a_commit_or_nothing(tmp_path: Path, head: bytes, ref: bytes) -> None:
+    """Whatever HEAD and the ref it names hold, head_commit answers 40 or 64 hex digits or
+    None, and reads nothing outside the git directory."""
+    gitdir = tmp_path / "g"
+    (gitdir / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (gitdir / "HEAD").write_bytes(head)
+    (gitdir / "refs" / "heads" / "main").write_bytes(ref)
+    got = diffahead.head_commit(str(gitdir))
+    assert got is None or (len(got) in (40, 64) and set(got) <= set("0123456789abcdef"))
+    if head.startswith(b"ref: ") and b".." in head:
+        assert got is None

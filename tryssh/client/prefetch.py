@@ -40,14 +40,19 @@ class Prefetch:
     def __init__(self, cwd: str) -> None:
         self.cwd = cwd
         self.change: SourceChange | None = None
+        # The threads run Python only in short bursts between their gits' output: let
+        # them have the GIL soon after they ask, not after the 5 ms that import-heavy code
+        # holds it for.
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        # git's diff first, if git's files say enough to start it (most of the time).
+        from tryssh.client import diffahead
+
+        self._ahead = diffahead.start(cwd)
         # Imported here, before the thread starts: the first git then starts without
         # waiting for the GIL that click's imports would hold in the main thread.
         import tryssh.client.vcs  # noqa: F401
         self._thread = threading.Thread(target=self._read, name="tryssh-prefetch", daemon=True)
-        # The thread runs Python only in short bursts between its gits: let it have the
-        # GIL soon after it asks, not after the 5 ms that import-heavy code holds it for.
-        self._interval = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread.start()
 
     def _read(self) -> None:
@@ -55,9 +60,12 @@ class Prefetch:
             from tryssh.client import vcs
 
             # As gather_change reads it for a request with nothing set.
-            self.change = vcs.extract(*vcs.detect_vcs(self.cwd))
+            self.change = vcs.extract(*vcs.detect_vcs(self.cwd), ahead=self._ahead)
         except BaseException:  # the real read reports it, in its own words
             self.change = None
+        finally:
+            if self._ahead is not None:
+                self._ahead.discard()  # not used (or used: then there is nothing left)
 
     def wait(self) -> SourceChange | None:
         """The change read ahead, or None if reading it failed (read it again, as asked)."""

@@ -21,8 +21,11 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from tryssh.client.diffahead import DIFF_OPTIONS, PIPE_SIZE
+from tryssh.client.gitindex import IndexCache, copy_index
 from tryssh.client.patchstats import SVN_BINARY_MARKER as _SVN_BINARY_MARKER
 from tryssh.client.patchstats import PatchStats, StreamCounter, patch_stats
+from tryssh.client.toolenv import tool_env
 from tryssh.core.defaults import MAX_JOB_SIZE
 from tryssh.errors import (
     EX_DATAERR,
@@ -36,6 +39,8 @@ from tryssh.errors import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
+
+    from tryssh.client.diffahead import DiffAhead
 
 # The servers' default job size limit: a bigger diff would be refused there anyway, and
 # reading one without a bound (``--diff /dev/zero``) would never end.
@@ -53,7 +58,6 @@ _TOP_COMMANDS = {
 
 _HEX_NODE = re.compile(rb"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 _SVNVERSION = re.compile(r"^(\d+)(?::(\d+))?([MSP]*)$")
-_PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size for unprivileged users
 
 
 class SourceChange:
@@ -107,19 +111,6 @@ class SourceChange:
 # --------------------------------------------------------------------------- running tools
 
 
-def _env(extra: Mapping[str, str] | None = None, *, locale: str = "C") -> dict[str, str]:
-    env = dict(os.environ)
-    # A fixed locale keeps messages parseable; svn needs a UTF-8 one for non-ASCII paths.
-    env["LC_ALL"] = locale
-    env.pop("LANGUAGE", None)
-    env["HGPLAIN"] = "1"  # hg: ignore user settings that change output (aliases, i18n, ...)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env["GIT_OPTIONAL_LOCKS"] = "0"  # read-only commands must not take the index lock
-    if extra:
-        env.update(extra)
-    return env
-
-
 def _first_line(data: bytes) -> str:
     for line in data.decode("utf-8", "replace").splitlines():
         if line.strip():
@@ -140,14 +131,14 @@ def _run(
         proc = subprocess.run(
             list(argv),
             cwd=cwd,
-            env=dict(env) if env is not None else _env(),
+            env=dict(env) if env is not None else tool_env(),
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             check=False,
             # A big pipe: hg's or svn's diff writes on at its pace while this thread waits
             # for the GIL (tryssh try loads its modules meanwhile, see prefetch).
-            pipesize=_PIPE_SIZE,
+            pipesize=PIPE_SIZE,
         )
     except FileNotFoundError as err:
         if err.filename == cwd:
@@ -236,7 +227,7 @@ def detect_vcs(start: str) -> tuple[str, str]:
                 EX_UNAVAILABLE,
             )
             continue
-        env = _env(locale="C.UTF-8") if vcs == "svn" else _env()
+        env = tool_env(locale="C.UTF-8") if vcs == "svn" else tool_env()
         try:
             out = _run(argv, start, env=env).stdout
         except TrysshError as err:
@@ -260,11 +251,13 @@ def extract(
     baserev: str | None = None,
     branch: str | None = None,
     include_untracked: bool = False,
+    ahead: DiffAhead | None = None,
 ) -> SourceChange:
     """Extract the uncommitted change of the working copy at ``topdir``.
 
     ``baserev`` overrides the automatic base revision; ``branch`` overrides the branch name
     that is sent. The patch may be empty (nothing changed): the caller decides what to do.
+    *ahead* is a git diff started early (see diffahead), used if it is the one needed.
     """
     if baserev is not None and not isinstance(baserev, str):
         raise TypeError("baserev must be a str")
@@ -272,7 +265,7 @@ def extract(
         raise UsageError("--baserev is empty")
     topdir = os.path.abspath(topdir)
     if vcs == "git":
-        change = _extract_git(topdir, baserev, include_untracked, branch)
+        change = _extract_git(topdir, baserev, include_untracked, branch, ahead)
     elif vcs in ("hg", "svn"):
         if include_untracked:
             add = "hg add" if vcs == "hg" else "svn add"
@@ -304,8 +297,9 @@ def _git(
 
 
 def _extract_git(
-    topdir: str, baserev: str | None, include_untracked: bool, branch: str | None = None
-) -> SourceChange:
+    topdir: str, baserev: str | None, include_untracked: bool, branch: str | None = None,
+    ahead: DiffAhead | None = None,
+) -> SourceChange:  # fmt: skip
     notes: list[str] = []
     # One rev-parse for three answers (each git start costs a few ms): the index's path,
     # HEAD's commit and HEAD's full ref name ("HEAD" itself when detached).
@@ -364,7 +358,7 @@ def _extract_git(
     elif branch is None:
         base = _git_merge_base(topdir, head_id, current, upstream, notes)
 
-    patch, stats = _git_diff(topdir, base, include_untracked, index_path)
+    patch, stats = _git_diff(topdir, base, include_untracked, index_path, ahead)
     return SourceChange(
         vcs="git",
         baserev=base,
@@ -454,30 +448,30 @@ def _git_merge_base(
 
 
 def _git_diff(
-    topdir: str, base: str, include_untracked: bool, index_path: str
-) -> tuple[bytes, PatchStats | None]:
+    topdir: str, base: str, include_untracked: bool, index_path: str,
+    ahead: DiffAhead | None = None,
+) -> tuple[bytes, PatchStats | None]:  # fmt: skip
     """Diff ``base`` against the work tree, without ever writing the user's index (at
-    *index_path*).
+    *index_path*); the diff *ahead* (see diffahead) if it is that one.
 
     git may refresh an index's stat data while diffing, and untracked files must be
-    marked intent-to-add to show up; both happen on a private copy of the index. git diff
-    refreshes that copy (as git status would the user's): it is kept in the user's cache
-    and used again while the user's index stays the same, so that an index whose stat data
-    went stale (a checkout, a touch of every file) is hashed through once, not at every try.
+    marked intent-to-add to show up; both happen on a private copy of the index, and the
+    copy git refreshed is kept for the next try (see gitindex).
     """
-    cache = None if include_untracked else _IndexCache(index_path)
+    if ahead is not None and not include_untracked:
+        taken = ahead.take(topdir, base, index_path)
+        if taken is not None:
+            return taken
+    cache = None if include_untracked else IndexCache(index_path)
     with tempfile.TemporaryDirectory(prefix="tryssh-git-") as tmp:
         tmp_index = os.path.join(tmp, "index")
-        if cache is None or not cache.copy_to(tmp_index):
-            if os.path.exists(index_path):
-                # copy2 keeps the mtime: git compares it with its entries' to find files
-                # changed right after they were staged ("racily clean"); a new mtime would
-                # hide such a change from the diff.
-                shutil.copy2(index_path, tmp_index)
-        env = _env({"GIT_INDEX_FILE": tmp_index})
-        # Writing a split index would add a shared-index file to the user's .git.
-        cfg = ["-c", "core.splitIndex=false"]
+        if cache is not None:
+            cache.fill(tmp_index)
+        elif os.path.exists(index_path):
+            copy_index(index_path, tmp_index)
+        env = tool_env({"GIT_INDEX_FILE": tmp_index})
         if include_untracked:
+            cfg = DIFF_OPTIONS[:2]  # -c core.splitIndex=false, as the diff
             listing = _git(
                 topdir, *cfg, "ls-files", "-z", "--others", "--exclude-standard", env=env
             ).stdout
@@ -494,9 +488,7 @@ def _git_diff(
                     env=add_env,
                     stdin=listing,
                 )
-        argv = ["git", *cfg, "diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
-                "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", base, "--"]  # fmt: skip
-        patch, stats = _read_counting(argv, topdir, env)
+        patch, stats = _read_counting(["git", *DIFF_OPTIONS, base, "--"], topdir, env)
         if cache is not None:
             cache.keep(tmp_index)
         return patch, stats
@@ -514,100 +506,19 @@ def _read_counting(
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=err,
-                                    pipesize=_PIPE_SIZE)  # fmt: skip
+                                    pipesize=PIPE_SIZE)  # fmt: skip
         except OSError:
             return _run(argv, cwd, env=env).stdout, None  # the same call, for its error
         with proc:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
-            while chunk := os.read(fd, _PIPE_SIZE):
+            while chunk := os.read(fd, PIPE_SIZE):
                 parts.append(chunk)
                 counter.feed(chunk)
         err.seek(0)
         _check_exit(argv, proc.returncode, (0,), err.read(), b"")
     patch = b"".join(parts)
     return patch, counter.result(patch)
-
-
-def _copy_rest(src: BinaryIO, out: BinaryIO) -> None:
-    """Copy what is left of *src* to the end of *out* (a new file) in the kernel: one call
-    that does not hold the GIL, where a Python loop would wait for it at every chunk while
-    tryssh try loads its modules (see prefetch)."""
-    offset = src.tell()
-    size = os.fstat(src.fileno()).st_size
-    try:
-        while offset < size:
-            done = os.copy_file_range(src.fileno(), out.fileno(), size - offset,
-                                      offset_src=offset)  # fmt: skip
-            if done == 0:
-                break  # the file shrank meanwhile
-            offset += done
-    except OSError:  # a file system without it: the portable way, from where it stopped
-        src.seek(offset)
-        shutil.copyfileobj(src, out)
-
-
-class _IndexCache:
-    """A refreshed private copy of the git index at *index_path*, in the user's cache
-    (``$XDG_CACHE_HOME/tryssh/git-index/``), valid while that index is unchanged."""
-
-    def __init__(self, index_path: str) -> None:
-        self.index_path = os.path.abspath(index_path)
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        from tryssh.core.sshkeys import light_sha256  # hashlib would load OpenSSL first
-
-        name = light_sha256(os.fsencode(self.index_path)).hexdigest()[:32]
-        self.path = os.path.join(base, "tryssh", "git-index", name)
-        self.key = self._key()
-        self.copied: tuple[int, int] | None = None  # size and mtime of the copy made from it
-
-    def _key(self) -> str | None:
-        try:
-            st = os.stat(self.index_path)
-        except OSError:
-            return None
-        return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
-
-    def copy_to(self, target: str) -> bool:
-        """Copy the cached index to *target* if it belongs to the index as it is now, with
-        the mtime git gave it (see _git_diff: git's racy-entry check reads it)."""
-        if self.key is None:
-            return False
-        try:
-            with open(self.path, "rb") as f:
-                key, _, mtime = f.readline().decode("ascii", "replace").rstrip("\n").rpartition(" ")
-                if key != self.key or not mtime.isdigit():
-                    return False
-                with open(target, "wb") as out:
-                    _copy_rest(f, out)
-            os.utime(target, ns=(int(mtime), int(mtime)))
-            st = os.stat(target)
-        except OSError:
-            return False
-        self.copied = (st.st_size, st.st_mtime_ns)
-        return True
-
-    def keep(self, refreshed: str) -> None:
-        """Store *refreshed* (the private copy git diff refreshed); best effort."""
-        if self.key is None or self._key() != self.key:
-            return  # the user's index changed meanwhile: the copy may not match it
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            st = os.stat(refreshed)
-            if self.copied == (st.st_size, st.st_mtime_ns):
-                return  # git left the cached copy as it was: it is still the one to keep
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            mtime = st.st_mtime_ns
-            with open(refreshed, "rb") as f, open(tmp, "wb") as out:
-                out.write(f"{self.key} {mtime}\n".encode("ascii"))
-                out.flush()
-                _copy_rest(f, out)
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _hg(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
@@ -668,7 +579,7 @@ def _extract_hg(topdir: str, baserev: str | None) -> SourceChange:
 
 def _svn(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:
     # svn converts paths to the locale's encoding: C would turn 'ü' into an error.
-    return _run(["svn", *args], topdir, ok=ok, env=_env(locale="C.UTF-8"))
+    return _run(["svn", *args], topdir, ok=ok, env=tool_env(locale="C.UTF-8"))
 
 
 def _extract_svn(topdir: str, baserev: str | None) -> SourceChange:
@@ -682,7 +593,7 @@ def _extract_svn(topdir: str, baserev: str | None) -> SourceChange:
         # Against a repository revision rather than the pristine BASE: svn may need the server.
         rev_args = ["-r", base]
     else:
-        version = _run(["svnversion", "-n", "."], topdir, env=_env(locale="C.UTF-8")).stdout
+        version = _run(["svnversion", "-n", "."], topdir, env=tool_env(locale="C.UTF-8")).stdout
         m = _SVNVERSION.match(_text(version))
         if m is None:
             raise TrysshError(f"svnversion: {_text(version) or 'no output'} ({topdir})")

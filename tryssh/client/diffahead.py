@@ -1,0 +1,228 @@
+"""Start git's diff for a plain ``tryssh try`` before anything else is loaded.
+
+In a big working copy the diff is most of a ``tryssh try``, and it depends on little: the
+top directory, the base commit and the index. In the commonest case, a branch (or a
+detached HEAD) whose base is HEAD itself, all three can be read from the repository's
+files in well under a millisecond (``.git``, ``.git/HEAD``, the ref it names,
+``.git/index``), so git's diff starts as soon as Python has, on the other core, while
+tryssh loads its modules and asks git the same questions properly (see
+:mod:`tryssh.client.prefetch`).
+
+The diff read ahead is used only if git's own answers agree with what was read from the
+files, and the user's index is unchanged (:meth:`DiffAhead.take`); otherwise it is stopped
+and the change is read as usual. So a wrong guess (a branch with local commits over its
+upstream, ``GIT_DIR`` set, a linked worktree, refs in a format not read here) costs some
+time on the other core, never a wrong patch. It runs the very command the usual way runs,
+with a private copy of the index (:mod:`tryssh.client.gitindex`).
+
+Stdlib only, and imported before click: this module is what makes the diff start early.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from tryssh.client.gitindex import IndexCache
+from tryssh.client.toolenv import tool_env
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from tryssh.client.patchstats import PatchStats, StreamCounter
+
+# The options of tryssh's git diff, wherever it is run (the base and "--" follow).
+# core.splitIndex=false: writing a split index would add a shared-index file to the
+# user's .git.
+DIFF_OPTIONS = ("-c", "core.splitIndex=false", "diff", "--binary", "--full-index", "--no-color",
+                "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/")  # fmt: skip
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size for unprivileged users
+
+# Set in the environment, these make git read another repository or index than the files
+# found here: reading ahead would only be thrown away.
+_REDIRECTS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR")
+_MARKERS = (".git", ".hg", ".svn")  # as tryssh.client.vcs.MARKERS: the nearest one decides
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def find_git_top(cwd: str) -> str | None:
+    """The top of the working copy around *cwd* if it is git's with a ``.git`` directory
+    (not a linked worktree's or a submodule's ``.git`` file); None otherwise."""
+    d = cwd
+    while True:
+        found = [m for m in _MARKERS if os.path.exists(os.path.join(d, m))]
+        if found:
+            return d if found[0] == ".git" and os.path.isdir(os.path.join(d, ".git")) else None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def head_commit(gitdir: str) -> str | None:
+    """The commit HEAD names, read from git's files: ``HEAD`` and the loose or packed ref
+    it points to. None for anything else (a ref pointing to a ref, reftable, damage)."""
+    head = _read(os.path.join(gitdir, "HEAD"))
+    if head is None:
+        return None
+    if head.startswith(b"ref: "):
+        ref = head[5:].strip()
+        if not ref.startswith(b"refs/") or b".." in ref or b"\0" in ref:
+            return None
+        value = _read(os.path.join(gitdir, os.fsdecode(ref)))
+        if value is None:
+            value = _packed_ref(gitdir, ref)
+    else:
+        value = head
+    value = (value or b"").strip()
+    return value.decode("ascii") if len(value) in (40, 64) and _HEX.issuperset(value) else None
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(256)  # a ref is one line
+    except OSError:
+        return None
+
+
+def _packed_ref(gitdir: str, ref: bytes) -> bytes | None:
+    try:
+        with open(os.path.join(gitdir, "packed-refs"), "rb") as f:
+            packed = f.read()
+    except OSError:
+        return None
+    end = packed.find(b" " + ref + b"\n")
+    if end < 0:
+        return None
+    return packed[packed.rfind(b"\n", 0, end) + 1 : end]
+
+
+def start(cwd: str) -> DiffAhead | None:
+    """Start the diff of the working copy around *cwd* against HEAD, if git's files say
+    where it is; None if they do not (the change is then read the usual way only)."""
+    if any(os.environ.get(name) for name in _REDIRECTS):
+        return None
+    top = find_git_top(cwd)
+    if top is None:
+        return None
+    commit = head_commit(os.path.join(top, ".git"))
+    if commit is None:
+        return None
+    try:
+        return DiffAhead(top, commit)
+    except OSError:
+        return None  # no private directory, no git: the usual way reports what matters
+
+
+class DiffAhead:
+    """git's diff of the work tree at *topdir* against *commit*, running, read by a thread."""
+
+    def __init__(self, topdir: str, commit: str) -> None:
+        self.topdir = topdir
+        self.commit = commit
+        self.index_path = os.path.join(topdir, ".git", "index")
+        tmp_base = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a private 0700 directory
+        self._tmpdir = os.path.join(tmp_base, f"tryssh-git-{os.getpid()}-{os.urandom(6).hex()}")
+        os.mkdir(self._tmpdir, 0o700)
+        self._parts: list[bytes] = []
+        self._counter: StreamCounter | None = None
+        self._returncode: int | None = None
+        self._lock = threading.Lock()  # between the reaping of git and a kill
+        self._done = False
+        try:
+            self.cache = IndexCache(self.index_path)
+            self.tmp_index = os.path.join(self._tmpdir, "index")
+            self.cache.fill(self.tmp_index)
+            self._pid, self._fd = self._spawn()
+        except BaseException:
+            self._remove_tmpdir()
+            raise
+        self._thread = threading.Thread(target=self._drain, name="tryssh-diff-ahead", daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> tuple[int, int]:
+        import signal
+
+        # As the usual way runs it (tryssh.client.vcs._git_diff), in topdir: -C does what
+        # a cwd does, which posix_spawn cannot set.
+        argv = ["git", "-C", self.topdir, *DIFF_OPTIONS, self.commit, "--"]
+        env = tool_env({"GIT_INDEX_FILE": self.tmp_index})
+        read_end, write_end = os.pipe()  # both close on exec
+        try:
+            try:
+                import fcntl
+
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # a smaller pipe only means more switches
+            actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, write_end, 1),
+                       # Its errors are the usual way's to report, if it comes to that.
+                       (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]  # fmt: skip
+            # Python ignores SIGPIPE, and an ignored signal stays ignored across exec.
+            pid = os.posix_spawnp("git", argv, env, file_actions=actions,
+                                  setsigdef=(signal.SIGPIPE,))  # fmt: skip
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        return pid, read_end
+
+    def _drain(self) -> None:
+        """Read the patch as git writes it, counting each file's lines meanwhile (see
+        StreamCounter); then reap git."""
+        try:
+            from tryssh.client.patchstats import StreamCounter
+
+            counter = StreamCounter()
+            while chunk := os.read(self._fd, PIPE_SIZE):
+                self._parts.append(chunk)
+                counter.feed(chunk)
+            self._counter = counter
+        except Exception:  # noqa: S110 - an unread patch is never used (returncode stays None)
+            pass
+        finally:
+            os.close(self._fd)
+            with self._lock:
+                _, status = os.waitpid(self._pid, 0)
+                self._done = True
+            if self._counter is not None:
+                self._returncode = os.waitstatus_to_exitcode(status)
+
+    def take(
+        self, topdir: str, base: str, index_path: str
+    ) -> tuple[bytes, PatchStats | None] | None:
+        """The patch and its counts if this diff is the one asked for, the diff of *topdir*
+        against *base* with the index at *index_path*, and git ended well; None otherwise
+        (stopped, and to be read the usual way)."""
+        if (topdir, base, index_path) != (self.topdir, self.commit, self.index_path):
+            self.discard()
+            return None
+        self._thread.join()
+        # The index may have changed (git add) while git read the copy.
+        if self._returncode != 0 or self._counter is None or not self.cache.unchanged():
+            self.discard()
+            return None
+        patch = b"".join(self._parts)
+        self._parts = []
+        stats = self._counter.result(patch)
+        self.cache.keep(self.tmp_index)
+        self._remove_tmpdir()
+        return patch, stats
+
+    def discard(self) -> None:
+        """Stop git if it still runs, and remove the private index. Safe to call twice."""
+        import signal
+
+        with self._lock:
+            if not self._done:  # not reaped yet: the pid is still git's
+                os.kill(self._pid, signal.SIGTERM)
+        self._thread.join()
+        self._parts = []
+        self._remove_tmpdir()
+
+    def _remove_tmpdir(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
