@@ -14,10 +14,11 @@ In one run, against one real sshd on 127.0.0.1 whose key runs the forced command
 4. the whole command for a one-line change in a git working copy (``tryssh try`` without
    ``--diff``) against OpenSSH's small job, and its split, as in 3.
 
-Run as root, sshd logs in to a dedicated account ``tryssh-bench`` (made with useradd once:
-shell /bin/sh, no home, so no rc files run per session, as on a real try account; root's
-bash would read ~/.bashrc on each: +110 ms), whose tryserver is installed for the system's
-python3. Otherwise it logs in as the current user.
+Run as root, sshd logs in to a dedicated account ``tryssh-bench`` (shell /bin/sh, no home,
+so no rc files run per session, as on a real try account; root's bash would read ~/.bashrc
+on each: +110 ms), whose tryserver is installed for the system's python3. An existing
+account is reused; one the run creates with useradd is removed (userdel) when it exits.
+Otherwise it logs in as the current user.
 
 Targets (issues 3, 12 and 15): small submit <= 0.5x buildbot try's time; 64 MB end to
 end >= 0.9x OpenSSH's throughput (issue 15; issue 12 asked 0.6x); the channel alone
@@ -115,7 +116,10 @@ BENCH_ACCOUNT = "tryssh-bench"
 def login_account() -> str | None:
     """The account the sshd baseline logs in to: like a real try account, its shell is
     /bin/sh and it has no rc files (root's bash would read ~/.bashrc on every session:
-    +110 ms). Created once when run as root; None (the current user) otherwise."""
+    +110 ms). When run as root: an existing one is reused, else it is created and removed
+    again when this process exits (the sshds are stopped by then). None (the current user)
+    when not root."""
+    import atexit
     import pwd
 
     if os.getuid() != 0:
@@ -125,10 +129,19 @@ def login_account() -> str | None:
     except KeyError:
         subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir",
                         "/nonexistent", "--no-create-home", BENCH_ACCOUNT], check=True)  # fmt: skip
+        atexit.register(remove_account, BENCH_ACCOUNT)  # only the one this run made
         entry = pwd.getpwnam(BENCH_ACCOUNT)
     if entry.pw_shell != "/bin/sh" or os.path.exists(entry.pw_dir):
         raise SystemExit(f"bench: account {BENCH_ACCOUNT} must have /bin/sh and no home")
     return BENCH_ACCOUNT
+
+
+def remove_account(name: str) -> None:
+    """``userdel`` the account :func:`login_account` made (and its group); a failure (a
+    process of it still running) is said, not raised: the figures are already out."""
+    done = subprocess.run(["userdel", name], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"bench: could not remove account {name}: {done.stderr.strip()}", file=sys.stderr)
 
 
 def server_install(where: Path) -> str:

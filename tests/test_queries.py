@@ -190,6 +190,87 @@ def test_consumer_applies_keep_days(site, master_config):
     assert store.read(old) is None
 
 
+@pytest.fixture
+def drop_in(master_config, tmp_path) -> Path:
+    """A drop-in site: its one builder forwards into its own jobdir (a Buildbot master reads
+    it), so no consumer runs here and ``cancel`` takes a queued job back from new/."""
+    return master_config({"try-git": {"forward": str(tmp_path / "jobdir")}}, {"*": {}})
+
+
+def withdraw(site: Path, name: str) -> None:
+    """Cancel the queued drop-in job *name* the way a client does: the real forced command."""
+    proc = tryserver(site, b"", "cancel", name, text=True)
+    assert proc.returncode == 0 and "taken back from new/" in proc.stdout, proc.stderr
+
+
+def test_gc_removes_a_withdrawn_job_once_its_cancel_is_old_with_its_request(drop_in):
+    config = load_config(str(drop_in))
+    jobdir, store = Jobdir(config.jobdir), RecordStore(config.state_dir)
+    old, other = deliver(drop_in, "alice", ["try-git"]), deliver(drop_in, "bob", ["try-git"])
+    withdraw(drop_in, old)
+    tryserver(drop_in, b"", "cancel", other, user="bob", text=True)
+    # Delivered long ago (the mtime), cancelled just now (the ctime: the rename): not old.
+    os.utime(jobdir.withdrawn_path(old), (946684800, 946684800))
+    assert collect(config, 1) == []
+    status = tryserver(drop_in, b"", "status", old, "--json", text=True)
+    assert json.loads(status.stdout)["reason"] == "cancelled by alice before Buildbot took it"
+    # Requests a live job still needs: one in new/ (a cancel between its request and its
+    # rename), one Buildbot claimed (a cancel through its API leaves one: status's evidence).
+    queued, claimed = deliver(drop_in, "alice", ["try-git"]), deliver(drop_in, "alice", ["try-git"])
+    jobdir.claim(claimed)
+    for name in (queued, claimed):
+        store.request_cancel(name, "alice")
+
+    later = time.time() + 2 * 86400
+    would = collect(config, 1, dry_run=True, now=later)
+    assert sorted(would) == sorted(
+        [jobdir.withdrawn_path(old), store.cancel_path(old),
+         jobdir.withdrawn_path(other), store.cancel_path(other)]
+    )  # fmt: skip
+    assert os.path.exists(jobdir.withdrawn_path(old)) and store.cancel_request(old) is not None
+    proc = subprocess.run([venv_bin("tryssh"), "gc", "--config", str(drop_in), "--older-than", "0"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line.split(" ", 1)[1] for line in proc.stdout.splitlines()) == sorted(would)
+    assert os.listdir(jobdir.withdrawn) == []
+    assert sorted(store.cancel_requests()) == sorted([queued, claimed])
+    assert jobdir.pending() == [queued] and jobdir.claimed() == [claimed]
+    status = tryserver(drop_in, b"", "status", old, text=True)  # like any job gc removed
+    assert status.returncode == 66 and status.stderr.strip() == f"tryserver: no such job: {old}"
+
+
+def test_gc_removes_cancel_requests_whose_job_is_gone_and_stale_tmp_files(site):
+    config = load_config(str(site))
+    jobdir, store = Jobdir(config.jobdir), RecordStore(config.state_dir)
+    finished = deliver(site, "alice", ["unit"])
+    consume(site)
+    record = store.read(finished)
+    record["finished"] = "2000-01-01T00:00:00.000000Z"
+    store.write(record)
+    store.request_cancel(finished, "alice")  # a consumer died before it forgot the request
+    gone, queued = deliver(site, "alice", ["unit"]), deliver(site, "alice", ["unit"])
+    for name in (gone, queued):  # the consumer's cancel: a request, the job stays in new/
+        proc = tryserver(site, b"", "cancel", name, text=True)
+        assert proc.returncode == 0, proc.stderr
+    os.unlink(jobdir.new_path(gone))  # as a gc interrupted between the job and its request
+    stale, fresh = (Path(store.cancel_dir) / f".{n}.4242.tmp" for n in (gone, queued))
+    for path in (stale, fresh):
+        path.write_bytes(b"{")
+    os.utime(stale, (time.time() - 37 * 3600,) * 2)
+
+    would = collect(config, 1, dry_run=True)
+    assert store.cancel_path(finished) in would and store.cancel_path(gone) in would
+    assert str(stale) in would and os.path.exists(stale)
+    removed = collect(config, 1)
+    assert sorted(removed) == sorted(would)
+    assert store.read(finished) is None and store.cancel_requests() == [queued]
+    assert not stale.exists() and fresh.exists()
+    assert store.cancel_request(queued)["by"] == "alice"
+    # A month on, the queued job's request is still needed; the fresh tmp file is stale.
+    assert collect(config, 1, now=time.time() + 30 * 86400) == [str(fresh)]
+    assert store.cancel_requests() == [queued]
+
+
 def test_unrecorded_job_is_queued_then_claimed_and_says_whether_anything_can_follow_it(site):
     """The drop-in set-up: whoever takes jobs from new/ (a Buildbot master) keeps no record."""
     config = load_config(str(site))

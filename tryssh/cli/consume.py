@@ -72,8 +72,14 @@ def consume_cmd(config_path: str, once: bool, poll: bool, verbose: bool) -> None
 def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
     """Remove old finished jobs, their records and logs, and stale tmp/ files.
 
-    Jobs still queued or running are never removed. tmp/ files older than 36 hours (the
-    maildir rule) go too. With keep_days in the config, the consumer does this hourly.
+    A finished job goes once its finished time is older than DAYS: its job file (cur/ or
+    withdrawn/), its logs, its record and its cancel request. A queued drop-in job a
+    cancel took back into withdrawn/ goes once the cancel (the file's ctime) is older than
+    DAYS, with its cancel request. A cancel request whose job is gone (no record, nothing
+    in new/, cur/ or withdrawn/) goes whatever its age. Jobs still queued or running, and
+    the cancel requests they may still need, are never removed. tmp/ files and cancel/'s
+    .*.tmp files older than 36 hours (the maildir rule) go too. With keep_days in the
+    config, the consumer does this hourly.
 
     \b
     Examples:

@@ -393,11 +393,12 @@ class RecordStore:
         return sum(1 for r in self.active_records() if r.get("who") == who)
 
     def remove(self, job: str) -> None:
-        """Delete every file the store keeps for *job* (gc)."""
-        for path in (self.final_path(job), self.active_path(job), self.cancel_path(job)):
+        """Delete the records of *job* (gc, which removes its cancel request itself). A
+        directory planted in a record's place is left for a human."""
+        for path in (self.final_path(job), self.active_path(job)):
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError):
                 pass
 
 
@@ -407,7 +408,8 @@ class RecordStore:
     # builds; it leaves a request, ``STATE_DIR/cancel/JOB``, written like a record
     # (tmp + fsync + rename), which the consumer watches. The request is durable: a
     # consumer that starts later (or restarts) still sees it and does not run the job's
-    # pending builders. The consumer removes it once the job's final record is written.
+    # pending builders. The consumer removes it once the job's final record is written;
+    # gc removes one whose job is gone (:mod:`tryssh.server.gc`).
 
     def _share_cancel_dir(self) -> None:
         """tryserver, another user of the group, writes cancel requests: the directory must
