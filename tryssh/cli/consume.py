@@ -86,7 +86,8 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
       tryssh gc --config /etc/tryssh/config.toml --older-than 30 --dry-run
       tryssh gc --config /etc/tryssh/config.toml --older-than 30
 
-    Exit codes: 0 ok, 64 usage, 78 config error.
+    Exit codes: 0 ok, 64 usage, 73 cannot remove (a file system error), 77 permission
+    denied, 78 config error.
     """
     from tryssh.server.config import load_config
     from tryssh.server.gc import collect

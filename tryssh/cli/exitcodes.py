@@ -78,7 +78,8 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         77: "permission denied",
         78: "config error (file, key and problem named)",
     },
-    "gc": {0: "ok", 64: "usage", 78: "config error"},
+    "gc": {0: "ok", 64: "usage", 73: "cannot remove (a file system error)",
+           77: "permission denied", 78: "config error"},  # fmt: skip
     "serve": {
         0: "stopped by SIGTERM/SIGINT",
         64: "usage",
