@@ -219,10 +219,9 @@ def test_parallel_guesses_cannot_pass_the_per_address_limit(serve_factory: objec
 def test_guesses_from_many_addresses_meet_a_global_limit(serve_factory: object) -> None:
     # max_startups high: the guessers' connections, closing, must not make the key login
     # below a random early drop (seen on a loaded machine); only the global limit is tested.
-    server: Serve = serve_factory(  # type: ignore[operator]
-        serve={"max_auth_failures_per_address": 10, "max_auth_failures": 12,
-               "max_startups": "64:100:64"}  # fmt: skip
-    )
+    limits = {"max_auth_failures_per_address": 10, "max_auth_failures": 12,
+              "max_startups": "64:100:64"}  # fmt: skip
+    server: Serve = serve_factory(serve=limits)  # type: ignore[operator]
     # Before: the limit was per address only (30 addresses: 300 guesses in 30 s).
     evaluated = _burst(server, [f"127.0.0.{i}" for i in range(2, 14)], attempts=3)
     assert evaluated <= 12, server.output()

@@ -78,8 +78,13 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         77: "permission denied",
         78: "config error (file, key and problem named)",
     },
-    "gc": {0: "ok", 64: "usage", 73: "cannot remove (a file system error)",
-           77: "permission denied", 78: "config error"},  # fmt: skip
+    "gc": {
+        0: "ok",
+        64: "usage",
+        73: "cannot remove (a file system error)",
+        77: "permission denied",
+        78: "config error",
+    },
     "serve": {
         0: "stopped by SIGTERM/SIGINT",
         64: "usage",

@@ -21,11 +21,14 @@ Stdlib only, and imported before click: this module is what makes the diff start
 from __future__ import annotations
 
 import os
-import signal
-import threading
 
 from tryssh.client.gitindex import IndexCache
 from tryssh.client.toolenv import tool_env
+
+try:  # signal would load enum first (3 ms): git is started before that
+    from _signal import SIGPIPE, SIGTERM
+except ImportError:
+    from signal import SIGPIPE, SIGTERM
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,7 +149,6 @@ class DiffAhead:
         self._parts: list[bytes] = []
         self._counter: StreamCounter | None = None
         self._returncode: int | None = None
-        self._lock = threading.Lock()  # between the reaping of git and a kill
         self._done = False
         try:
             self.cache = IndexCache(self.index_path)
@@ -156,11 +158,17 @@ class DiffAhead:
         except BaseException:
             self._remove_tmpdir()
             raise
-        self._thread = threading.Thread(target=self._drain, name="tryssh-diff-ahead", daemon=True)
         try:
+            # Only now (5 ms): git does not write before it has looked at every file, and
+            # its pipe holds 1 MiB.
+            import threading
+
+            self._lock = threading.Lock()  # between the reaping of git and a kill
+            self._thread = threading.Thread(target=self._drain, name="tryssh-diff-ahead",
+                                            daemon=True)  # fmt: skip
             self._thread.start()
         except BaseException:
-            os.kill(self._pid, signal.SIGTERM)
+            os.kill(self._pid, SIGTERM)
             os.close(self._fd)
             os.waitpid(self._pid, 0)
             self._remove_tmpdir()
@@ -185,7 +193,7 @@ class DiffAhead:
                        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]  # fmt: skip
             # Python ignores SIGPIPE, and an ignored signal stays ignored across exec.
             pid = os.posix_spawnp("git", argv, env, file_actions=actions,
-                                  setsigdef=(signal.SIGPIPE,))  # fmt: skip
+                                  setsigdef=(SIGPIPE,))  # fmt: skip
         except BaseException:
             os.close(read_end)
             raise
@@ -232,7 +240,7 @@ class DiffAhead:
         """Stop git if it still runs, and remove the private index. Safe to call twice."""
         with self._lock:
             if not self._done:  # not reaped yet: the pid is still git's
-                os.kill(self._pid, signal.SIGTERM)
+                os.kill(self._pid, SIGTERM)
         self._thread.join()
         self._parts = []
         self._remove_tmpdir()

@@ -56,7 +56,7 @@ class IndexCache:
     def __init__(self, index_path: str) -> None:
         self.index_path = os.path.abspath(index_path)
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        from tryssh.core.sshkeys import light_sha256  # hashlib would load OpenSSL first
+        from tryssh.core.lighthash import light_sha256
 
         name = light_sha256(os.fsencode(self.index_path)).hexdigest()[:32]
         self.path = os.path.join(base, "tryssh", "git-index", name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,6 +51,8 @@ class Prefetch:
         # Imported here, before the thread starts: the first git then starts without
         # waiting for the GIL that click's imports would hold in the main thread.
         try:
+            import threading
+
             import tryssh.client.vcs  # noqa: F401
 
             self._thread = threading.Thread(target=self._read, name="tryssh-prefetch",

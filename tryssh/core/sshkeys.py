@@ -5,19 +5,15 @@ declared one, a well-formed blob, RSA of at least 2048 bits, no options, ASCII w
 characters) because sshd fails closed and silently on what it cannot parse, and ``tryssh
 serve`` must accept exactly what ``tryssh keys add`` accepts.
 
-Stdlib only and light (binascii, not base64; no dataclasses): the forced command imports this
-module for :func:`light_sha256`.
+Stdlib only and light (binascii, not base64; no dataclasses).
 """
 
 from __future__ import annotations
 
 import binascii
 
+from tryssh.core.lighthash import light_sha256
 from tryssh.errors import EX_DATAERR, TrysshError
-
-TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 # The key types sshd accepts from a developer today (DSA is gone from OpenSSH and paramiko 4).
 KEY_TYPES: tuple[str, ...] = (
@@ -72,22 +68,6 @@ class PublicKey:
 
 
 # -- fingerprints -----------------------------------------------------------------------------
-
-
-def light_sha256(data: bytes = b"") -> _Hash:
-    """A SHA-256 hash object for small inputs, without loading hashlib.
-
-    hashlib loads OpenSSL, a third of the forced command's own start-up time; Python's
-    built-in SHA-256 is much slower per byte but needs no loading.
-    """
-    try:
-        from _sha256 import sha256  # CPython 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256  # CPython 3.12 and later
-        except ImportError:
-            from hashlib import sha256
-    return sha256(data)
 
 
 def key_fingerprint(blob_b64: str) -> str | None:

@@ -21,7 +21,7 @@ import sys
 from tryssh.core import defaults
 from tryssh.core import request as command
 from tryssh.core.jobdir import Jobdir, write_all
-from tryssh.core.sshkeys import light_sha256
+from tryssh.core.lighthash import light_sha256
 from tryssh.errors import (
     EX_OK,
     EX_SOFTWARE,
