@@ -211,6 +211,7 @@ def patch_stats(patch: bytes) -> PatchStats:
 
 
 _FILE_START = b"\ndiff --git "
+_SVN_FILE = b"\nIndex: "
 
 
 class StreamCounter:
@@ -230,8 +231,15 @@ class StreamCounter:
         # count per piece (or per file) would cost several times the whole count.
         self._batch = batch
         self._searched = 0  # no part starts before this in _pending (but one may straddle it)
+        self._index = False  # an svn "Index:" header was fed: the parts may not add up
+        self._last = b""  # the stream's last bytes, for a header that straddles two pieces
 
     def feed(self, data: bytes) -> None:
+        # Looked for in each piece as it comes, not in the whole patch at the end, where
+        # it would be on the command's critical path (2.5 ms for 5.8 MB).
+        if not self._index:
+            self._index = _SVN_FILE in data or _SVN_FILE in self._last + data[:7]
+            self._last = (self._last + data[-7:])[-7:]
         self._pending += data
         if len(self._pending) < self._batch:
             return
@@ -243,7 +251,7 @@ class StreamCounter:
 
     def result(self, patch: bytes) -> PatchStats | None:
         """The counts of *patch* (all that was fed), or None if they may not add up."""
-        if (patch and not patch.startswith(b"diff --git ")) or b"\nIndex: " in patch:
+        if (patch and not patch.startswith(b"diff --git ")) or self._index:
             return None
         self._count(bytes(self._pending))
         self._pending.clear()
