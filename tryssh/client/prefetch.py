@@ -7,10 +7,11 @@ directory would read it (the VCS found here, its upstream as the base, no untrac
 and used only if the request, once read, turns out to be exactly that; otherwise it is
 thrown away and the change read again as asked. Reading never writes the working copy or
 its index (see :func:`tryssh.client.vcs.extract`), so a change read for nothing costs
-only time on the other core.
+only time on the other core. In a git working copy the diff itself starts even sooner,
+before this thread (see :mod:`tryssh.client.diffahead`), and the thread's read uses it.
 
 This module is imported on every ``tryssh try`` before anything else: stdlib only, and
-the rest is imported in the thread.
+the rest is imported once git runs.
 """
 
 from __future__ import annotations
