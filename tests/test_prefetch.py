@@ -159,7 +159,53 @@ def test_the_diff_started_ahead_is_the_one_a_plain_try_runs(repo: Path) -> None:
     assert stats == usual.stats
 
 
-@pytest.mark.parametrize("change", ["local-commits", "head-moved", "index-changed", "branch"])
+def test_nothing_starts_early_on_a_branch_with_local_commits(repo: Path) -> None:
+    """Its base is the merge-base with the upstream, not HEAD: a diff against HEAD would
+    only take a core from the right one."""
+    assert diffahead.start(str(repo)) is None
+    git(repo, "reset", "-q", "--soft", "origin/main")  # the upstream's tip is HEAD again
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None
+    ahead.discard()
+    git(repo, "reset", "-q", "--soft", "HEAD~0")
+    git(repo, "branch", "-q", "--unset-upstream")  # no upstream: the base is HEAD
+    git(repo, "commit", "-q", "-m", "local")
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None
+    ahead.discard()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [("", ""),
+     ('[branch "main"]\n\tremote = origin\n\tmerge = refs/heads/main\n',
+      "refs/remotes/origin/main"),
+     ('[Branch "main"]\n  Merge = refs/heads/trunk\n  remote=up\n', "refs/remotes/up/trunk"),
+     ('[branch "other"]\n\tremote = origin\n\tmerge = refs/heads/main\n', ""),
+     ('[branch "main"]\n\tremote = .\n\tmerge = refs/heads/base\n', None),
+     ('[include]\n\tpath = more\n', None),
+     ('[branch "main"]\n\tremote = "origin"\n\tmerge = refs/heads/main\n', None),
+     ('[branch "main"]\n\tmerge = refs/heads/main ; a comment\n\tremote = o\n', None),
+     ('[branch "main"] merge = refs/heads/main\n', None)],
+    ids=["none", "plain", "case", "another-branch", "local", "include", "quoted", "comment",
+         "same-line"],
+)  # fmt: skip
+def test_the_upstream_is_read_from_a_plain_config_only(
+    tmp_path: Path, config: str, expected: str | None
+) -> None:
+    (tmp_path / "config").write_text(config)
+    assert diffahead.tracking_ref(str(tmp_path), "main") == expected
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=st.binary(max_size=300), branch=st.text(max_size=10))
+def test_any_config_gives_a_ref_or_nothing(tmp_path: Path, config: bytes, branch: str) -> None:
+    (tmp_path / "config").write_bytes(config)
+    got = diffahead.tracking_ref(str(tmp_path), branch)
+    assert got is None or got == "" or got.startswith("refs/remotes/")
+
+
+@pytest.mark.parametrize("change", ["head-moved", "index-changed", "branch", "fetched"])
 def test_a_diff_ahead_that_is_not_the_one_asked_for_is_not_used(
     repo: Path, change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,12 +214,17 @@ def test_a_diff_ahead_that_is_not_the_one_asked_for_is_not_used(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
-    if change != "local-commits":  # the fixture's clone has one: its base is the upstream
-        git(repo, "reset", "-q", "--soft", "origin/main")
+    git(repo, "reset", "-q", "--soft", "origin/main")  # the fixture's local commit, staged
     if change == "head-moved":  # detached: the base is HEAD, wherever it goes
         git(repo, "checkout", "-q", "--detach")
     ahead = diffahead.start(str(repo))
     assert ahead is not None
+    if change == "fetched":  # the upstream moved on, and HEAD is not on it: a merge-base
+        git(repo, "commit", "-q", "-m", "local")
+        git(repo.parent / "seed", "commit", "-q", "--allow-empty", "-m", "upstream")
+        git(repo, "fetch", "-q")
+        git(repo, "reset", "-q", "--soft", "origin/main")
+        git(repo, "commit", "-q", "-m", "local again")
     if change == "head-moved":
         git(repo, "commit", "-q", "-m", "meanwhile")
     elif change == "index-changed":
@@ -199,6 +250,7 @@ def test_a_diff_ahead_that_is_dropped_is_stopped_and_reaped(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
+    git(repo, "reset", "-q", "--soft", "origin/main")  # the base is HEAD: it starts
     ahead = diffahead.start(str(repo))
     assert ahead is not None
     ahead.discard()
@@ -212,6 +264,7 @@ def test_a_diff_ahead_that_is_dropped_is_stopped_and_reaped(
 def test_nothing_is_started_where_git_files_do_not_say_enough(
     repo: Path, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    git(repo, "reset", "-q", "--soft", "origin/main")  # the base is HEAD: all else would start
     cwd = repo
     if where == "GIT_DIR":
         monkeypatch.setenv("GIT_DIR", str(repo / ".git"))

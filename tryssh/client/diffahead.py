@@ -1,19 +1,20 @@
 """Start git's diff for a plain ``tryssh try`` before anything else is loaded.
 
 In a big working copy the diff is most of a ``tryssh try``, and it depends on little: the
-top directory, the base commit and the index. In the commonest case, a branch (or a
-detached HEAD) whose base is HEAD itself, all three can be read from the repository's
-files in well under a millisecond (``.git``, ``.git/HEAD``, the ref it names,
-``.git/index``), so git's diff starts as soon as Python has, on the other core, while
-tryssh loads its modules and asks git the same questions properly (see
-:mod:`tryssh.client.prefetch`).
+top directory, the base commit and the index. Where the base is HEAD itself (a detached
+HEAD, a branch without an upstream, a branch whose upstream's tip is HEAD: no local
+commits), all three can be read from the repository's files in well under a millisecond
+(``.git``, ``HEAD``, the ref it names, ``config``, ``index``), so git's diff starts as
+soon as Python has, on the other core, while tryssh loads its modules and asks git the
+same questions properly (see :mod:`tryssh.client.prefetch`). Elsewhere (local commits:
+the base is a merge-base; a config or refs beyond a plain reading) nothing starts early.
 
 The diff read ahead is used only if git's own answers agree with what was read from the
 files, and the user's index is unchanged (:meth:`DiffAhead.take`); otherwise it is stopped
-and the change is read as usual. So a wrong guess (a branch with local commits over its
-upstream, ``GIT_DIR`` set, a linked worktree, refs in a format not read here) costs some
-time on the other core, never a wrong patch. It runs the very command the usual way runs,
-with a private copy of the index (:mod:`tryssh.client.gitindex`).
+and the change is read as usual. So a wrong guess (``GIT_DIR`` set, a commit or a fetch
+meanwhile, refs in a format not read here) costs some time on the other core, never a
+wrong patch. It runs the very command the usual way runs, with a private copy of the
+index (:mod:`tryssh.client.gitindex`).
 
 Stdlib only, and imported before click: this module is what makes the diff start early.
 """
@@ -63,22 +64,74 @@ def find_git_top(cwd: str) -> str | None:
 
 
 def head_commit(gitdir: str) -> str | None:
-    """The commit HEAD names, read from git's files: ``HEAD`` and the loose or packed ref
-    it points to. None for anything else (a ref pointing to a ref, reftable, damage)."""
+    """The commit HEAD names, read from git's files (see read_head)."""
+    return read_head(gitdir)[1]
+
+
+def read_head(gitdir: str) -> tuple[str | None, str | None]:
+    """HEAD's branch ref (None when detached) and the commit it names, read from git's
+    files: ``HEAD`` and the loose or packed ref it points to. The commit is None for
+    anything else (a ref pointing to a ref, reftable, damage)."""
     head = _read(os.path.join(gitdir, "HEAD"))
     if head is None:
-        return None
-    if head.startswith(b"ref: "):
-        ref = head[5:].strip()
-        if not ref.startswith(b"refs/") or b".." in ref or b"\0" in ref:
-            return None
-        value = _read(os.path.join(gitdir, os.fsdecode(ref)))
-        if value is None:
-            value = _packed_ref(gitdir, ref)
-    else:
-        value = head
+        return None, None
+    if not head.startswith(b"ref: "):
+        return None, _commit(head)
+    ref = head[5:].strip()
+    if not ref.startswith(b"refs/") or b".." in ref or b"\0" in ref:
+        return None, None
+    return os.fsdecode(ref), ref_commit(gitdir, ref)
+
+
+def ref_commit(gitdir: str, ref: bytes) -> str | None:
+    """The commit the loose or packed *ref* names, or None."""
+    value = _read(os.path.join(gitdir, os.fsdecode(ref)))
+    return _commit(value if value is not None else _packed_ref(gitdir, ref))
+
+
+def _commit(value: bytes | None) -> str | None:
     value = (value or b"").strip()
     return value.decode("ascii") if len(value) in (40, 64) and _HEX.issuperset(value) else None
+
+
+def tracking_ref(gitdir: str, branch: str) -> str | None:
+    """The remote-tracking ref of *branch*'s upstream as ``.git/config`` sets it up the
+    usual way (``refs/remotes/REMOTE/NAME``), ``""`` when it sets none; None when the
+    config is beyond this plain reading (an include, quotes, a local upstream, ...).
+
+    The usual read asks git itself; this only decides whether starting early is worth it.
+    """
+    try:
+        with open(os.path.join(gitdir, "config"), "rb") as f:
+            text = f.read(1 << 20).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    wanted = f'branch "{branch}"'
+    section = ""
+    found: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[":
+            head, close, rest = line[1:].partition("]")
+            if not close or rest.strip() or head.lower().startswith("include"):
+                return None
+            name, _, sub = head.partition(" ")
+            section = f"{name.lower()} {sub.strip()}"
+            continue
+        if section == wanted:
+            key, _, value = line.partition("=")
+            value = value.strip()
+            if any(c in value for c in '"#;\\'):
+                return None
+            found[key.strip().lower()] = value
+    merge, remote = found.get("merge"), found.get("remote")
+    if merge is None:
+        return ""
+    if not remote or remote == "." or "/" in remote or not merge.startswith("refs/heads/"):
+        return None
+    return f"refs/remotes/{remote}/{merge[len('refs/heads/'):]}"
 
 
 def _read(path: str) -> bytes | None:
@@ -127,9 +180,17 @@ def start(cwd: str) -> DiffAhead | None:
     top = find_git_top(cwd)
     if top is None:
         return None
-    commit = head_commit(os.path.join(top, ".git"))
+    gitdir = os.path.join(top, ".git")
+    ref, commit = read_head(gitdir)
     if commit is None:
         return None
+    if ref is not None and ref.startswith("refs/heads/"):
+        # A branch's base is its merge-base with its upstream: HEAD itself only while the
+        # upstream's tip is HEAD. Local commits on top of it: not worth starting (the
+        # wrong diff would take a core from the right one).
+        upstream = tracking_ref(gitdir, ref[len("refs/heads/"):])
+        if upstream is None or (upstream and ref_commit(gitdir, upstream.encode()) != commit):
+            return None
     try:
         return DiffAhead(top, commit)
     except Exception:  # no private directory, no git, no thread: the usual way reports it
