@@ -150,8 +150,8 @@ def test_the_diff_started_ahead_is_the_one_a_plain_try_runs(repo: Path) -> None:
     git(repo, "reset", "-q", "--hard", "origin/main")  # no local commit: the base is HEAD
     (repo / "a.txt").write_text("one\ntwo\n")
     ahead = diffahead.start(str(repo))
-    assert ahead is not None and ahead.commit == git(repo, "rev-parse", "HEAD")
-    taken = ahead.take(str(repo), ahead.commit, str(repo / ".git" / "index"))
+    assert ahead is not None and ahead.base == git(repo, "rev-parse", "HEAD")
+    taken = ahead.take(str(repo), ahead.base, str(repo / ".git" / "index"))
     assert taken is not None
     patch, stats = taken
     usual = vcs.extract("git", str(repo))
@@ -159,20 +159,26 @@ def test_the_diff_started_ahead_is_the_one_a_plain_try_runs(repo: Path) -> None:
     assert stats == usual.stats
 
 
-def test_nothing_starts_early_on_a_branch_with_local_commits(repo: Path) -> None:
-    """Its base is the merge-base with the upstream, not HEAD: a diff against HEAD would
-    only take a core from the right one."""
+def test_on_a_branch_with_local_commits_the_diff_ahead_is_against_the_merge_base(
+    repo: Path,
+) -> None:
+    """The fixture's branch has a local commit: its base is the merge-base with the
+    upstream, which git merge-base finds before the diff starts."""
+    ahead = diffahead.start(str(repo))
+    assert ahead is not None
+    upstream = git(repo, "rev-parse", "origin/main")
+    taken = ahead.take(str(repo), upstream, str(repo / ".git" / "index"))
+    assert taken is not None
+    usual = vcs.extract("git", str(repo))
+    assert usual.baserev == upstream == ahead.base
+    assert taken[0] == usual.patch and b"local" in taken[0] and b"+two" in taken[0]
+
+
+def test_nothing_starts_early_where_the_upstream_cannot_be_read(repo: Path) -> None:
+    git(repo, "update-ref", "-d", "refs/remotes/origin/main")  # not fetched
     assert diffahead.start(str(repo)) is None
-    git(repo, "reset", "-q", "--soft", "origin/main")  # the upstream's tip is HEAD again
-    ahead = diffahead.start(str(repo))
-    assert ahead is not None
-    ahead.discard()
-    git(repo, "reset", "-q", "--soft", "HEAD~0")
-    git(repo, "branch", "-q", "--unset-upstream")  # no upstream: the base is HEAD
-    git(repo, "commit", "-q", "-m", "local")
-    ahead = diffahead.start(str(repo))
-    assert ahead is not None
-    ahead.discard()
+    git(repo, "config", "branch.main.merge", "refs/heads/x;y")  # beyond a plain reading
+    assert diffahead.start(str(repo)) is None
 
 
 @pytest.mark.parametrize(
@@ -205,7 +211,8 @@ def test_any_config_gives_a_ref_or_nothing(tmp_path: Path, config: bytes, branch
     assert got is None or got == "" or got.startswith("refs/remotes/")
 
 
-@pytest.mark.parametrize("change", ["head-moved", "index-changed", "branch", "fetched"])
+@pytest.mark.parametrize("change", ["head-moved", "index-changed", "branch", "fetched",
+                                    "merge-base"])  # fmt: skip
 def test_a_diff_ahead_that_is_not_the_one_asked_for_is_not_used(
     repo: Path, change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,13 +221,14 @@ def test_a_diff_ahead_that_is_not_the_one_asked_for_is_not_used(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
-    git(repo, "reset", "-q", "--soft", "origin/main")  # the fixture's local commit, staged
+    if change != "merge-base":  # the fixture's local commit, staged: the base is HEAD
+        git(repo, "reset", "-q", "--soft", "origin/main")
     if change == "head-moved":  # detached: the base is HEAD, wherever it goes
         git(repo, "checkout", "-q", "--detach")
     ahead = diffahead.start(str(repo))
     assert ahead is not None
-    if change == "fetched":  # the upstream moved on, and HEAD is not on it: a merge-base
-        git(repo, "commit", "-q", "-m", "local")
+    if change in ("fetched", "merge-base"):  # the upstream moved on: another merge-base
+        git(repo, "commit", "-q", "--allow-empty", "-m", "local")
         git(repo.parent / "seed", "commit", "-q", "--allow-empty", "-m", "upstream")
         git(repo, "fetch", "-q")
         git(repo, "reset", "-q", "--soft", "origin/main")

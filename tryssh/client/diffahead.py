@@ -184,38 +184,52 @@ def start(cwd: str) -> DiffAhead | None:
     ref, commit = read_head(gitdir)
     if commit is None:
         return None
+    upstream = None
     if ref is not None and ref.startswith("refs/heads/"):
-        # A branch's base is its merge-base with its upstream: HEAD itself only while the
-        # upstream's tip is HEAD. Local commits on top of it: not worth starting (the
-        # wrong diff would take a core from the right one).
-        upstream = tracking_ref(gitdir, ref[len("refs/heads/"):])
-        if upstream is None or (upstream and ref_commit(gitdir, upstream.encode()) != commit):
+        # A branch's base is its merge-base with its upstream (HEAD itself while the
+        # upstream's tip is HEAD): git merge-base runs first. A config beyond a plain
+        # reading, or an upstream not fetched: nothing starts (a wrong diff would only take
+        # a core from the right one).
+        tracking = tracking_ref(gitdir, ref[len("refs/heads/"):])
+        if tracking is None:
             return None
+        if tracking:
+            upstream = ref_commit(gitdir, tracking.encode())
+            if upstream is None:
+                return None
+            if upstream == commit:
+                upstream = None
     try:
-        return DiffAhead(top, commit)
+        return DiffAhead(top, commit, upstream)
     except Exception:  # no private directory, no git, no thread: the usual way reports it
         return None
 
 
 class DiffAhead:
-    """git's diff of the work tree at *topdir* against *commit*, running, read by a thread."""
+    """git's diff of the work tree at *topdir* against *head*, or against the merge-base of
+    *head* and *upstream* (git merge-base runs first, in the thread), read by a thread."""
 
-    def __init__(self, topdir: str, commit: str) -> None:
+    def __init__(self, topdir: str, head: str, upstream: str | None = None) -> None:
         self.topdir = topdir
-        self.commit = commit
         self.index_path = os.path.join(topdir, ".git", "index")
+        self.base: str | None = head if upstream is None else None  # final once _known
         tmp_base = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a private 0700 directory
         self._tmpdir = os.path.join(tmp_base, f"tryssh-git-{os.getpid()}-{os.urandom(6).hex()}")
         os.mkdir(self._tmpdir, 0o700)
         self._parts: list[bytes] = []
         self._counter: StreamCounter | None = None
         self._returncode: int | None = None
-        self._done = False
+        self._reaped = False  # the git of _pid has been waited for (its pid may be reused)
+        self._stopped = False
         try:
             self.cache = IndexCache(self.index_path)
             self.tmp_index = os.path.join(self._tmpdir, "index")
             self.cache.fill(self.tmp_index)
-            self._pid, self._fd = self._spawn()
+            if upstream is None:
+                self._pid, self._fd = self._spawn(self._diff_argv(head))
+            else:
+                self._pid, self._fd = self._spawn(["git", "-C", topdir, "merge-base", head,
+                                                   upstream])  # fmt: skip
         except BaseException:
             self._remove_tmpdir()
             raise
@@ -224,8 +238,11 @@ class DiffAhead:
             # its pipe holds 1 MiB.
             import threading
 
-            self._lock = threading.Lock()  # between the reaping of git and a kill
-            self._thread = threading.Thread(target=self._drain, name="tryssh-diff-ahead",
+            self._lock = threading.Lock()  # between the reaping of a git and a kill
+            self._known = threading.Event()  # self.base is final
+            if upstream is None:
+                self._known.set()
+            self._thread = threading.Thread(target=self._run, name="tryssh-diff-ahead",
                                             daemon=True)  # fmt: skip
             self._thread.start()
         except BaseException:
@@ -235,10 +252,12 @@ class DiffAhead:
             self._remove_tmpdir()
             raise
 
-    def _spawn(self) -> tuple[int, int]:
+    def _diff_argv(self, base: str) -> list[str]:
         # As the usual way runs it (tryssh.client.vcs._git_diff), in topdir: -C does what
         # a cwd does, which posix_spawn cannot set.
-        argv = ["git", "-C", self.topdir, *DIFF_OPTIONS, self.commit, "--"]
+        return ["git", "-C", self.topdir, *DIFF_OPTIONS, base, "--"]
+
+    def _spawn(self, argv: list[str]) -> tuple[int, int]:
         env = tool_env({"GIT_INDEX_FILE": self.tmp_index})
         read_end, write_end = os.pipe()  # both close on exec
         try:
@@ -262,19 +281,45 @@ class DiffAhead:
             os.close(write_end)
         return pid, read_end
 
-    def _drain(self) -> None:
-        """Read the patch as git writes it, counting it meanwhile; then reap git."""
+    def _run(self) -> None:
+        """Find the merge-base if asked, then read the patch as git writes it, counting it
+        meanwhile; each git is reaped when its output ends."""
         try:
-            self._parts, self._counter = read_counting(self._fd)
+            if not self._known.is_set():
+                answer = b""
+                while chunk := os.read(self._fd, 4096):
+                    answer += chunk
+                status = self._reap()
+                with self._lock:
+                    if self._stopped or status != 0:
+                        return
+                    self.base = _commit(answer)
+                    if self.base is None:
+                        return
+                    self._pid, self._fd = self._spawn(self._diff_argv(self.base))
+                    self._reaped = False
+                self._known.set()
+            try:
+                self._parts, self._counter = read_counting(self._fd)
+            finally:
+                status = self._reap()
+            if self._counter is not None:
+                self._returncode = os.waitstatus_to_exitcode(status)
         except Exception:  # noqa: S110 - an unread patch is never used (returncode stays None)
             pass
         finally:
-            os.close(self._fd)
-            with self._lock:
-                _, status = os.waitpid(self._pid, 0)
-                self._done = True
-            if self._counter is not None:
-                self._returncode = os.waitstatus_to_exitcode(status)
+            self._known.set()
+            if not self._reaped:
+                self._reap()
+
+    def _reap(self) -> int:
+        """Close the current git's pipe and wait for it (its output has ended, or it was
+        stopped); its wait status."""
+        os.close(self._fd)
+        with self._lock:
+            _, status = os.waitpid(self._pid, 0)
+            self._reaped = True
+        return status
 
     def take(
         self, topdir: str, base: str, index_path: str
@@ -282,7 +327,11 @@ class DiffAhead:
         """The patch and its counts if this diff is the one asked for, the diff of *topdir*
         against *base* with the index at *index_path*, and git ended well; None otherwise
         (stopped, and to be read the usual way)."""
-        if (topdir, base, index_path) != (self.topdir, self.commit, self.index_path):
+        if (topdir, index_path) != (self.topdir, self.index_path):
+            self.discard()
+            return None
+        self._known.wait()
+        if base != self.base:
             self.discard()
             return None
         self._thread.join()
@@ -300,7 +349,8 @@ class DiffAhead:
     def discard(self) -> None:
         """Stop git if it still runs, and remove the private index. Safe to call twice."""
         with self._lock:
-            if not self._done:  # not reaped yet: the pid is still git's
+            self._stopped = True
+            if not self._reaped:  # not waited for yet: the pid is still that git's
                 os.kill(self._pid, SIGTERM)
         self._thread.join()
         self._parts = []
