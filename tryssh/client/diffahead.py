@@ -1,13 +1,15 @@
 """Start git's diff for a plain ``tryssh try`` before anything else is loaded.
 
 In a big working copy the diff is most of a ``tryssh try``, and it depends on little: the
-top directory, the base commit and the index. Where the base is HEAD itself (a detached
-HEAD, a branch without an upstream, a branch whose upstream's tip is HEAD: no local
-commits), all three can be read from the repository's files in well under a millisecond
-(``.git``, ``HEAD``, the ref it names, ``config``, ``index``), so git's diff starts as
-soon as Python has, on the other core, while tryssh loads its modules and asks git the
-same questions properly (see :mod:`tryssh.client.prefetch`). Elsewhere (local commits:
-the base is a merge-base; a config or refs beyond a plain reading) nothing starts early.
+top directory, the base commit and the index. They can be read from the repository's
+files in well under a millisecond (``.git``, ``HEAD``, the ref it names, the branch's
+upstream in ``config`` and that ref, ``index``): the base is HEAD (detached, or a branch
+without an upstream or whose upstream's tip is HEAD), or else the merge-base of HEAD and
+the upstream's tip, which ``git merge-base`` finds first. So git's diff starts as soon as
+Python has, on the other core, while tryssh loads its modules and asks git the same
+questions properly (see :mod:`tryssh.client.prefetch`). Where the files say more than
+this plain reading understands (an include in the config, an upstream not fetched, refs
+in another format) nothing starts early.
 
 The diff read ahead is used only if git's own answers agree with what was read from the
 files, and the user's index is unchanged (:meth:`DiffAhead.take`); otherwise it is stopped
