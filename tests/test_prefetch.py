@@ -321,3 +321,8 @@ def test_any_head_file_gives_a_commit_or_nothing(tmp_path: Path, head: bytes, re
     assert got is None or (len(got) in (40, 64) and set(got) <= set("0123456789abcdef"))
     if head.startswith(b"ref: ") and b".." in head:
         assert got is None
+
+
+def test_the_markers_are_the_vcs_modules():
+    """diffahead keeps its own copy (vcs is too heavy to import that early): the same."""
+    assert diffahead._MARKERS == tuple(vcs.MARKERS.values())

@@ -175,8 +175,9 @@ def read_counting(fd: int) -> tuple[list[bytes], StreamCounter]:
 
 
 def start(cwd: str) -> DiffAhead | None:
-    """Start the diff of the working copy around *cwd* against HEAD, if git's files say
-    where it is; None if they do not (the change is then read the usual way only)."""
+    """Start the diff of the working copy around *cwd* against its base (HEAD, or the
+    merge-base with the upstream), if git's files say enough; None if they do not (the
+    change is then read the usual way only)."""
     if any(os.environ.get(name) for name in _REDIRECTS):
         return None
     top = find_git_top(cwd)
