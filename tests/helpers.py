@@ -125,6 +125,21 @@ def git(cwd: StrPath, *args: str) -> str:
     return out.stdout.decode().strip()
 
 
+def clone_with_change(tmp_path: Path) -> Path:
+    """``tmp_path/work``: a clone of a one-commit git repository (``tmp_path/seed``, its
+    origin, where a.txt is "one") whose a.txt has a second line, not committed."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "a.txt").write_text("one\n")
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "initial")
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(seed), str(work))
+    (work / "a.txt").write_text("one\ntwo\n")
+    return work
+
+
 def unprivileged(argv: Sequence[str]) -> list[str]:
     """*argv* run without the power to ignore file modes (root keeps its uid, loses the cap)."""
     if os.geteuid() != 0:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import GIT_ENV, git, run, venv_bin
+from helpers import GIT_ENV, clone_with_change, git, run, venv_bin
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,18 +26,8 @@ from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TempFail, TrysshErro
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A clone of a bare upstream, with an uncommitted change."""
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    git(seed, "init", "-q", "-b", "main")
-    (seed / "a.txt").write_text("one\n")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "initial")
-    git(tmp_path, "clone", "-q", "--bare", str(seed), str(tmp_path / "upstream.git"))
-    work = tmp_path / "work"
-    git(tmp_path, "clone", "-q", str(tmp_path / "upstream.git"), str(work))
-    (work / "a.txt").write_text("one\ntwo\n")
-    return work
+    """A clone of an upstream, with an uncommitted change."""
+    return clone_with_change(tmp_path)
 
 
 def tryssh(cwd: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

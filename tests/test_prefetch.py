@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import GIT_ENV, git, run, venv_bin
+from helpers import GIT_ENV, clone_with_change, git, run, venv_bin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,18 +26,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key, value in GIT_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    git(seed, "init", "-q", "-b", "main")
-    (seed / "a.txt").write_text("one\n")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "initial")
-    work = tmp_path / "work"
-    git(tmp_path, "clone", "-q", str(seed), str(work))
+    work = clone_with_change(tmp_path)
     (work / "b.txt").write_text("local\n")
     git(work, "add", "b.txt")
     git(work, "commit", "-q", "-m", "local")
-    (work / "a.txt").write_text("one\ntwo\n")
     monkeypatch.chdir(work)
     yield work
     prefetch.finish()

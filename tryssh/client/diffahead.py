@@ -35,7 +35,7 @@ except ImportError:
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tryssh.client.patchstats import PatchStats, StreamCounter
+    from tryssh.client.patchstats import PatchStats
 
 # The options of tryssh's git diff, wherever it is run (the base and "--" follow).
 # core.splitIndex=false: writing a split index would add a shared-index file to the
@@ -156,9 +156,10 @@ def _packed_ref(gitdir: str, ref: bytes) -> bytes | None:
     return packed[packed.rfind(b"\n", 0, end) + 1 : end]
 
 
-def read_counting(fd: int) -> tuple[list[bytes], StreamCounter]:
+def read_counting(fd: int) -> tuple[bytes, PatchStats | None]:
     """Read a git diff from the pipe *fd* to its end, counting its lines as git writes it
-    (see StreamCounter): the counting is done, but for the end, when git is."""
+    (see StreamCounter): the counting is done, but for the end, when git is. The counts
+    are None when they must be taken from the whole patch."""
     from tryssh.client.patchstats import StreamCounter
 
     counter = StreamCounter()
@@ -171,7 +172,8 @@ def read_counting(fd: int) -> tuple[list[bytes], StreamCounter]:
         chunk = view[:size].tobytes()
         parts.append(chunk)
         counter.feed(chunk)
-    return parts, counter
+    patch = b"".join(parts)
+    return patch, counter.result(patch)
 
 
 def start(cwd: str) -> DiffAhead | None:
@@ -219,8 +221,7 @@ class DiffAhead:
         tmp_base = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - a private 0700 directory
         self._tmpdir = os.path.join(tmp_base, f"tryssh-git-{os.getpid()}-{os.urandom(6).hex()}")
         os.mkdir(self._tmpdir, 0o700)
-        self._parts: list[bytes] = []
-        self._counter: StreamCounter | None = None
+        self._read: tuple[bytes, PatchStats | None] | None = None  # the patch and its counts
         self._returncode: int | None = None
         self._reaped = False  # the git of _pid has been waited for (its pid may be reused)
         self._stopped = False
@@ -303,11 +304,10 @@ class DiffAhead:
                     self._reaped = False
                 self._known.set()
             try:
-                self._parts, self._counter = read_counting(self._fd)
+                self._read = read_counting(self._fd)
             finally:
                 status = self._reap()
-            if self._counter is not None:
-                self._returncode = os.waitstatus_to_exitcode(status)
+            self._returncode = os.waitstatus_to_exitcode(status)
         except Exception:  # noqa: S110 - an unread patch is never used (returncode stays None)
             pass
         finally:
@@ -339,15 +339,13 @@ class DiffAhead:
             return None
         self._thread.join()
         # The index may have changed (git add) while git read the copy.
-        if self._returncode != 0 or self._counter is None or not self.cache.unchanged():
+        taken, self._read = self._read, None
+        if self._returncode != 0 or taken is None or not self.cache.unchanged():
             self.discard()
             return None
-        patch = b"".join(self._parts)
-        self._parts = []
-        stats = self._counter.result(patch)
         self.cache.keep(self.tmp_index)
         self._remove_tmpdir()
-        return patch, stats
+        return taken
 
     def discard(self) -> None:
         """Stop git if it still runs, and remove the private index. Safe to call twice."""
@@ -356,7 +354,7 @@ class DiffAhead:
             if not self._reaped:  # not waited for yet: the pid is still that git's
                 os.kill(self._pid, SIGTERM)
         self._thread.join()
-        self._parts = []
+        self._read = None
         self._remove_tmpdir()
 
     def _remove_tmpdir(self) -> None:

@@ -497,9 +497,8 @@ def _git_diff(
 def _read_counting(
     argv: list[str], cwd: str, env: Mapping[str, str]
 ) -> tuple[bytes, PatchStats | None]:
-    """Run git diff and read its patch as git writes it, counting each file's lines
-    meanwhile (see read_counting). The counts are None when they must be taken from the
-    whole patch."""
+    """Run git diff and read its patch as git writes it, counting it meanwhile (see
+    read_counting)."""
     with tempfile.TemporaryFile() as err:  # not a pipe: git's warnings never block it
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
@@ -509,11 +508,10 @@ def _read_counting(
             return _run(argv, cwd, env=env).stdout, None  # the same call, for its error
         with proc:
             assert proc.stdout is not None
-            parts, counter = read_counting(proc.stdout.fileno())
+            read = read_counting(proc.stdout.fileno())
         err.seek(0)
         _check_exit(argv, proc.returncode, (0,), err.read(), b"")
-    patch = b"".join(parts)
-    return patch, counter.result(patch)
+    return read
 
 
 def _hg(topdir: str, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[bytes]:

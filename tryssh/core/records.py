@@ -365,7 +365,9 @@ class RecordStore:
             return None
 
     def exists(self, job: str) -> bool:
-        return os.path.exists(self.final_path(job)) or os.path.exists(self.active_path(job))
+        """Whether *job* has a record, active or final (a damaged one, or anything else in
+        its place, too: a human decides)."""
+        return os.path.lexists(self.final_path(job)) or os.path.lexists(self.active_path(job))
 
     def active_jobs(self) -> list[str]:
         """Names of jobs with an active record (stale duplicates included), oldest first."""

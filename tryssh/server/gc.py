@@ -119,7 +119,7 @@ class _Run:
             # The ctime is the withdrawal, the mtime the delivery (see the module's text).
             if not is_job_name(name) or name in self.pruned or info.st_ctime >= self.cutoff:
                 continue
-            if _has_record(self.store, name) or _queued(self.jobdir, name):
+            if self.store.exists(name) or _queued(self.jobdir, name):
                 continue  # a record decides (above), or the name is also a live job
             log = os.path.join(self.log_dir, name)
             logs = [log] if os.path.lexists(log) else []
@@ -159,13 +159,8 @@ def _job_exists(jobdir: Jobdir, store: RecordStore, name: str) -> bool:
     return (
         _queued(jobdir, name)
         or os.path.lexists(jobdir.withdrawn_path(name))
-        or _has_record(store, name)
+        or store.exists(name)
     )
-
-
-def _has_record(store: RecordStore, name: str) -> bool:
-    """Whether *name* has a record, active or final (damaged ones too: a human decides)."""
-    return os.path.lexists(store.active_path(name)) or os.path.lexists(store.final_path(name))
 
 
 def _remove(path: str) -> None:
