@@ -229,3 +229,14 @@ def test_the_cancel_directory_is_group_writable_whatever_the_umask(tmp_path):
     assert os.stat(store.cancel_dir).st_mode & 0o070 == 0o070  # tryserver writes requests
     assert store.request_cancel("1700000000.M1P1Q1R1.h", "alice")["by"] == "alice"
     assert store.cancel_requests() == ["1700000000.M1P1Q1R1.h"]
+
+
+def test_a_cancel_request_for_the_longest_job_name_a_record_takes(tmp_path):
+    """A record takes a name of up to 250 characters (``NAME.json``); its cancel request's
+    temporary file must fit NAME_MAX too (it once said ENAMETOOLONG)."""
+    store = RecordStore(str(tmp_path / "state")).create()
+    job = "1700000000.M1P1Q1R1." + "h" * (250 - 20)
+    store.write(new_record(job, who="alice", builders={"unit": builder_entry(log="/x")}))
+    assert store.request_cancel(job, "alice")["by"] == "alice"
+    assert store.cancel_requests() == [job]
+    assert not [n for n in os.listdir(store.cancel_dir) if n.startswith(".")]

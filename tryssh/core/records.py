@@ -436,7 +436,8 @@ class RecordStore:
         try:
             os.makedirs(self.cancel_dir, mode=0o2770, exist_ok=True)
             self._share_cancel_dir()
-            tmp = os.path.join(self.cancel_dir, f".{job}.{os.getpid()}.tmp")
+            # Shortened like write()'s: the whole name plus the suffix may not fit NAME_MAX.
+            tmp = os.path.join(self.cancel_dir, f".{job[:100]}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o660)  # fmt: skip
             try:
