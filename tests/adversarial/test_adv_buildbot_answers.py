@@ -456,10 +456,29 @@ def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_deadline(where):
 
 def test_the_deadline_leaves_a_good_answer_alone(master):
     """An answer that comes in time is read; its deadline's timer ends with the call."""
-    _, url = master
+    state, url = master
+    state.set("", None)
     before = threading.active_count()
     api = buildbot.Api(url, deadline=30)
     assert api.buildsets(JOBID)[0]["bsid"] == 5
     # The timer's thread ends once cancelled (the server's request thread ends too).
     wait_until(lambda: threading.active_count() <= before, timeout=30,
                message=lambda: f"threads left: {threading.enumerate()}")
+
+
+def test_a_buildset_with_thousands_of_requests_is_not_asked_about_each(master):
+    """Each build request costs a GET at every poll: a buildset said to have 5,000 (a try
+    job has one per builder) is Unavailable after one GET, not 10,000."""
+    state, url = master
+    many = {"buildrequests": [{"buildrequestid": n, "builderid": 1, "complete": False,
+                               "results": None} for n in range(5000)]}  # fmt: skip
+    state.set("/api/v2/buildrequests", many)
+    state.requests = 0
+    api = buildbot.Api(url, retries=0, sleep=lambda s: None)
+    with pytest.raises(buildbot.Unavailable, match="buildset 5 with 5000 build requests"):
+        api.builds(5)
+    assert state.requests == 1
+    state.set("/api/v2/buildrequests",
+              {"buildrequests": many["buildrequests"][:buildbot.MAX_REQUESTS]})
+    assert len(api.builds(5)) == 1  # as many as the cap are read (all of builder 1)
+    state.set("", None)

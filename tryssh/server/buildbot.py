@@ -45,6 +45,9 @@ BUILDSET_FIELDS = ("bsid", "external_idstring", "results", "complete", "submitte
 # An answer is read into memory whole: a master (or proxy) may not make it larger than this.
 # A log is read as a window of lines (failed_step_tail), so this bounds logs too.
 MAX_ANSWER = 16 * 2**20
+# Build requests of one buildset (one per builder the job names): each is a GET at every
+# poll, so a master that answered with thousands would be asked thousands of times a second.
+MAX_REQUESTS = 256
 NONE = type(None)
 # Of each list Buildbot answers with, the fields tryssh reads and the types it reads them
 # as (NONE: the field may be null or left out). Whatever else an object holds is ignored.
@@ -412,6 +415,10 @@ class Api:
         (Buildbot's name), ``state_string``, ``url``, ``complete_at``."""
         found: dict[str, dict[str, Any]] = {}
         requests = self.items("buildrequests", [("buildsetid", str(bsid))], "buildrequests")
+        if len(requests) > MAX_REQUESTS:  # each costs a GET at every poll
+            raise Unavailable(f"Buildbot's API answered buildset {bsid} with {len(requests)} "
+                              f"build requests (a try job has one per builder; tryssh reads "
+                              f"at most {MAX_REQUESTS})")  # fmt: skip
         for request in requests:
             name = self.builder_name(request["builderid"])
             brid = request["buildrequestid"]
