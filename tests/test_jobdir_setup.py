@@ -452,7 +452,22 @@ def test_systemd_units_are_hardened(name: str) -> None:
     assert "RestrictSUIDSGID" not in unit
 
 
-@pytest.mark.parametrize("name", ["tryssh-consume.service", "tryssh-serve.service"])
+def test_the_gc_unit_is_hardened_and_has_no_network() -> None:
+    """gc reads and removes files under /srv/tryssh: the same sandbox, and no network."""
+    unit = _unit("tryssh-gc.service")
+    assert unit["ExecStart"] == ["/usr/local/bin/tryssh gc --config /etc/tryssh/config.toml"]
+    want = {"Type": "oneshot", "User": "tryssh", "Group": "tryssh", "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict", "ReadWritePaths": "/srv/tryssh", "ProtectHome": "yes",
+            "PrivateNetwork": "yes", "RestrictAddressFamilies": "AF_UNIX",
+            "CapabilityBoundingSet": "", "SystemCallFilter": "@system-service",
+            "UMask": "0007"}  # fmt: skip
+    assert {k: unit.get(k, [None])[-1] for k in want} == want
+    timer = (CONTRIB / "tryssh-gc.timer").read_text()
+    assert "OnCalendar=daily" in timer and "Persistent=true" in timer
+
+
+@pytest.mark.parametrize("name", ["tryssh-consume.service", "tryssh-serve.service",
+                                  "tryssh-gc.service", "tryssh-gc.timer"])  # fmt: skip
 def test_systemd_units_verify(name: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if not analyze:
@@ -461,6 +476,10 @@ def test_systemd_units_verify(name: str, tmp_path: Path) -> None:
     text = (CONTRIB / name).read_text().replace("/usr/local/bin/tryssh", venv_bin("tryssh"))
     unit = tmp_path / name
     unit.write_text(text)
+    if name.endswith(".timer"):  # verify checks the unit it starts, beside it
+        service = (CONTRIB / name.replace(".timer", ".service")).read_text()
+        unit.with_suffix(".service").write_text(
+            service.replace("/usr/local/bin/tryssh", venv_bin("tryssh")))
     result = run([analyze, "verify", str(unit)], timeout=120)
     out = (result.stdout + result.stderr).decode()
     assert result.returncode == 0, out

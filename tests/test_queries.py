@@ -214,12 +214,10 @@ def test_gc_removes_a_withdrawn_job_once_its_cancel_is_old_with_its_request(drop
     assert collect(config, 1) == []
     status = tryserver(drop_in, b"", "status", old, "--json", text=True)
     assert json.loads(status.stdout)["reason"] == "cancelled by alice before Buildbot took it"
-    # Requests a live job still needs: one in new/ (a cancel between its request and its
-    # rename), one Buildbot claimed (a cancel through its API leaves one: status's evidence).
-    queued, claimed = deliver(drop_in, "alice", ["try-git"]), deliver(drop_in, "alice", ["try-git"])
-    jobdir.claim(claimed)
-    for name in (queued, claimed):
-        store.request_cancel(name, "alice")
+    # A request a live job still needs: one in new/ (a cancel between its request and its
+    # rename). (One Buildbot claimed: the next test.)
+    queued = deliver(drop_in, "alice", ["try-git"])
+    store.request_cancel(queued, "alice")
 
     later = time.time() + 2 * 86400
     would = collect(config, 1, dry_run=True, now=later)
@@ -233,10 +231,62 @@ def test_gc_removes_a_withdrawn_job_once_its_cancel_is_old_with_its_request(drop
     assert proc.returncode == 0, proc.stderr
     assert sorted(line.split(" ", 1)[1] for line in proc.stdout.splitlines()) == sorted(would)
     assert os.listdir(jobdir.withdrawn) == []
-    assert sorted(store.cancel_requests()) == sorted([queued, claimed])
-    assert jobdir.pending() == [queued] and jobdir.claimed() == [claimed]
+    assert store.cancel_requests() == [queued]
+    assert jobdir.pending() == [queued]
     status = tryserver(drop_in, b"", "status", old, text=True)  # like any job gc removed
     assert status.returncode == 66 and status.stderr.strip() == f"tryserver: no such job: {old}"
+
+
+def test_gc_removes_a_job_buildbot_claimed_once_its_claim_is_old_with_its_request(drop_in):
+    """Drop-in: Buildbot claims into cur/ and never removes; no record will ever say the
+    job finished, so the claim's age (the ctime: a rename) decides. Before, cur/ grew for
+    ever on a drop-in site."""
+    config = load_config(str(drop_in))
+    jobdir, store = Jobdir(config.jobdir), RecordStore(config.state_dir)
+    asked, plain = deliver(drop_in, "alice", ["try-git"]), deliver(drop_in, "bob", ["try-git"])
+    for name in (asked, plain):
+        jobdir.claim(name)  # as Buildbot's MaildirService does: a rename
+    # A cancel through Buildbot's API leaves a request (status's evidence): kept with the job.
+    store.request_cancel(asked, "alice")
+    os.utime(jobdir.cur_path(asked), (946684800, 946684800))  # delivered long ago
+    assert collect(config, 1) == []  # claimed just now
+    later = time.time() + 2 * 86400
+    would = collect(config, 1, dry_run=True, now=later)
+    assert sorted(would) == sorted(
+        [jobdir.cur_path(asked), store.cancel_path(asked), jobdir.cur_path(plain)])
+    assert sorted(jobdir.claimed()) == sorted([asked, plain])
+    proc = subprocess.run([venv_bin("tryssh"), "gc", "--config", str(drop_in), "--older-than", "0"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line.split(" ", 1)[1] for line in proc.stdout.splitlines()) == sorted(would)
+    assert jobdir.claimed() == [] and store.cancel_requests() == []
+    status = tryserver(drop_in, b"", "status", asked, text=True)  # like any job gc removed
+    assert status.returncode == 66, status.stderr
+
+
+def owed_job_is_kept(where: Path, builder: str) -> None:
+    """An unrecorded job claimed into cur/ a month ago survives gc."""
+    config = load_config(str(where))
+    jobdir = Jobdir(config.jobdir)
+    owed = deliver(where, "alice", [builder])
+    jobdir.claim(owed)
+    assert collect(config, 0, now=time.time() + 30 * 86400) == []
+    assert jobdir.claimed() == [owed]
+
+
+def test_gc_never_removes_an_unrecorded_job_a_consumer_may_still_owe(site):
+    """In cur/ without a record is also a job whose consumer died before writing it (it is
+    run again at the consumer's restart): on a consumer's site it is kept whatever its
+    age."""
+    consume(site)  # a consumer ran (it makes active/)
+    owed_job_is_kept(site, "unit")
+
+
+def test_gc_keeps_unrecorded_jobs_of_a_drop_in_site_a_consumer_once_ran_on(drop_in):
+    """A site turned drop-in after a consumer ran (active/ is there): what is in cur/ may
+    be that consumer's, so it is kept."""
+    os.makedirs(RecordStore(load_config(str(drop_in)).state_dir).active)
+    owed_job_is_kept(drop_in, "try-git")
 
 
 def test_gc_removes_cancel_requests_whose_job_is_gone_and_stale_tmp_files(site):

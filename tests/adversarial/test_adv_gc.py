@@ -1,4 +1,4 @@
-"""Hostile files where gc prunes drop-in leftovers: ``withdrawn/`` and ``STATE_DIR/cancel/``.
+"""Hostile files where gc prunes drop-in leftovers: ``withdrawn/``, ``cur/``, ``STATE_DIR/cancel/``.
 
 A member of the jobdir's group (or a crash) can leave anything there: symlinks out of the
 jobdir, directories, FIFOs, names that are not jobs, or ``withdrawn/`` and ``cancel/``
@@ -64,12 +64,14 @@ def test_gc_leaves_symlinks_directories_and_fifos_planted_in_withdrawn_and_cance
     victim.write_bytes(b"keep")
     withdrawn, cancel = Path(jobdir.withdrawn), Path(store.cancel_dir)
     planted: list[Path] = []
-    for directory in (withdrawn, cancel):
+    # cur/ too: on a drop-in site gc prunes what Buildbot claimed there.
+    for directory in (withdrawn, cancel, Path(jobdir.cur)):
         (directory / PLANTED).symlink_to(victim)  # a job name, its job gone: a symlink out
         (directory / OTHER).mkdir()
         (directory / OTHER / "inside").write_bytes(b"keep")
         planted += [directory / PLANTED, directory / OTHER / "inside"]
     os.mkfifo(cancel / "1700000000.M3P3Q3R3.fifo")  # opened, it would block gc for ever
+    os.mkfifo(Path(jobdir.cur) / "1700000000.M3P3Q3R3.fifo")
     (withdrawn / ".hidden").write_bytes(b"not a job name")
     for name, make in ((f".{PLANTED}.1.tmp", "symlink"), (f".{OTHER}.1.tmp", "dir")):
         path = cancel / name
@@ -78,7 +80,8 @@ def test_gc_leaves_symlinks_directories_and_fifos_planted_in_withdrawn_and_cance
         planted.append(path)
     longest = "9" * 255  # a job name as long as a name can be, its job gone: an orphan
     (cancel / longest).write_bytes(b"{}")
-    planted += [cancel / "1700000000.M3P3Q3R3.fifo", withdrawn / ".hidden"]
+    planted += [cancel / "1700000000.M3P3Q3R3.fifo", withdrawn / ".hidden",
+                Path(jobdir.cur) / "1700000000.M3P3Q3R3.fifo"]  # fmt: skip
 
     removed = gc(site)
     assert removed == sorted([jobdir.withdrawn_path(real), store.cancel_path(real),

@@ -75,9 +75,11 @@ def gc_cmd(config_path: str, days: float | None, dry_run: bool) -> None:
     A finished job goes once its finished time is older than DAYS: its job file (cur/ or
     withdrawn/), its logs, its record and its cancel request. A queued drop-in job a
     cancel took back into withdrawn/ goes once the cancel (the file's ctime) is older than
-    DAYS, with its cancel request. A cancel request whose job is gone (no record, nothing
-    in new/, cur/ or withdrawn/) goes whatever its age. Jobs still queued or running, and
-    the cancel requests they may still need, are never removed. tmp/ files and cancel/'s
+    DAYS, with its cancel request; on a drop-in site (no consumer ever ran, every builder
+    delivers into this jobdir) so does a job Buildbot claimed into cur/, once the claim
+    is. A cancel request whose job is gone (no record, nothing in new/, cur/ or
+    withdrawn/) goes whatever its age. Jobs still queued or running, and the cancel
+    requests they may still need, are never removed. tmp/ files and cancel/'s
     .*.tmp files older than 36 hours (the maildir rule) go too. With keep_days in the
     config, the consumer does this hourly.
 

@@ -21,6 +21,8 @@ DESCRIPTIONS = {
     "sshd_config.tryssh": "the sshd Match block for the try account",
     "tryssh-consume.service": "systemd unit: the consumer",
     "tryssh-serve.service": "systemd unit: the embedded SSH server",
+    "tryssh-gc.service": "systemd unit: tryssh gc (a drop-in site has no consumer to run it)",
+    "tryssh-gc.timer": "systemd timer: tryssh-gc.service once a day",
     "logrotate.tryssh": "logrotate rules for the audit log",
     "master.cfg": "a complete Buildbot master.cfg (drop-in, or consumer in front)",
     "tryssh-build-git": "build script: clone at the base revision, apply the patch, run",

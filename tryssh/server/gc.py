@@ -15,6 +15,11 @@ What goes, once older than the cutoff:
   after its cancel. While the file exists ``status`` answers ``cancelled`` and reads who
   asked from the request, so the request goes last; after, ``status`` answers like any
   pruned job (no such job).
+- In the drop-in set-up only (no consumer ever ran here, and the config's builders, if
+  any, all deliver into this very jobdir), a job Buildbot claimed into ``cur/`` (it has
+  no record; Buildbot read it when it claimed it and never removes it): the job file and
+  its cancel request, once the claim is older than the cutoff. The claim is a rename, so
+  its time is the file's ctime, as for a withdrawn job.
 - A cancel request (``STATE_DIR/cancel/JOB``) whose job is gone: no record and no file in
   ``new/``, ``cur/`` or ``withdrawn/`` (a gc interrupted between the two, or a job pruned
   before gc knew of requests). Whatever its age: nothing can read it any more. A request
@@ -66,6 +71,9 @@ def collect(
         run = _Run(config, jobdir, store, withdrawn, cancel, now - older_than_days * DAY, dry_run)
         run.finished_jobs()
         run.withdrawn_jobs()
+        if is_drop_in_site(config):
+            with _Dir(jobdir.cur) as cur:
+                run.claimed_jobs(cur)
         run.cancel_requests(now)
     stale = jobdir.stale_tmp(now=now) if dry_run else jobdir.clean_tmp(now=now)
     return run.removed + [jobdir.tmp_path(n) for n in stale]
@@ -133,6 +141,22 @@ class _Run:
                 _remove(path)
             self.cancel.remove(name)
 
+    def claimed_jobs(self, cur: _Dir) -> None:
+        """Drop-in jobs Buildbot claimed before the cutoff (no record)."""
+        for name, info in cur.files():
+            # The ctime is the claim (a rename), the mtime the delivery.
+            if not is_job_name(name) or name in self.pruned or info.st_ctime >= self.cutoff:
+                continue
+            if self.store.exists(name):
+                continue  # a record decides (finished_jobs)
+            self.removed += [cur.path_of(name)]
+            self.removed += [self.cancel.path_of(name)] * self.cancel.holds(name)
+            self.pruned.add(name)
+            if self.dry_run:
+                continue
+            cur.remove(name)  # the job first, its request last
+            self.cancel.remove(name)
+
     def cancel_requests(self, now: float) -> None:
         """Requests whose job is gone, and stale tmp files of interrupted requests."""
         for name, info in self.cancel.files():
@@ -145,6 +169,15 @@ class _Run:
                 self.removed.append(self.cancel.path_of(name))
                 if not self.dry_run:
                     self.cancel.remove(name)
+
+
+def is_drop_in_site(config: Config) -> bool:
+    """Whether Buildbot itself takes this jobdir's jobs: no consumer ever ran here (it makes
+    the state directory's ``active/``) and none could (every builder, if any, delivers into
+    this very jobdir). Both, so that a job a consumer still owes is never taken for one."""
+    if os.path.lexists(RecordStore(config.state_dir).active):
+        return False
+    return all(b.destination == config.jobdir for b in config.builders.values())
 
 
 def _queued(jobdir: Jobdir, name: str) -> bool:
