@@ -311,6 +311,11 @@ class LiveWait:
         if self.follow:
             for follower in self.followers.values():
                 follower.join(self.conn.opts.timeout if self.conn else 5)
+            # The logs scrolled past a builder that failed early: end on why the job failed.
+            for name, info in (record.get("builders") or {}).items():
+                if (info or {}).get("result") in FAILED:
+                    self.say("  " + paint(builder_line(name, info), info.get("result"),
+                                          self.color))  # fmt: skip
             return
         for name, info in (record.get("builders") or {}).items():
             if (info or {}).get("result") in FAILED and self.tail_lines > 0:

@@ -1,0 +1,120 @@
+"""A developer's round trip as the README tells it: submit, watch with --wait, see why a
+build failed, resume a wait, over a real OpenSSH sshd whose key runs the forced command,
+with ``tryssh consume`` behind it.
+
+Two builders, ``unit`` and ``lint``, run the job's comment as a shell script (each test
+says what its builds do; ``$TRY_BUILDER`` tells them apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import run, venv_bin
+from sshd import Sshd, make_user_key, write_known_hosts
+
+from tryssh.core.jobdir import Jobdir
+
+pytestmark = pytest.mark.timeout(120)
+
+RUNNER = '#!/bin/sh\neval "$TRY_COMMENT"\n'
+PATCH = b"--- a/f\n+++ b/f\n@@ -0,0 +1 @@\n+x\n"
+
+
+class Site:
+    """A try server reached over OpenSSH (forced command), a consumer building its jobs."""
+
+    def __init__(self, root: Path, sshd: Sshd, args: list[str], config: Path) -> None:
+        self.root = root
+        self.sshd = sshd
+        self.args = args  # the connection options, as a developer types them
+        self.config = config
+        self.home = root / "home"
+        self.home.mkdir(exist_ok=True)
+        self.patch = root / "change.patch"
+        self.patch.write_bytes(PATCH)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "NO_COLOR")}
+        env["HOME"] = str(self.home)
+        env["XDG_CONFIG_HOME"] = str(self.home / ".config")
+        return env
+
+    def try_argv(self, script: str, *extra: str, builders: tuple[str, ...] = ("unit",)
+                 ) -> list[str]:  # fmt: skip
+        picks = [word for name in builders for word in ("-b", name)]
+        return [venv_bin("tryssh"), "try", "--diff", str(self.patch), "--baserev", "abc",
+                *picks, "-C", script, *extra, *self.args]  # fmt: skip
+
+    def tryssh(self, *words: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return run([venv_bin("tryssh"), *words, *self.args], env=self.env(), timeout=timeout,
+                   cwd=self.root)  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path, sshd_factory: Callable[..., Sshd]) -> Iterator[Site]:
+    runner = tmp_path / "runner.sh"
+    runner.write_text(RUNNER)
+    jobdir = tmp_path / "jobdir"
+    Jobdir(str(jobdir)).create()
+    builder = json.dumps(["/bin/sh", str(runner)])
+    config = tmp_path / "tryssh.toml"
+    config.write_text(
+        f'jobdir = "{jobdir}"\n[consume]\npoll_interval = 0.05\n'
+        f"[builders.unit]\ncommand = {builder}\n[builders.lint]\ncommand = {builder}\n"
+        '[users.alice]\nbuilders = ["unit", "lint"]\n'
+    )
+    key = make_user_key(tmp_path, "alice_key")
+    command = shlex.join([venv_bin("tryserver"), "--config", str(config), "--user", "alice"])
+    sshd = sshd_factory([f'restrict,command="{command}" {key.public_line}'])
+    known = write_known_hosts(tmp_path / "known_hosts", sshd)
+    consumer = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    args = ["--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
+            "-i", key.private_path, "--known-hosts", str(known)]  # fmt: skip
+    try:
+        yield Site(tmp_path, sshd, args, config)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        try:
+            consumer.wait(30)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            consumer.wait()
+
+
+def test_follow_ends_on_the_builder_that_failed_early(site: Site) -> None:
+    """--follow streams the logs; a builder that failed first scrolled away under the
+    others' output, so the wait ends by naming it again."""
+    gate = site.root / "gate"
+    script = (f'if [ "$TRY_BUILDER" = lint ]; then echo "lint: bad style"; exit 3; fi; '
+              f"while [ ! -e {gate} ]; do sleep 0.05; done; echo unit line one; "
+              "echo unit line two")  # fmt: skip
+    argv = site.try_argv(script, "--wait", "--follow", "--no-color", builders=("unit", "lint"))
+    proc = subprocess.Popen(argv, env=site.env(), cwd=site.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen: list[str] = []
+        for raw in proc.stderr:
+            seen.append(raw.decode().rstrip("\n"))
+            if "lint: failure (exit status 3)" in seen[-1]:
+                gate.touch()  # lint is over: now unit writes its lines and ends
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 1, seen
+    assert gate.exists(), seen
+    assert seen.index("unit| unit line two") < len(seen) - 1, seen
+    after_logs = seen[seen.index("unit| unit line two") + 1:]
+    assert "  lint: failure (exit status 3)" in after_logs, seen
