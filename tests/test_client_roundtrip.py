@@ -118,3 +118,53 @@ def test_follow_ends_on_the_builder_that_failed_early(site: Site) -> None:
     assert seen.index("unit| unit line two") < len(seen) - 1, seen
     after_logs = seen[seen.index("unit| unit line two") + 1:]
     assert "  lint: failure (exit status 3)" in after_logs, seen
+
+
+def _resume(site: Site, err: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the command the message says picks the wait up again, exactly as printed."""
+    marker = "Pick the wait up again with: "
+    assert marker in err, err
+    words = shlex.split(err.split(marker, 1)[1].strip().splitlines()[0])
+    assert words[:2] == ["tryssh", "status"], words
+    return run([venv_bin("tryssh"), *words[1:]], env=site.env(), timeout=60, cwd=site.root)
+
+
+def test_wait_timeout_says_how_to_resume_and_that_command_works(site: Site) -> None:
+    gate = site.root / "gate"
+    script = f"while [ ! -e {gate} ]; do sleep 0.05; done; echo built"
+    result = run(site.try_argv(script, "--wait", "--wait-timeout", "1"), env=site.env(),
+                 timeout=60, cwd=site.root)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 75, err
+    assert "--wait-timeout" in err
+    gate.touch()
+    resumed = _resume(site, err)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert "unit: success" in resumed.stderr.decode()
+
+
+def test_ctrl_c_names_a_resume_command_with_the_connection_options(site: Site) -> None:
+    gate = site.root / "gate"
+    script = f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo built"
+    proc = subprocess.Popen(site.try_argv(script, "--wait"), env=site.env(), cwd=site.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen: list[str] = []
+        for raw in proc.stderr:
+            seen.append(raw.decode())
+            if "unit: running" in seen[-1]:
+                proc.send_signal(signal.SIGINT)
+                break
+        seen.append(proc.stderr.read().decode())
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen)
+    assert code == 130, err
+    assert "--host" in err.split("Pick the wait up again with: ", 1)[-1], err
+    gate.touch()
+    resumed = _resume(site, err)
+    assert resumed.returncode == 0, resumed.stderr.decode()

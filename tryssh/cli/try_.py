@@ -34,7 +34,13 @@ from tryssh.client.transport import (
     deliver,
     open_connection,
 )
-from tryssh.client.wait import echo_stderr, exit_code_for, remote_query, wait_for
+from tryssh.client.wait import (
+    WaitTimeout,
+    echo_stderr,
+    exit_code_for,
+    remote_query,
+    wait_for,
+)
 from tryssh.core.jobview import status_lines
 from tryssh.core.records import ACTIVE_STATES
 from tryssh.errors import EX_OK, TempFail, TrysshError, UsageError
@@ -179,6 +185,8 @@ def wait_for_job(
             record = wait_for(fetch, v.get("wait_timeout"), echo)
         except KeyboardInterrupt:
             raise _stopped_waiting(job) from None
+        except WaitTimeout as err:
+            raise TempFail(f"{err.message}. {_resume_hint(job)}") from None
         if echo is not None and dest.config and lines > 0:
             _local_tails(dest.config, record, lines, echo)
         return record, None
@@ -192,9 +200,11 @@ def wait_for_job(
     )  # fmt: skip
     try:
         return waiter.run(), waiter.conn
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, WaitTimeout) as err:
         if waiter.conn is not None and waiter.conn is not conn:
             waiter.conn.close()
+        if isinstance(err, WaitTimeout):
+            raise TempFail(f"{err.message}. {_resume_hint(job)}") from None
         raise _stopped_waiting(job) from None
 
 
@@ -228,11 +238,33 @@ def _local_tails(config: str, record: dict[str, Any], lines: int,
 
 
 def _stopped_waiting(job: str) -> TrysshError:
-    return TrysshError(
-        f"stopped waiting; job {job} goes on on the server. "
-        f"Pick the wait up again with: tryssh status --wait {job}",
-        130,
-    )
+    return TrysshError(f"stopped waiting; job {job} goes on on the server. {_resume_hint(job)}",
+                       130)  # fmt: skip
+
+
+# The options that say where the job is: a resumed wait needs the ones the command line gave
+# (those that came from a config file come from it again).
+_WHERE = ("connect", "host", "port", "username", "identity", "jobdir", "tryserver_cmd",
+          "known_hosts", "master_config", "ssh_config", "ssh_options", "proxy_jump",
+          "ssh_command")  # fmt: skip
+
+
+def _resume_hint(job: str) -> str:
+    """``Pick the wait up again with: tryssh status --host ci ... --wait JOB``: a command
+    that works as printed, with the connection options this command line gave."""
+    import shlex
+
+    words = ["tryssh", "status"]
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name not in _WHERE or not _given(ctx, param.name):  # type: ignore[arg-type]
+            continue
+        flag = max(param.opts, key=len)  # --username rather than -u: easier to read
+        value = ctx.params.get(param.name)  # type: ignore[union-attr,arg-type]
+        for one in value if isinstance(value, (list, tuple)) else (value,):
+            words += [flag, str(one)]
+    words += ["--wait", job]
+    return "Pick the wait up again with: " + shlex.join(words)
 
 
 def _given(ctx: click.Context, name: str) -> bool:

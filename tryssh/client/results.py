@@ -30,7 +30,7 @@ from tryssh.client.transport import (
     _remote_error,
     tryserver_command,
 )
-from tryssh.client.wait import remote_query, wait_for
+from tryssh.client.wait import WaitTimeout, remote_query, wait_for
 from tryssh.core.records import FINAL_STATES
 from tryssh.errors import EX_NOINPUT, EX_NOPERM, EX_USAGE, TempFail, TrysshError
 
@@ -209,10 +209,10 @@ class LiveWait:
                 except TrysshError as err:
                     if err.exit_code in (EX_USAGE, EX_NOINPUT, EX_NOPERM):
                         raise
-                    if isinstance(err, _Timeout):
-                        raise TempFail(err.message) from None
+                    if isinstance(err, WaitTimeout):
+                        raise
                     if deadline is not None and time.monotonic() + delay > deadline:
-                        raise TempFail(f"gave up waiting after {self.timeout:g}s "
+                        raise WaitTimeout(f"gave up waiting after {self.timeout:g}s "
                                        "(--wait-timeout); the job goes on") from None  # fmt: skip
                     self.say(f"connection lost ({err.message}); reconnecting in {delay:g}s")
                     self._drop_connection()
@@ -247,7 +247,7 @@ class LiveWait:
                 if line.strip():
                     self._line(line, final)
             if deadline is not None and time.monotonic() > deadline and not final:
-                raise _Timeout(f"gave up waiting after {self.timeout:g}s (--wait-timeout); "
+                raise WaitTimeout(f"gave up waiting after {self.timeout:g}s (--wait-timeout); "
                                "the job goes on")  # fmt: skip
 
         idle = max(conn.opts.timeout, 3 * HEARTBEAT)
@@ -364,7 +364,3 @@ class LiveWait:
                           on_record=self.show)  # fmt: skip
         self._after(record)
         return record
-
-
-class _Timeout(TempFail):
-    """--wait-timeout passed during the watch."""

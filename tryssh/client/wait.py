@@ -38,6 +38,10 @@ STATE_EXIT: dict[str, int] = {
 EX_NO_RESULTS = EX_UNAVAILABLE
 
 
+class WaitTimeout(TempFail):
+    """--wait-timeout passed; the job goes on."""
+
+
 def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
     """Run ``tryserver WORDS... --json`` on the server and return the decoded answer."""
     command = tryserver_command(dest.tryserver_cmd, dest.jobdir, *words, "--json")
@@ -108,7 +112,9 @@ def wait_for(
             if record.get("followable") is False:
                 return record  # nothing will ever tell us more: do not wait forever
         if deadline is not None and time.monotonic() + interval > deadline:
-            raise TempFail(f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on")
+            raise WaitTimeout(
+                f"gave up waiting after {timeout:g}s (--wait-timeout); the job goes on"
+            )
         sleep(interval)
         if max_interval is not None:
             interval = min(interval * 2, max_interval)
