@@ -236,7 +236,8 @@ def test_ctrl_c_during_a_wait_says_the_job_goes_on_and_how_to_resume(door: Door)
         assert proc.wait(30) == 130
         assert proc.stderr is not None
         err = proc.stderr.read().decode()
-        assert f"job {job} goes on" in err and f"tryssh status --wait {job}" in err
+        assert f"job {job} goes on" in err and f"--wait {job}" in err
+        assert "with: tryssh status --host 127.0.0.1 --port " in err  # works as printed
     finally:
         proc.kill()
         proc.wait()
