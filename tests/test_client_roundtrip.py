@@ -168,3 +168,32 @@ def test_ctrl_c_names_a_resume_command_with_the_connection_options(site: Site) -
     gate.touch()
     resumed = _resume(site, err)
     assert resumed.returncode == 0, resumed.stderr.decode()
+
+
+def test_wait_without_a_tryserver_on_the_host_stops_at_once(
+    tmp_path: Path, sshd_factory: Callable[..., Sshd]
+) -> None:
+    """-c scp --wait to an sftp account with no tryserver to ask (here: a --tryserver-cmd
+    that does not exist) used to poll `status` for ever, silently. It is 69: nobody there
+    can report the results."""
+    jobdir = tmp_path / "jobdir"
+    Jobdir(str(jobdir)).create()
+    key = make_user_key(tmp_path, "dev_key")
+    sshd = sshd_factory([f"restrict {key.public_line}"])  # a plain account: sftp and exec
+    known = write_known_hosts(tmp_path / "known_hosts", sshd)
+    patch = tmp_path / "change.patch"
+    patch.write_bytes(PATCH)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    env["HOME"] = str(tmp_path)
+    result = run([venv_bin("tryssh"), "try", "-c", "scp", "--jobdir", str(jobdir),
+                  "--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
+                  "-i", key.private_path, "--known-hosts", str(known),
+                  "--tryserver-cmd", str(tmp_path / "nowhere" / "tryserver"),
+                  "--diff", str(patch), "--baserev", "abc", "-b", "unit", "--wait"],
+                 env=env, timeout=60, cwd=tmp_path)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 69, err
+    assert len(os.listdir(jobdir / "new")) == 1  # delivered; only the results are out of reach
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tryssh: cannot wait for "), err
+    assert "--tryserver-cmd" in last

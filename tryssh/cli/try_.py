@@ -88,11 +88,11 @@ waiting: the job goes on (tryssh status --wait JOB picks it up again).
 
 Exit codes: 0 delivered (with --wait: every build succeeded), 1 a build failed (--wait),
 64 usage, 65 bad or empty job, 66 no such file (--diff) or job, 69 (--wait) the server
-cannot report the results (handed on by a forward builder, or a Buildbot master reads the
-jobdir and no API is configured), 73 cannot create the job (jobdir missing or not
-writable), 75 connection or server trouble (with --wait: an error, an interrupted or
-cancelled job, or --wait-timeout), 77 refused (host key, login, policy), 78 config error,
-130 interrupted (Ctrl-C).
+cannot report the results (handed on by a forward builder, a Buildbot master reads the
+jobdir and no API is configured, or no tryssh tryserver there to ask), 73 cannot create
+the job (jobdir missing or not writable), 75 connection or server trouble (with --wait:
+an error, an interrupted or cancelled job, or --wait-timeout), 77 refused (host key,
+login, policy), 78 config error, 130 interrupted (Ctrl-C).
 """
 
 

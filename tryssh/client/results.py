@@ -26,13 +26,21 @@ from tryssh.client.display import (
 from tryssh.client.transport import (
     RECV_SIZE,
     SYSEXITS,
+    RemoteFailure,
     _Drain,
     _remote_error,
     tryserver_command,
 )
 from tryssh.client.wait import WaitTimeout, remote_query, wait_for
 from tryssh.core.records import FINAL_STATES
-from tryssh.errors import EX_NOINPUT, EX_NOPERM, EX_USAGE, TempFail, TrysshError
+from tryssh.errors import (
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    TempFail,
+    TrysshError,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -358,9 +366,18 @@ class LiveWait:
                 self._drop_connection()
                 conn = None
                 raise
+            except RemoteFailure as err:
+                if err.remote_status in (-1, None, *SYSEXITS):
+                    raise
+                # Not tryssh's tryserver (command not found, Buildbot's own): asking again
+                # would never answer, and the wait would go on silently for ever.
+                raise TrysshError(
+                    f"cannot wait for {self.job}: the server has no tryssh tryserver to ask "
+                    f"({err.message}); give --tryserver-cmd its path there", EX_UNAVAILABLE,
+                ) from None
 
         timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
-        record = wait_for(fetch, timeout, None, max_interval=10.0, sleep=self.sleep,
+        record = wait_for(fetch, timeout, self.say, max_interval=10.0, sleep=self.sleep,
                           on_record=self.show)  # fmt: skip
         self._after(record)
         return record

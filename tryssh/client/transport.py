@@ -89,6 +89,8 @@ class MaybeDelivered(TrysshError):
 class RemoteFailure(TrysshError):
     """The remote tryserver exited non-zero (or without an exit status)."""
 
+    remote_status: int | None = None  # the remote command's own exit status (-1: none)
+
 
 # -- progress -------------------------------------------------------------------------------
 
@@ -176,7 +178,9 @@ def _remote_error(status: int, stderr: bytes, what: str) -> TrysshError:
     code = status if status in SYSEXITS else EX_TEMPFAIL
     if not message:
         message = f"exit status {status}"
-    return RemoteFailure(f"{what} failed (exit {status}): {message}", code)
+    failure = RemoteFailure(f"{what} failed (exit {status}): {message}", code)
+    failure.remote_status = status
+    return failure
 
 
 # Large reads: each one shifts what paramiko still holds (up to the window) down.

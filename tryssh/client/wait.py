@@ -75,8 +75,9 @@ def wait_for(
 
     Raises TempFail when *timeout* seconds pass first. A transient failure to ask (lost
     connection, server busy) is retried until then; a refusal (:data:`REFUSALS`: 64, 77, or
-    66 when the server has no such job of yours) is final. With *max_interval* the interval
-    doubles after each poll up to it (backoff); *on_record* replaces the echo of changes.
+    66 when the server has no such job of yours) or 69 (nobody there can tell) is final.
+    With *max_interval* the interval doubles after each poll up to it (backoff);
+    *on_record* replaces the echo of changes.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
@@ -85,7 +86,7 @@ def wait_for(
         try:
             record = fetch()
         except TrysshError as err:
-            if err.exit_code in REFUSALS:
+            if err.exit_code in (*REFUSALS, EX_UNAVAILABLE):  # asking again will not help
                 raise
             if echo is not None and err.message != last_error:
                 echo(f"status not available yet: {err.message}")
