@@ -51,6 +51,14 @@ def test_buildbot_flag_names(world: World) -> None:
     assert "--properties needs KEY=VALUE" in bad.stderr.decode()
 
 
+def test_topfile_is_explained_not_refused(world: World) -> None:
+    """README: every flag of buildbot try is accepted; --topfile is not needed."""
+    result = world.tryssh("try", *local(world), "--topfile=Makefile")
+    ok(result)
+    assert "--topfile is not needed" in result.stderr.decode()
+    assert len(world.delivered()) == 1
+
+
 def test_connect_pb_is_explained(world: World) -> None:
     result = world.tryssh("try", "-c", "pb", "-m", "master:8031")
     ok(result, 64)

@@ -307,6 +307,9 @@ def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, An
         if cli.pop(name, None) is not None:
             echo_stderr(f"tryssh: {flag} is for Buildbot's PB door (--connect=pb); tryssh "
                         "delivers over SSH to --host and ignores it")
+    if cli.pop("topfile", None) is not None:
+        echo_stderr("tryssh: --topfile is not needed: tryssh finds the top of the working copy "
+                    "itself (the nearest .git, .hg or .svn; --topdir names another); ignored")
     if cli.get("connect") == "pb":
         raise UsageError(PB_EXPLAINED)
     resolved = resolve_client_options(cli, cwd=cwd)
@@ -385,6 +388,8 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
               help="List the builders you may use and exit (as tryssh builders).")
 @click.option("--topdir", metavar="DIR", type=click.Path(file_okay=False),
               help="The working copy to send (default: the current directory's).")
+@click.option("--topfile", metavar="FILE", help="Buildbot's way to find the top of the "
+              "working copy: accepted and ignored (tryssh finds it itself).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
 @click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
