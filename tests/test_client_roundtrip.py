@@ -197,3 +197,16 @@ def test_wait_without_a_tryserver_on_the_host_stops_at_once(
     last = err.strip().splitlines()[-1]
     assert last.startswith("tryssh: cannot wait for "), err
     assert "--tryserver-cmd" in last
+
+
+def test_local_wait_without_config_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    patch = tmp_path / "change.patch"
+    patch.write_bytes(PATCH)
+    result = run([venv_bin("tryssh"), "try", "-c", "local", "--jobdir", jobdir.path, "--diff",
+                  str(patch), "--baserev", "abc", "--wait"],
+                 env={**os.environ, "HOME": str(tmp_path)}, cwd=tmp_path)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 64, err
+    assert "needs --config" in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(jobdir.new) == []  # nothing delivered

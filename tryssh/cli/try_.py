@@ -409,6 +409,10 @@ def try_cmd(ctx: click.Context, **values: Any) -> None:
     if v["get_builder_names"]:
         _print_builders(_ask(v, "builders", None), as_json=bool(v["as_json"]))
         ctx.exit(EX_OK)
+    if v["wait"] and v["connect"] == "local" and not v.get("master_config"):
+        # Checked before sending: the job must not be delivered and then the wait refused.
+        raise UsageError("--wait with -c local needs --config (the master's config file, "
+                         "whose records it reads); nothing was sent")
     if v.get("topdir"):
         cwd = os.path.abspath(os.path.expanduser(str(v["topdir"])))
         if not os.path.isdir(cwd):
