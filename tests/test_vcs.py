@@ -527,6 +527,24 @@ def svn_mutate(wc: Path) -> None:
     svn(wc, "rm", "-q", "del.txt", "del.bin")
 
 
+def test_svn_binary_warning_survives_quiet(tmp_path: Path) -> None:
+    """README: tryssh warns when an svn patch holds a binary file (GNU patch cannot apply
+    it), and --quiet hides the summary, never a warning."""
+    from helpers import run as run_cmd
+    from helpers import venv_bin
+
+    from tryssh.core.jobdir import Jobdir
+
+    _url, wc = svn_repo_and_wc(tmp_path)
+    (wc / "new.bin").write_bytes(b"\x00\x01binary")
+    svn(wc, "add", "-q", "new.bin")
+    jobdir = Jobdir(str(tmp_path / "jobdir")).create()
+    result = run_cmd([venv_bin("tryssh"), "try", "-q", "-c", "local", "--jobdir", jobdir.path],
+                     env={**os.environ, "HOME": str(tmp_path)}, cwd=wc)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert "binary file(s) are in git binary form" in result.stderr.decode()
+
+
 def svn_apply_at(url: str, base: str, change: SourceChange, dest: Path) -> dict[str, bytes]:
     svn(dest.parent, "checkout", "-q", "-r", base, url, str(dest))
     patch = dest.parent / f"{dest.name}.diff"

@@ -616,8 +616,9 @@ def _extract_svn(topdir: str, baserev: str | None) -> SourceChange:
         ).stdout
         patch = _svn_splice(plain, gitdiff)
         notes.append(
-            f"{len(binaries)} binary file(s) are in git binary form: 'svn patch' applies them, "
-            "GNU patch (Buildbot's SVN step) cannot"
+            # A warning (shown even with --quiet): a Buildbot SVN step fails on this patch.
+            f"WARNING: {len(binaries)} binary file(s) are in git binary form: 'svn patch' "
+            "applies them, GNU patch (Buildbot's SVN step) cannot"
         )
     url = _svn(topdir, "info", "--non-interactive", "--show-item", "url", ".").stdout
     repository = _clean_repository(_text(url), notes)
