@@ -210,3 +210,20 @@ def test_local_wait_without_config_is_refused_before_anything_is_sent(tmp_path: 
     assert result.returncode == 64, err
     assert "needs --config" in err and len(err.strip().splitlines()) == 1, err
     assert os.listdir(jobdir.new) == []  # nothing delivered
+
+
+def test_quiet_wait_still_says_which_build_failed(site: Site) -> None:
+    """-q --wait prints nothing while waiting, but a failed job ends with its failed
+    builders and why, as buildbot try --wait --quiet prints its results."""
+    script = 'if [ "$TRY_BUILDER" = lint ]; then exit 3; fi; echo fine'
+    result = run(site.try_argv(script, "-q", "--wait", builders=("unit", "lint")),
+                 env=site.env(), timeout=60, cwd=site.root)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == "  lint: failure (exit status 3)", err
+    assert lines[-2].endswith(": failure"), err
+    assert "unit" not in err  # quiet: the builder that succeeded is not mentioned
+    good = run(site.try_argv("echo fine", "-q", "--wait"), env=site.env(), timeout=60,
+               cwd=site.root)  # fmt: skip
+    assert good.returncode == 0 and good.stderr == b"", good.stderr.decode()

@@ -41,7 +41,7 @@ from tryssh.client.wait import (
     remote_query,
     wait_for,
 )
-from tryssh.core.jobview import status_lines
+from tryssh.core.jobview import builder_line, head_line, status_lines
 from tryssh.core.records import ACTIVE_STATES
 from tryssh.errors import EX_OK, TempFail, TrysshError, UsageError
 
@@ -172,8 +172,22 @@ def wait_for_job(
     """Wait until *job* is final; (its record, the connection now open, to be closed).
 
     Over SSH the server streams the changes (``tryserver watch``); on the master itself
-    (``-c local``/``--config``) the records are read directly, once a second.
+    (``-c local``/``--config``) the records are read directly, once a second. *quiet*
+    shows nothing while waiting, and at the end only a job that did not succeed, with
+    its builders that did not (as ``buildbot try --wait --quiet`` still prints results).
     """
+    record, live = _wait_for_job(dest, conn, job, v, quiet)
+    if quiet and record.get("state") != "success":
+        echo_stderr(head_line(record))
+        for name, info in (record.get("builders") or {}).items():
+            if (info or {}).get("result") != "success":
+                echo_stderr(builder_line(name, info or {}, show_log=False))
+    return record, live
+
+
+def _wait_for_job(
+    dest: Destination, conn: Connection | None, job: str, v: dict[str, Any], quiet: bool
+) -> tuple[dict[str, Any], Connection | None]:
     echo = None if quiet else echo_stderr
     from tryssh.client.results import DEFAULT_TAIL_LINES, LiveWait
 
