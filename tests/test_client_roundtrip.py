@@ -227,3 +227,16 @@ def test_quiet_wait_still_says_which_build_failed(site: Site) -> None:
     good = run(site.try_argv("echo fine", "-q", "--wait"), env=site.env(), timeout=60,
                cwd=site.root)  # fmt: skip
     assert good.returncode == 0 and good.stderr == b"", good.stderr.decode()
+
+
+def test_match_exec_in_the_ssh_config_is_named(tmp_path: Path) -> None:
+    """README: Match exec lines are not supported (reported as an error): the error names
+    the line and the file, not paramiko's "import of invoke halted"."""
+    config = tmp_path / "ssh_config"
+    config.write_text('Match exec "true"\n    User alice\n')
+    result = run([venv_bin("tryssh"), "builders", "--host", "127.0.0.1", "-F", str(config)],
+                 env={**os.environ, "HOME": str(tmp_path)}, cwd=tmp_path)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 64, err
+    assert f"{config} has a 'Match exec' line" in err and "invoke" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

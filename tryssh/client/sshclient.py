@@ -228,6 +228,11 @@ def resolve_target(opts: SshOptions, config: paramiko.SSHConfig | None = None) -
     dest_user, alias, dest_port = parse_destination(opts.host)
     try:
         entry = config.lookup(alias)
+    except ImportError:  # paramiko wants invoke to run a Match exec line: tryssh hides it
+        where = _expand(opts.ssh_config or "~/.ssh/config")
+        raise UsageError(f"cannot apply the ssh config to {alias}: {where} has a 'Match exec' "
+                         "line, which tryssh does not run; give the host's settings without "
+                         "it (-F FILE, -o Option=value)") from None
     except Exception as err:  # paramiko raises several types for bad Match/tokens
         raise UsageError(f"cannot apply the ssh config to {alias}: {err}") from None
     for key, value in opts.options.items():  # -o wins over the file
