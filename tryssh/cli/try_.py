@@ -69,7 +69,7 @@ Examples:
   tryssh try --host ci -b unit -b lint --wait  ... and wait for the results
   tryssh try --host ci -b unit --wait --follow ... showing the build's output live
   tryssh try --dry-run                         show what would be sent
-  git diff main | tryssh try --diff - --baserev main -p 1 --host ci
+  git diff main | tryssh try --diff - --baserev $(git rev-parse main) -p 1 --host ci
   tryssh try -c scp --host ci --jobdir /srv/tryssh/jobdir    sftp account
   tryssh try -c local --jobdir /srv/tryssh/jobdir            on the master itself
   tryssh try --host ci --json                  machine-readable receipt
