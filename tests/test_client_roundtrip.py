@@ -240,3 +240,13 @@ def test_match_exec_in_the_ssh_config_is_named(tmp_path: Path) -> None:
     assert result.returncode == 64, err
     assert f"{config} has a 'Match exec' line" in err and "invoke" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_jobs_with_nothing_to_list_says_what_it_looked_for(site: Site) -> None:
+    active = site.tryssh("jobs")
+    assert active.returncode == 0 and active.stdout == b""
+    assert active.stderr.decode().strip() == (
+        "no jobs queued or running (--all-states shows finished ones too)")
+    every = site.tryssh("jobs", "--all-states")
+    assert every.returncode == 0 and every.stdout == b""
+    assert every.stderr.decode().strip() == "no jobs"  # not "queued or running": it asked all

@@ -299,8 +299,9 @@ def jobs_cmd(ctx: click.Context, all_states: bool, limit: int, as_json: bool,
         return
     jobs = answer["jobs"]
     if not jobs:
-        click.echo("no jobs queued or running" + ("" if all_states else
-                   " (--all-states shows finished ones too)"), err=True)  # fmt: skip
+        click.echo("no jobs" if all_states else
+                   "no jobs queued or running (--all-states shows finished ones too)",
+                   err=True)  # fmt: skip
     for record in jobs:
         click.echo(jobs_line(record))
 
