@@ -250,3 +250,23 @@ def test_jobs_with_nothing_to_list_says_what_it_looked_for(site: Site) -> None:
     every = site.tryssh("jobs", "--all-states")
     assert every.returncode == 0 and every.stdout == b""
     assert every.stderr.decode().strip() == "no jobs"  # not "queued or running": it asked all
+
+
+def test_host_from_a_file_is_named_only_when_it_is_used(
+    tmp_path: Path, master_config: Callable[..., Path]
+) -> None:
+    """"host ci set by FILE" warns that a file chose the server; on the master (--config)
+    no server is contacted, and the line was noise on every command."""
+    config = master_config(builders={"unit": {"command": ["true"]}})
+    user_file = tmp_path / "xdg" / "tryssh" / "config.toml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text('[try]\nhost = "ci"\n')
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    local = run([venv_bin("tryssh"), "jobs", "--all-states", "--config", str(config)], env=env,
+                cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr.decode()
+    assert "set by" not in local.stderr.decode()
+    remote = run([venv_bin("tryssh"), "try", "--dry-run", "--diff", "-", "--baserev", "abc"],
+                 input=PATCH, env=env, cwd=tmp_path)  # fmt: skip
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert f"host ci set by {user_file}" in remote.stderr.decode()

@@ -342,7 +342,9 @@ def _merge(ctx: click.Context, values: dict[str, Any], cwd: str) -> dict[str, An
     for warning in resolved.warnings:
         echo_stderr(f"tryssh: {warning}")
     source = resolved.sources.get("host")
-    if source and source != COMMAND_LINE:
+    if source and source != COMMAND_LINE and result.get("connect") in ("ssh", "scp") and not (
+        result.get("master_config")  # on the master (--config): no host is used
+    ):
         # A file chose the server: say which, so a planted file cannot redirect silently.
         echo_stderr(f"tryssh: host {resolved.values['host']} set by {source}")
     return result
