@@ -270,3 +270,18 @@ def test_host_from_a_file_is_named_only_when_it_is_used(
                  input=PATCH, env=env, cwd=tmp_path)  # fmt: skip
     assert remote.returncode == 0, remote.stderr.decode()
     assert f"host ci set by {user_file}" in remote.stderr.decode()
+
+
+def test_log_of_a_job_with_several_builders_says_to_use_b(site: Site) -> None:
+    result = run(site.try_argv("echo from $TRY_BUILDER", "-q", "--wait",
+                               builders=("unit", "lint")),
+                 env=site.env(), timeout=60, cwd=site.root)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    job = result.stdout.decode().strip()
+    log = site.tryssh("log", job)
+    err = log.stderr.decode()
+    assert log.returncode == 64, err
+    want = f"tryssh: job {job} has several builders: unit, lint; name one with -b NAME"
+    assert err.strip() == want
+    picked = site.tryssh("log", job, "-b", "lint")
+    assert picked.returncode == 0 and b"from lint" in picked.stdout

@@ -15,7 +15,14 @@ from tryssh.cli.try_ import _connection_options, _destination, _merge, open_conn
 from tryssh.client.display import LineFilter
 from tryssh.client.results import LiveWait, stream_remote
 from tryssh.client.transport import _remote_error, tryserver_command
-from tryssh.errors import EX_TEMPFAIL, EX_UNAVAILABLE, TempFail, TrysshError, UsageError
+from tryssh.errors import (
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    TempFail,
+    TrysshError,
+    UsageError,
+)
 
 CANCEL_WAIT = 30.0  # seconds `tryssh cancel` waits to report how the job ended
 EX_ALREADY_FINAL = 2  # as tryssh.server.results: nothing was cancelled
@@ -109,6 +116,9 @@ def log_cmd(ctx: click.Context, job: str, builder: str | None, follow: bool, tai
             sink.flush()
     if status == 0 or (follow and status in (1, EX_TEMPFAIL) and not stderr.strip()):
         ctx.exit(status)
+    text = stderr.decode("utf-8", "replace").strip().removeprefix("tryserver: ")
+    if status == EX_USAGE and builder is None and "has several builders" in text:
+        raise UsageError(f"{' '.join(text.split())} with -b NAME")  # the server's words
     raise _remote_error(status, stderr, "tryserver log")
 
 
