@@ -285,3 +285,29 @@ def test_log_of_a_job_with_several_builders_says_to_use_b(site: Site) -> None:
     assert err.strip() == want
     picked = site.tryssh("log", job, "-b", "lint")
     assert picked.returncode == 0 and b"from lint" in picked.stdout
+
+
+def test_ctrl_c_ends_log_follow_with_one_line(site: Site) -> None:
+    gate = site.root / "gate"
+    script = f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo built"
+    sent = run(site.try_argv(script, "-q"), env=site.env(), timeout=60, cwd=site.root)
+    assert sent.returncode == 0, sent.stderr.decode()
+    job = sent.stdout.decode().strip()
+    argv = [venv_bin("tryssh"), "log", job, "--follow", *site.args]
+    proc = subprocess.Popen(argv, env=site.env(), cwd=site.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for raw in proc.stdout:
+            if raw.strip() == b"started":
+                proc.send_signal(signal.SIGINT)
+                break
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        gate.touch()
+    assert code == 130, err
+    assert err == f"tryssh: stopped showing the log of {job}; the build goes on on the server\n"

@@ -14,7 +14,7 @@ import click
 from tryssh.cli.try_ import _connection_options, _destination, _merge, open_connection
 from tryssh.client.display import LineFilter
 from tryssh.client.results import LiveWait, stream_remote
-from tryssh.client.transport import _remote_error, tryserver_command
+from tryssh.client.transport import EX_INTERRUPTED, _remote_error, tryserver_command
 from tryssh.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
@@ -112,6 +112,10 @@ def log_cmd(ctx: click.Context, job: str, builder: str | None, follow: bool, tai
         try:
             status, stderr = stream_remote(conn, command, sink.write, "tryserver log",
                                            idle=None if follow else conn.opts.timeout)  # fmt: skip
+        except KeyboardInterrupt:
+            # Ctrl-C is how one stops following: say what goes on, in one line.
+            raise TrysshError(f"stopped showing the log of {job}; the build goes on on the "
+                              "server", EX_INTERRUPTED) from None  # fmt: skip
         finally:
             sink.flush()
     if status == 0 or (follow and status in (1, EX_TEMPFAIL) and not stderr.strip()):
