@@ -311,3 +311,34 @@ def test_ctrl_c_ends_log_follow_with_one_line(site: Site) -> None:
         gate.touch()
     assert code == 130, err
     assert err == f"tryssh: stopped showing the log of {job}; the build goes on on the server\n"
+
+
+def test_results_are_in_colour_on_a_terminal(site: Site) -> None:
+    """README: failures are red and successes green on a terminal. The colour codes were
+    escaped with the server's text, so a terminal showed a literal \\x1b[31;1m."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    script = 'if [ "$TRY_BUILDER" = lint ]; then exit 3; fi; echo fine'
+    try:
+        proc = subprocess.Popen(site.try_argv(script, "--wait", builders=("unit", "lint")),
+                                env=site.env(), cwd=site.root, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=terminal)  # fmt: skip
+        os.close(terminal)
+        shown = bytearray()
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: the command closed the terminal (it exited)
+                break
+            if not data:
+                break
+            shown += data
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(controller)
+    text = shown.decode()
+    assert code == 1, text
+    assert "\x1b[31;1mlint: failure (exit status 3)\x1b[0m" in text, text
+    assert "\x1b[32munit: success\x1b[0m" in text, text
+    assert "\\x1b" not in text, text

@@ -37,6 +37,7 @@ from tryssh.client.transport import (
 from tryssh.client.wait import (
     WaitTimeout,
     echo_stderr,
+    echo_stderr_painted,
     exit_code_for,
     remote_query,
     wait_for,
@@ -207,7 +208,8 @@ def _wait_for_job(
     from tryssh.client.display import use_color
 
     waiter = LiveWait(
-        dest, lambda: open_connection(dest), job, echo, conn=conn,
+        dest, lambda: open_connection(dest), job, None if quiet else echo_stderr_painted,
+        conn=conn,
         follow=bool(v.get("follow")), tail_lines=lines,
         color=use_color(sys.stderr, bool(v.get("no_color"))),
         timeout=v.get("wait_timeout"),

@@ -190,10 +190,13 @@ class LiveWait:
     def command(self, *words: str) -> str:
         return tryserver_command(self.dest.tryserver_cmd, self.dest.jobdir, *words)
 
-    def say(self, line: str) -> None:
+    def say(self, line: str, result: str | None = None, indent: str = "") -> None:
+        """Show *line* made safe for the terminal (nothing a server or build wrote can drive
+        it), then in *result*'s colour: the colour codes are the only escapes *echo* gets."""
         if self.echo is not None:
+            text = indent + paint(safe_text(line), result, self.color)
             with self._out_lock:
-                self.echo(line)
+                self.echo(text)
         self.last_output = time.monotonic()
 
     def show_log_line(self, builder: str, line: str) -> None:
@@ -297,8 +300,7 @@ class LiveWait:
         if self.seen.get("") != state:
             reason = f" ({record['reason']})" if record.get("reason") else ""
             colour = state if state in FINAL_STATES else None
-            self.say(paint(safe_text(f"job {record.get('job', '')}: {state}{reason}"), colour,
-                           self.color))  # fmt: skip
+            self.say(f"job {record.get('job', '')}: {state}{reason}", colour)
             self.seen[""] = state
         for name, info in builders.items():
             info = info or {}
@@ -311,7 +313,7 @@ class LiveWait:
             line = builder_line(name, info)
             if self.seen.get(name) != line:
                 result = info.get("result") if info.get("state") == "done" else None
-                self.say("  " + paint(line, result, self.color))
+                self.say(line, result, indent="  ")
                 self.seen[name] = line
 
     def _after(self, record: dict[str, Any]) -> None:
@@ -322,8 +324,7 @@ class LiveWait:
             # The logs scrolled past a builder that failed early: end on why the job failed.
             for name, info in (record.get("builders") or {}).items():
                 if (info or {}).get("result") in FAILED:
-                    self.say("  " + paint(builder_line(name, info), info.get("result"),
-                                          self.color))  # fmt: skip
+                    self.say(builder_line(name, info), info.get("result"), indent="  ")
             return
         for name, info in (record.get("builders") or {}).items():
             if (info or {}).get("result") in FAILED and self.tail_lines > 0:
@@ -346,10 +347,10 @@ class LiveWait:
         if status != 0:
             return  # an older server without 'log': the builder line says enough
         lines.extend(filt.flush())
-        self.say(paint(f"--- {name}: last {self.tail_lines} lines of the log ---", None, False))
+        self.say(f"--- {name}: last {self.tail_lines} lines of the log ---")
         for line in lines:
             self.say(line)
-        self.say("  " + paint(builder_line(name, info), info.get("result"), self.color))
+        self.say(builder_line(name, info), info.get("result"), indent="  ")
 
     # -- the older server --
 

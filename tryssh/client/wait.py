@@ -124,3 +124,8 @@ def wait_for(
 def echo_stderr(line: str) -> None:
     # The server's words (a branch name, a reason) must not drive the developer's terminal.
     print(printable(line), file=sys.stderr, flush=True)
+
+
+def echo_stderr_painted(line: str) -> None:
+    """A line already made safe, whose only escapes are its colours (LiveWait.say)."""
+    print(line, file=sys.stderr, flush=True)
