@@ -31,6 +31,9 @@ TRICKLES = {
     "headers": STATUS_200 + b"X-Pad: " + b"x" * 10_000 + b"\r\n\r\n",
     "body": STATUS_200 + b"Content-Length: 10000\r\n\r\n" + b'{"buildsets": []}' + b" " * 9_983,
     "error body": b"HTTP/1.1 503 Busy\r\nContent-Length: 10000\r\n\r\n" + b"x" * 10_000,
+    # To an https:// URL: a TLS record header that promises 16 KiB of handshake, then the
+    # bytes of it one at a time (the handshake is inside urllib's connect).
+    "tls handshake": b"\x16\x03\x03\x40\x00" + b"\x02" * 16_384,
 }
 
 
@@ -101,10 +104,11 @@ def bounded(call: Callable[[], Any]) -> Any:
     return outcome[0]
 
 
-@pytest.mark.parametrize("where", ["headers", "body"])
+@pytest.mark.parametrize("where", ["headers", "body", "tls handshake"])
 def test_buildbot_answer_trickled_is_cut_at_the_deadline_and_asked_again(trickler, where):
     server = trickler(TRICKLES[where])
-    api = buildbot.Api(server.url, retries=1, timeout=5, deadline=1, sleep=lambda s: None)
+    url = server.url.replace("http:", "https:") if where.startswith("tls") else server.url
+    api = buildbot.Api(url, retries=1, timeout=5, deadline=1, sleep=lambda s: None)
     err = bounded(lambda: api.buildsets("jid-1"))
     assert isinstance(err, buildbot.Unavailable), err
     assert err.message.endswith("no whole answer within 1 s"), err.message

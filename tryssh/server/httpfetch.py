@@ -60,59 +60,71 @@ class Deadline:
         self.end = time.monotonic() + seconds
         self.lock = threading.Lock()
         self.timers: list[threading.Timer] = []
+        self.socks: list[socket.socket] = []
         self.stopped = False
         self.cut = False
 
     def watch(self, sock: socket.socket) -> None:
-        """Cut *sock* at the deadline (each connection of the request: a redirect opens one)."""
-        timer = threading.Timer(max(0.0, self.end - time.monotonic()), self._cut, (sock,))
+        """Cut *sock*'s connection at the deadline (each connection of the request: a
+        redirect opens one). Through a duplicate: TLS takes the socket's descriptor over
+        (the original is left without one) before its handshake, which is cut too."""
+        timer = threading.Timer(max(0.0, self.end - time.monotonic()), self._cut)
         timer.daemon = True
         with self.lock:
             if self.stopped:
                 return
+            self.socks.append(sock.dup())
             self.timers.append(timer)
         timer.start()
 
-    def _cut(self, sock: socket.socket) -> None:
-        with self.lock:
+    def _cut(self) -> None:
+        with self.lock:  # stop() closes the duplicates under it: never one closed meanwhile
             if self.stopped:
                 return
             self.cut = True
-        try:
-            # socket.socket's own shutdown, also for an SSLSocket: a read blocked in another
-            # thread wakes with an end of file. A socket closed meanwhile has no fd to hit.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+            for sock in self.socks:
+                try:
+                    # A read blocked in another thread wakes with an end of file.
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def stop(self) -> bool:
         """No cut after this; whether one happened."""
         with self.lock:
             self.stopped = True
             timers, self.timers = self.timers, []
+            socks, self.socks = self.socks, []
+            for sock in socks:
+                sock.close()
         for timer in timers:
             timer.cancel()
         return self.cut
 
 
-class WatchedHTTPConnection(http.client.HTTPConnection):
+class _Watched:
+    """An http.client connection whose sockets its request's Deadline cuts."""
+
     def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline = deadline
+        create = self._create_connection  # type: ignore[attr-defined]
 
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
+        # Watched from the TCP connection on: a proxy's CONNECT and the TLS handshake
+        # (both inside connect()) are within the deadline too.
+        def create_watched(*a: Any, **k: Any) -> socket.socket:
+            sock = create(*a, **k)
+            deadline.watch(sock)
+            return sock
+
+        self._create_connection = create_watched
 
 
-class WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
+class WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
+
+class WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
 
 class WatchedHTTP(urllib.request.HTTPHandler):
