@@ -67,6 +67,36 @@ class LoopbackHttp:
         self.server.server_close()
 
 
+class OutputPumps:
+    """*proc*'s stdout and stderr (text mode) read line by line by two threads into
+    ``stdout`` and ``stderr``: a server that writes much never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.proc = proc
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((proc.stdout, self.stdout), (proc.stderr, self.stderr))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+
+    def drain(self) -> None:
+        """Once the process has exited, wait for the threads to read what it wrote last:
+        without this, a test that waited for the exit could read its output a line short."""
+        if self.proc.poll() is not None:
+            for thread in self.threads:
+                thread.join(timeout=10)  # EOF comes at once, unless a child holds the pipe
+
+
 def venv_bin(name: str) -> str:
     """Absolute path of the console script ``name`` installed next to the running Python.
 
