@@ -364,6 +364,32 @@ def test_pinned_identity_decides_who_even_with_an_agent(world: World, agent_clea
     assert buildbot_parse(path)["who"] == "alice"
 
 
+def test_a_default_identity_tryssh_cannot_read_is_skipped_as_ssh_does(world: World) -> None:
+    """~/.ssh/id_ed25519 damaged (cryptography said UnsupportedAlgorithm: a traceback):
+    one line says it is skipped, and the next default identity logs in. One the user names
+    (-i) and cannot be read is still an error."""
+    import shutil
+
+    server = world.sshd()
+    world.known_hosts(server)
+    ssh_dir = world.home / ".ssh"
+    good = Path(world.key.private_path).read_text()
+    # The header of an OpenSSH key, then a body that ends too soon.
+    damaged = good.replace(good.splitlines()[1], "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAA")
+    (ssh_dir / "id_ed25519").write_text(damaged)
+    shutil.copy(world.key.private_path, ssh_dir / "id_ecdsa")  # the name is only a name
+    for name in ("id_ed25519", "id_ecdsa"):
+        (ssh_dir / name).chmod(0o600)
+    result = world.tryssh("try", *world.to(server, key=False))
+    ok(result)
+    warning = f"tryssh: cannot load identity file {ssh_dir / 'id_ed25519'}: "
+    assert warning in result.stderr.decode() and "(skipped)" in result.stderr.decode()
+    named = world.tryssh("try", *world.to(server, key=False), "-i", str(ssh_dir / "id_ed25519"))
+    ok(named, 64)
+    assert named.stderr.decode().splitlines()[-1].startswith(warning), named.stderr.decode()
+    assert "Traceback" not in named.stderr.decode()
+
+
 def test_encrypted_key_without_terminal_is_a_clear_error(world: World) -> None:
     server = world.sshd()
     world.known_hosts(server)

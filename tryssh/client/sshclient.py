@@ -520,8 +520,11 @@ def load_private_key(
             raise UsageError(f"cannot load identity file {path}: {err}") from None
     except FileNotFoundError:
         raise UsageError(f"identity file {path} does not exist") from None
-    except (OSError, paramiko.SSHException, ValueError) as err:
-        raise UsageError(f"cannot load identity file {path}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot load identity file {path}: {err.strerror}") from None
+    except Exception as err:  # paramiko and cryptography raise many types for a bad key
+        reason = str(err).strip() or type(err).__name__
+        raise UsageError(f"cannot load identity file {path}: {reason}") from None
     if batch_mode or not (sys.stdin.isatty() and sys.stderr.isatty()):
         why = "BatchMode forbids asking" if batch_mode else "there is no terminal to ask"
         raise PermissionDenied(
@@ -593,10 +596,17 @@ def authenticate(transport: paramiko.Transport, target: Target, opts: SshOptions
     """Public-key authentication with the agent and identity files; raise PermissionDenied."""
     tried: list[str] = []
     for label, candidate in _candidates(target, opts):
-        key = (
-            load_private_key(candidate, target.batch_mode, opts.interactive)
-            if isinstance(candidate, str) else candidate
-        )
+        try:
+            key = (
+                load_private_key(candidate, target.batch_mode, opts.interactive)
+                if isinstance(candidate, str) else candidate
+            )
+        except UsageError as err:
+            if target.identity_files:
+                raise  # one the user named: say so
+            # A default one (~/.ssh/id_*) tryssh cannot read: skipped, as ssh does.
+            print(f"tryssh: {err.message} (skipped)", file=sys.stderr)
+            continue
         tried.append(label)
         try:
             transport.auth_publickey(target.user, key)  # type: ignore[arg-type]
