@@ -748,3 +748,31 @@ def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
     assert answered, output
     assert os.waitstatus_to_exitcode(status) == 0, output
     assert len(world.delivered()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "answer", "said"),
+    [
+        (["status", "1700000000.M1P1Q1R1.h"], '{"job": "j", "builders": ["unit"]}',
+         "builders that are not an object"),
+        (["jobs"], '{"jobs": [{"builders": {"unit": "done"}}]}',
+         "a builder's entry that is not an object"),
+        (["builders"], '{"builders": 5}', "no list of builders"),
+    ],
+)  # fmt: skip
+def test_a_server_answering_nonsense_is_one_line_and_75(
+    world: World, args: list[str], answer: str, said: str
+) -> None:
+    """A server (a real sshd whose forced command prints the answer) whose JSON is not
+    what tryssh reads: before, a traceback (AttributeError) and exit 1."""
+    script = world.tmp / "answer.sh"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer}\nEOF\n")
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    result = world.tryssh(*args, *world.to(server))
+    ok(result, 75)
+    stderr = result.stderr.decode()
+    assert stderr.strip().splitlines()[-1] == (
+        f"tryssh: the server's answer to '{args[0]}' is not what tryssh reads: {said}"), stderr
+    assert "Traceback" not in stderr
