@@ -322,3 +322,25 @@ def test_accepted_sockets_send_small_answers_at_once(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def test_a_key_at_the_old_default_place_is_refused_not_replaced(tmp_path: Path) -> None:
+    """Without [serve] host_key, a key left at STATE_DIR/ssh_host_ed25519_key (the old
+    default) must stop the server: generating a new one silently changed its identity."""
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    config.write_text(config.read_text().replace(f'host_key = "{tmp_path / "hk"}"\n', ""))
+    state = tmp_path / "jobdir" / "state"
+    state.mkdir(mode=0o700)
+    (state / "ssh_host_ed25519_key").write_text("the key developers trust\n")
+    with pytest.raises(ConfigError, match=r"old default place.*move it and its \.pub into"):
+        EmbeddedServer(load_config(str(config)))
+    assert not (state / "serve").exists()
+    # Once moved, the key is the one used (here: not a key at all, so it cannot load).
+    (state / "serve").mkdir(mode=0o700)
+    (state / "ssh_host_ed25519_key").rename(state / "serve" / "ssh_host_ed25519_key")
+    (state / "serve" / "ssh_host_ed25519_key").chmod(0o600)
+    with pytest.raises(ConfigError, match="cannot load host key"):
+        EmbeddedServer(load_config(str(config)))

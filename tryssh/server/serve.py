@@ -121,6 +121,26 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
     return key, created
 
 
+def refuse_old_default_key(config: Config) -> None:
+    """ConfigError when [serve] host_key is not set, no key is at the default place yet, but
+    one is at the old default, ``STATE_DIR/ssh_host_ed25519_key``.
+
+    Generating a new key there would change the server's identity under every developer's
+    known_hosts; using the old one would trust a key the group could have swapped.
+    """
+    if config.serve.get("host_key"):
+        return
+    new = os.path.join(config.state_dir, defaults.SERVE_HOST_KEY)
+    old = os.path.join(config.state_dir, os.path.basename(defaults.SERVE_HOST_KEY))
+    if os.path.lexists(old) and not os.path.lexists(new):
+        raise ConfigError(
+            f"host key {old} is at the old default place, which the jobdir's group may "
+            f"write: check it was not swapped, then move it and its .pub into "
+            f"{os.path.dirname(new)}/ (mode 0700, owned by this account), or set "
+            "[serve] host_key"
+        )
+
+
 def check_key_place(path: str, st: os.stat_result | None) -> None:
     """ConfigError unless the key and its directory are the service account's alone.
 
@@ -905,6 +925,7 @@ class EmbeddedServer:
         self.any_password = any(a.password_hash for a in self.accounts.values())
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
+        refuse_old_default_key(config)
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
         self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         make_private_dirs(os.path.dirname(config.audit_log) or ".")
