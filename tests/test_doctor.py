@@ -136,6 +136,33 @@ def keys_findings(auth: Path, user: str) -> list[dict[str, str]]:
     return [f for f in findings if f["area"] == "keys"]
 
 
+def test_serve_users_are_checked_as_serve_checks_them(site, tmp_path) -> None:
+    """A key or password hash that tryssh serve refuses (at start or at a reload) is a
+    problem for doctor too: the README has admins run doctor before the reload."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f",
+                    str(tmp_path / "weak")], check=True, capture_output=True)  # fmt: skip
+    weak = (tmp_path / "weak.pub").read_text().strip()
+    good = site["config"].read_text()
+    site["config"].write_text(f'{good}keys = ["{weak}"]\n[serve]\nlisten = "127.0.0.1:0"\n')
+    code, findings = doctor("--config", str(site["config"]))
+    assert code == 1
+    assert any("users.alice.keys[0]" in m and "1024 bits" in m and "tryssh serve refuses" in m
+               for m in problems(findings)), findings  # fmt: skip
+    site["config"].write_text(f'{good}password_hash = "scrypt$nonsense"\n[serve]\n'
+                              'listen = "127.0.0.1:0"\n')  # fmt: skip
+    code, findings = doctor("--config", str(site["config"]))
+    assert code == 1
+    assert any("users.alice.password_hash" in m for m in problems(findings)), findings
+    # A key left at the old default place, with no [serve] host_key: serve refuses to start.
+    site["config"].write_text(f'{good}keys = ["{(tmp_path / "alice.pub").read_text().strip()}"]\n'
+                              '[serve]\nlisten = "127.0.0.1:0"\n')  # fmt: skip
+    code, findings = doctor("--config", str(site["config"]))
+    assert problems(findings) == [], findings
+    (site["jobdir"] / "state" / "ssh_host_ed25519_key").write_text("old\n")
+    code, findings = doctor("--config", str(site["config"]))
+    assert any("old default place" in m for m in problems(findings)), findings
+
+
 @needs_root
 def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None:
     home = open_dir / "home"

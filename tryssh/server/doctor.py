@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from tryssh.core import defaults
 from tryssh.core.jobdir import Jobdir
-from tryssh.errors import TrysshError
+from tryssh.errors import ConfigError, TrysshError
 from tryssh.server.checks import (
     Finding,
     builder_findings,
@@ -437,6 +437,15 @@ def check_serve(config: Config, openssh: bool = False) -> Iterator[Finding]:
                           "password_hash there (OpenSSH is the door)")  # fmt: skip
             return
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")
+    from tryssh.server.serve import accounts_from_config, refuse_old_default_key
+
+    try:
+        # What tryssh serve checks at start and at a reload (SIGHUP), in its words.
+        accounts_from_config(config)
+        refuse_old_default_key(config)
+    except ConfigError as err:
+        yield Finding("problem", "serve", f"{err.message} (tryssh serve refuses this config)")
+        return
     yield Finding("ok", "serve", f"listen {config.serve.get('listen', defaults.SERVE_LISTEN)}")
 
 
