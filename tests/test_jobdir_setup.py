@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin
+from helpers import run, unprivileged, venv_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bin" / "tryssh-jobdir-setup"
@@ -194,6 +194,30 @@ def test_check_reports_a_missing_jobdir(tmp_path: Path, group: str) -> None:
     result = setup("--check", "--group", group, tmp_path / "nothing")
     assert result.returncode == 1
     assert "does not exist" in problems(result)[0]
+
+
+def test_check_says_permission_denied_not_missing(jobdir: Path, group: str) -> None:
+    """A monitoring account that may not look into the jobdir's parent was told the jobdir
+    'does not exist (run ... without --check to create it)'."""
+    parent = jobdir.parent
+    parent.chmod(0)
+    try:
+        result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
+    finally:
+        parent.chmod(0o755)
+    out = result.stdout.decode()
+    assert result.returncode == 1
+    assert f"problem: {jobdir} cannot be looked at by " in out
+    assert "permission denied" in out and "does not exist" not in out
+    # The jobdir itself closed: its subdirectories are not 'missing' either.
+    jobdir.chmod(0)
+    try:
+        result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
+    finally:
+        jobdir.chmod(0o2770)
+    out = result.stdout.decode()
+    assert f"problem: {jobdir}/new cannot be looked at by " in out
+    assert f"{jobdir}/new is missing" not in out
 
 
 def test_check_reports_the_wrong_group(jobdir: Path, group: str) -> None:
