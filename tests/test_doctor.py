@@ -180,6 +180,27 @@ def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None
     assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys)
 
 
+@needs_root
+def test_a_venv_whose_python_the_account_cannot_run_is_a_problem(site, open_dir) -> None:
+    """The script is reachable, its interpreter (the Python that made the venv) is under a
+    0700 home: sshd's shell cannot run it, so doctor must not say 'runs'."""
+    home = open_dir / "root"
+    home.mkdir(mode=0o700)
+    (home / "python3").symlink_to("/bin/sh")
+    venv = open_dir / "venv"
+    venv.mkdir(mode=0o755)
+    program = venv / "tryserver"
+    program.write_text(f'#!{home}/python3\n[ "$1" = --version ] && echo "tryserver 9.9"\n')
+    program.chmod(0o755)
+    auth = key_file(site, str(program))
+    keys = keys_findings(auth, "nobody")
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    assert any(f"nobody cannot run {program}" in m for m in bad), keys
+    home.chmod(0o755)  # no false problem
+    keys = keys_findings(auth, "nobody")
+    assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys), keys
+
+
 def test_tryserver_version() -> None:
     result = run([venv_bin("tryserver"), "--version"])
     assert result.returncode == 0

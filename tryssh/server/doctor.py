@@ -300,7 +300,10 @@ def check_forced_command(account: str | None, program: str) -> Iterator[Finding]
     """Run ``PROGRAM --version`` as *account*: sshd will run it so for every submission."""
     who = account or "this account"
     try:
-        result = run_as(account, [program, "--version"])
+        # Through a shell, as sshd runs it ($SHELL -c COMMAND): a direct exec right after
+        # the switch of account can pass where sshd's fails (gVisor let an interpreter
+        # under a 0700 home through).
+        result = run_as(account, ["/bin/sh", "-c", 'exec "$0" --version', program])
     except KeyError:
         yield Finding("problem", "keys", f"no such account: {account}")
         return
