@@ -83,6 +83,8 @@ def test_missing_jobdir_is_a_problem(tmp_path: Path) -> None:
     code, findings = doctor("--config", str(config))
     assert code == 1
     assert any("tmp/" in m and "missing" in m for m in problems(findings))
+    # The command pip installs: tryssh-jobdir-setup is only in a source tree's bin/.
+    assert any("(run tryssh jobdir-setup)" in m for m in problems(findings)), findings
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sshd -T needs root")

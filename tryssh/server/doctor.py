@@ -129,7 +129,7 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        yield Finding("problem", "jobdir", f"{what} {path} is missing (run tryssh-jobdir-setup)")
+        yield Finding("problem", "jobdir", f"{what} {path} is missing (run tryssh jobdir-setup)")
         return
     if not stat.S_ISDIR(st.st_mode):
         yield Finding("problem", "jobdir", f"{what} {path} is not a directory")
