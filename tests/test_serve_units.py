@@ -344,3 +344,22 @@ def test_a_key_at_the_old_default_place_is_refused_not_replaced(tmp_path: Path) 
     (state / "serve" / "ssh_host_ed25519_key").chmod(0o600)
     with pytest.raises(ConfigError, match="cannot load host key"):
         EmbeddedServer(load_config(str(config)))
+
+
+def test_a_reload_applies_the_password_limits(tmp_path: Path) -> None:
+    """SIGHUP changed [serve] max_auth_failures_per_address in the settings (and so in the
+    'N failed logins: locked out for S s' line) but the limiter kept counting to the old one."""
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    server = EmbeddedServer(load_config(str(config)))
+    assert not any(server.limiter.failure("192.0.2.1") for _ in range(3))  # default: 10
+    text = config.read_text().replace("[serve]\n", "[serve]\nmax_auth_failures_per_address = 2\n"
+                                      "auth_penalty_seconds = 5\nmax_auth_failures = 7\n")
+    config.write_text(text)
+    assert server.reload()
+    assert (server.limiter.max_failures, server.limiter.penalty) == (2, 5)
+    assert server.limiter.max_global_failures == 7
+    assert [server.limiter.failure("192.0.2.2") for _ in range(2)] == [False, True]
+    assert 0 < server.limiter.locked("192.0.2.2") <= 5

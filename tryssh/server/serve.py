@@ -286,6 +286,13 @@ class AuthLimiter:
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def configure(self, max_failures: int, penalty: float, max_global_failures: int) -> None:
+        """New limits (a reload); the failures and lockouts counted so far stay."""
+        with self._lock:
+            self.max_failures = max_failures
+            self.penalty = penalty
+            self.max_global_failures = max_global_failures
+
     def locked(self, address: str) -> float:
         """Seconds the address stays locked out (0 if it may try)."""
         with self._lock:
@@ -981,6 +988,12 @@ class EmbeddedServer:
         settings.host, settings.port = self.settings.host, self.settings.port
         settings.host_key = self.settings.host_key
         config.jobdir, config.audit_log = self.config.jobdir, self.config.audit_log
+        # The password limits too: the lockout line names the settings' numbers.
+        self.limiter.configure(
+            settings.max_auth_failures_per_address,
+            settings.auth_penalty_seconds,
+            settings.max_auth_failures,
+        )
         with self._lock:
             self.settings = settings
             self.accounts = accounts
