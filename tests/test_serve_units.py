@@ -261,6 +261,30 @@ def test_no_accounts_is_a_config_error(tmp_path: Path) -> None:
     assert b"no [users.NAME] entries" in result.stderr
 
 
+def test_a_privileged_port_is_permission_denied_not_a_temporary_failure(tmp_path: Path) -> None:
+    """EACCES on bind was exit 75, which systemd's Restart=on-failure retries for ever."""
+    import shutil
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        caps = "-net_bind_service"
+        prefix = [str(setpriv), f"--bounding-set={caps}", f"--inh-caps={caps}"]
+        if not setpriv or run([*prefix, "true"]).returncode != 0:
+            pytest.skip("cannot drop CAP_NET_BIND_SERVICE here")
+    probe = "import socket; socket.socket().bind(('127.0.0.1', 1))"
+    if run([*prefix, sys.executable, "-c", probe]).returncode == 0:
+        pytest.skip("this system lets anyone bind port 1 (ip_unprivileged_port_start)")
+    config = _config(tmp_path, "127.0.0.1:1", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    result = run([*prefix, venv_bin("tryssh"), "serve", "--config", str(config)], timeout=60)
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.decode() == (
+        "tryssh: cannot listen on 127.0.0.1:1: Permission denied (a port below 1024 needs "
+        "CAP_NET_BIND_SERVICE: see contrib/tryssh-serve.service)\n"
+    )
+
+
 def test_weak_key_in_config_stops_serve_with_one_line(tmp_path: Path) -> None:
     config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{rsa_line(1024)}"]\n')
     result = run([venv_bin("tryssh"), "serve", "--config", str(config)])

@@ -31,6 +31,7 @@ from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
     ConfigError,
+    PermissionDenied,
     TempFail,
     TrysshError,
     describe_oserror,
@@ -1021,6 +1022,13 @@ class EmbeddedServer:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind(sockaddr)
+        except PermissionError as err:
+            sock.close()
+            # Not temporary: systemd's Restart=on-failure would retry it for ever.
+            raise PermissionDenied(
+                f"cannot listen on {format_address(host, port)}: {err.strerror} (a port below "
+                "1024 needs CAP_NET_BIND_SERVICE: see contrib/tryssh-serve.service)"
+            ) from None
         except OSError as err:
             sock.close()
             raise TempFail(
