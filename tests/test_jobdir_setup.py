@@ -470,6 +470,8 @@ def test_systemd_units_are_hardened(name: str) -> None:
     }
     assert {k: unit.get(k, [None])[-1] for k in want} == want
     assert "TimeoutStopSec" in unit
+    # A config error (78) or a refused port (77) is not fixed by restarting every 5 s.
+    assert set(unit["RestartPreventExitStatus"][-1].split()) == {"64", "73", "77", "78"}
     families = set(unit["RestrictAddressFamilies"][-1].split())
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families
     # Setgid jobdir directories: RestrictSUIDSGID would make their creation fail.
