@@ -176,10 +176,28 @@ def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None
     assert any(f"nobody cannot run {program}" in m and "0700 home" in m for m in bad), keys
     assert not any("runs" in f["message"] for f in keys if f["level"] == "ok")
 
-    home.chmod(0o755)  # the other way: no false problem
+    home.chmod(0o755)  # the other way: no false problem (but nobody's login shell)
     keys = keys_findings(auth, "nobody")
-    assert [f["message"] for f in keys if f["level"] == "problem"] == []
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    assert [m for m in bad if "login shell" not in m] == []
     assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys)
+
+
+@needs_root
+def test_a_login_shell_that_refuses_commands_is_a_problem(site, open_dir) -> None:
+    """sshd runs the forced command as '$SHELL -c COMMAND': with nologin (a usual shell for
+    system accounts) every submission fails, yet doctor said the key account 'runs' it."""
+    import pwd
+
+    auth = key_file(site, str(fake_tryserver(open_dir / "bin")))
+    shell = pwd.getpwnam("nobody").pw_shell
+    keys = keys_findings(auth, "nobody")
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    if os.path.basename(shell) in ("nologin", "false"):
+        assert f"nobody's login shell is {shell}: sshd runs the forced command with it " \
+            "($SHELL -c), so every submission fails; usermod -s /bin/sh nobody" in bad, keys
+    keys = keys_findings(auth, "root")  # /bin/bash or the like: no false problem
+    assert not any("login shell" in f["message"] for f in keys), keys
 
 
 @needs_root

@@ -317,6 +317,23 @@ def check_forced_command(account: str | None, program: str) -> Iterator[Finding]
     yield Finding("ok", "keys", f"{who} runs {program}: {result.stdout.strip()}")
 
 
+# Login shells that never run a forced command: sshd runs it as "$SHELL -c COMMAND".
+REFUSING_SHELLS = {"nologin", "false", "true", "git-shell", "rssh", "scponly"}
+
+
+def check_login_shell(account: str | None) -> Iterator[Finding]:
+    """The key account's login shell must run ``-c COMMAND`` (README step 2: /bin/sh)."""
+    try:
+        entry = pwd.getpwnam(account) if account else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return  # reported by the other checks
+    shell = entry.pw_shell or "/bin/sh"  # sshd's default for an empty field
+    if os.path.basename(shell) in REFUSING_SHELLS or not os.access(shell, os.X_OK):
+        yield Finding("problem", "keys", f"{entry.pw_name}'s login shell is {shell}: sshd runs "
+                      "the forced command with it ($SHELL -c), so every submission fails; "
+                      f"usermod -s /bin/sh {entry.pw_name}")  # fmt: skip
+
+
 def _option(words: list[str], name: str) -> str | None:
     for i, word in enumerate(words):
         if word == name and i + 1 < len(words):
@@ -382,6 +399,8 @@ def check_authorized_keys(
             needs[(audit, "w", "the audit log")] = None
         else:
             needs[(os.path.dirname(audit), "wx", "the audit log's directory")] = None
+    if entries:
+        yield from check_login_shell(account)
     for program in programs:
         yield from check_forced_command(account, program)
     yield from access_findings(account, "keys", list(needs))
