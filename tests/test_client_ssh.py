@@ -287,6 +287,33 @@ def test_known_hosts_option(world: World) -> None:
     ok(world.tryssh("try", *world.to(server), "--known-hosts", str(extra)))
 
 
+# An old host's DSA key, as long-lived known_hosts files still hold them: paramiko 4 and
+# later cannot read the type (UnknownKeyType), OpenSSH skips such lines.
+DSA_LINE = (
+    "oldhost ssh-dss AAAAB3NzaC1kc3MAAACBAP1/U4EddRIpUt9KnC7s5Of2EbdSPO9EAMMeP4C2USZpRV1AIlH7WT2N"
+    "WPq/xfW6MPbLm1Vs14E7gB00b/JmYLdrmVClpJ+f6AR7ECLCT7up1/63xhv4O1fnxqimFQ8E+4P208UewwI1VBNaF"
+    "pEy9nXzrith1yrv8iIDGZ3RSAHHAAAAFQCXYFCPFSMLzLKSuYKi64QL8Fgc9QAAAIEA9+GghdabPd7LvKtcNrhXuXm"
+    "Ur7v6OuqC+VdMCz0HgmdRWVeOutRZT+ZxBxCBgLRJFnEj6EwoFhO3zwkyjMim4TwWeotUfI0o4KOuHiuzpnWRbqN/C"
+    "/ohNWLx+2J6ASQ7zKTxvqhRkImog9/hWuWfBpKLZl6Ae1UlZAFMO/7PSSoAAACBAMUkiZ5mbUtKn1Hyap6eubhHWwX"
+    "TfZ8i/zO1gLE7wAJkCOsNBB+uLLFZEsa2ZFnE1Qwxb4Nr3eJf6+yMIU5P4dTDO6G8PBYwwWZ/0q6A8NMgBeCOiFC3G"
+    "l2YaEHFi8/9LYqNbWUGvc5iGm0gIb5Tiw1/0b1kvqjEF3MDzsmLIm+r"
+)
+
+
+def test_known_hosts_lines_paramiko_cannot_read_are_skipped_like_openssh_does(
+    world: World,
+) -> None:
+    """An ssh-dss key of another host, a security-key type and a damaged RSA key (paramiko
+    raises UnknownKeyType and OverflowError for them): before, any one of them anywhere in
+    ~/.ssh/known_hosts stopped every tryssh try with a traceback."""
+    server = world.sshd()
+    known = world.known_hosts(server)
+    damaged_rsa = "AAAAB3NzaC1yc2EAAAABgA=="  # "ssh-rsa", then an exponent of -128
+    known.write_text(f"{DSA_LINE}\nskhost sk-ssh-ed25519@openssh.com AAAA\n"
+                     f"badhost ssh-rsa {damaged_rsa}\n" + known.read_text())  # fmt: skip
+    ok(world.tryssh("try", *world.to(server)))
+
+
 # -- authentication and ~/.ssh/config -------------------------------------------------------
 
 

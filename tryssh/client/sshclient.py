@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import getpass
 import logging
 import os
@@ -368,8 +367,11 @@ class KnownHosts:
                 continue
             try:
                 key = paramiko.PKey.from_type_string(words[1], base64.b64decode(words[2]))
-            except (paramiko.SSHException, ValueError, TypeError, binascii.Error):
-                continue  # OpenSSH skips lines it cannot read, and so do we
+            except Exception:  # noqa: S112 (paramiko's parsers raise many types)
+                # OpenSSH skips lines it cannot read, and so do we: a type paramiko lacks
+                # (ssh-dss since paramiko 4, security-key host keys) or a damaged key
+                # (paramiko says UnknownKeyType, OverflowError, struct.error, ...).
+                continue
             self.entries.append(KnownKey(words[0].split(","), key, path, lineno, marker))
 
     def _plain(self, name: str) -> list[KnownKey]:
