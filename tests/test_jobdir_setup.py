@@ -199,23 +199,21 @@ def test_check_reports_a_missing_jobdir(tmp_path: Path, group: str) -> None:
 def test_check_says_permission_denied_not_missing(jobdir: Path, group: str) -> None:
     """A monitoring account that may not look into the jobdir's parent was told the jobdir
     'does not exist (run ... without --check to create it)'."""
-    parent = jobdir.parent
-    parent.chmod(0)
-    try:
-        result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
-    finally:
-        parent.chmod(0o755)
-    out = result.stdout.decode()
-    assert result.returncode == 1
+
+    def check_with_closed(closed: Path, mode: int) -> tuple[int, str]:
+        closed.chmod(0)
+        try:
+            result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
+        finally:
+            closed.chmod(mode)
+        return result.returncode, result.stdout.decode()
+
+    code, out = check_with_closed(jobdir.parent, 0o755)
+    assert code == 1
     assert f"problem: {jobdir} cannot be looked at by " in out
     assert "permission denied" in out and "does not exist" not in out
     # The jobdir itself closed: its subdirectories are not 'missing' either.
-    jobdir.chmod(0)
-    try:
-        result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
-    finally:
-        jobdir.chmod(0o2770)
-    out = result.stdout.decode()
+    code, out = check_with_closed(jobdir, 0o2770)
     assert f"problem: {jobdir}/new cannot be looked at by " in out
     assert f"{jobdir}/new is missing" not in out
 
