@@ -22,14 +22,16 @@ StrPath = str | os.PathLike[str]
 
 def wait_until(
     predicate: Callable[[], T],
-    timeout: float = 10.0,
+    timeout: float = 30.0,
     interval: float = 0.01,
     message: str | Callable[[], str] = "condition not met before the deadline",
 ) -> T:
     """Call ``predicate`` until it returns something truthy and return that value.
 
     Raises AssertionError(message) when ``timeout`` seconds pass first. ``message`` may be a
-    callable so that costly diagnostics (e.g. a log file) are only built on failure.
+    callable so that costly diagnostics (e.g. a log file) are only built on failure. The
+    default is generous: it only bounds a test that fails, and a loaded CI machine took
+    over 10 s for five consumer jobs.
     """
     deadline = time.monotonic() + timeout
     while True:
