@@ -343,3 +343,24 @@ def test_the_keys_account_must_write_the_audit_log(site, open_dir) -> None:
                          "--ssh-user", "nobody")  # fmt: skip
     bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
     assert not any("audit" in m for m in bad), bad
+
+
+def test_a_drop_in_site_without_keep_days_is_warned_that_cur_grows(site) -> None:
+    """Drop-in (every builder delivers into this very jobdir, no consumer ran): Buildbot
+    never removes what it claims, and no consumer runs gc hourly."""
+    jobdir = site["jobdir"]
+    drop_in = (f'jobdir = "{jobdir}"\n[builders.unit]\nbuildbot = {{ jobdir = "{jobdir}", '
+               'api = "http://127.0.0.1:9/" }\n[users.alice]\nbuilders = ["unit"]\n')  # fmt: skip
+    site["config"].write_text(drop_in)
+    (jobdir / "cur" / "1700000000.M1P1Q1R1.claimed").write_bytes(b"job")
+    _, findings = doctor("--config", str(site["config"]))
+    gc = [f for f in findings if f["area"] == "gc"]
+    assert [f["level"] for f in gc] == ["warn"], findings
+    assert "without keep_days" in gc[0]["message"] and "(1 in cur/)" in gc[0]["message"]
+    site["config"].write_text("keep_days = 14\n" + drop_in)
+    _, findings = doctor("--config", str(site["config"]))
+    assert [f["level"] for f in findings if f["area"] == "gc"] == ["ok"]
+    site["config"].write_text(site["config"].read_text().replace(  # a consumer's site
+        f'buildbot = {{ jobdir = "{jobdir}", api = "http://127.0.0.1:9/" }}', 'command = ["true"]'))
+    _, findings = doctor("--config", str(site["config"]))
+    assert [f for f in findings if f["area"] == "gc"] == []

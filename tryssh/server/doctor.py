@@ -176,6 +176,27 @@ def check_jobdir(config: Config) -> Iterator[Finding]:
         yield Finding("problem", "audit", f"cannot create audit log in {audit_dir}")
 
 
+def check_cleanup(config: Config) -> Iterator[Finding]:
+    """Whether anything removes old jobs: a drop-in site has no consumer to do it hourly,
+    and Buildbot never removes what it claims into cur/."""
+    from tryssh.server.gc import is_drop_in_site
+
+    if not is_drop_in_site(config):
+        return
+    try:
+        claimed = len(os.listdir(Jobdir(config.jobdir).cur))
+    except OSError:
+        return  # check_jobdir has said why
+    if config.keep_days is None:
+        yield Finding("warn", "gc", f"drop-in site without keep_days: Buildbot never removes "
+                      f"the jobs it claims ({claimed} in cur/); set keep_days and run tryssh "
+                      "gc daily (tryssh contrib tryssh-gc.timer)")  # fmt: skip
+    else:
+        yield Finding("ok", "gc", f"drop-in site: tryssh gc removes jobs claimed over "
+                      f"{config.keep_days:g} days ago ({claimed} in cur/) when it runs "
+                      "(tryssh contrib tryssh-gc.timer runs it daily)")  # fmt: skip
+
+
 def check_builders(config: Config, account: str | None = None) -> Iterator[Finding]:
     """Each builder's program and files, checked as *account* (the consumer's)."""
     if not config.builders:
@@ -495,6 +516,7 @@ def diagnose(
     if config:
         consumer = consumer_user or consumer_account(config)
         findings += check_jobdir(config)
+        findings += check_cleanup(config)
         findings += check_builders(config, consumer)
         findings += check_users(config)
         findings += check_serve(config, openssh=bool(authorized_keys or ssh_user))
