@@ -505,7 +505,7 @@ def test_agent_and_x11_forwarding_refused(shared: Serve, tmp_path: Path) -> None
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(sock.exists, timeout=10, message="ssh-agent did not start")
+        wait_until(sock.exists, timeout=30, message="ssh-agent did not start")
         # ssh forwards only an agent it can reach through SSH_AUTH_SOCK (not IdentityAgent=none).
         argv = [
             a if a != "IdentityAgent=none" else "IdentitiesOnly=yes"
@@ -684,14 +684,14 @@ def test_sigterm_finishes_in_flight_requests(serve_factory: object) -> None:
     proc.stdin.write(job[:10])
     proc.stdin.flush()
     server.wait_log("authenticated by publickey")
-    wait_until(lambda: "event=auth outcome=ok" in server.audit(), timeout=10)
+    wait_until(lambda: "event=auth outcome=ok" in server.audit(), timeout=30)
     # In flight means the exec request has started delivering (its tmp/ file exists), not
     # merely logged in: a connection with no request yet is closed at once on SIGTERM.
-    wait_until(server.leftovers, timeout=10, message="the request never started")
+    wait_until(server.leftovers, timeout=30, message="the request never started")
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     # Stopped accepting: new connections are refused...
-    wait_until(lambda: _refused(server.port), timeout=10, message="still accepting")
+    wait_until(lambda: _refused(server.port), timeout=30, message="still accepting")
     # ...and the request in flight finishes.
     out, errout = proc.communicate(job[10:], timeout=30)
     assert proc.returncode == 0, errout
