@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from buildbot_master import BuildbotMaster
 from helpers import write_master_config
+from hypothesis import settings
 from sshd import (
     OpensshMissing,
     Sshd,
@@ -21,6 +22,11 @@ from sshd import (
 )
 
 from tryssh.core.jobdir import Jobdir
+
+# No time limit per example: hypothesis's default (200 ms) is a timing threshold, and on a
+# loaded CI machine an example that runs git took 357 ms. Tests' own settings inherit this.
+settings.register_profile("tryssh", deadline=None)
+settings.load_profile("tryssh")
 
 
 @pytest.fixture

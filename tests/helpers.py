@@ -22,14 +22,16 @@ StrPath = str | os.PathLike[str]
 
 def wait_until(
     predicate: Callable[[], T],
-    timeout: float = 10.0,
+    timeout: float = 30.0,
     interval: float = 0.01,
     message: str | Callable[[], str] = "condition not met before the deadline",
 ) -> T:
     """Call ``predicate`` until it returns something truthy and return that value.
 
     Raises AssertionError(message) when ``timeout`` seconds pass first. ``message`` may be a
-    callable so that costly diagnostics (e.g. a log file) are only built on failure.
+    callable so that costly diagnostics (e.g. a log file) are only built on failure. The
+    default is generous: it only bounds a test that fails, and a loaded CI machine took
+    over 10 s for five consumer jobs.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -65,6 +67,36 @@ class LoopbackHttp:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class OutputPumps:
+    """*proc*'s stdout and stderr (text mode) read line by line by two threads into
+    ``stdout`` and ``stderr``: a server that writes much never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.proc = proc
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((proc.stdout, self.stdout), (proc.stderr, self.stderr))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+
+    def drain(self) -> None:
+        """Once the process has exited, wait for the threads to read what it wrote last:
+        without this, a test that waited for the exit could read its output a line short."""
+        if self.proc.poll() is not None:
+            for thread in self.threads:
+                thread.join(timeout=10)  # EOF comes at once, unless a child holds the pipe
 
 
 def venv_bin(name: str) -> str:

@@ -11,11 +11,10 @@ import os
 import re
 import signal
 import subprocess
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from helpers import git, run, venv_bin, wait_until
+from helpers import OutputPumps, git, run, venv_bin, wait_until
 
 from tryssh.core.jobfile import Job, parse_job_file
 from tryssh.server.passwords import pb_secret
@@ -73,6 +72,7 @@ class PBServe:
         )  # fmt: skip
         self.consume = consume
         self.proc: subprocess.Popen[str] | None = None
+        self.pumps: OutputPumps | None = None
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.port = 0
@@ -85,8 +85,8 @@ class PBServe:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, start_new_session=True,
         )  # fmt: skip
-        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=_pump, args=(stream, sink), daemon=True).start()
+        self.pumps = OutputPumps(self.proc)
+        self.stdout, self.stderr = self.pumps.stdout, self.pumps.stderr
         wait_until(
             lambda: self._ssh_ready() or self.proc.poll() is not None,  # type: ignore[union-attr]
             timeout=30,
@@ -110,6 +110,8 @@ class PBServe:
                 self.proc.wait()
 
     def output(self) -> str:
+        if self.pumps is not None:
+            self.pumps.drain()
         return "".join(self.stdout) + "--- stderr ---\n" + "".join(self.stderr)
 
     def audit(self) -> str:
@@ -126,11 +128,6 @@ class PBServe:
             if path.exists():
                 return parse_job_file(str(path))
         raise AssertionError(f"no job {name}")
-
-
-def _pump(stream: object, sink: list[str]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        sink.append(line)
 
 
 def git_tree(root: Path) -> Path:

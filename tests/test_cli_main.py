@@ -8,7 +8,15 @@ import click
 import pytest
 
 from tryssh.cli.main import EX_INTERRUPTED, _run
-from tryssh.errors import EX_CANTCREAT, EX_DATAERR, EX_NOPERM, EX_TEMPFAIL, EX_USAGE, TrysshError
+from tryssh.errors import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_NOPERM,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    TrysshError,
+)
 
 
 def _raise(err: BaseException):
@@ -56,3 +64,13 @@ def test_version_is_the_installed_packages() -> None:
     out = subprocess.run([venv_bin("tryssh"), "--version"], capture_output=True, text=True,
                          timeout=60, check=False)  # fmt: skip
     assert out.returncode == 0 and tryssh.__version__ in out.stdout, out
+
+
+def test_a_bug_is_70_with_its_traceback_never_1(capsys) -> None:
+    """An unexpected exception is a bug: its traceback for the report, then one line, and
+    70. Before, Python's own exit gave 1, which tryssh try uses for "a build failed"."""
+    assert _run(_raise(KeyError("oops"))) == EX_SOFTWARE
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1] == ("tryssh: internal error: KeyError: 'oops' (a bug in tryssh: "
+                                    "please report it with the traceback above)")  # fmt: skip

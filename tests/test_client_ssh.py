@@ -287,6 +287,33 @@ def test_known_hosts_option(world: World) -> None:
     ok(world.tryssh("try", *world.to(server), "--known-hosts", str(extra)))
 
 
+# An old host's DSA key, as long-lived known_hosts files still hold them: paramiko 4 and
+# later cannot read the type (UnknownKeyType), OpenSSH skips such lines.
+DSA_LINE = (
+    "oldhost ssh-dss AAAAB3NzaC1kc3MAAACBAP1/U4EddRIpUt9KnC7s5Of2EbdSPO9EAMMeP4C2USZpRV1AIlH7WT2N"
+    "WPq/xfW6MPbLm1Vs14E7gB00b/JmYLdrmVClpJ+f6AR7ECLCT7up1/63xhv4O1fnxqimFQ8E+4P208UewwI1VBNaF"
+    "pEy9nXzrith1yrv8iIDGZ3RSAHHAAAAFQCXYFCPFSMLzLKSuYKi64QL8Fgc9QAAAIEA9+GghdabPd7LvKtcNrhXuXm"
+    "Ur7v6OuqC+VdMCz0HgmdRWVeOutRZT+ZxBxCBgLRJFnEj6EwoFhO3zwkyjMim4TwWeotUfI0o4KOuHiuzpnWRbqN/C"
+    "/ohNWLx+2J6ASQ7zKTxvqhRkImog9/hWuWfBpKLZl6Ae1UlZAFMO/7PSSoAAACBAMUkiZ5mbUtKn1Hyap6eubhHWwX"
+    "TfZ8i/zO1gLE7wAJkCOsNBB+uLLFZEsa2ZFnE1Qwxb4Nr3eJf6+yMIU5P4dTDO6G8PBYwwWZ/0q6A8NMgBeCOiFC3G"
+    "l2YaEHFi8/9LYqNbWUGvc5iGm0gIb5Tiw1/0b1kvqjEF3MDzsmLIm+r"
+)
+
+
+def test_known_hosts_lines_paramiko_cannot_read_are_skipped_like_openssh_does(
+    world: World,
+) -> None:
+    """An ssh-dss key of another host, a security-key type and a damaged RSA key (paramiko
+    raises UnknownKeyType and OverflowError for them): before, any one of them anywhere in
+    ~/.ssh/known_hosts stopped every tryssh try with a traceback."""
+    server = world.sshd()
+    known = world.known_hosts(server)
+    damaged_rsa = "AAAAB3NzaC1yc2EAAAABgA=="  # "ssh-rsa", then an exponent of -128
+    known.write_text(f"{DSA_LINE}\nskhost sk-ssh-ed25519@openssh.com AAAA\n"
+                     f"badhost ssh-rsa {damaged_rsa}\n" + known.read_text())  # fmt: skip
+    ok(world.tryssh("try", *world.to(server)))
+
+
 # -- authentication and ~/.ssh/config -------------------------------------------------------
 
 
@@ -335,6 +362,32 @@ def test_pinned_identity_decides_who_even_with_an_agent(world: World, agent_clea
     ok(world.tryssh("try", *world.to(server), SSH_AUTH_SOCK=sock))  # -i alice_key
     [path] = world.delivered()
     assert buildbot_parse(path)["who"] == "alice"
+
+
+def test_a_default_identity_tryssh_cannot_read_is_skipped_as_ssh_does(world: World) -> None:
+    """~/.ssh/id_ed25519 damaged (cryptography said UnsupportedAlgorithm: a traceback):
+    one line says it is skipped, and the next default identity logs in. One the user names
+    (-i) and cannot be read is still an error."""
+    import shutil
+
+    server = world.sshd()
+    world.known_hosts(server)
+    ssh_dir = world.home / ".ssh"
+    good = Path(world.key.private_path).read_text()
+    # The header of an OpenSSH key, then a body that ends too soon.
+    damaged = good.replace(good.splitlines()[1], "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAA")
+    (ssh_dir / "id_ed25519").write_text(damaged)
+    shutil.copy(world.key.private_path, ssh_dir / "id_ecdsa")  # the name is only a name
+    for name in ("id_ed25519", "id_ecdsa"):
+        (ssh_dir / name).chmod(0o600)
+    result = world.tryssh("try", *world.to(server, key=False))
+    ok(result)
+    warning = f"tryssh: cannot load identity file {ssh_dir / 'id_ed25519'}: "
+    assert warning in result.stderr.decode() and "(skipped)" in result.stderr.decode()
+    named = world.tryssh("try", *world.to(server, key=False), "-i", str(ssh_dir / "id_ed25519"))
+    ok(named, 64)
+    assert named.stderr.decode().splitlines()[-1].startswith(warning), named.stderr.decode()
+    assert "Traceback" not in named.stderr.decode()
 
 
 def test_encrypted_key_without_terminal_is_a_clear_error(world: World) -> None:
@@ -695,3 +748,31 @@ def test_passphrase_is_asked_on_a_terminal(world: World) -> None:
     assert answered, output
     assert os.waitstatus_to_exitcode(status) == 0, output
     assert len(world.delivered()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "answer", "said"),
+    [
+        (["status", "1700000000.M1P1Q1R1.h"], '{"job": "j", "builders": ["unit"]}',
+         "builders that are not an object"),
+        (["jobs"], '{"jobs": [{"builders": {"unit": "done"}}]}',
+         "a builder's entry that is not an object"),
+        (["builders"], '{"builders": 5}', "no list of builders"),
+    ],
+)  # fmt: skip
+def test_a_server_answering_nonsense_is_one_line_and_75(
+    world: World, args: list[str], answer: str, said: str
+) -> None:
+    """A server (a real sshd whose forced command prints the answer) whose JSON is not
+    what tryssh reads: before, a traceback (AttributeError) and exit 1."""
+    script = world.tmp / "answer.sh"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer}\nEOF\n")
+    script.chmod(0o755)
+    server = world.sshd(f'restrict,command="{script}" {world.key.public_line}')
+    world.known_hosts(server)
+    result = world.tryssh(*args, *world.to(server))
+    ok(result, 75)
+    stderr = result.stderr.decode()
+    assert stderr.strip().splitlines()[-1] == (
+        f"tryssh: the server's answer to '{args[0]}' is not what tryssh reads: {said}"), stderr
+    assert "Traceback" not in stderr

@@ -83,6 +83,8 @@ def test_missing_jobdir_is_a_problem(tmp_path: Path) -> None:
     code, findings = doctor("--config", str(config))
     assert code == 1
     assert any("tmp/" in m and "missing" in m for m in problems(findings))
+    # The command pip installs: tryssh-jobdir-setup is only in a source tree's bin/.
+    assert any("(run tryssh jobdir-setup)" in m for m in problems(findings)), findings
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sshd -T needs root")
@@ -136,6 +138,33 @@ def keys_findings(auth: Path, user: str) -> list[dict[str, str]]:
     return [f for f in findings if f["area"] == "keys"]
 
 
+def test_serve_users_are_checked_as_serve_checks_them(site, tmp_path) -> None:
+    """A key or password hash that tryssh serve refuses (at start or at a reload) is a
+    problem for doctor too: the README has admins run doctor before the reload."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "1024", "-N", "", "-f",
+                    str(tmp_path / "weak")], check=True, capture_output=True)  # fmt: skip
+    weak = (tmp_path / "weak.pub").read_text().strip()
+    good = site["config"].read_text()
+    site["config"].write_text(f'{good}keys = ["{weak}"]\n[serve]\nlisten = "127.0.0.1:0"\n')
+    code, findings = doctor("--config", str(site["config"]))
+    assert code == 1
+    assert any("users.alice.keys[0]" in m and "1024 bits" in m and "tryssh serve refuses" in m
+               for m in problems(findings)), findings  # fmt: skip
+    site["config"].write_text(f'{good}password_hash = "scrypt$nonsense"\n[serve]\n'
+                              'listen = "127.0.0.1:0"\n')  # fmt: skip
+    code, findings = doctor("--config", str(site["config"]))
+    assert code == 1
+    assert any("users.alice.password_hash" in m for m in problems(findings)), findings
+    # A key left at the old default place, with no [serve] host_key: serve refuses to start.
+    site["config"].write_text(f'{good}keys = ["{(tmp_path / "alice.pub").read_text().strip()}"]\n'
+                              '[serve]\nlisten = "127.0.0.1:0"\n')  # fmt: skip
+    code, findings = doctor("--config", str(site["config"]))
+    assert problems(findings) == [], findings
+    (site["jobdir"] / "state" / "ssh_host_ed25519_key").write_text("old\n")
+    code, findings = doctor("--config", str(site["config"]))
+    assert any("old default place" in m for m in problems(findings)), findings
+
+
 @needs_root
 def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None:
     home = open_dir / "home"
@@ -147,10 +176,49 @@ def test_a_tryserver_the_account_cannot_run_is_a_problem(site, open_dir) -> None
     assert any(f"nobody cannot run {program}" in m and "0700 home" in m for m in bad), keys
     assert not any("runs" in f["message"] for f in keys if f["level"] == "ok")
 
-    home.chmod(0o755)  # the other way: no false problem
+    home.chmod(0o755)  # the other way: no false problem (but nobody's login shell)
     keys = keys_findings(auth, "nobody")
-    assert [f["message"] for f in keys if f["level"] == "problem"] == []
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    assert [m for m in bad if "login shell" not in m] == []
     assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys)
+
+
+@needs_root
+def test_a_login_shell_that_refuses_commands_is_a_problem(site, open_dir) -> None:
+    """sshd runs the forced command as '$SHELL -c COMMAND': with nologin (a usual shell for
+    system accounts) every submission fails, yet doctor said the key account 'runs' it."""
+    import pwd
+
+    auth = key_file(site, str(fake_tryserver(open_dir / "bin")))
+    shell = pwd.getpwnam("nobody").pw_shell
+    keys = keys_findings(auth, "nobody")
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    if os.path.basename(shell) in ("nologin", "false"):
+        assert f"nobody's login shell is {shell}: sshd runs the forced command with it " \
+            "($SHELL -c), so every submission fails; usermod -s /bin/sh nobody" in bad, keys
+    keys = keys_findings(auth, "root")  # /bin/bash or the like: no false problem
+    assert not any("login shell" in f["message"] for f in keys), keys
+
+
+@needs_root
+def test_a_venv_whose_python_the_account_cannot_run_is_a_problem(site, open_dir) -> None:
+    """The script is reachable, its interpreter (the Python that made the venv) is under a
+    0700 home: sshd's shell cannot run it, so doctor must not say 'runs'."""
+    home = open_dir / "root"
+    home.mkdir(mode=0o700)
+    (home / "python3").symlink_to("/bin/sh")
+    venv = open_dir / "venv"
+    venv.mkdir(mode=0o755)
+    program = venv / "tryserver"
+    program.write_text(f'#!{home}/python3\n[ "$1" = --version ] && echo "tryserver 9.9"\n')
+    program.chmod(0o755)
+    auth = key_file(site, str(program))
+    keys = keys_findings(auth, "nobody")
+    bad = [f["message"] for f in keys if f["level"] == "problem"]
+    assert any(f"nobody cannot run {program}" in m for m in bad), keys
+    home.chmod(0o755)  # no false problem
+    keys = keys_findings(auth, "nobody")
+    assert any(f"nobody runs {program}: tryserver 9.9" == f["message"] for f in keys), keys
 
 
 def test_tryserver_version() -> None:
@@ -275,3 +343,24 @@ def test_the_keys_account_must_write_the_audit_log(site, open_dir) -> None:
                          "--ssh-user", "nobody")  # fmt: skip
     bad = [f["message"] for f in findings if f["area"] == "keys" and f["level"] == "problem"]
     assert not any("audit" in m for m in bad), bad
+
+
+def test_a_drop_in_site_without_keep_days_is_warned_that_cur_grows(site) -> None:
+    """Drop-in (every builder delivers into this very jobdir, no consumer ran): Buildbot
+    never removes what it claims, and no consumer runs gc hourly."""
+    jobdir = site["jobdir"]
+    drop_in = (f'jobdir = "{jobdir}"\n[builders.unit]\nbuildbot = {{ jobdir = "{jobdir}", '
+               'api = "http://127.0.0.1:9/" }\n[users.alice]\nbuilders = ["unit"]\n')  # fmt: skip
+    site["config"].write_text(drop_in)
+    (jobdir / "cur" / "1700000000.M1P1Q1R1.claimed").write_bytes(b"job")
+    _, findings = doctor("--config", str(site["config"]))
+    gc = [f for f in findings if f["area"] == "gc"]
+    assert [f["level"] for f in gc] == ["warn"], findings
+    assert "without keep_days" in gc[0]["message"] and "(1 in cur/)" in gc[0]["message"]
+    site["config"].write_text("keep_days = 14\n" + drop_in)
+    _, findings = doctor("--config", str(site["config"]))
+    assert [f["level"] for f in findings if f["area"] == "gc"] == ["ok"]
+    site["config"].write_text(site["config"].read_text().replace(  # a consumer's site
+        f'buildbot = {{ jobdir = "{jobdir}", api = "http://127.0.0.1:9/" }}', 'command = ["true"]'))
+    _, findings = doctor("--config", str(site["config"]))
+    assert [f for f in findings if f["area"] == "gc"] == []

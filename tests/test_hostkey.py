@@ -52,3 +52,33 @@ def test_no_key_is_66(tmp_path: Path):
     result = hostkey("--sshd-dir", str(tmp_path))
     assert result.returncode == 66
     assert result.stderr.startswith("tryssh: no host key found")
+
+
+def test_a_serve_listening_on_port_0_needs_serve_port(tmp_path: Path) -> None:
+    """'[h]:0 ssh-ed25519 ...' matches no connection: ask for the real port instead."""
+    run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "hk")])
+    config = tmp_path / "c.toml"
+    config.write_text(f'jobdir = "{tmp_path}"\n[serve]\nlisten = "127.0.0.1:0"\n'
+                      f'host_key = "{tmp_path / "hk"}"\n')  # fmt: skip
+    result = hostkey("--config", str(config), "--no-openssh", "--host", "h.example")
+    assert result.returncode == 64
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"tryssh: {config}: [serve] listen has port 0 (any free port): "
+        "give the port tryssh serve listens on with --serve-port\n"
+    )
+    result = hostkey("--config", str(config), "--no-openssh", "--host", "h.example",
+                     "--serve-port", "2222")  # fmt: skip
+    assert result.returncode == 0 and "[h.example]:2222 ssh-ed25519 " in result.stdout
+
+
+def test_the_default_host_is_never_localhost(monkeypatch) -> None:
+    import socket
+
+    from tryssh.cli.hostkey import default_host
+
+    monkeypatch.setattr(socket, "getfqdn", lambda: "localhost")
+    monkeypatch.setattr(socket, "gethostname", lambda: "build7")
+    assert default_host() == "build7"
+    monkeypatch.setattr(socket, "getfqdn", lambda: "build7.example.org")
+    assert default_host() == "build7.example.org"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin
+from helpers import run, unprivileged, venv_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bin" / "tryssh-jobdir-setup"
@@ -194,6 +194,28 @@ def test_check_reports_a_missing_jobdir(tmp_path: Path, group: str) -> None:
     result = setup("--check", "--group", group, tmp_path / "nothing")
     assert result.returncode == 1
     assert "does not exist" in problems(result)[0]
+
+
+def test_check_says_permission_denied_not_missing(jobdir: Path, group: str) -> None:
+    """A monitoring account that may not look into the jobdir's parent was told the jobdir
+    'does not exist (run ... without --check to create it)'."""
+
+    def check_with_closed(closed: Path, mode: int) -> tuple[int, str]:
+        closed.chmod(0)
+        try:
+            result = run(unprivileged([str(SCRIPT), "--check", str(jobdir)]))
+        finally:
+            closed.chmod(mode)
+        return result.returncode, result.stdout.decode()
+
+    code, out = check_with_closed(jobdir.parent, 0o755)
+    assert code == 1
+    assert f"problem: {jobdir} cannot be looked at by " in out
+    assert "permission denied" in out and "does not exist" not in out
+    # The jobdir itself closed: its subdirectories are not 'missing' either.
+    code, out = check_with_closed(jobdir, 0o2770)
+    assert f"problem: {jobdir}/new cannot be looked at by " in out
+    assert f"{jobdir}/new is missing" not in out
 
 
 def test_check_reports_the_wrong_group(jobdir: Path, group: str) -> None:
@@ -446,6 +468,8 @@ def test_systemd_units_are_hardened(name: str) -> None:
     }
     assert {k: unit.get(k, [None])[-1] for k in want} == want
     assert "TimeoutStopSec" in unit
+    # A config error (78) or a refused port (77) is not fixed by restarting every 5 s.
+    assert set(unit["RestartPreventExitStatus"][-1].split()) == {"64", "73", "77", "78"}
     families = set(unit["RestrictAddressFamilies"][-1].split())
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families
     # Setgid jobdir directories: RestrictSUIDSGID would make their creation fail.

@@ -162,7 +162,13 @@ def test_trailing_newline_tabs_and_comment_whitespace() -> None:
         (f"{ED_LINE} nul\x00byte", "control character (0x00)"),
         (f"{ED_LINE} del\x7f", "control character (0x7f)"),
         (f"{ED_LINE} a\x0bb", "control character (0x0b)"),
-        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n", ""),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n",
+         "this is a private key: give its public key (the .pub file"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n",
+         "this is a private key"),
+        ("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n", "this is a private key"),
+        ('---- BEGIN SSH2 PUBLIC KEY ----\nComment: "x"\nAAAA\n---- END SSH2 PUBLIC KEY ----\n',
+         "ssh-keygen -i -f FILE"),
         ("x" * 20000, "too long"),
     ],
 )
@@ -699,6 +705,35 @@ def test_cli_through_the_tryssh_script(tmp_path: Path) -> None:
     )
     bad = run([tryssh, "keys", "add", "bob", "-", "--authorized-keys", ak], input=b"junk")
     assert bad.returncode == 65 and bad.stderr.startswith(b"tryssh: ")
+
+
+def test_cli_takes_the_jobdir_from_the_config(
+    cli: Callable[..., tuple[int, str, str]], tmp_path: Path
+) -> None:
+    """The line's --jobdir wins over the config's: with --config and no --jobdir, the line
+    must name the config's jobdir, not /srv/tryssh/jobdir (which tryserver would then use)."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'jobdir = "{tmp_path}/site/jobdir"\n')
+    keys = [f"ssh-ed25519 {_b64(b'ssh-ed25519', bytes([i] * 32))}" for i in range(3)]
+    add = ("add", "-", "--tryserver", TRYSERVER, "--config", str(config))
+    code, _, err = cli(add[0], "alice", *add[1:], input=keys[0])
+    assert code == 0, err
+    # An explicit --jobdir still wins.
+    code, _, err = cli(add[0], "bob", *add[1:], "--jobdir", "/srv/j", input=keys[1])
+    assert code == 0, err
+    ak = tmp_path / "authorized_keys"
+    alice, bob = list_keys(str(ak))
+    assert f"--jobdir {tmp_path}/site/jobdir --config {config} --user alice" in alice.options
+    assert f"--jobdir /srv/j --config {config} --user bob" in bob.options
+    # A config that cannot be read is refused: nothing written.
+    before = ak.read_bytes()
+    missing = tmp_path / "missing.toml"
+    code, _, err = cli("add", "carol", "-", "--tryserver", TRYSERVER, "--config", str(missing),
+                       input=keys[2])  # fmt: skip
+    assert code == 78
+    assert err == (f"tryssh: {missing}: no such config file "
+                   "(the jobdir is taken from it; or give --jobdir)\n")  # fmt: skip
+    assert ak.read_bytes() == before
 
 
 # --- a real sshd honours the lines -------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_client_gone_mid_wait_leaves_the_job_running(server: PBServe, work: Path
         proc.kill()
         proc.wait(timeout=10)
     wait_until(lambda: "event=connection door=pb user=alice" in server.audit().split(name)[-1],
-               timeout=10)  # fmt: skip
+               timeout=30)  # fmt: skip
     (server.root / "go").touch()
     record = wait_until(lambda: (r := store.read(name)) and r["state"] in FINAL_STATES and r,
                         timeout=20)  # fmt: skip

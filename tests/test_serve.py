@@ -14,12 +14,11 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin, wait_until
+from helpers import OutputPumps, run, venv_bin, wait_until
 from hostile import HOSTILE_COMMANDS
 from sshd import SSH, SSH_KEYGEN, UserKey, check_openssh, make_user_key
 
@@ -88,6 +87,7 @@ class Serve:
         self.config.write_text("\n".join(lines) + "\n")
         self.consume = consume
         self.proc: subprocess.Popen[str] | None = None
+        self.pumps: OutputPumps | None = None  # kept after stop()
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.port = 0
@@ -108,8 +108,8 @@ class Serve:
             text=True,
             start_new_session=True,
         )
-        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+        self.pumps = OutputPumps(self.proc)
+        self.stdout, self.stderr = self.pumps.stdout, self.pumps.stderr
         match = wait_until(
             lambda: self._ready() or self._died(),
             timeout=30,
@@ -122,11 +122,6 @@ class Serve:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {keytype} {blob}\n")
         return self
 
-    @staticmethod
-    def _pump(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line)
-
     def _ready(self) -> re.Match[str] | None:
         for line in list(self.stdout):
             match = READY.search(line)
@@ -138,9 +133,13 @@ class Serve:
         return self.proc is not None and self.proc.poll() is not None
 
     def output(self) -> str:
+        if self.pumps is not None:
+            self.pumps.drain()
         return "".join(self.stdout) + "--- stderr ---\n" + "".join(self.stderr)
 
     def log(self) -> str:
+        if self.pumps is not None:
+            self.pumps.drain()
         return "".join(self.stderr)
 
     def audit(self) -> str:
@@ -506,7 +505,7 @@ def test_agent_and_x11_forwarding_refused(shared: Serve, tmp_path: Path) -> None
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(sock.exists, timeout=10, message="ssh-agent did not start")
+        wait_until(sock.exists, timeout=30, message="ssh-agent did not start")
         # ssh forwards only an agent it can reach through SSH_AUTH_SOCK (not IdentityAgent=none).
         argv = [
             a if a != "IdentityAgent=none" else "IdentitiesOnly=yes"
@@ -685,14 +684,14 @@ def test_sigterm_finishes_in_flight_requests(serve_factory: object) -> None:
     proc.stdin.write(job[:10])
     proc.stdin.flush()
     server.wait_log("authenticated by publickey")
-    wait_until(lambda: "event=auth outcome=ok" in server.audit(), timeout=10)
+    wait_until(lambda: "event=auth outcome=ok" in server.audit(), timeout=30)
     # In flight means the exec request has started delivering (its tmp/ file exists), not
     # merely logged in: a connection with no request yet is closed at once on SIGTERM.
-    wait_until(server.leftovers, timeout=10, message="the request never started")
+    wait_until(server.leftovers, timeout=30, message="the request never started")
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     # Stopped accepting: new connections are refused...
-    wait_until(lambda: _refused(server.port), timeout=10, message="still accepting")
+    wait_until(lambda: _refused(server.port), timeout=30, message="still accepting")
     # ...and the request in flight finishes.
     out, errout = proc.communicate(job[10:], timeout=30)
     assert proc.returncode == 0, errout

@@ -261,6 +261,30 @@ def test_no_accounts_is_a_config_error(tmp_path: Path) -> None:
     assert b"no [users.NAME] entries" in result.stderr
 
 
+def test_a_privileged_port_is_permission_denied_not_a_temporary_failure(tmp_path: Path) -> None:
+    """EACCES on bind was exit 75, which systemd's Restart=on-failure retries for ever."""
+    import shutil
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        caps = "-net_bind_service"
+        prefix = [str(setpriv), f"--bounding-set={caps}", f"--inh-caps={caps}"]
+        if not setpriv or run([*prefix, "true"]).returncode != 0:
+            pytest.skip("cannot drop CAP_NET_BIND_SERVICE here")
+    probe = "import socket; socket.socket().bind(('127.0.0.1', 1))"
+    if run([*prefix, sys.executable, "-c", probe]).returncode == 0:
+        pytest.skip("this system lets anyone bind port 1 (ip_unprivileged_port_start)")
+    config = _config(tmp_path, "127.0.0.1:1", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    result = run([*prefix, venv_bin("tryssh"), "serve", "--config", str(config)], timeout=60)
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.decode() == (
+        "tryssh: cannot listen on 127.0.0.1:1: Permission denied (a port below 1024 needs "
+        "CAP_NET_BIND_SERVICE: see contrib/tryssh-serve.service)\n"
+    )
+
+
 def test_weak_key_in_config_stops_serve_with_one_line(tmp_path: Path) -> None:
     config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{rsa_line(1024)}"]\n')
     result = run([venv_bin("tryssh"), "serve", "--config", str(config)])
@@ -322,3 +346,44 @@ def test_accepted_sockets_send_small_answers_at_once(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def test_a_key_at_the_old_default_place_is_refused_not_replaced(tmp_path: Path) -> None:
+    """Without [serve] host_key, a key left at STATE_DIR/ssh_host_ed25519_key (the old
+    default) must stop the server: generating a new one silently changed its identity."""
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    config.write_text(config.read_text().replace(f'host_key = "{tmp_path / "hk"}"\n', ""))
+    state = tmp_path / "jobdir" / "state"
+    state.mkdir(mode=0o700)
+    (state / "ssh_host_ed25519_key").write_text("the key developers trust\n")
+    with pytest.raises(ConfigError, match=r"old default place.*move it and its \.pub into"):
+        EmbeddedServer(load_config(str(config)))
+    assert not (state / "serve").exists()
+    # Once moved, the key is the one used (here: not a key at all, so it cannot load).
+    (state / "serve").mkdir(mode=0o700)
+    (state / "ssh_host_ed25519_key").rename(state / "serve" / "ssh_host_ed25519_key")
+    (state / "serve" / "ssh_host_ed25519_key").chmod(0o600)
+    with pytest.raises(ConfigError, match="cannot load host key"):
+        EmbeddedServer(load_config(str(config)))
+
+
+def test_a_reload_applies_the_password_limits(tmp_path: Path) -> None:
+    """SIGHUP changed [serve] max_auth_failures_per_address in the settings (and so in the
+    'N failed logins: locked out for S s' line) but the limiter kept counting to the old one."""
+    from tryssh.server.config import load_config
+    from tryssh.server.serve import EmbeddedServer
+
+    config = _config(tmp_path, "127.0.0.1:0", f'[users.alice]\nkeys = ["{ED25519}"]\n')
+    server = EmbeddedServer(load_config(str(config)))
+    assert not any(server.limiter.failure("192.0.2.1") for _ in range(3))  # default: 10
+    text = config.read_text().replace("[serve]\n", "[serve]\nmax_auth_failures_per_address = 2\n"
+                                      "auth_penalty_seconds = 5\nmax_auth_failures = 7\n")
+    config.write_text(text)
+    assert server.reload()
+    assert (server.limiter.max_failures, server.limiter.penalty) == (2, 5)
+    assert server.limiter.max_global_failures == 7
+    assert [server.limiter.failure("192.0.2.2") for _ in range(2)] == [False, True]
+    assert 0 < server.limiter.locked("192.0.2.2") <= 5

@@ -395,65 +395,6 @@ def test_doctor_says_an_api_that_answers_nonsense_is_a_problem(master, tmp_path)
     assert findings[1].message.endswith("with builders without a list")
 
 
-@pytest.mark.parametrize("where", ["headers", "body"])
-def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_deadline(where):
-    """A master (or proxy) that sends a byte every 50 ms never trips the per-read timeout;
-    the request's deadline cuts it, it is asked again like one that did not answer, and
-    the caller gets one line. Before, the call lasted as long as the trickle did."""
-    import socket
-
-    stop = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
-    connections = [0]
-
-    def trickle(conn: socket.socket) -> None:
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: "
-        body = b'{"buildsets": []}'
-        data = (head + b"x" * 10_000 + b"\r\n\r\n") if where == "headers" else (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + body + b" " * 9_983)
-        with conn:
-            conn.recv(65536)
-            for byte in data:
-                if stop.wait(0.05):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:  # cut by the client: what it should do
-                    return
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            connections[0] += 1
-            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    outcome: list[BaseException] = []
-
-    def call() -> None:
-        api = buildbot.Api(url, retries=1, timeout=5, deadline=1, sleep=lambda s: None)
-        try:
-            api.buildsets(JOBID)
-        except BaseException as err:  # the test inspects it
-            outcome.append(err)
-
-    caller = threading.Thread(target=call, daemon=True)
-    caller.start()
-    try:
-        wait_until(lambda: not caller.is_alive(), timeout=60,
-                   message="the call is still reading the trickle")  # fmt: skip
-    finally:
-        stop.set()
-        listener.close()
-    assert len(outcome) == 1 and isinstance(outcome[0], buildbot.Unavailable), outcome
-    assert outcome[0].message.endswith("no whole answer within 1 s"), outcome[0].message
-    assert connections[0] == 2  # asked again once (retries=1)
-
-
 def test_the_deadline_leaves_a_good_answer_alone(master):
     """An answer that comes in time is read; its deadline's timer ends with the call."""
     state, url = master

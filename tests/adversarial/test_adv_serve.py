@@ -39,7 +39,7 @@ def test_eleventh_session_is_refused_not_deadlocked(serve_factory: object) -> No
         server.wait_log("too many sessions")
         # The connection still answers: close one, and a new one opens.
         channels[0].close()  # type: ignore[union-attr]
-        assert wait_until(lambda: _open(transport), timeout=10)
+        assert wait_until(lambda: _open(transport), timeout=30)
     finally:
         transport.close()
     # SIGTERM stops it, by itself, with 0.
@@ -346,7 +346,7 @@ def test_a_trickling_request_cannot_hold_the_shutdown(serve_factory: object) -> 
         channel = transport.open_session(timeout=10)
         channel.exec_command("tryserver")
         channel.sendall(make_job()[:10])  # and never the rest
-        wait_until(server.leftovers, timeout=10, message="the request never started")
+        wait_until(server.leftovers, timeout=30, message="the request never started")
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
         # Before: serve waited for the request: up to its idle timeout, again at every byte.

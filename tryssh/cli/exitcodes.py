@@ -90,6 +90,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         64: "usage",
         73: "cannot create the host key or state",
         75: "cannot listen (address in use)",
+        77: "permission denied (a port below 1024 without CAP_NET_BIND_SERVICE)",
         78: "config error",
     },
     "passwd": {0: "ok", 64: "usage, or the passwords differ", 130: "interrupted"},

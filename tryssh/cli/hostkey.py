@@ -6,7 +6,16 @@ import socket
 
 import click
 
-from tryssh.errors import EX_NOINPUT, TrysshError
+from tryssh.errors import EX_NOINPUT, TrysshError, UsageError
+
+
+def default_host() -> str:
+    """This machine's fully qualified name; its host name where the resolver answers
+    'localhost' (an /etc/hosts with the name on 127.0.0.1), a name no developer can use."""
+    fqdn = socket.getfqdn()
+    if fqdn == "localhost" or fqdn.startswith("localhost."):
+        return socket.gethostname()
+    return fqdn
 
 
 @click.command("hostkey")
@@ -44,7 +53,7 @@ def hostkey_cmd(config_path: str | None, host: str | None, port: int, serve_port
     """
     from tryssh.server.hostkeys import format_keys, openssh_host_keys, serve_host_key
 
-    host = host or socket.getfqdn()
+    host = host or default_host()
     keys = []
     if not no_openssh:
         keys += [(key, port) for key in openssh_host_keys(sshd_dir)]
@@ -55,6 +64,9 @@ def hostkey_cmd(config_path: str | None, host: str | None, port: int, serve_port
         config = load_config(config_path)
         if config.serve:
             settings = Settings.from_config(config)
+            if not (serve_port or settings.port):
+                raise UsageError(f"{config_path}: [serve] listen has port 0 (any free port): "
+                                 "give the port tryssh serve listens on with --serve-port")
             keys.append((serve_host_key(settings.host_key), serve_port or settings.port))
     if not keys:
         where = f"no ssh_host_*_key.pub in {sshd_dir}" if not no_openssh else "nothing asked"

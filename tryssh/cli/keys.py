@@ -11,7 +11,7 @@ import sys
 import click
 
 from tryssh.core.sshkeys import MAX_KEY_TEXT
-from tryssh.errors import EX_NOINPUT, TrysshError
+from tryssh.errors import EX_NOINPUT, ConfigError, TrysshError
 from tryssh.server import authorized_keys as keymod
 
 DEFAULT_JOBDIR = "/srv/tryssh/jobdir"
@@ -34,6 +34,18 @@ def default_tryserver() -> str | None:
         return here
     found = shutil.which("tryserver")
     return os.path.abspath(found) if found else None
+
+
+def config_jobdir(config: str) -> str:
+    """The jobdir that the config at *config* names: tryserver would deliver there, but the
+    key line's ``--jobdir`` wins over it, so the line must not carry another default."""
+    from tryssh.server.config import load_config
+
+    try:
+        return load_config(config).jobdir
+    except ConfigError as err:
+        hint = "the jobdir is taken from it; or give --jobdir"
+        raise ConfigError(f"{err.message} ({hint})") from None
 
 
 _AK_OPTION = click.option(
@@ -77,9 +89,9 @@ def keys() -> None:
 @click.option(
     "--jobdir",
     metavar="DIR",
-    default=DEFAULT_JOBDIR,
-    show_default=True,
-    help="The jobdir that tryserver delivers into (absolute path).",
+    default=None,
+    help="The jobdir that tryserver delivers into (absolute path) "
+    f"[default: the jobdir of --config, else {DEFAULT_JOBDIR}].",
 )
 @click.option(
     "--tryserver",
@@ -115,7 +127,7 @@ def add_cmd(
     user: str,
     keyfile: str,
     authorized_keys: str | None,
-    jobdir: str,
+    jobdir: str | None,
     tryserver: str | None,
     config: str | None,
     from_: str | None,
@@ -141,6 +153,10 @@ def add_cmd(
             raise keymod.BadKeyOption(
                 "cannot find the tryserver program; give its absolute path with --tryserver"
             )
+    if jobdir is None:
+        # A relative --config is refused (exit 64) by add_key with the other paths.
+        use_config = config is not None and os.path.isabs(config)
+        jobdir = config_jobdir(config) if use_config else DEFAULT_JOBDIR
     if keyfile == "-":
         key_text = sys.stdin.read(MAX_KEY_TEXT + 1)
     else:

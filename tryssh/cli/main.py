@@ -70,7 +70,8 @@ Master side:
 Exit codes: 0 ok, 1 a build failed, 2 nothing to cancel (finished), 64 usage or refused
 command, 65 bad job data, 66 no such file or job, 69 a needed program is missing,
 73 cannot create, 75 temporary failure, 77 permission denied or refused by policy,
-78 config error, 130 interrupted. Each command's --help lists the codes it can return.
+78 config error, 130 interrupted; 70 is a bug in tryssh (please report it). Each
+command's --help lists the codes it can return.
 """
 
 
@@ -119,10 +120,11 @@ def _say(message: str) -> None:
 def _run(invoke: Callable[[], object]) -> int:
     """The exit code of *invoke* (click's main in non-standalone mode), errors mapped once:
     tryssh's own errors carry their sysexits code; usage errors are 64; an OSError names
-    its file and gets the code of its errno; Ctrl-C (or click's Abort) is 130."""
+    its file and gets the code of its errno; Ctrl-C (or click's Abort) is 130; anything
+    else is a bug: its traceback, one line, and 70."""
     import click
 
-    from tryssh.errors import EX_USAGE, TrysshError, exit_code_for_oserror
+    from tryssh.errors import EX_SOFTWARE, EX_USAGE, TrysshError, exit_code_for_oserror
 
     try:
         result = invoke()
@@ -147,6 +149,15 @@ def _run(invoke: Callable[[], object]) -> int:
         where = f"{err.filename}: " if err.filename else ""
         _say(f"{where}{err.strerror or err}")
         return exit_code_for_oserror(err)
+    except Exception as err:
+        # A bug. Python's own exit would be 1, which tryssh try uses for "a build failed":
+        # a script must not read a crash as a result. The traceback is for the report.
+        import traceback
+
+        traceback.print_exc()
+        _say(f"internal error: {type(err).__name__}: {err} (a bug in tryssh: please "
+             "report it with the traceback above)")  # fmt: skip
+        return EX_SOFTWARE
     return result if isinstance(result, int) else 0
 
 

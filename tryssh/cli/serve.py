@@ -58,7 +58,8 @@ def serve_cmd(config_path: str, consume: bool) -> None:
       buildbot try --connect=pb --master=host:8031 -u alice --passwd PW -b unit  ([pb])
 
     Exit codes: 0 stopped by SIGTERM/SIGINT, 64 usage, 73 cannot create the host key or
-    state, 75 cannot listen (address in use), 78 config error (a weak or malformed key, a
+    state, 75 cannot listen (address in use), 77 permission denied (a port below 1024
+    without CAP_NET_BIND_SERVICE), 78 config error (a weak or malformed key, a
     bad [serve] or [pb] value, no [users.NAME] account, a host key or a pb_secret_file
     others can read or replace, [pb] without Twisted or on a non-loopback address).
     """

@@ -31,7 +31,7 @@ from tryssh.client.transport import (
     _remote_error,
     tryserver_command,
 )
-from tryssh.client.wait import WaitTimeout, remote_query, wait_for
+from tryssh.client.wait import WaitTimeout, record_problem, remote_query, wait_for
 from tryssh.core.records import FINAL_STATES
 from tryssh.errors import (
     EX_NOINPUT,
@@ -277,7 +277,7 @@ class LiveWait:
     def _line(self, line: bytes, final: list[dict[str, Any]]) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # not ours to show
         if not isinstance(message, dict):
             return
@@ -287,6 +287,8 @@ class LiveWait:
                 elapsed = format_elapsed(now - self.started)
                 self.say(f"  ... {self.record.get('state')}, {elapsed} so far")
             return
+        if record_problem(message):
+            return  # not a record tryssh can read: not ours to show either
         self.show(message)
         if message.get("state") in FINAL_STATES or message.get("followable") is False:
             final.append(message)  # (followable false: the server can never tell more)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import getpass
 import logging
 import os
@@ -373,8 +372,11 @@ class KnownHosts:
                 continue
             try:
                 key = paramiko.PKey.from_type_string(words[1], base64.b64decode(words[2]))
-            except (paramiko.SSHException, ValueError, TypeError, binascii.Error):
-                continue  # OpenSSH skips lines it cannot read, and so do we
+            except Exception:  # noqa: S112 (paramiko's parsers raise many types)
+                # OpenSSH skips lines it cannot read, and so do we: a type paramiko lacks
+                # (ssh-dss since paramiko 4, security-key host keys) or a damaged key
+                # (paramiko says UnknownKeyType, OverflowError, struct.error, ...).
+                continue
             self.entries.append(KnownKey(words[0].split(","), key, path, lineno, marker))
 
     def _plain(self, name: str) -> list[KnownKey]:
@@ -523,8 +525,11 @@ def load_private_key(
             raise UsageError(f"cannot load identity file {path}: {err}") from None
     except FileNotFoundError:
         raise UsageError(f"identity file {path} does not exist") from None
-    except (OSError, paramiko.SSHException, ValueError) as err:
-        raise UsageError(f"cannot load identity file {path}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot load identity file {path}: {err.strerror}") from None
+    except Exception as err:  # paramiko and cryptography raise many types for a bad key
+        reason = str(err).strip() or type(err).__name__
+        raise UsageError(f"cannot load identity file {path}: {reason}") from None
     if batch_mode or not (sys.stdin.isatty() and sys.stderr.isatty()):
         why = "BatchMode forbids asking" if batch_mode else "there is no terminal to ask"
         raise PermissionDenied(
@@ -596,10 +601,17 @@ def authenticate(transport: paramiko.Transport, target: Target, opts: SshOptions
     """Public-key authentication with the agent and identity files; raise PermissionDenied."""
     tried: list[str] = []
     for label, candidate in _candidates(target, opts):
-        key = (
-            load_private_key(candidate, target.batch_mode, opts.interactive)
-            if isinstance(candidate, str) else candidate
-        )
+        try:
+            key = (
+                load_private_key(candidate, target.batch_mode, opts.interactive)
+                if isinstance(candidate, str) else candidate
+            )
+        except UsageError as err:
+            if target.identity_files:
+                raise  # one the user named: say so
+            # A default one (~/.ssh/id_*) tryssh cannot read: skipped, as ssh does.
+            print(f"tryssh: {err.message} (skipped)", file=sys.stderr)
+            continue
         tried.append(label)
         try:
             transport.auth_publickey(target.user, key)  # type: ignore[arg-type]

@@ -43,15 +43,50 @@ class WaitTimeout(TempFail):
 
 
 def remote_query(conn: Connection, dest: Destination, *words: str) -> Any:
-    """Run ``tryserver WORDS... --json`` on the server and return the decoded answer."""
+    """Run ``tryserver WORDS... --json`` on the server and return the decoded answer,
+    checked where tryssh reads it (:func:`record_problem`)."""
     command = tryserver_command(dest.tryserver_cmd, dest.jobdir, *words, "--json")
     stdout, _ = run_remote(conn, command, b"", what=f"tryserver {words[0]}")
     try:
-        return json.loads(stdout.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        answer = json.loads(stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise TempFail(
             f"the server's answer to '{words[0]}' is not JSON (is it tryssh's tryserver?)"
         ) from None
+    problem = answer_problem(words[0], answer)
+    if problem:
+        raise TempFail(f"the server's answer to '{words[0]}' is not what tryssh reads: {problem}")
+    return answer
+
+
+def record_problem(record: Any) -> str | None:
+    """What keeps *record* from being read as a job record (None: nothing). Only the
+    containers are checked: every field is shown through str(), whatever its type."""
+    if not isinstance(record, dict):
+        return "a job record that is not an object"
+    builders = record.get("builders")
+    if builders is not None and not isinstance(builders, dict):
+        return "builders that are not an object"
+    entries = (builders or {}).values()
+    if any(entry is not None and not isinstance(entry, dict) for entry in entries):
+        return "a builder's entry that is not an object"
+    return None
+
+
+def answer_problem(verb: str, answer: Any) -> str | None:
+    """What keeps the server's *answer* to *verb* from being read (None: nothing): a
+    server's nonsense ends in one line, never in a traceback."""
+    if verb == "status":
+        return record_problem(answer)
+    if verb == "jobs":
+        jobs = answer.get("jobs") if isinstance(answer, dict) else None
+        if not isinstance(jobs, list):
+            return "no list of jobs"
+        return next(filter(None, map(record_problem, jobs)), None)
+    if verb == "builders":
+        names = answer.get("builders") if isinstance(answer, dict) else answer
+        return None if isinstance(names, list) else "no list of builders"
+    return None
 
 
 def exit_code_for(record: JobRecord) -> int:

@@ -166,6 +166,18 @@ def parse_public_key(text: str) -> PublicKey:
     a blob whose embedded type differs from the declared one, a weak RSA key, non-ASCII or
     control characters.
     """
+    first = text.lstrip(" \t\r\n").split("\n", 1)[0]
+    if "PRIVATE KEY" in first or first.startswith("PuTTY-User-Key-File"):
+        # An admin handed the wrong file: say so, not "found 7 lines".
+        raise BadPublicKey(
+            "this is a private key: give its public key (the .pub file, or the output of "
+            "'ssh-keygen -y -f KEY'); the private key should never leave its owner"
+        )
+    if "BEGIN SSH2 PUBLIC KEY" in first:
+        raise BadPublicKey(
+            "an RFC 4716 (SSH2, PuTTY) public key: convert it to one OpenSSH line with "
+            "'ssh-keygen -i -f FILE'"
+        )
     if len(text) > MAX_KEY_TEXT:
         raise BadPublicKey(f"the key is too long ({len(text)} characters; at most {MAX_KEY_TEXT})")
     if not text.isascii():

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,13 +26,13 @@ from typing import Any
 
 from tryssh.core.safetext import printable
 from tryssh.errors import EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, TrysshError
+from tryssh.server.httpfetch import fetch
 
 RESULT_NAMES = ("SUCCESS", "WARNINGS", "FAILURE", "SKIPPED", "EXCEPTION", "RETRY", "CANCELLED")
 RESULT_MAP = {0: "success", 1: "success", 2: "failure"}  # every other code is "error"
 HTTP_TIMEOUT = 10.0  # seconds, for each connect and each read
-# Seconds for one request in all (connect, headers, body): HTTP_TIMEOUT bounds each read, so a
-# master or proxy that trickles a byte every few seconds would otherwise hold the caller
-# (the consumer's poll, a status --wait) for as long as it likes.
+# Seconds for one request in all (connect, headers, body): a master or proxy that trickles
+# its answer would otherwise hold the caller (the consumer's poll, a status --wait).
 ANSWER_DEADLINE = 30.0
 RETRIES = 4
 BACKOFF_BASE = 0.5  # seconds, doubled after each failed attempt
@@ -153,91 +151,6 @@ def read_token(path: str | None) -> str | None:
         return f.read().strip()
 
 
-class Deadline:
-    """Cuts the connections of one request once *seconds* have passed since it began."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-        self.lock = threading.Lock()
-        self.timers: list[threading.Timer] = []
-        self.stopped = False
-        self.cut = False
-
-    def watch(self, sock: socket.socket) -> None:
-        """Cut *sock* at the deadline (each connection of the request: a redirect opens one)."""
-        timer = threading.Timer(max(0.0, self.end - time.monotonic()), self._cut, (sock,))
-        timer.daemon = True
-        with self.lock:
-            if self.stopped:
-                return
-            self.timers.append(timer)
-        timer.start()
-
-    def _cut(self, sock: socket.socket) -> None:
-        with self.lock:
-            if self.stopped:
-                return
-            self.cut = True
-        try:
-            # socket.socket's own shutdown, also for an SSLSocket: a read blocked in another
-            # thread wakes with an end of file. A socket closed meanwhile has no fd to hit.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def stop(self) -> bool:
-        """No cut after this; whether one happened."""
-        with self.lock:
-            self.stopped = True
-            timers, self.timers = self.timers, []
-        for timer in timers:
-            timer.cancel()
-        return self.cut
-
-
-class WatchedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
-
-
-class WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self.deadline.watch(self.sock)
-
-
-class WatchedHTTP(urllib.request.HTTPHandler):
-    """urllib's http handler (proxies and redirects as usual), its connections watched."""
-
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(WatchedHTTPConnection, req, deadline=self.deadline)
-
-
-class WatchedHTTPS(urllib.request.HTTPSHandler):
-    """urllib's https handler (the default context: certificates checked), watched."""
-
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(WatchedHTTPSConnection, req, context=self._context,
-                            deadline=self.deadline)  # fmt: skip
-
-
 class Api:
     """One Buildbot master's REST API at *url* (the web UI's base URL)."""
 
@@ -297,22 +210,8 @@ class Api:
 
     def _fetch(self, request: urllib.request.Request) -> Any:
         """The JSON value of *request*'s answer (:func:`read_answer`), within
-        :attr:`deadline` seconds in all; after that its connection is cut and URLError
-        says so (retried like a master that does not answer)."""
-        watch = Deadline(self.deadline)
-        opener = urllib.request.build_opener(WatchedHTTP(watch), WatchedHTTPS(watch))
-        try:
-            with opener.open(request, timeout=self.timeout) as response:
-                answer = read_answer(response)
-        except (OSError, http.client.HTTPException, ValueError):
-            if not watch.stop():
-                raise
-            answer = None
-        # Cut: whatever was read may be short (an answer without Content-Length ends at
-        # the connection's end), so even an answer that parsed is not trusted.
-        if watch.stop():
-            raise urllib.error.URLError(f"no whole answer within {self.deadline:g} s")
-        return answer
+        :attr:`deadline` seconds in all (:func:`~tryssh.server.httpfetch.fetch`)."""
+        return fetch(request, timeout=self.timeout, deadline=self.deadline, read=read_answer)
 
     def items(
         self, path: str, params: list[tuple[str, str]] | tuple, key: str

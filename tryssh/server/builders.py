@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from tryssh.core.jobfile import Job, encode_job
 from tryssh.core.safetext import redact_in, redact_url
 from tryssh.errors import describe_oserror
 from tryssh.server.config import Builder, Config
+from tryssh.server.httpfetch import fetch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -399,12 +401,11 @@ def run_webhook(
         # The config only admits http:// and https:// URLs here.
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                status = response.status
-                reply = response.read(4096)
-        except urllib.error.HTTPError as err:
-            status, reply = err.code, err.read(4096) if err.fp else b""
-        except (urllib.error.URLError, OSError) as err:
+            # The whole exchange within timeout: a receiver that trickles its answer would
+            # otherwise hold this builder for as long as it likes.
+            status, reply = fetch(request, timeout=timeout, deadline=timeout,
+                                  read=_status_and_reply, on_error=_status_and_reply)  # fmt: skip
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = redact_in(str(getattr(err, "reason", err)), url)
             problem = f"POST {shown}: {reason}"
             _note(log, f"attempt {attempt + 1}: {problem}")
@@ -418,6 +419,11 @@ def run_webhook(
         if status < 500 and status not in RETRY_STATUSES:
             break
     return Outcome("error", reason=problem)
+
+
+def _status_and_reply(response: Any) -> tuple[int, bytes]:
+    """A webhook answer's status and the start of its body (shown in the builder's log)."""
+    return response.status, response.read(4096)
 
 
 # --- forward and buildbot: one delivery per receiver ----------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from tryssh.core import defaults
 from tryssh.core.jobdir import Jobdir
-from tryssh.errors import TrysshError
+from tryssh.errors import ConfigError, TrysshError
 from tryssh.server.checks import (
     Finding,
     builder_findings,
@@ -129,7 +129,7 @@ def _dir_findings(path: str, what: str) -> Iterator[Finding]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        yield Finding("problem", "jobdir", f"{what} {path} is missing (run tryssh-jobdir-setup)")
+        yield Finding("problem", "jobdir", f"{what} {path} is missing (run tryssh jobdir-setup)")
         return
     if not stat.S_ISDIR(st.st_mode):
         yield Finding("problem", "jobdir", f"{what} {path} is not a directory")
@@ -174,6 +174,27 @@ def check_jobdir(config: Config) -> Iterator[Finding]:
             yield Finding("problem", "audit", f"audit log {config.audit_log} is not writable")
     elif not os.access(audit_dir, os.W_OK):
         yield Finding("problem", "audit", f"cannot create audit log in {audit_dir}")
+
+
+def check_cleanup(config: Config) -> Iterator[Finding]:
+    """Whether anything removes old jobs: a drop-in site has no consumer to do it hourly,
+    and Buildbot never removes what it claims into cur/."""
+    from tryssh.server.gc import is_drop_in_site
+
+    if not is_drop_in_site(config):
+        return
+    try:
+        claimed = len(os.listdir(Jobdir(config.jobdir).cur))
+    except OSError:
+        return  # check_jobdir has said why
+    if config.keep_days is None:
+        yield Finding("warn", "gc", f"drop-in site without keep_days: Buildbot never removes "
+                      f"the jobs it claims ({claimed} in cur/); set keep_days and run tryssh "
+                      "gc daily (tryssh contrib tryssh-gc.timer)")  # fmt: skip
+    else:
+        yield Finding("ok", "gc", f"drop-in site: tryssh gc removes jobs claimed over "
+                      f"{config.keep_days:g} days ago ({claimed} in cur/) when it runs "
+                      "(tryssh contrib tryssh-gc.timer runs it daily)")  # fmt: skip
 
 
 def check_builders(config: Config, account: str | None = None) -> Iterator[Finding]:
@@ -300,7 +321,10 @@ def check_forced_command(account: str | None, program: str) -> Iterator[Finding]
     """Run ``PROGRAM --version`` as *account*: sshd will run it so for every submission."""
     who = account or "this account"
     try:
-        result = run_as(account, [program, "--version"])
+        # Through a shell, as sshd runs it ($SHELL -c COMMAND): a direct exec right after
+        # the switch of account can pass where sshd's fails (gVisor let an interpreter
+        # under a 0700 home through).
+        result = run_as(account, ["/bin/sh", "-c", 'exec "$0" --version', program])
     except KeyError:
         yield Finding("problem", "keys", f"no such account: {account}")
         return
@@ -312,6 +336,23 @@ def check_forced_command(account: str | None, program: str) -> Iterator[Finding]
                       f"({VENV_HINT})")  # fmt: skip
         return
     yield Finding("ok", "keys", f"{who} runs {program}: {result.stdout.strip()}")
+
+
+# Login shells that never run a forced command: sshd runs it as "$SHELL -c COMMAND".
+REFUSING_SHELLS = {"nologin", "false", "true", "git-shell", "rssh", "scponly"}
+
+
+def check_login_shell(account: str | None) -> Iterator[Finding]:
+    """The key account's login shell must run ``-c COMMAND`` (README step 2: /bin/sh)."""
+    try:
+        entry = pwd.getpwnam(account) if account else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        return  # reported by the other checks
+    shell = entry.pw_shell or "/bin/sh"  # sshd's default for an empty field
+    if os.path.basename(shell) in REFUSING_SHELLS or not os.access(shell, os.X_OK):
+        yield Finding("problem", "keys", f"{entry.pw_name}'s login shell is {shell}: sshd runs "
+                      "the forced command with it ($SHELL -c), so every submission fails; "
+                      f"usermod -s /bin/sh {entry.pw_name}")  # fmt: skip
 
 
 def _option(words: list[str], name: str) -> str | None:
@@ -379,6 +420,8 @@ def check_authorized_keys(
             needs[(audit, "w", "the audit log")] = None
         else:
             needs[(os.path.dirname(audit), "wx", "the audit log's directory")] = None
+    if entries:
+        yield from check_login_shell(account)
     for program in programs:
         yield from check_forced_command(account, program)
     yield from access_findings(account, "keys", list(needs))
@@ -437,6 +480,15 @@ def check_serve(config: Config, openssh: bool = False) -> Iterator[Finding]:
                           "password_hash there (OpenSSH is the door)")  # fmt: skip
             return
         yield Finding("warn", "serve", "no user has keys or password_hash: nobody can log in")
+    from tryssh.server.serve import accounts_from_config, refuse_old_default_key
+
+    try:
+        # What tryssh serve checks at start and at a reload (SIGHUP), in its words.
+        accounts_from_config(config)
+        refuse_old_default_key(config)
+    except ConfigError as err:
+        yield Finding("problem", "serve", f"{err.message} (tryssh serve refuses this config)")
+        return
     yield Finding("ok", "serve", f"listen {config.serve.get('listen', defaults.SERVE_LISTEN)}")
 
 
@@ -464,6 +516,7 @@ def diagnose(
     if config:
         consumer = consumer_user or consumer_account(config)
         findings += check_jobdir(config)
+        findings += check_cleanup(config)
         findings += check_builders(config, consumer)
         findings += check_users(config)
         findings += check_serve(config, openssh=bool(authorized_keys or ssh_user))

@@ -31,6 +31,7 @@ from tryssh.core.sshkeys import BadPublicKey, blob_fingerprint, parse_public_key
 from tryssh.errors import (
     EX_SOFTWARE,
     ConfigError,
+    PermissionDenied,
     TempFail,
     TrysshError,
     describe_oserror,
@@ -119,6 +120,26 @@ def load_host_key(path: str) -> tuple[paramiko.PKey, bool]:
         # Scripts build known_hosts lines from it (the demo does).
         _write_public(pub, f"{key.get_name()} {key.get_base64()} tryssh-serve\n".encode())
     return key, created
+
+
+def refuse_old_default_key(config: Config) -> None:
+    """ConfigError when [serve] host_key is not set, no key is at the default place yet, but
+    one is at the old default, ``STATE_DIR/ssh_host_ed25519_key``.
+
+    Generating a new key there would change the server's identity under every developer's
+    known_hosts; using the old one would trust a key the group could have swapped.
+    """
+    if config.serve.get("host_key"):
+        return
+    new = os.path.join(config.state_dir, defaults.SERVE_HOST_KEY)
+    old = os.path.join(config.state_dir, os.path.basename(defaults.SERVE_HOST_KEY))
+    if os.path.lexists(old) and not os.path.lexists(new):
+        raise ConfigError(
+            f"host key {old} is at the old default place, which the jobdir's group may "
+            f"write: check it was not swapped, then move it and its .pub into "
+            f"{os.path.dirname(new)}/ (mode 0700, owned by this account), or set "
+            "[serve] host_key"
+        )
 
 
 def check_key_place(path: str, st: os.stat_result | None) -> None:
@@ -265,6 +286,13 @@ class AuthLimiter:
         self._global: deque[float] = deque()
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def configure(self, max_failures: int, penalty: float, max_global_failures: int) -> None:
+        """New limits (a reload); the failures and lockouts counted so far stay."""
+        with self._lock:
+            self.max_failures = max_failures
+            self.penalty = penalty
+            self.max_global_failures = max_global_failures
 
     def locked(self, address: str) -> float:
         """Seconds the address stays locked out (0 if it may try)."""
@@ -905,6 +933,7 @@ class EmbeddedServer:
         self.any_password = any(a.password_hash for a in self.accounts.values())
         # Unknown users are checked against this, so they cost as much as known ones.
         self.dummy_hash = hash_password(os.urandom(16).hex())
+        refuse_old_default_key(config)
         self.host_key, self.host_key_created = load_host_key(self.settings.host_key)
         self.fingerprint = blob_fingerprint(self.host_key.asbytes())
         make_private_dirs(os.path.dirname(config.audit_log) or ".")
@@ -960,6 +989,12 @@ class EmbeddedServer:
         settings.host, settings.port = self.settings.host, self.settings.port
         settings.host_key = self.settings.host_key
         config.jobdir, config.audit_log = self.config.jobdir, self.config.audit_log
+        # The password limits too: the lockout line names the settings' numbers.
+        self.limiter.configure(
+            settings.max_auth_failures_per_address,
+            settings.auth_penalty_seconds,
+            settings.max_auth_failures,
+        )
         with self._lock:
             self.settings = settings
             self.accounts = accounts
@@ -987,6 +1022,13 @@ class EmbeddedServer:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind(sockaddr)
+        except PermissionError as err:
+            sock.close()
+            # Not temporary: systemd's Restart=on-failure would retry it for ever.
+            raise PermissionDenied(
+                f"cannot listen on {format_address(host, port)}: {err.strerror} (a port below "
+                "1024 needs CAP_NET_BIND_SERVICE: see contrib/tryssh-serve.service)"
+            ) from None
         except OSError as err:
             sock.close()
             raise TempFail(
