@@ -120,6 +120,16 @@ def venv_bin(name: str) -> str:
     )
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM *proc* (a consumer lets its builds end), SIGKILL it if it outlives *timeout*."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run(
     argv: Sequence[StrPath],
     input: bytes | None = None,

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin
+from helpers import run, stop_process, venv_bin
 from sshd import Sshd, make_user_key, write_known_hosts
+from test_results_e2e import forced_command_door
 
 from tryssh.core.jobdir import Jobdir
 
@@ -71,24 +72,11 @@ def site(tmp_path: Path, sshd_factory: Callable[..., Sshd]) -> Iterator[Site]:
         f"[builders.unit]\ncommand = {builder}\n[builders.lint]\ncommand = {builder}\n"
         '[users.alice]\nbuilders = ["unit", "lint"]\n'
     )
-    key = make_user_key(tmp_path, "alice_key")
-    command = shlex.join([venv_bin("tryserver"), "--config", str(config), "--user", "alice"])
-    sshd = sshd_factory([f'restrict,command="{command}" {key.public_line}'])
-    known = write_known_hosts(tmp_path / "known_hosts", sshd)
-    consumer = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-    args = ["--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
-            "-i", key.private_path, "--known-hosts", str(known)]  # fmt: skip
+    sshd, consumer, args = forced_command_door(tmp_path, sshd_factory, config)
     try:
         yield Site(tmp_path, sshd, args, config)
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        try:
-            consumer.wait(30)
-        except subprocess.TimeoutExpired:
-            consumer.kill()
-            consumer.wait()
+        stop_process(consumer)
 
 
 def test_follow_ends_on_the_builder_that_failed_early(site: Site) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run, venv_bin, wait_until
+from helpers import run, stop_process, venv_bin, wait_until
 from sshd import Sshd, make_user_key, write_known_hosts
 from test_serve import Serve
 
@@ -77,6 +77,23 @@ def _config(root: Path, jobdir: Path, builder: list[str]) -> Path:
     return path
 
 
+def forced_command_door(
+    tmp_path: Path, sshd_factory: Callable[..., Sshd], config: Path
+) -> tuple[Sshd, subprocess.Popen[bytes], list[str]]:
+    """alice's key runs tryserver (*config*) on a real sshd, and ``tryssh consume`` builds:
+    (the sshd, the consumer to stop, the connection options a developer gives)."""
+    key = make_user_key(tmp_path, "alice_key")
+    command = shlex.join([venv_bin("tryserver"), "--config", str(config), "--user", "alice"])
+    sshd = sshd_factory([f'restrict,command="{command}" {key.public_line}'])
+    known = write_known_hosts(tmp_path / "known_hosts", sshd)
+    consumer = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    args = ["--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
+            "-i", key.private_path, "--known-hosts", str(known)]  # fmt: skip
+    return sshd, consumer, args
+
+
 @pytest.fixture(params=["sshd", "serve"])
 def door(request: pytest.FixtureRequest, tmp_path: Path,
          sshd_factory: Callable[..., Sshd]) -> Iterator[Door]:  # fmt: skip
@@ -95,26 +112,13 @@ def door(request: pytest.FixtureRequest, tmp_path: Path,
     jobdir = tmp_path / "jobdir"
     Jobdir(str(jobdir)).create()
     config = _config(tmp_path, jobdir, builder)
-    key = make_user_key(tmp_path, "alice_key")
-    command = shlex.join([venv_bin("tryserver"), "--config", str(config), "--user", "alice"])
-    sshd = sshd_factory([f'restrict,command="{command}" {key.public_line}'])
-    known = write_known_hosts(tmp_path / "known_hosts", sshd)
-    consumer = subprocess.Popen([venv_bin("tryssh"), "consume", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-    args = ["--host", sshd.host, "--port", str(sshd.port), "-u", sshd.user,
-            "-i", key.private_path, "--known-hosts", str(known)]  # fmt: skip
+    sshd, consumer, args = forced_command_door(tmp_path, sshd_factory, config)
     door = Door(tmp_path, jobdir, args)
     door.sshd = sshd
     try:
         yield door
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        try:
-            consumer.wait(30)
-        except subprocess.TimeoutExpired:
-            consumer.kill()
-            consumer.wait()
+        stop_process(consumer)
 
 
 def test_a_failing_builds_output_comes_back_through_wait(door: Door) -> None:
