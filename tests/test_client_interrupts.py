@@ -122,3 +122,78 @@ def test_ctrl_c_after_upload_through_a_proxy_command(world: World) -> None:
     assert "Traceback" not in text and "may have been delivered" in text, text
     assert all(line.startswith("tryssh:") for line in text.splitlines()), text
     (world.tmp / "go").touch()
+
+
+def test_a_ctrl_c_while_the_answer_is_awaited_never_cuts_the_answer_short() -> None:
+    """After Ctrl-C the client waits again for the server's receipt (``_await_receipt``).
+    Python 3.11's Thread.join() interrupted by Ctrl-C marks a thread that still runs as
+    stopped, so the second wait did not wait for the answer's stream: the job name was
+    lost while the exit status said 0 (test_ctrl_c_after_the_last_byte_waits_for_the_receipt
+    failed so on a loaded machine). Here the Ctrl-C is sent exactly while the client waits,
+    and the exit status comes before the answer's last bytes."""
+    import threading
+
+    from tryssh.client import transport
+
+    answer = b"1700000000.M1P1Q1R1.host\n"
+    gate = threading.Event()
+    chunks = iter([answer, b""])
+
+    def read(size: int) -> bytes:
+        gate.wait()  # the server answers only when the test says so
+        return next(chunks)
+
+    class Channel:  # what _finish asks of a paramiko channel, here with no SSH at all
+        closed = False
+        status_event = threading.Event()
+
+        def get_transport(self) -> Channel:
+            return self
+
+        def is_active(self) -> bool:
+            return True
+
+        def recv_exit_status(self) -> int:
+            return 0
+
+    class Conn:
+        target = "server"
+
+    chan = Channel()
+    out, err = transport._Drain(read), transport._Drain(lambda size: b"")
+    out.start()
+    err.start()
+    main = threading.main_thread().ident
+    done = threading.Event()
+
+    def waiting() -> bool:
+        """Whether the main thread is blocked in a wait inside _finish."""
+        frame = sys._current_frames().get(main)
+        names = []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        return "_finish" in names and names[0] in ("wait", "acquire", "_wait_for_tstate_lock")
+
+    def interrupter() -> None:
+        wait_until(lambda: waiting() or done.is_set(), timeout=30)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first wait blocks
+        chan.status_event.set()  # the exit status comes first, the answer's end later
+        wait_until(lambda: second.is_set() and (waiting() or done.is_set()), timeout=30)
+        gate.set()
+
+    second = threading.Event()
+    helper = threading.Thread(target=interrupter, daemon=True)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            transport._finish(chan, out, err, 30, "tryserver", Conn())  # type: ignore[arg-type]
+        second.set()
+        status = transport._finish(chan, out, err, 30, "tryserver", Conn(),  # type: ignore[arg-type]
+                                   limit=30)  # fmt: skip
+        got = bytes(out.data)  # what the client prints: read now, before the gate opens below
+    finally:
+        done.set()
+        gate.set()
+        helper.join(30)
+    assert (status, got) == (0, answer)

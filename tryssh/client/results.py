@@ -87,7 +87,7 @@ def stream_remote(
             raise TempFail(f"{what}: nothing from {conn.target} for {idle:g}s") from None
         except (OSError, EOFError, paramiko.SSHException) as err:
             raise TempFail(f"{what}: connection to {conn.target} lost: {err}") from None
-        errors.join(conn.opts.timeout)
+        errors.finished.wait(conn.opts.timeout)
         if not chan.status_event.wait(conn.opts.timeout):
             raise TempFail(f"{what}: no exit status from {conn.target}")
         status = chan.recv_exit_status()

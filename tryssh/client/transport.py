@@ -188,13 +188,17 @@ RECV_SIZE = 1 << 20
 
 
 class _Drain(threading.Thread):
-    """Read one stream of a channel to the end in the background."""
+    """Read one stream of a channel to the end in the background; ``finished`` is set
+    then. Wait on that, not on join(): Python 3.11's join() interrupted by Ctrl-C marks a
+    thread that still runs as stopped (bpo-45274's fix releases the lock the thread holds),
+    and the wait for the receipt after a Ctrl-C then read the server's answer half-done."""
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         super().__init__(daemon=True)
         self.read = read
         self.data = bytearray()
         self.error: BaseException | None = None
+        self.finished = threading.Event()
 
     def run(self) -> None:
         try:
@@ -203,8 +207,10 @@ class _Drain(threading.Thread):
                 if not chunk:
                     return
                 self.data += chunk
-        except BaseException as err:  # timeouts and lost connections are reported by join()
+        except BaseException as err:  # timeouts and lost connections are reported by _finish
             self.error = err
+        finally:
+            self.finished.set()
 
 
 def run_remote(
@@ -276,8 +282,7 @@ def _finish(chan: paramiko.Channel, out: _Drain, err: _Drain, timeout: float, wh
     """
     end = None if limit is None else time.monotonic() + limit
     for drain in (out, err):
-        drain.join(None if end is None else max(0.0, end - time.monotonic()))
-        if drain.is_alive():
+        if not drain.finished.wait(None if end is None else max(0.0, end - time.monotonic())):
             raise TempFail(f"{what}: no answer from {conn.target} within {limit:g}s")
     for failure in (out.error, err.error):
         if isinstance(failure, TimeoutError):
