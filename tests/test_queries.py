@@ -336,6 +336,8 @@ def test_unrecorded_job_is_queued_then_claimed_and_says_whether_anything_can_fol
     assert record["followable"] is False
     RecordStore(config.state_dir).create()  # a consumer's records: it will tell
     record = local_status(config, name, "alice")
-    assert record["state"] == "claimed" and "followable" not in record
+    # Claimed by that consumer, which records it "queued" next: said "queued" already, or
+    # --wait showed claimed, then queued (the state went backwards).
+    assert record["state"] == "queued" and "followable" not in record
     # The text answer shows the jobid too.
     assert "jobid: id" in tryserver(site, b"", "status", name, text=True).stdout

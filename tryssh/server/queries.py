@@ -6,9 +6,11 @@ job of another user answers exactly like a job that does not exist,
 master, outside sshd) every job is visible.
 
 ``status`` reads the job's record (:mod:`tryssh.core.records`). A job delivered but not yet
-claimed answers state ``queued``, one that has left ``new/`` but has no record ``claimed``
-(a consumer is about to record it, or a Buildbot master reads this jobdir itself: the
-drop-in set-up), both with no builders yet, so a client can poll right after delivery.
+claimed answers state ``queued``, and so does one a consumer has claimed but not yet
+recorded (its record says ``queued`` next); one that has left ``new/`` where no consumer
+keeps records, or a ``[buildbot] api`` is named (a Buildbot master reads this jobdir
+itself: the drop-in set-up), answers ``claimed``. Both have no builders yet, so a client
+can poll right after delivery.
 In the drop-in set-up a config with ``[buildbot] api = URL`` makes ``status`` ask that
 master for the job's builds by ``jobid``. When neither a consumer's records nor an API
 can ever tell more, the answer says ``"followable": false`` and ``tryssh try --wait``
@@ -127,6 +129,12 @@ def job_status(
             if found[0]["state"] == "cancelled":
                 _withdrawn(found[0], state_dir)
             else:
+                if found[0]["state"] == "claimed" and not (buildbot or {}).get("api") and (
+                    not no_consumer(state_dir)
+                ):
+                    # A consumer has just claimed it and is writing its record, which says
+                    # queued: "claimed" then would make the state go backwards.
+                    found[0]["state"] = "queued"
                 _from_buildbot(found[0], found[1], state_dir, buildbot or {})
         record = found[0] if found is not None else None
     if record is None or (user is not None and record.get("who") != user):
