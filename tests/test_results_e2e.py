@@ -107,6 +107,7 @@ def door(request: pytest.FixtureRequest, tmp_path: Path,
         try:
             yield Door(tmp_path, server.jobdir, args)
         finally:
+            (tmp_path / "gate").touch()  # see below
             server.stop()
         return
     jobdir = tmp_path / "jobdir"
@@ -118,6 +119,9 @@ def door(request: pytest.FixtureRequest, tmp_path: Path,
     try:
         yield door
     finally:
+        # A build waiting for the gate outlives the consumer (its own process group): a
+        # test that failed before opening it must not leave it looping for ever.
+        (tmp_path / "gate").touch()
         stop_process(consumer)
 
 
