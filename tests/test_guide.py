@@ -185,8 +185,17 @@ def test_the_openssh_guide_from_nothing(site: Site, tmp_path: Path) -> None:
             result = subprocess.run([str(s.bin / "tryssh"), "try", *args], cwd=work, env=dev_env,
                                     capture_output=True, text=True, timeout=120)  # fmt: skip
             if check:
-                assert result.returncode == 0, result.stderr
+                assert result.returncode == 0, f"{result.stderr}\n{site_state()}"
             return result
+
+        def site_state() -> str:
+            """What the jobdir and the consumer's log held (a failure's evidence)."""
+            listing = {sub: sorted(os.listdir(s.jobdir / sub)) for sub in ("new", "cur")}
+            state = s.jobdir / "state"
+            records = sorted(os.listdir(state)) if state.is_dir() else []
+            active = sorted(os.listdir(state / "active")) if (state / "active").is_dir() else []
+            return (f"jobdir: {listing}\nrecords: {records} active: {active}\n"
+                    f"consumer log:\n{log.read_text()}")
 
         refused = tryssh_try("-b", "lint", check=False)
         assert refused.returncode == 77, refused.stderr
