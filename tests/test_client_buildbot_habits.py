@@ -59,6 +59,16 @@ def test_topfile_is_explained_not_refused(world: World) -> None:
     assert len(world.delivered()) == 1
 
 
+def test_version_prints_the_version_and_sends_nothing(world: World) -> None:
+    """buildbot try --version (Twisted's) prints the version: so does tryssh try (it said
+    "No such option")."""
+    from importlib.metadata import version
+
+    result = world.tryssh("try", *local(world), "--version")
+    assert ok(result).strip() == f"tryssh, version {version('tryssh')}"
+    assert world.delivered() == []
+
+
 def test_connect_pb_is_explained(world: World) -> None:
     result = world.tryssh("try", "-c", "pb", "-m", "master:8031")
     ok(result, 64)

@@ -409,6 +409,8 @@ def _destination(v: dict[str, Any], quiet: bool) -> Destination:
 @click.option("--topfile", metavar="FILE", help="Buildbot's way to find the top of the "
               "working copy: accepted and ignored (tryssh finds it itself).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON receipt on stdout.")
+# buildbot try --version (Twisted's) prints the version and exits: so does this.
+@click.version_option(package_name="tryssh", message="%(prog)s, version %(version)s")
 @click.option("-q", "--quiet", is_flag=True, help="Only print the job name (or errors).")
 @click.option("--wait", is_flag=True, help="Wait for the builds; exit 0 only if all succeed.")
 @click.option(
