@@ -177,7 +177,12 @@ def wait_for_job(
     shows nothing while waiting, and at the end only a job that did not succeed, with
     its builders that did not (as ``buildbot try --wait --quiet`` still prints results).
     """
-    record, live = _wait_for_job(dest, conn, job, v, quiet)
+    try:
+        record, live = _wait_for_job(dest, conn, job, v, quiet)
+    except KeyboardInterrupt:
+        raise _stopped_waiting(job) from None
+    except WaitTimeout as err:
+        raise TempFail(f"{err.message}. {_resume_hint(job)}") from None
     if quiet and record.get("state") != "success":
         echo_stderr(head_line(record))
         for name, info in (record.get("builders") or {}).items():
@@ -195,13 +200,7 @@ def _wait_for_job(
     tail = v.get("tail_lines")
     lines = DEFAULT_TAIL_LINES if tail is None else int(tail)
     if dest.connect == "local" or conn is None:
-        fetch = status_fetcher(dest, None, job)
-        try:
-            record = wait_for(fetch, v.get("wait_timeout"), echo)
-        except KeyboardInterrupt:
-            raise _stopped_waiting(job) from None
-        except WaitTimeout as err:
-            raise TempFail(f"{err.message}. {_resume_hint(job)}") from None
+        record = wait_for(status_fetcher(dest, None, job), v.get("wait_timeout"), echo)
         if echo is not None and dest.config and lines > 0:
             _local_tails(dest.config, record, lines, echo)
         return record, None
@@ -216,12 +215,10 @@ def _wait_for_job(
     )  # fmt: skip
     try:
         return waiter.run(), waiter.conn
-    except (KeyboardInterrupt, WaitTimeout) as err:
+    except (KeyboardInterrupt, WaitTimeout):
         if waiter.conn is not None and waiter.conn is not conn:
-            waiter.conn.close()
-        if isinstance(err, WaitTimeout):
-            raise TempFail(f"{err.message}. {_resume_hint(job)}") from None
-        raise _stopped_waiting(job) from None
+            waiter.conn.close()  # one the wait opened itself (a reconnect)
+        raise
 
 
 def _local_tails(config: str, record: dict[str, Any], lines: int,

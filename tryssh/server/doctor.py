@@ -179,9 +179,9 @@ def check_jobdir(config: Config) -> Iterator[Finding]:
 def check_cleanup(config: Config) -> Iterator[Finding]:
     """Whether anything removes old jobs: a drop-in site has no consumer to do it hourly,
     and Buildbot never removes what it claims into cur/."""
-    from tryssh.server.gc import is_drop_in_site
+    from tryssh.server.queries import drop_in_site
 
-    if not is_drop_in_site(config):
+    if not drop_in_site(config, config.state_dir):
         return
     try:
         claimed = len(os.listdir(Jobdir(config.jobdir).cur))

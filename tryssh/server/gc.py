@@ -55,6 +55,7 @@ from collections.abc import Iterator
 from tryssh.core.jobdir import TMP_MAX_AGE, Jobdir, is_job_name
 from tryssh.core.records import FINAL_STATES, RecordStore, parse_iso
 from tryssh.server.config import Config
+from tryssh.server.queries import drop_in_site
 
 DAY = 86400  # seconds
 
@@ -71,7 +72,7 @@ def collect(
         run = _Run(config, jobdir, store, withdrawn, cancel, now - older_than_days * DAY, dry_run)
         run.finished_jobs()
         run.withdrawn_jobs()
-        if is_drop_in_site(config):
+        if drop_in_site(config, config.state_dir):
             with _Dir(jobdir.cur) as cur:
                 run.claimed_jobs(cur)
         run.cancel_requests(now)
@@ -169,15 +170,6 @@ class _Run:
                 self.removed.append(self.cancel.path_of(name))
                 if not self.dry_run:
                     self.cancel.remove(name)
-
-
-def is_drop_in_site(config: Config) -> bool:
-    """Whether Buildbot itself takes this jobdir's jobs: no consumer ever ran here (it makes
-    the state directory's ``active/``) and none could (every builder, if any, delivers into
-    this very jobdir). Both, so that a job a consumer still owes is never taken for one."""
-    if os.path.lexists(RecordStore(config.state_dir).active):
-        return False
-    return all(b.destination == config.jobdir for b in config.builders.values())
 
 
 def _queued(jobdir: Jobdir, name: str) -> bool:

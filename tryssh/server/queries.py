@@ -200,6 +200,15 @@ def no_consumer(state_dir: str) -> bool:
     return not os.path.isdir(RecordStore(state_dir).active)
 
 
+def drop_in_site(config: Config | None, state_dir: str) -> bool:
+    """Whether Buildbot itself takes this jobdir's jobs: no consumer ever ran here and none
+    could (no config, or every builder it declares delivers into this very jobdir). Both,
+    so that a job a consumer still owes is never taken for Buildbot's."""
+    if not no_consumer(state_dir):
+        return False
+    return config is None or all(b.destination == config.jobdir for b in config.builders.values())
+
+
 def _from_buildbot(
     record: JobRecord, info: os.stat_result, state_dir: str, buildbot: dict[str, Any]
 ) -> None:

@@ -314,15 +314,13 @@ def is_drop_in(config: Config | None, state_dir: str, job: str) -> bool:
     the config names the master that reads this jobdir (``[buildbot] api``), or no
     consumer ever ran here and no config says one will (none, or only builders declared
     into this very jobdir)."""
-    from tryssh.server.queries import no_consumer
+    from tryssh.server.queries import drop_in_site
 
     if RecordStore(state_dir).read(job) is not None:
         return False
     if config is not None and config.buildbot.get("api"):
         return True
-    if not no_consumer(state_dir):
-        return False
-    return config is None or all(b.destination == config.jobdir for b in config.builders.values())
+    return drop_in_site(config, state_dir)
 
 
 # How long a cancel waits for the buildset of a job Buildbot has just claimed (it makes
